@@ -1,0 +1,19 @@
+# `make demo` and `make test` each set up .venv on first use (see README.md).
+PY := .venv/bin/python
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: .venv/.installed
+
+demo: .venv/.installed
+	.venv/bin/rlcast demo --out demo-out
+
+test: .venv/.installed
+	$(PY) -m pytest
+
+.PHONY: setup demo test
