@@ -27,6 +27,305 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 # --- commands (each owns its section; keep imports inside the function) ---
 
 
+@app.command("extrapolate")
+def extrapolate_cmd(
+    run: str = typer.Argument(..., help="Run folder (checkpoints, base or run.json)."),
+    method: str = typer.Option(..., "--method", "-m",
+                               help="weight-linear | alpharl | alpharl-step | relex | next"),
+    until: int = typer.Option(..., "--until", help="Cutoff: fit on the checkpoints with step <= UNTIL."),
+    target: int = typer.Option(..., "--target", help="The training step to predict."),
+    out: str = typer.Option(..., "--out", help="HF model folder to write (temp folder renamed into place)."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    selection: str | None = typer.Option(None, "--selection", help="Tensors the method touches: blocks | all-2d | "
+                                            "all (default: blocks for alpharl*, all for the others)."),
+    rank: int | None = typer.Option(None, "--rank", help="relex: number of temporal directions."),
+    target_accuracy: float | None = typer.Option(None, "--target-accuracy",
+                                                    help="alpharl: accuracy to invert the PLS at (default: forecast "
+                                                         "from the accuracy-vs-step line)."),
+    anchor: str | None = typer.Option(None, "--anchor", help="alpharl*: base (default) or last."),
+    horizon: int | None = typer.Option(None, "--horizon", help="next: target horizon k in checkpoints."),
+    epochs: int | None = typer.Option(None, "--epochs", help="next: training epochs."),
+    c: float | None = typer.Option(None, "--c", help="next: predict-extend scale (default: chosen on --task's "
+                                                        "train split, else 1.5)."),
+    task: str | None = typer.Option(None, "--task", help="next: task used to choose c."),
+) -> None:
+    """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
+    from rich.progress import Progress
+
+    from pathlib import Path
+
+    from rlcast.checkpoints import load_run
+    from rlcast.extrapolate import make_extrapolator
+    from rlcast.writer import write_model
+
+    params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
+              "horizon": horizon, "epochs": epochs, "c": c, "task": task}
+    params = {k: v for k, v in params.items() if v is not None}
+    full = load_run(run, base=base)
+    window = full.window(until)
+    ex = make_extrapolator(method, progress=True, **params).fit(window)
+    stream = ex.predict(target)
+    names = len(ex.reader_.names())
+    with Progress(console=console, transient=True) as bar:
+        job = bar.add_task(f"{method}: writing step {target}", total=names)
+
+        def counted():
+            for item in stream:
+                yield item
+                bar.advance(job)
+
+        write_model(full.base, out, counted(),
+                    metadata={"rlcast": f"{method} from step {window.steps[-1]} to step {target}",
+                              "selection": ex.selection})
+    console.print(f"[green]wrote[/] {out} ({method}, steps <= {window.steps[-1]} -> step {target}, "
+                  f"selection {ex.selection})", highlight=False)
+
+
+@app.command("compare")
+def compare_cmd(
+    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    cutoffs: str = typer.Option("0.1,0.2,0.4", "--cutoffs", help="Comma-separated fractions of the target step."),
+    target: str = typer.Option("last", "--target", help="Step to predict: 'last' or a checkpoint step."),
+    task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the run manifest's)."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", help="Held-out prompts per evaluation (the same for all)."),
+    out: str | None = typer.Option(None, "--out", help="Folder for compare.json / compare.png "
+                                                           "(default RUN/compare)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the predicted models under OUT/models."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of the methods."),
+    param: list[str] | None = typer.Option(None, "--param", help="Method hyper-parameter, METHOD.KEY=VALUE "
+                                                                    "(e.g. next.epochs=100); repeatable."),
+) -> None:
+    """Predict the target step with every method from every cutoff and compare on the same held-out prompts."""
+    import json as _json
+    from pathlib import Path
+
+    from rlcast.checkpoints import load_run
+    from rlcast.compare import compare, print_table, save
+
+    params: dict[str, dict] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise RlcastError(f"--param {item!r}: expected METHOD.KEY=VALUE")
+        try:
+            params.setdefault(method, {})[name] = _json.loads(value)
+        except _json.JSONDecodeError:
+            params.setdefault(method, {})[name] = value
+    try:
+        fractions = [float(x) for x in cutoffs.split(",") if x.strip()]
+    except ValueError:
+        raise RlcastError(f"--cutoffs {cutoffs!r}: expected comma-separated fractions like 0.1,0.2,0.4") from None
+    full = load_run(run, base=base)
+    out = Path(out) if out else Path(full.root or ".") / "compare"
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
+                     params=params, keep=out / "models" if keep else None)
+    print_table(result, Console())
+    save(result, out)
+    console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        ranks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RlcastError(f"--ranks {text!r}: expected comma-separated integers like 1,2,4") from None
+    if not ranks or min(ranks) < 1:
+        raise RlcastError(f"--ranks {text!r}: ranks must be >= 1")
+    return ranks
+
+
+@app.command("dominance")
+def dominance_cmd(
+    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint to truncate (default: the last)."),
+    ranks: str = typer.Option("1,2,4", "--ranks", help="Comma-separated ranks k of the rank-k models."),
+    task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the run manifest's)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", help="Test prompts, the same for every model."),
+    selection: str = typer.Option("blocks", "--selection", help="Tensors truncated: blocks | all-2d | all."),
+    no_rescale: bool = typer.Option(False, "--no-rescale", help="Keep dW_(k) as is (no rescale to ||dW||_F)."),
+    exact: bool = typer.Option(False, "--exact", help="Exact SVD instead of the randomized one."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompts, the SVD and the bootstrap."),
+    json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dominance.json)."),
+    keep_models: str | None = typer.Option(None, "--keep-models", help="Keep the rank-k model folders here."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+) -> None:
+    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from rlcast.checkpoints import load_run
+    from rlcast.dominance import dominance
+    from rlcast.report import results_dir
+
+    full = load_run(run, base=base)
+    result = dominance(full, step=step, ranks=_ranks(ranks), task=task, n_prompts=n_prompts, selection=selection,
+                       rescale=not no_rescale, exact=exact, seed=seed,
+                       models_dir=Path(keep_models) if keep_models else None)
+    table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "
+                        f"selection {selection}, rescale {not no_rescale})")
+    for col in ("model", "accuracy [95% CI]", "acc_k / acc_full [95% CI]", "gain recovery [95% CI]"):
+        table.add_column(col, justify="right")
+    ci = lambda v, lo_hi: f"{v:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"  # noqa: E731
+    for s in (result.base, result.full):
+        table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), "", "")
+    for s, r in zip(result.ranks, result.recovery):
+        table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
+                      ci(r.gain_recovery, r.gain_recovery_ci))
+    Console().print(table)
+    path = result.save(Path(json_out) if json_out else results_dir(full) / "dominance.json")
+    console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+@app.command("dynamics")
+def dynamics_cmd(
+    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    task: str | None = typer.Option(None, "--task", help="Evaluate every checkpoint on this task for the PLS fits "
+                                                         "(default: the accuracies in run.json)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", help="Test prompts per checkpoint with --task."),
+    selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
+    json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dynamics.json)."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+) -> None:
+    """Per-module rank-1 dynamics: R^2 of s1*u1 vs step (in-sample, held-out), PLS R^2, cosines, RELEX share."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from rlcast.checkpoints import load_run
+    from rlcast.dynamics import SCALARS, analyze_dynamics
+    from rlcast.report import results_dir
+
+    full = load_run(run, base=base)
+    result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection)
+    table = Table(title=f"rank-1 dynamics by module type ({len(result.modules)} modules, {len(result.steps)} "
+                        f"checkpoints, held-out fits on the first {result.holdout_fit})")
+    table.add_column("module type")
+    for col in ("n", *SCALARS):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    for kind, row in result.summary["by_kind"].items():
+        table.add_row(kind, *(fmt(row[c]) for c in ("n", *SCALARS)))
+    Console().print(table)
+    for key, value in result.summary["overall"].items():
+        Console().print(f"{key:32s} {fmt(value)}", highlight=False)
+    path = result.save(Path(json_out) if json_out else results_dir(full) / "dynamics.json")
+    console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    out: str | None = typer.Option(None, "--out", help="HTML file (default RUN/rlcast/report.html)."),
+    task: str | None = typer.Option(None, "--task", help="Evaluate checkpoints on this task when the dynamics "
+                                                         "must be computed and run.json has no accuracies."),
+    selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
+    rank: int = typer.Option(8, "--rank", help="Singular values per module for the spectra."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+) -> None:
+    """One self-contained HTML report (tables + inlined PNG plots); reuses RUN/rlcast/*.json when present."""
+    from rlcast.checkpoints import load_run
+    from rlcast.report import build_report
+
+    path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank)
+    console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="HF model folder, PEFT adapter folder or .gguf file ('testbed' = the "
+                                          "built-in tiny arith Llama)."),
+    task: str = typer.Option("arith", "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable "
+                                              "(rg: dataset config; jsonl: question_field, answer_field, test_path)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", "-n", help="Prompts from the test split."),
+    samples: int = typer.Option(1, "--samples", "-k", help="Samples per prompt (> 1 means seeded sampling)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (samples > 1)."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default: the task's own budget."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sequences per generate call."),
+    split: str = typer.Option("test", "--split", help="test | train"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of sampling."),
+    backend: str = typer.Option("auto", "--backend", help="auto | transformers | vllm"),
+    json_out: str | None = typer.Option(None, "--json", help="Write the result (with every completion) here."),
+) -> None:
+    """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval."""
+    import json as _json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from rlcast.evaluate import evaluate, get_task, parse_task_args
+
+    if model == "testbed":
+        from rlcast.testbed import base_model
+
+        model = str(base_model())
+    if not Path(model).exists():
+        raise RlcastError(f"{model}: no such model folder or file")
+    task_obj = get_task(task, parse_task_args(task_arg))
+    result = evaluate(model, task_obj, n_prompts=n_prompts, samples=samples, greedy=samples == 1, seed=seed,
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, split=split, temperature=temperature,
+                      backend=backend)
+    console.print(f"{task_obj.name}: accuracy {result.accuracy:.3f} (95 % CI {result.ci_low:.3f}-{result.ci_high:.3f})"
+                  f", mean reward {result.mean_reward:.3f}, {result.n_prompts} prompts x {result.samples} "
+                  f"sample(s)", highlight=False)
+    print(_json.dumps(result.to_dict(with_details=False)))
+    if json_out:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            _json.dump({"model": model, "task": task_obj.name, **result.to_dict()}, f, indent=2)
+        os.replace(tmp, path)
+        console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+@app.command("train")
+def train_cmd(
+    out: str = typer.Option(..., "--out", "-o", help="Run folder: checkpoint-N/ and run.json."),
+    task: str = typer.Option("arith", "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable."),
+    algo: str = typer.Option("grpo", "--algo", help="grpo | rloo | sft"),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
+    save_every: int = typer.Option(20, "--save-every", help="Checkpoint (and held-out evaluation) every N steps."),
+    model: str | None = typer.Option(None, "--model", help="HF folder or .gguf file (default: the testbed base)."),
+    lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (peft) instead of all weights."),
+    seed: int = typer.Option(0, "--seed"),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 2e-5 full / 1e-3 LoRA for RL; "
+                                                         "1e-4 / 1e-3 for SFT)."),
+    num_generations: int = typer.Option(8, "--num-generations", "-G", help="Completions per prompt (RL)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Completions (RL) or sequences (SFT) per step."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the rollouts."),
+    max_completion_length: int | None = typer.Option(None, "--max-completion-length",
+                                                     help="Default: the task's own budget."),
+    beta: float = typer.Option(0.0, "--beta", help="KL coefficient to the reference model."),
+    lr_scheduler: str = typer.Option("constant", "--lr-scheduler", help="constant | linear | cosine ..."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha."),
+    eval_prompts: int = typer.Option(200, "--eval-prompts", help="Held-out prompts scored at every checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+) -> None:
+    """GRPO / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
+    from rlcast.evaluate import parse_task_args
+    from rlcast.train import train
+
+    path = train(out, task=task, algo=algo, steps=steps, save_every=save_every, model=model, lora=lora, seed=seed,
+                 eval_prompts=eval_prompts, task_args=parse_task_args(task_arg), resume=resume,
+                 learning_rate=lr, num_generations=num_generations, batch_size=batch_size,
+                 temperature=temperature, max_completion_length=max_completion_length, beta=beta,
+                 lr_scheduler_type=lr_scheduler, lora_r=lora_r, lora_alpha=lora_alpha)
+    import json as _json
+
+    manifest = _json.loads((path / "run.json").read_text())
+    last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
+    console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
+                  + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (tracebacks only with --debug)."""
     try:

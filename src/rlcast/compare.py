@@ -1,0 +1,248 @@
+"""Every extrapolator side by side on one run: same target step, same held-out prompts, same budget.
+
+For each cutoff (a fraction of the target step) and each method: fit on the checkpoints up to the cutoff, predict the
+target step, write the predicted model to a temporary folder, evaluate it on the task's held-out prompts and delete it.
+The real checkpoints at each cutoff and at the target (and the base) are evaluated the same way as reference rows.
+A method that cannot run on a window (too few checkpoints, no accuracies, ...) gets a row with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rlcast.checkpoints import Run, RunReader
+from rlcast.errors import RlcastError
+from rlcast.extrapolate import METHODS, make_extrapolator
+
+REFERENCE = "real"
+
+
+@dataclass
+class Row:
+    method: str                  # an extrapolation method, or "real" for a real checkpoint (step 0 = base)
+    cutoff: int                  # last window step the method saw (for "real": the checkpoint's step)
+    target: int
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    pct_of_target: float | None = None   # 100 * accuracy / accuracy of the real target checkpoint
+    gain: float | None = None            # accuracy - accuracy of the real checkpoint at the cutoff
+    reason: str | None = None            # why the method produced no model
+    seconds: float = 0.0                 # fit + predict + write (methods) or write (real), without evaluation
+
+    @property
+    def fraction(self) -> float:
+        return self.cutoff / self.target
+
+
+@dataclass
+class Comparison:
+    run: str
+    task: str
+    target: int
+    n_prompts: int
+    seed: int
+    cutoffs: list[int]
+    params: dict[str, dict]
+    rows: list[Row] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for row, d in zip(self.rows, out["rows"]):
+            d["fraction"] = row.fraction
+        return out
+
+    def row(self, method: str, cutoff: int) -> Row | None:
+        return next((r for r in self.rows if r.method == method and r.cutoff == cutoff), None)
+
+
+def cutoff_steps(run: Run, fractions: list[float], target: int) -> list[int]:
+    """The nominal cutoff step of each fraction of the target (the window keeps checkpoints at or before it)."""
+    out = []
+    for f in fractions:
+        if not 0 < f < 1:
+            raise RlcastError(f"cutoff {f}: fractions must lie strictly between 0 and 1")
+        out.append(int(round(f * target)))
+    return out
+
+
+def resolve_target(run: Run, target: str | int) -> int:
+    """'last' -> the last checkpoint's step; an int must be a checkpoint of the run (its real accuracy is needed)."""
+    if not run.checkpoints:
+        raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
+    if str(target) == "last":
+        return run.steps[-1]
+    step = int(target)
+    run.checkpoint(step)
+    return step
+
+
+class _Evaluator:
+    """Writes a weight stream to a temporary HF folder, evaluates it on the fixed prompts, deletes it (unless kept)."""
+
+    def __init__(self, run: Run, task, n_prompts: int, seed: int, work: Path, keep: Path | None):
+        self.run, self.task, self.n_prompts, self.seed = run, task, n_prompts, seed
+        self.work, self.keep = work, keep
+
+    def __call__(self, label: str, stream, metadata: dict) -> tuple[object, float]:
+        from rlcast.evaluate import evaluate
+        from rlcast.writer import write_model
+
+        start = time.perf_counter()
+        folder = write_model(self.run.base, self.work / label, stream, metadata=metadata)
+        seconds = time.perf_counter() - start
+        try:
+            result = evaluate(folder, self.task, n_prompts=self.n_prompts, seed=self.seed, progress=False)
+        finally:
+            if self.keep is not None:
+                shutil.move(str(folder), str(self.keep / label))
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+        return result, seconds
+
+
+def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
+            methods: list[str] | None = None, n_prompts: int = 200, seed: int = 0,
+            params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True) -> Comparison:
+    """Run every method at every cutoff; returns the Comparison (rows: real references first, then methods).
+
+    `params` maps a method to its extra hyper-parameters. `keep`: a folder to move the evaluated models into.
+    """
+    from rich.progress import Progress
+
+    from rlcast.evaluate import get_task
+
+    methods = list(methods or METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise RlcastError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    params = {m: dict((params or {}).get(m, {})) for m in methods}
+    task = task or (run.manifest or {}).get("task")
+    if not task:
+        raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
+    if "next" in params and "c" not in params["next"] and "task" not in params["next"]:
+        params["next"]["task"] = task  # NExt picks its scale c on the task's train split
+    target = resolve_target(run, target)
+    nominal = cutoff_steps(run, list(cutoffs), target)
+    windows = [run.window(c) for c in nominal]
+    used = [w.steps[-1] if w.checkpoints else 0 for w in windows]
+    result = Comparison(run=str(run.root or run.base), task=str(task), target=target, n_prompts=n_prompts, seed=seed,
+                        cutoffs=used, params=params)
+    task_obj = get_task(task)
+    reader = RunReader(run)
+    work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    evaluate = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
+    real_steps = sorted(set([0] + used + [target]))
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(methods))
+            real: dict[int, Row] = {}
+            for step in real_steps:
+                bar.update(job, description=f"real checkpoint @ {step}")
+                stream = ((name, reader.weight(step, name)) for name in reader.names())
+                res, seconds = evaluate(f"real-{step}", stream, {"rlcast": f"real step {step}"})
+                real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
+                bar.advance(job)
+            for cutoff, window in zip(used, windows):
+                for method in methods:
+                    bar.update(job, description=f"{method} @ {cutoff} -> {target}")
+                    result.rows.append(_method_row(method, params[method], window, cutoff, target, evaluate))
+                    bar.advance(job)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.rows = [real[s] for s in real_steps] + result.rows
+    top = real[target].accuracy
+    for row in result.rows:
+        if row.accuracy is None:
+            continue
+        row.pct_of_target = 100.0 * row.accuracy / top if top else None
+        row.gain = row.accuracy - real[row.cutoff].accuracy
+    return result
+
+
+def _method_row(method: str, params: dict, window: Run, cutoff: int, target: int, evaluate) -> Row:
+    """One method at one cutoff: a row with the evaluated accuracy, or with the reason it failed."""
+    start = time.perf_counter()
+    try:
+        ex = make_extrapolator(method, **params).fit(window)
+        meta = {"rlcast": f"{method} from step {cutoff} to step {target}", "selection": ex.selection}
+        res, _ = evaluate(f"{method}-{cutoff}", ex.predict(target), meta)
+    except RlcastError as err:
+        return Row(method, cutoff, target, reason=str(err), seconds=time.perf_counter() - start)
+    return Row(method, cutoff, target, res.accuracy, res.ci_low, res.ci_high, seconds=time.perf_counter() - start)
+
+
+def table(result: Comparison) -> Table:
+    """The rich table: real checkpoints as reference rows, then every method at every cutoff."""
+    t = Table(title=f"{result.run}: predicting step {result.target} ({result.task}, {result.n_prompts} prompts)")
+    for col in ("method", "cutoff (steps used / target)", "accuracy", "% of real target", "gain over stopping",
+                "note"):
+        t.add_column(col, justify="left" if col in ("method", "note") else "right")
+    for row in result.rows:
+        steps = f"{row.cutoff} / {row.target} ({100 * row.fraction:.0f} %)"
+        if row.accuracy is None:
+            t.add_row(row.method, steps, "-", "-", "-", f"[red]{row.reason}[/]")
+            continue
+        name = ("base" if row.cutoff == 0 else f"real @ {row.cutoff}") if row.method == REFERENCE else row.method
+        acc = f"{row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        pct = "-" if row.pct_of_target is None else f"{row.pct_of_target:.1f} %"
+        gain = "" if row.method == REFERENCE else f"{row.gain:+.3f}"
+        t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, acc, pct, gain, "")
+    return t
+
+
+def plot(result: Comparison, path: Path) -> None:
+    """Accuracy against the fraction of the target's steps: the real checkpoints and one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    real = [r for r in result.rows if r.method == REFERENCE]
+    ax.plot([r.fraction for r in real], [r.accuracy for r in real], "k-o", label="real checkpoints")
+    ax.axhline(next(r.accuracy for r in real if r.cutoff == result.target), color="k", ls="--", lw=0.8)
+    for method in dict.fromkeys(r.method for r in result.rows if r.method != REFERENCE):
+        rows = [r for r in result.rows if r.method == method and r.accuracy is not None]
+        if rows:
+            ax.plot([r.fraction for r in rows], [r.accuracy for r in rows], "-s", label=method)
+    ax.set_xlabel(f"fraction of the {result.target} steps used")
+    ax.set_ylabel(f"accuracy ({result.task})")
+    ax.set_title(f"predicting step {result.target}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save(result: Comparison, out: Path) -> Path:
+    """Write compare.json and compare.png into `out` (built in a temporary folder, then moved into place)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".compare.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "compare.json").write_text(json.dumps(result.to_dict(), indent=2))
+        plot(result, tmp / "compare.png")
+        for name in ("compare.json", "compare.png"):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def print_table(result: Comparison, console: Console | None = None) -> None:
+    (console or Console()).print(table(result))

@@ -1,0 +1,1 @@
+"""Integrations of rlcast with training frameworks (TRL: `rlcast.integrations.trl.AccelerateCallback`)."""

@@ -1,0 +1,182 @@
+"""Top-k singular triplets of a weight update: exact, fast (randomized subspace iteration), or from LoRA factors.
+
+The fast path is randomized subspace iteration (Halko, Martinsson & Tropp 2011) with oversampling: a seeded Gaussian
+sketch of l = k + 1 + OVERSAMPLE columns, then power iterations
+
+    V = orth(D^T Q)   (Rayleigh-Ritz: D^T Q = V S Ut^T gives u_i = Q ut_i, s_i, v_i)
+    Q = orth(D V)     (D V also gives the residuals r_i = ||D v_i - s_i u_i||, at no extra cost)
+
+Each iteration costs two thin matmuls with D. Convergence is checked per triplet, not assumed:
+    s accuracy:     r_i <= S_TOL * s_1 for the top k
+    u/v direction:  r_i <= ANGLE_TOL * gap_i,   gap_i = min(s_{i-1} - s_i, s_i - s_{i+1})   (Davis-Kahan / Wedin)
+    s_next:         the Ritz value s_{k+1} (a lower bound); r_{k+1} <= NEXT_TOL * s_1 when it is near the threshold
+A triplet whose gap is below GAP_MIN (s_i / s_{i+1} < 1.01) has no meaningful direction: it is flagged
+`well_defined=False` and only its value must converge. If MAX_ITER iterations would not converge (the rate measured
+from the residuals predicts it), that tensor falls back to the exact SVD. Oversampling makes the rate (s_{l+1} / s_i)^2 per iteration, so a close pair s1/s2 = 1.006 is
+separated by the small SVD, not by the power iteration.
+
+LoRA deltas `scale * B @ A` never become dense: B = Qb Rb, A^T = Qa Ra, and the SVD of the r x r core
+`scale * Rb Ra^T = Uc S Vc^T` gives u = Qb Uc, v = Qa Vc exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rlcast.checkpoints import Delta, LowRankDelta
+
+OVERSAMPLE = 8
+MAX_ITER = 40
+S_TOL = 5e-5
+NEXT_TOL = 1e-3
+ANGLE_TOL = 1e-2
+GAP_MIN = 1.01
+
+
+@dataclass
+class Spectrum:
+    u: torch.Tensor  # (m, k) left singular vectors
+    s: torch.Tensor  # (k,)
+    v: torch.Tensor  # (n, k) right singular vectors
+    fro: float  # ||delta||_F
+    s_next: float  # s_{k+1} when known (0.0 when the rank is exhausted)
+    well_defined: bool  # False when s1/s2 is too close to 1 for u1 to be meaningful
+    method: str = "exact"  # "exact" | "fast" | "fast->exact" (did not converge) | "lora" | "vector" | "zero"
+    iterations: int = 0  # power iterations used by the fast path
+
+    @property
+    def rank1_energy(self) -> float:
+        return float(self.s[0] ** 2 / self.fro ** 2) if self.fro > 0 else 0.0
+
+
+def sign_convention(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each pair (u_i, v_i) so that the entry of u_i with the largest |value| is positive."""
+    idx = u.abs().argmax(dim=0)
+    signs = torch.sign(u[idx, torch.arange(u.shape[1])])
+    signs[signs == 0] = 1
+    return u * signs, v * signs
+
+
+def _well_defined(s: torch.Tensor, s_next: float) -> bool:
+    """u1 is meaningful when s1 / s2 >= GAP_MIN (and the update is not zero)."""
+    s2 = s[1].item() if len(s) > 1 else s_next
+    return s[0].item() > 0 and s[0].item() >= GAP_MIN * s2
+
+
+def _finish(u, s, v, fro, s_next, method, iterations=0) -> Spectrum:
+    u, v = sign_convention(u, v)
+    return Spectrum(u.contiguous(), s.contiguous(), v.contiguous(), float(fro), float(s_next),
+                    _well_defined(s, s_next), method, iterations)
+
+
+def svd_exact(d: torch.Tensor, k: int) -> Spectrum:
+    """Top-k triplets from the full SVD (what the published code does for every matrix)."""
+    U, S, Vh = torch.linalg.svd(d, full_matrices=False)
+    s_next = S[k].item() if len(S) > k else 0.0
+    return _finish(U[:, :k], S[:k], Vh[:k].T, torch.linalg.vector_norm(S).item(), s_next, "exact")
+
+
+def _orth(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(x).Q
+
+
+def svd_fast(d: torch.Tensor, k: int, seed: int = 0) -> Spectrum:
+    """Randomized subspace iteration with a convergence check; exact SVD for a tensor where it does not converge."""
+    m, n = d.shape
+    l = min(k + 1 + OVERSAMPLE, m, n)
+    if l <= k + 1 or 4 * l >= min(m, n):  # small matrices: the exact SVD is cheaper than iterating
+        return svd_exact(d, k)
+    fro = torch.linalg.vector_norm(d).item()
+    gen = torch.Generator(device=d.device).manual_seed(seed)
+    Q = _orth(d @ torch.randn(n, l, generator=gen, device=d.device, dtype=d.dtype))
+    before = float("inf")
+    for it in range(1, MAX_ITER + 1):
+        V, S, Ut = torch.linalg.svd(d.T @ Q, full_matrices=False)  # D^T Q = V S Ut
+        U = Q @ Ut.T
+        DV = d @ V
+        res = torch.linalg.vector_norm(DV[:, :k + 1] - U[:, :k + 1] * S[:k + 1], dim=0)
+        left = _unconverged(S, res, k)
+        if left <= 1:
+            return _finish(U[:, :k], S[:k], V[:, :k], fro, S[k].item(), "fast", it)
+        rate = left / before
+        if it >= 3 and (rate >= 1 or it + math.log(left) / -math.log(rate) > MAX_ITER):
+            break  # too slow to converge within MAX_ITER: stop early
+        before = left
+        Q = _orth(DV)
+    spec = svd_exact(d, k)
+    spec.method, spec.iterations = "fast->exact", it
+    return spec
+
+
+def _unconverged(S: torch.Tensor, res: torch.Tensor, k: int) -> float:
+    """max over the criteria of residual / tolerance (<= 1: converged).
+
+    Top-k values to S_TOL * s1; top-k directions to ANGLE_TOL * gap where the gap is defined (s_i/s_{i+1} >= GAP_MIN);
+    s_next (a Ritz value, hence a lower bound) to NEXT_TOL * s1 only when it could flip the well-defined flag.
+    """
+    s1 = S[0].item()
+    worst = (res[:k] / (S_TOL * s1)).max().item()
+    if S[k].item() * GAP_MIN * 1.1 > S[k - 1].item():
+        worst = max(worst, res[k].item() / (NEXT_TOL * s1))
+    for i in range(k):
+        gap_above = S[i - 1].item() - S[i].item() if i > 0 else float("inf")
+        gap_below = S[i].item() - S[i + 1].item()
+        defined = S[i].item() >= GAP_MIN * S[i + 1].item() and (i == 0 or S[i - 1].item() >= GAP_MIN * S[i].item())
+        if defined:
+            worst = max(worst, res[i].item() / (ANGLE_TOL * min(gap_above, gap_below)))
+    return worst
+
+
+def from_factors(delta: LowRankDelta, k: int) -> Spectrum:
+    """Exact top-k of scale * B @ A through QR of the factors and an r x r SVD: never an m x n matrix."""
+    Qb, Rb = torch.linalg.qr(delta.B)
+    Qa, Ra = torch.linalg.qr(delta.A.T)
+    Uc, S, Vch = torch.linalg.svd(delta.scale * (Rb @ Ra.T))
+    kk = min(k, len(S))
+    s_next = S[k].item() if len(S) > k else 0.0
+    spec = _finish(Qb @ Uc[:, :kk], S[:kk], Qa @ Vch[:kk].T, torch.linalg.vector_norm(S).item(), s_next, "lora")
+    return _pad(spec, k)
+
+
+def top_k(delta: Delta, k: int = 1, exact: bool = False, seed: int = 0) -> Spectrum:
+    """Top-k singular triplets of a delta (dense 2-D, LowRankDelta, or 1-D recorded as a unit vector and its norm)."""
+    if isinstance(delta, LowRankDelta):
+        return from_factors(delta, k)
+    d = delta.float()
+    if d.dim() == 1:
+        norm = torch.linalg.vector_norm(d).item()
+        u = (d / norm if norm > 0 else d).unsqueeze(1)
+        return Spectrum(u, torch.tensor([norm]), torch.ones(1, 1), norm, 0.0, norm > 0, "vector")
+    if d.dim() != 2:
+        d = d.reshape(d.shape[0], -1)
+    fro = torch.linalg.vector_norm(d).item()
+    if fro == 0:
+        m, n = d.shape
+        return Spectrum(torch.zeros(m, k), torch.zeros(k), torch.zeros(n, k), 0.0, 0.0, False, "zero")
+    if min(d.shape) <= k:
+        return _pad(svd_exact(d, min(d.shape)), k)
+    return svd_exact(d, k) if exact else svd_fast(d, k, seed)
+
+
+def _pad(spec: Spectrum, k: int) -> Spectrum:
+    """Pad a spectrum whose matrix has rank < k with zero triplets."""
+    extra = k - spec.s.shape[0]
+    if extra <= 0:
+        return spec
+    spec.u = torch.cat([spec.u, torch.zeros(spec.u.shape[0], extra)], 1)
+    spec.v = torch.cat([spec.v, torch.zeros(spec.v.shape[0], extra)], 1)
+    spec.s = torch.cat([spec.s, torch.zeros(extra)])
+    spec.s_next = 0.0
+    return spec
+
+
+def align_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Flip rows of (T, d) so that consecutive rows have cosine >= 0 (row 0 keeps its sign)."""
+    out = vectors.clone()
+    for t in range(1, out.shape[0]):
+        if torch.dot(out[t], out[t - 1]) < 0:
+            out[t] = -out[t]
+    return out

@@ -1,0 +1,296 @@
+"""One self-contained HTML report of a run: spectra, rank-1 energy, R^2 heat maps, accuracy, u1 trajectories.
+
+Plots are matplotlib PNGs (Agg backend) inlined as base64, so the file opens offline and can be mailed around.
+Results already saved in the run's output folder (RUN/rlcast/dynamics.json, dominance.json) are reused; what is
+missing is computed here (dominance is not: it evaluates several models, run `rlcast dominance` for it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from rlcast.errors import RlcastError
+
+RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
+
+
+def results_dir(run) -> Path:
+    """Where a run's analysis outputs live: RUN/rlcast/ (./rlcast/ for runs given without a root folder)."""
+    return (Path(run.root) if run.root else Path.cwd()) / RESULTS
+
+
+def load_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise RlcastError(f"{path}: not valid JSON ({err})") from None
+
+
+# --- plots ---
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _grid(modules: list[dict], key: str) -> tuple[list, list[str], torch.Tensor]:
+    """Layer x module-type matrix of one per-module value (nan where missing)."""
+    layers = sorted({m["layer"] for m in modules}, key=lambda x: (x is None, x))
+    kinds = sorted({m["kind"] for m in modules})
+    grid = torch.full((len(layers), len(kinds)), math.nan)
+    for m in modules:
+        if m[key] is not None:
+            grid[layers.index(m["layer"]), kinds.index(m["kind"])] = m[key]
+    return layers, kinds, grid
+
+
+def heatmaps(modules: list[dict], panels: list[tuple[str, str]], vmin: float, vmax: float, cmap: str) -> str:
+    """Side-by-side layer x module-type heat maps, one per (key, title), values written in the cells."""
+    import matplotlib.pyplot as plt
+
+    n_layers = len({m["layer"] for m in modules})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.4 * n_layers + 2.5), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        layers, kinds, grid = _grid(modules, key)
+        image = ax.imshow(grid.clamp(vmin, vmax).numpy(), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+        ax.set_xticks(range(len(kinds)), kinds, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=10)
+        if grid.numel() <= 200:
+            for (i, j), value in _cells(grid):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < vmin + 0.35 * (vmax - vmin) else "black")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _cells(grid: torch.Tensor):
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not math.isnan(float(grid[i, j])):
+                yield (i, j), float(grid[i, j])
+
+
+def accuracy_plot(accuracy: dict[int, float], dominance: dict | None) -> str | None:
+    """Accuracy against the step (manifest accuracies), with the rank-k models of `rlcast dominance` marked."""
+    import matplotlib.pyplot as plt
+
+    if not accuracy and not dominance:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    if accuracy:
+        steps = sorted(accuracy)
+        ax.plot(steps, [accuracy[s] for s in steps], "o-", color="tab:blue", label="checkpoints")
+    if dominance:
+        step = dominance["step"]
+        for i, s in enumerate(dominance["ranks"]):
+            ax.errorbar(step + (i + 1) * 0.01 * max(step, 1), s["accuracy"],
+                        yerr=[[s["accuracy"] - s["ci_low"]], [s["ci_high"] - s["accuracy"]]], fmt="s", capsize=3,
+                        label=f"rank-{s['k']} model (dominance eval)")
+        full = dominance["full"]
+        ax.errorbar(step, full["accuracy"], yerr=[[full["accuracy"] - full["ci_low"]],
+                                                  [full["ci_high"] - full["accuracy"]]],
+                    fmt="D", color="black", capsize=3, label="full checkpoint (dominance eval)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def spectrum_plot(traj) -> str:
+    """Energy share s_i^2 / ||dW||_F^2 of the top singular values at the last checkpoint, mean per module type."""
+    import matplotlib.pyplot as plt
+
+    from rlcast.dynamics import parse_name
+
+    by_kind: dict[str, list[torch.Tensor]] = {}
+    for name, mt in traj.modules.items():
+        if mt.u is None or float(mt.fro[-1]) == 0:
+            continue
+        by_kind.setdefault(parse_name(name)[1], []).append(mt.sigma[-1].double() ** 2 / float(mt.fro[-1]) ** 2)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for kind, shares in sorted(by_kind.items()):
+        mean = torch.stack(shares).mean(0)
+        axes[0].semilogy(range(1, len(mean) + 1), mean.numpy(), "o-", ms=3, label=kind)
+    axes[0].set_xlabel("singular value index i")
+    axes[0].set_ylabel("s_i^2 / ||dW||_F^2")
+    axes[0].set_title(f"spectrum of dW at step {traj.steps[-1]} (mean per module type)", fontsize=10)
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    for kind in sorted(by_kind):
+        energy = torch.stack([mt.rank1_energy for n, mt in traj.modules.items()
+                              if mt.u is not None and parse_name(n)[1] == kind]).nanmean(0)
+        axes[1].plot(traj.steps, energy.numpy(), "o-", ms=3, label=kind)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("rank-1 energy s_1^2 / ||dW||_F^2")
+    axes[1].set_title("rank-1 energy over training (mean per module type)", fontsize=10)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def u1_projection_plot(traj, modules: list[dict], n: int = 6) -> str:
+    """2-D PCA of the sign-aligned u1(t) of the `n` modules with the most rank-1 energy, coloured by step."""
+    import matplotlib.pyplot as plt
+
+    from rlcast.dynamics import align
+
+    picked = sorted(modules, key=lambda m: -(m["rank1_energy_last"] or 0))[:n]
+    cols = min(3, len(picked))
+    rows = math.ceil(len(picked) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.5 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, picked):
+        u = align(traj.modules[m["name"]].u[:, :, 0].double())
+        centred = u - u.mean(0)
+        _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        share = (s[:2] ** 2).sum() / (s ** 2).sum().clamp_min(1e-300)
+        ax.plot(xy[:, 0], xy[:, 1], "-", color="0.7", lw=1)
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=traj.steps, cmap="viridis", s=22, zorder=3)
+        ax.annotate("start", xy[0].tolist(), fontsize=7)
+        ax.set_title(f"{m['name'].removesuffix('.weight')}\nPC1+PC2 = {float(share):.0%} of variance", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(points, ax=ax, shrink=0.8, label="step")
+    for ax in list(axes.flat)[len(picked):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --- HTML ---
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else "<p>(no data)</p>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
+.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
+
+
+def dominance_rows(dom: dict) -> list[dict]:
+    rows = [{"model": "base", "accuracy": dom["base"]["accuracy"]}, {"model": "full", "accuracy": dom["full"]["accuracy"]}]
+    for s, r in zip(dom["ranks"], dom["recovery"]):
+        rows.append({"model": s["label"], "accuracy": s["accuracy"], "acc_k / acc_full": r["recovery"],
+                     "95% CI": _ci(r["recovery_ci"]), "gain recovery": r["gain_recovery"],
+                     "95% CI ": _ci(r["gain_recovery_ci"])})
+    return rows
+
+
+def _ci(ci) -> str:
+    return "&ndash;" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
+                 progress: bool = True, cache_dir: Path | None = None) -> Path:
+    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rlcast.checkpoints import RunReader
+    from rlcast.dynamics import analyze_dynamics, dynamics_names
+    from rlcast.trajectory import build_trajectory
+    from rlcast.writer import write_text_atomic
+
+    folder = results_dir(run)
+    out = Path(out) if out else folder / "report.html"
+    names = dynamics_names(RunReader(run), selection)
+    if not names:
+        raise RlcastError(f"{run.root or run.base}: no 2-D tensors changed in selection {selection!r}")
+    traj = build_trajectory(run, rank=rank, cache_dir=cache_dir, progress=progress, names=names)
+    dyn = load_json(folder / "dynamics.json")
+    dyn_note = f"read from {folder / 'dynamics.json'}"
+    if dyn is None or not set(names) <= {m["name"] for m in dyn["modules"]}:
+        from rlcast.dynamics import finite
+
+        dyn = finite(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
+                                      progress=progress).to_json())
+        dyn_note = "computed for this report"
+    dom = load_json(folder / "dominance.json")
+    modules = [m for m in dyn["modules"] if m["name"] in traj.modules]
+    accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
+
+    manifest = run.manifest or {}
+    info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
+            {"field": "algorithm", "value": manifest.get("algo", "?")},
+            {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
+            {"field": "task", "value": manifest.get("task", task or "?")},
+            {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
+            {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
+            {"field": "dynamics", "value": dyn_note},
+            {"field": "accuracies for PLS", "value": dyn["accuracy_source"]}]
+    overall = [{"measure": k, "value": v} for k, v in dyn["summary"]["overall"].items()]
+    group_cols = ["group", "n", "rank1_energy_last", "step_r2", "step_r2_heldout", "pls_r2", "pls_r2_heldout",
+                  "relex_explained"]
+    by_kind = [{"group": g, **v} for g, v in dyn["summary"]["by_kind"].items()]
+    by_layer = [{"group": g, **v} for g, v in dyn["summary"]["by_layer"].items()]
+    per_module = [{**m, "cos_u_first": m["cos_u_last"][0], "cos_v_first": m["cos_v_last"][0]} for m in modules]
+
+    r2_panels = [("step_r2", "R^2 of s1*u1 vs step (in-sample)"),
+                 ("step_r2_heldout", f"held-out R^2 (fit on first {dyn['holdout_fit']} ckpts)")]
+    if any(m["pls_r2"] is not None for m in modules):
+        r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
+    sections = [
+        ("Run", table(info)),
+        ("Rank-1 dominance", (table(dominance_rows(dom)) + f"<p class=note>step {dom['step']}, task "
+                              f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
+                              f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
+                              "paired bootstrap over prompts.</p>") if dom else
+         "<p class=note>not computed: run <code>rlcast dominance RUN</code> to add it.</p>"),
+        ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
+        ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")
+         + _img(heatmaps(modules, [("rank1_energy_last", f"rank-1 energy at step {traj.steps[-1]}")], 0, 1,
+                         "viridis"), "rank-1 energy")),
+        ("Rank-1 linear dynamics: R^2 heat maps",
+         _img(heatmaps(modules, r2_panels, -1, 1, "RdYlGn"), "R^2 heat maps")
+         + "<p class=note>R^2 = 1 - SSE/SST over all coordinates of the scored vectors, SST around their own mean; "
+           "held-out scores use only the later checkpoints. Colours are clipped to [-1, 1].</p>"),
+        ("Summary", table(overall)),
+        ("By module type", table(by_kind, group_cols)),
+        ("By layer", table(by_layer, group_cols)),
+        ("2-D projection of the u1 trajectories", _img(u1_projection_plot(traj, modules), "u1 PCA")),
+        ("Per module", table(per_module, ["name", "rank1_energy_last", "step_r2", "step_r2_heldout", "pls_r2",
+                                          "pls_r2_heldout", "pls_mae_heldout", "relex_explained", "cos_u_first",
+                                          "cos_v_first"])),
+    ]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = "".join(f"<h2>{html.escape(title)}</h2>\n{content}\n" for title, content in sections)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rlcast report</title><style>{STYLE}</style>"
+            f"</head><body><h1>rlcast report</h1><p class=note>{html.escape(str(run.root or run.base))} &middot; "
+            f"{stamp}</p>\n{body}</body></html>")
+    return write_text_atomic(out, page)

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rlcast.checkpoints import RunReader, load_run
+from rlcast.dominance import Score, rank_k_tensors, recovery, write_rank_k
+from rlcast.errors import RlcastError
+from rlcast.synthetic import planted_deltas, planted_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Rank-2 planted updates (sigmas 0.05 and 0.025, linear schedule) on a 32-wide, 1-layer Llama."""
+    root = planted_run(tmp_path_factory.mktemp("planted") / "run", steps=[5, 10], rank=2, hidden=32, layers=1)
+    return load_run(root)
+
+
+def _planted(run):
+    reader = RunReader(run)
+    shapes = {n: tuple(reader.shape(n)) for n in reader.names()}
+    return reader, planted_deltas(shapes, rank=2, seed=1)  # planted_run uses seed + 1 for the factors
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_rank1_model_keeps_the_top_triplet_with_the_right_scale(run, rescale):
+    reader, factors = _planted(run)
+    tensors = dict(rank_k_tensors(reader, 5, k=1, rescale=rescale, selection="blocks", exact=True))
+    assert list(tensors) == reader.names()
+    c = 0.5  # linear schedule at step 5 of 10
+    for name, w in tensors.items():
+        w0 = reader.base(name)
+        if ".layers." not in name or w.dim() != 2:
+            assert torch.equal(w, w0), name  # embeddings, lm_head and norms stay at the base
+            continue
+        (s1, u1, v1), (s2, _, _) = factors[name]
+        a = math.hypot(s1, s2) / s1 if rescale else 1.0
+        expected = w0 + c * a * s1 * torch.outer(u1, v1)
+        assert torch.allclose(w, expected, atol=1e-5), name
+        assert (w - w0).norm() == pytest.approx(c * (math.hypot(s1, s2) if rescale else s1), rel=1e-4)
+
+
+def test_selections_and_full_rank(run):
+    reader, _ = _planted(run)
+    embed, norm = "model.embed_tokens.weight", "model.norm.weight"
+    every = dict(rank_k_tensors(reader, 10, k=2, selection="all", exact=True))
+    for name, w in every.items():  # the planted update has rank 2: k = 2 gives the checkpoint back
+        assert torch.allclose(w, reader.weight(10, name), atol=1e-5), name
+    all2d = dict(rank_k_tensors(reader, 10, k=1, selection="all-2d", exact=True))
+    assert not torch.equal(all2d[embed], reader.base(embed)) and torch.equal(all2d[norm], reader.base(norm))
+    with pytest.raises(RlcastError, match="selection"):
+        next(rank_k_tensors(reader, 10, k=1, selection="mlp"))
+
+
+def test_write_rank_k_round_trips_through_transformers(run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = write_rank_k(run, 10, 1, tmp_path / "rank1", exact=True)
+    reader = RunReader(run)
+    expected = dict(rank_k_tensors(reader, 10, k=1, exact=True))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for name, param in model.state_dict().items():
+        assert torch.allclose(param, expected[name], atol=1e-6), name
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert '"k": 1' in f.metadata()["rlcast"]
+    with pytest.raises(RlcastError, match="step 7"):
+        write_rank_k(run, 7, 1, tmp_path / "nope")
+
+
+def _score(label, k, values):
+    return Score(label, k, sum(values) / len(values), 0.0, 1.0, [float(v) for v in values])
+
+
+def test_recovery_point_values_and_paired_intervals():
+    base = _score("base", None, [0] * 6 + [1] * 4)      # 0.4
+    full = _score("full", None, [0] * 2 + [1] * 8)      # 0.8
+    rank = _score("rank-1", 1, [0] * 3 + [1] * 7)       # 0.7
+    r = recovery(base, full, rank, seed=0)
+    assert r.recovery == pytest.approx(0.7 / 0.8)
+    assert r.gain_recovery == pytest.approx(0.3 / 0.4)
+    assert r.recovery_ci[0] <= r.recovery <= r.recovery_ci[1] and r.recovery_ci[1] <= 1.0 + 1e-12
+    assert r.gain_recovery_ci[0] <= r.gain_recovery <= r.gain_recovery_ci[1]
+    assert recovery(base, full, rank, seed=0) == r  # seeded
+    same = recovery(base, full, _score("rank-2", 2, full.per_prompt), seed=0)
+    assert same.recovery == 1.0 and same.recovery_ci == (1.0, 1.0)  # paired: identical answers, no spread
+    flat = recovery(base, base, rank, seed=0)
+    assert math.isnan(flat.gain_recovery)

@@ -1,0 +1,253 @@
+"""Extrapolators on planted runs with a known answer, the written model, streaming memory, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from rlcast.checkpoints import Run, RunReader, load_run, select_names
+from rlcast.cli import app
+from rlcast.errors import RlcastError
+from rlcast.extrapolate import METHODS, make_extrapolator
+from rlcast.synthetic import planted_run, tiny_llama
+
+STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+
+
+def accuracy_manifest(steps, a0=0.2, slope=0.005) -> dict:
+    """A run.json-style manifest whose accuracy is exactly linear in the step (like the planted deltas)."""
+    return {"base_accuracy": a0, "checkpoints": [{"step": s, "accuracy": a0 + slope * s} for s in steps]}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Run:
+    """Exactly linear rank-1 updates W_t = W0 + (t/100) s u v^T on every tensor, with linear accuracies."""
+    run = load_run(planted_run(tmp_path_factory.mktemp("planted") / "run", steps=STEPS))
+    run.manifest = accuracy_manifest(STEPS)
+    return run
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory) -> Run:
+    """A LoRA run: every block projection gets scale * B(t) @ A with B(t) = (t/100) b e1^T (rank 1, linear)."""
+    root = tmp_path_factory.mktemp("lora") / "run"
+    base = tiny_llama(root / "base", hidden=32, layers=2)
+    reader = RunReader(Run(base, []))
+    names = select_names(reader.names(), {n: reader.shape(n) for n in reader.names()}, "blocks")
+    gen = torch.Generator().manual_seed(0)
+    factors = {}
+    for name in names:
+        m, n = reader.shape(name)
+        B = torch.zeros(m, 2)
+        B[:, 0] = torch.randn(m, generator=gen) * 0.05
+        factors[name] = (torch.randn(2, n, generator=gen) / n ** 0.5, B)
+    for step in STEPS:
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        tensors = {}
+        for name, (A, B) in factors.items():
+            module = name[: -len(".weight")]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = A.contiguous()
+            tensors[f"base_model.model.{module}.lora_B.weight"] = (step / 100 * B).contiguous()
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "base_model_name_or_path": str(base),
+             "target_modules": ["q_proj"]}))
+    run = load_run(root, base=base)
+    run.manifest = accuracy_manifest(STEPS)
+    return run
+
+
+def delta_error(ex, run: Run, target: int, names=None) -> float:
+    """||W_pred - W_target||_F / ||W_target - W0||_F over `names` (default: every tensor)."""
+    reader = RunReader(run)
+    num = den = 0.0
+    for name, w in ex.predict(target):
+        if names is None or name in names:
+            truth, base = reader.weight(target, name), reader.base(name)
+            num += float((w - truth).pow(2).sum())
+            den += float((truth - base).pow(2).sum())
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("method,params", [("weight-linear", {}), ("relex", {}), ("relex", {"rank": 2}),
+                                           ("alpharl-step", {"selection": "all"})])
+def test_planted_linear_reproduced_from_30_percent(planted, method, params):
+    ex = make_extrapolator(method, **params).fit(planted.window(30))
+    assert ex.targets_ == RunReader(planted).names()
+    assert delta_error(ex, planted, 100) < 0.01
+
+
+def test_alpharl_step_default_blocks_only(planted):
+    ex = make_extrapolator("alpharl-step").fit(planted.window(30))
+    blocks = set(ex.targets_)
+    assert blocks and all(".layers." in n for n in blocks)
+    assert delta_error(ex, planted, 100, names=blocks) < 0.01
+    for name, w in ex.predict(100):  # everything else stays at the base
+        if name not in blocks:
+            assert torch.equal(w, RunReader(planted).base(name))
+
+
+def test_alpharl_pls_inverted_at_target_accuracy(planted):
+    ex = make_extrapolator("alpharl", target_accuracy=0.7).fit(planted.window(40))  # 0.7 = accuracy at step 100
+    assert delta_error(ex, planted, 100, names=set(ex.targets_)) < 0.01
+    forecast = make_extrapolator("alpharl").fit(planted.window(40))  # target from the accuracy-vs-step line
+    assert forecast.target(100) == pytest.approx(0.7)
+    assert delta_error(forecast, planted, 100, names=set(ex.targets_)) < 0.01
+    halfway = make_extrapolator("alpharl", target_accuracy=0.45).fit(planted.window(40))  # accuracy at step 50
+    assert delta_error(halfway, planted, 50, names=set(ex.targets_)) < 0.01
+
+
+def test_alpharl_anchor_last_adds_onto_last_checkpoint(planted):
+    ex = make_extrapolator("alpharl-step", anchor="last").fit(planted.window(30))
+    name = ex.targets_[0]
+    reader = RunReader(planted)
+    w = dict(ex.predict(100))[name]
+    # released-code behaviour: W_30 + a(100) v^T, i.e. the delta of step 100 counted on top of step 30's
+    assert torch.allclose(w - reader.weight(30, name), reader.delta(100, name), atol=1e-5)
+
+
+def test_relex_chunked_gram_matches_single_chunk(planted):
+    whole = make_extrapolator("relex").fit(planted.window(50))
+    tiny = make_extrapolator("relex", chunk_mb=0).fit(planted.window(50))  # one row per chunk
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert len(tiny._rows(name)) == RunReader(planted).shape(name)[0]
+    assert torch.allclose(whole.weights(name, 100), tiny.weights(name, 100), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(dict(whole.predict(100))[name], dict(tiny.predict(100))[name], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["weight-linear", "relex", "alpharl-step", "alpharl"])
+def test_lora_run_factors(lora, method):
+    params = {"target_accuracy": 0.7} if method == "alpharl" else {}
+    ex = make_extrapolator(method, **params).fit(lora.window(40))
+    assert len(ex.targets_) == 14  # 7 projections x 2 layers; the rest is untouched by the adapters
+    assert delta_error(ex, lora, 100, names=set(ex.targets_)) < 0.01
+
+
+@pytest.mark.parametrize("fixture", ["planted", "lora"])
+def test_next_learns_the_planted_update(request, fixture):
+    run = request.getfixturevalue(fixture)
+    ex = make_extrapolator("next", epochs=300, c=1.0, horizon=3).fit(run.window(60))
+    still = make_extrapolator("weight-linear").fit(run.window(60))
+    names = set(ex.targets_)
+    err = delta_error(ex, run, 100, names)
+    baseline = delta_error(still, run, 60, names)  # stopping at the cutoff: 40 % of the update missing
+    assert baseline == pytest.approx(0.4, rel=1e-3)
+    assert err < 0.5 * baseline
+
+
+def test_next_default_scale_and_anchor(planted):
+    ex = make_extrapolator("next", epochs=5, horizon=2).fit(planted.window(40))
+    stream = ex.predict(40)  # target at the cutoff: predict-extend by zero steps = the last checkpoint
+    reader = RunReader(planted)
+    for name, w in stream:
+        assert torch.allclose(w, reader.weight(40, name))
+    assert ex.c_ == 1.5
+
+
+def test_cli_writes_a_model_that_loads_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    root = planted_run(tmp_path / "run", steps=[10, 20, 30], hidden=32, layers=1, dtype=torch.bfloat16)
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(app, ["extrapolate", str(root), "--method", "relex", "--until", "20", "--target",
+                                   "30", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temp folder was renamed away
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    tokens = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    assert tokens.shape == (1, 7)
+    reader = RunReader(load_run(root))
+    w = model.state_dict()["model.layers.0.mlp.up_proj.weight"].float()
+    truth = reader.weight(30, "model.layers.0.mlp.up_proj.weight")
+    assert torch.allclose(w, truth.bfloat16().float(), atol=1e-2)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    root = planted_run(tmp_path / "run", steps=[10, 20, 30], hidden=32, layers=1)
+    cmd = [sys.executable, "-c", "from rlcast.cli import main; main()", "extrapolate", str(root), "--method",
+           "alpharl-step", "--until", "10", "--target", "30", "--out", str(tmp_path / "x")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "needs at least 2 checkpoints" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_input(planted):
+    with pytest.raises(RlcastError, match="needs at least 3 checkpoints.*up to step 20 has 2"):
+        make_extrapolator("alpharl", target_accuracy=0.5).fit(planted.window(20))
+    with pytest.raises(RlcastError, match="has 0"):
+        make_extrapolator("relex").fit(planted.window(5))
+    with pytest.raises(RlcastError, match="target step 20 is before the cutoff step 30"):
+        make_extrapolator("weight-linear").fit(planted.window(30)).predict(20)
+    ex = make_extrapolator("alpharl", target_accuracy=0.99).fit(planted.window(40))
+    with pytest.raises(RlcastError, match=r"target accuracy 0.990 is outside the PLS range \[0.000, 0.850\]"):
+        ex.predict(100)
+    no_acc = Run(planted.base, planted.checkpoints, planted.root, None)
+    with pytest.raises(RlcastError, match="no accuracy for step 10"):
+        make_extrapolator("alpharl").fit(no_acc.window(40))
+    with pytest.raises(RlcastError, match="unknown method"):
+        make_extrapolator("spline")
+    with pytest.raises(RlcastError, match="has no parameter 'rank'"):
+        make_extrapolator("weight-linear", rank=2)
+    with pytest.raises(RlcastError, match="call fit"):
+        make_extrapolator("relex").predict(10)
+    with pytest.raises(RlcastError, match="horizon 4 checkpoints"):
+        make_extrapolator("next", horizon=4).fit(planted.window(40))
+    assert set(METHODS) == {"weight-linear", "alpharl", "alpharl-step", "relex", "next"}
+
+
+MEMORY_PROBE = r"""
+import json, sys, threading, time
+from rlcast.checkpoints import load_run
+from rlcast.extrapolate import make_extrapolator
+
+def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+
+run = load_run(sys.argv[1])
+out = {}
+for method in sys.argv[2:]:
+    ex = make_extrapolator(method).fit(run)
+    start = peak = anon()
+    done = False
+    def sample():
+        global peak
+        while not done:
+            peak = max(peak, anon())
+            time.sleep(0.0005)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    total = largest = 0
+    for name, w in ex.predict(100):
+        total += w.numel() * 4
+        largest = max(largest, w.numel() * 4)
+        peak = max(peak, anon())
+        del w
+    done = True
+    thread.join()
+    out[method] = {"growth": peak - start, "model": total, "largest": largest}
+print(json.dumps(out))
+"""
+
+
+def test_stream_holds_one_tensor_at_a_time(tmp_path):
+    """On a ~220 MB model, streaming a prediction grows anonymous memory by a few tensors, never by a model."""
+    root = planted_run(tmp_path / "big", steps=[10, 20], hidden=1024, layers=6)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed large buffers go back to the OS at once
+    res = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(root), "weight-linear", "relex"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    for method, m in json.loads(res.stdout.strip().splitlines()[-1]).items():
+        print(method, m)
+        assert m["model"] > 200 * 2**20
+        assert m["growth"] < m["model"] / 3, method
+        assert m["growth"] < 12 * m["largest"], method

@@ -1,0 +1,188 @@
+"""AccelerateCallback inside real TRL GRPO runs on a tiny character-level Llama (hidden 32, one layer).
+
+The GRPO reward is "fraction of digits in the completion", which a random model learns within a few steps, so the
+weights really move and the extrapolators have a trajectory to extend.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlcast.errors import RlcastError
+from rlcast.integrations.trl import AccelerateCallback
+
+
+def _digits(completions, **kwargs):
+    return [sum(c.isdigit() for c in s) / max(1, len(s)) for s in completions]
+
+
+def _model(lora: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlcast.testbed import char_tokenizer
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 init_lora_weights=True))
+    return model, tok
+
+
+def _trainer(out, callbacks, steps=12, lora=False, save_steps=500):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlcast.evaluate import get_task
+
+    model, tok = _model(lora)
+    rows = [{"prompt": e.prompt} for e in get_task("arith").examples("train", 128, seed=0)]
+    cfg = GRPOConfig(output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+                     max_steps=steps, learning_rate=2e-2 if lora else 1e-2, lr_scheduler_type="constant",
+                     logging_steps=100, save_steps=save_steps, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    return GRPOTrainer(model=model, reward_funcs=_digits, args=cfg, train_dataset=Dataset.from_list(rows),
+                       processing_class=tok, callbacks=list(callbacks))
+
+
+def _callback(**kw):
+    params = dict(method="weight-linear", every=4, horizon=3, window=3, eval_prompts=8, tolerance=1.0, verbose=False)
+    return AccelerateCallback(**(params | kw))
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class Recording(AccelerateCallback):
+    """Records weights and Adam moments around every jump attempt."""
+
+    def jump(self, args, state, model, tokenizer, optimizer=None):
+        inner = optimizer.optimizer
+        moments = lambda: {id(p): {k: v.clone() for k, v in inner.state[p].items()}
+                           for p in model.parameters() if p in inner.state}
+        self.before = getattr(self, "before", []) + [(_weights(model), moments())]
+        entry = super().jump(args, state, model, tokenizer, optimizer)
+        self.after = getattr(self, "after", []) + [(_weights(model), moments())]
+        return entry
+
+
+def test_misconfiguration_is_an_error_at_construction():
+    with pytest.raises(RlcastError, match="horizon must be >= 1"):
+        AccelerateCallback(horizon=0)
+    with pytest.raises(RlcastError, match="window 1 is shorter than method relex needs"):
+        AccelerateCallback(method="relex", window=1)
+    with pytest.raises(RlcastError, match="window 1 is shorter than auto needs"):
+        AccelerateCallback(method="auto", window=1)
+    with pytest.raises(RlcastError, match="alpharl needs an evaluated accuracy"):
+        AccelerateCallback(method="alpharl")
+    with pytest.raises(RlcastError, match="unknown method"):
+        AccelerateCallback(method="magic")
+    with pytest.raises(RlcastError, match="optimizer_state"):
+        AccelerateCallback(optimizer_state="rescale")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_accelerated_grpo_jumps_and_keeps_adam_moments(tmp_path, lora):
+    cb = Recording(**_callback().state()["args"])
+    trainer = _trainer(tmp_path / "run", [cb], steps=9, lora=lora)
+    trainer.train()
+    kept = [j for j in cb.jumps if j["kept"]]
+    assert [j["step"] for j in cb.jumps] == [4, 8] and len(kept) == 2
+    assert cb.offset == 3 + 4  # horizon 3 kept, then grown by 1.5x to 4 (rounded)
+    # the jump is the weight-linear prediction: W0 + (T/t) (W_t - W0) on every trainable tensor, nothing else
+    base = {n: t for n, t in _model(lora)[0].named_parameters() if t.requires_grad}
+    weights_before, moments_before = cb.before[0]
+    weights_after, moments_after = cb.after[0]
+    assert weights_before.keys() == base.keys()
+    if lora:
+        assert all("lora_" in n for n in base)
+    for name, w in weights_before.items():
+        expected = base[name].detach() + (7 / 4) * (w - base[name].detach())
+        torch.testing.assert_close(weights_after[name], expected, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(weights_after[n], weights_before[n]) for n in weights_before)
+    # optimizer_state="keep": Adam's moments and step counts are untouched by the jump
+    assert moments_before.keys() == moments_after.keys() and moments_before
+    for key, state in moments_before.items():
+        for k, v in state.items():
+            assert torch.equal(v, moments_after[key][k])
+    logged = [h for h in trainer.state.log_history if "accelerate/kept" in h]
+    assert [h["step"] for h in logged] == [4, 8]
+    assert logged[0]["accelerate/method"] == "weight-linear" and logged[0]["accelerate/horizon"] == 3
+    assert logged[0]["accelerate/reward_before"] is not None and logged[0]["accelerate/reward_after"] is not None
+    assert not (tmp_path / "run" / ".rlcast-accelerate").exists()  # snapshots cleaned at the end
+    summary = cb.summary()
+    assert summary["kept"] == 2 and summary["steps_gained"] == 7 and summary["cost_step_equivalents"] > 0
+
+
+def test_optimizer_reset_clears_adam_moments_after_a_kept_jump(tmp_path):
+    cb = Recording(**_callback(optimizer_state="reset").state()["args"])
+    _trainer(tmp_path / "run", [cb], steps=5).train()
+    assert cb.jumps[0]["kept"]
+    assert cb.before[0][1] and not cb.after[0][1]
+
+
+class BadPrediction(AccelerateCallback):
+    """Injects a broken extrapolation: NaN weights (first attempt), then finite garbage with a reward drop."""
+
+    def predict(self, method, target, args):
+        bad = float("nan") if len(self.jumps) == 0 else 50.0
+        for name, tensor in super().predict(method, target, args):
+            yield name, torch.full_like(tensor, bad)
+
+    def _reward(self, model, tokenizer):
+        real = super()._reward(model, tokenizer)  # the held-out generation really runs (and must not touch RNG)
+        return 1.0 if next(model.parameters()).abs().max() < 50 else real * 0.0
+
+
+def test_forced_rollback_restores_the_exact_run(tmp_path):
+    cb = BadPrediction(**_callback(tolerance=0.05).state()["args"])
+    accelerated = _trainer(tmp_path / "acc", [cb], steps=10)
+    accelerated.train()
+    assert [j["kept"] for j in cb.jumps] == [False, False]
+    assert cb.jumps[0]["reason"] == "non-finite weights"
+    assert "dropped" in cb.jumps[1]["reason"] and cb.jumps[1]["reward_after"] == 0.0
+    assert cb.offset == 0 and cb.current_horizon == 1  # 3 -> 1 -> 1 after two rollbacks
+    plain = _trainer(tmp_path / "plain", [], steps=10)
+    plain.train()
+    # a rolled-back jump leaves training exactly as if it had never been tried: same weights, bit for bit
+    for (name, a), (_, b) in zip(accelerated.model.named_parameters(), plain.model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_restores_the_callback_state(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 11:
+                raise Interrupt
+
+    out = tmp_path / "run"
+    cb = _callback()
+    with pytest.raises(Interrupt):
+        _trainer(out, [cb, StopAt()], steps=16, save_steps=9).train()
+    saved = json.loads((out / "checkpoint-9" / "trainer_state.json").read_text())["stateful_callbacks"]
+    saved = saved["AccelerateCallback"]["attributes"]
+    assert [j["step"] for j in saved["jumps"]] == [4, 8] and saved["offset"] == 7
+    assert (out / ".rlcast-accelerate" / "base").is_dir()  # snapshots survive the interruption
+
+    fresh = _callback()
+    trainer = _trainer(out, [fresh], steps=16, save_steps=9)
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-9"))
+    restored = next(c for c in trainer.callback_handler.callbacks if isinstance(c, AccelerateCallback))
+    assert [j["step"] for j in restored.jumps] == [4, 8, 12]
+    assert restored.jumps[2]["virtual_step"] == 12 + 7 and restored.jumps[2]["horizon"] == 6
+    assert restored.offset == 7 + 6 and trainer.state.global_step == 16

@@ -1,0 +1,75 @@
+import base64
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+STEPS = [10, 20, 30, 40, 50, 60]
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory):
+    from rlcast.synthetic import planted_run
+
+    root = planted_run(tmp_path_factory.mktemp("r") / "run", steps=STEPS, rank=2, kind="saturating", noise=0.01,
+                       hidden=32, layers=2)
+    entries = [{"step": s, "path": f"checkpoint-{s}", "accuracy": 0.3 + 0.004 * s} for s in STEPS]
+    (root / "run.json").write_text(json.dumps({"base": "base", "task": "arith", "algo": "grpo", "lora": False,
+                                               "base_accuracy": 0.3, "checkpoints": entries}))
+    return root
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_report_is_self_contained_and_embeds_its_plots(run_root, tmp_path):
+    from rlcast.checkpoints import load_run
+    from rlcast.report import build_report
+
+    out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False,
+                       cache_dir=tmp_path / "cache")
+    page = out.read_text()
+    images = _images(page)
+    assert len(images) == 5  # accuracy, spectra, rank-1 energy, R^2 heat maps, u1 projection
+    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
+    assert "held-out R^2" in page and "model.layers.1.mlp.down_proj" in page
+    assert "rlcast dominance RUN" in page  # no dominance.json yet: the report says how to get it
+    assert not list(tmp_path.glob(".report.html.tmp-*"))
+
+
+def test_report_reuses_saved_results(run_root, tmp_path):
+    from rlcast.checkpoints import load_run
+    from rlcast.report import build_report, results_dir
+
+    run = load_run(run_root)
+    folder = results_dir(run)
+    score = lambda label, k, acc: {"label": label, "k": k, "accuracy": acc, "ci_low": acc - 0.05,  # noqa: E731
+                                   "ci_high": acc + 0.05, "per_prompt": []}
+    dom = {"run": str(run_root), "step": 60, "task": "arith", "n_prompts": 100, "selection": "blocks",
+           "rescale": True, "seed": 0, "base": score("base", None, 0.3), "full": score("full", None, 0.54),
+           "ranks": [score("rank-1", 1, 0.5)],
+           "recovery": [{"k": 1, "recovery": 0.926, "recovery_ci": [0.85, 0.99], "gain_recovery": 0.833,
+                         "gain_recovery_ci": [0.6, 1.0]}]}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dominance.json").write_text(json.dumps(dom))
+    try:
+        page = build_report(run, out=tmp_path / "r.html", rank=2, progress=False,
+                            cache_dir=tmp_path / "cache").read_text()
+    finally:
+        (folder / "dominance.json").unlink()
+    assert "0.926" in page and "[0.600, 1.000]" in page and "rlcast dominance RUN" not in page
+
+
+def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):
+    cmd = [sys.executable, "-m", "rlcast.cli"]
+    ok = subprocess.run(cmd + ["dynamics", str(run_root), "--json", str(tmp_path / "d.json")], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert data["summary"]["overall"]["n_modules"] == 14 and "mlp.up_proj" in ok.stdout
+    bad = subprocess.run(cmd + ["dynamics", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr

@@ -1,0 +1,40 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from rlcast.testbed import ASSET_DIR, TestbedConfig, base_model, build, char_tokenizer
+
+
+def test_char_tokenizer_round_trip():
+    tok = char_tokenizer()
+    ids = tok("23+45=68", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 8 and tok.decode(ids) == "23+45=68"
+    assert tok.decode(tok("Any text: OK?")["input_ids"]) == "Any text: OK?"
+    assert tok.unk_token_id not in tok("~{}")["input_ids"]
+    assert not tok.chat_template
+
+
+def test_base_model_is_the_partly_competent_asset(tmp_path):
+    path = base_model(cache_dir=tmp_path)
+    assert path.parent == tmp_path  # a cache copy: the package asset stays read-only
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "testbed.json"):
+        assert (path / name).exists()
+    info = json.loads((path / "testbed.json").read_text())
+    assert info == json.loads((ASSET_DIR / "testbed.json").read_text())
+    assert 0.4 <= info["greedy_accuracy"] <= 0.6
+    assert 0.5e6 <= info["parameters"] <= 1.5e6
+    assert info["fingerprint"] == TestbedConfig().fingerprint()
+    assert base_model(cache_dir=tmp_path) == path
+
+
+def test_build_is_deterministic(tmp_path):
+    tiny = TestbedConfig(hidden=32, layers=1, intermediate=64, steps=8, batch_size=16)
+    a = build(tmp_path / "a", tiny, progress=False, eval_prompts=16)
+    b = build(tmp_path / "b", tiny, progress=False, eval_prompts=16)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    untrained = TestbedConfig(hidden=32, layers=1, intermediate=64, steps=1, batch_size=16)
+    c = load_file(build(tmp_path / "c", untrained, progress=False, eval_prompts=16) / "model.safetensors")
+    assert any(not torch.equal(wa[k], c[k]) for k in wa)  # training did move the weights
