@@ -86,3 +86,42 @@ def test_recovery_point_values_and_paired_intervals():
     assert same.recovery == 1.0 and same.recovery_ci == (1.0, 1.0)  # paired: identical answers, no spread
     flat = recovery(base, base, rank, seed=0)
     assert math.isnan(flat.gain_recovery)
+
+
+class ParityTask:
+    """arith prompts scored by the parity of the completion's character codes: any change of a completion flips
+    its score half of the time, so even random tiny models get accuracies that differ between base and checkpoint."""
+
+    def __new__(cls):
+        from rlcast.evaluate import ArithTask
+
+        class _Task(ArithTask):
+            name = "parity"
+            max_new_tokens = 3
+
+            def score(self, completion, example):
+                return float(sum(map(ord, completion)) % 2 == 0)
+
+        return _Task()
+
+
+def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
+    from rlcast.dominance import dominance
+    from rlcast.synthetic import tiny_llama
+    from rlcast.testbed import char_tokenizer
+
+    base = tiny_llama(tmp_path / "base", hidden=32, layers=1, vocab=99, seed=3)
+    char_tokenizer().save_pretrained(base)
+    root = planted_run(tmp_path / "run", steps=[5, 10], rank=2, base=base, seed=3)
+    result = dominance(load_run(root, base=base), ranks=(1, 2), task=ParityTask(), n_prompts=40, exact=True, selection="all",
+                       progress=False, models_dir=tmp_path / "models")
+    assert result.step == 10 and result.n_prompts == 40 and [s.k for s in result.ranks] == [1, 2]
+    assert result.base.accuracy != result.full.accuracy
+    rank2 = result.ranks[1]
+    assert rank2.per_prompt == result.full.per_prompt  # planted rank 2, selection all: the same model
+    r2 = result.recovery[1]
+    assert r2.recovery == 1.0 and r2.recovery_ci == (1.0, 1.0) and r2.gain_recovery == 1.0
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["checkpoint-10", "rank1-step10",
+                                                                      "rank2-step10"]
+    saved = result.save(tmp_path / "dominance.json")
+    assert '"gain_recovery_ci"' in saved.read_text()

@@ -21,27 +21,31 @@ def run_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # spectra shared by the report tests
+
+
 def _images(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
-def test_report_is_self_contained_and_embeds_its_plots(run_root, tmp_path):
+def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path):
     from rlcast.checkpoints import load_run
     from rlcast.report import build_report
 
-    out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False,
-                       cache_dir=tmp_path / "cache")
+    out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False, cache_dir=cache)
     page = out.read_text()
     images = _images(page)
     assert len(images) == 5  # accuracy, spectra, rank-1 energy, R^2 heat maps, u1 projection
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
-    assert "held-out R^2" in page and "model.layers.1.mlp.down_proj" in page
+    assert "step_r2_heldout" in page and "model.layers.1.mlp.down_proj" in page
     assert "rlcast dominance RUN" in page  # no dominance.json yet: the report says how to get it
     assert not list(tmp_path.glob(".report.html.tmp-*"))
 
 
-def test_report_reuses_saved_results(run_root, tmp_path):
+def test_report_reuses_saved_results(run_root, cache, tmp_path):
     from rlcast.checkpoints import load_run
     from rlcast.report import build_report, results_dir
 
@@ -57,8 +61,7 @@ def test_report_reuses_saved_results(run_root, tmp_path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dominance.json").write_text(json.dumps(dom))
     try:
-        page = build_report(run, out=tmp_path / "r.html", rank=2, progress=False,
-                            cache_dir=tmp_path / "cache").read_text()
+        page = build_report(run, out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache).read_text()
     finally:
         (folder / "dominance.json").unlink()
     assert "0.926" in page and "[0.600, 1.000]" in page and "rlcast dominance RUN" not in page

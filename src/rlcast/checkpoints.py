@@ -81,11 +81,10 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 VERL_MERGE_HINT = ("merge the FSDP shards into a Hugging Face folder first: python -m verl.model_merger merge "
                    "--backend fsdp --local_dir {actor} --target_dir {actor}/huggingface")
-_STEP_PATTERNS = [  # (regex on a child of ROOT, relative sub-folders to look in, layout)
-    (re.compile(r"^checkpoint-(.+)$"), ("",), "trl"),
-    (re.compile(r"^global_step_(.+)$"), ("actor/huggingface", "actor/lora_adapter", "huggingface", "lora_adapter"),
-     "verl"),
-    (re.compile(r"^global_step(.+)_hf$"), ("",), "openrlhf"),
+_STEP_PATTERNS = [  # (step folder directly under ROOT, sub-folders holding the weights): TRL, verl, OpenRLHF
+    (re.compile(r"^checkpoint-(.+)$"), ("",)),
+    (re.compile(r"^global_step_(.+)$"), ("actor/huggingface", "actor/lora_adapter", "huggingface", "lora_adapter")),
+    (re.compile(r"^global_step(.+)_hf$"), ("",)),
 ]
 
 
@@ -122,7 +121,8 @@ def _kind(folder: Path) -> str:
     if shards and not _is_weights_folder(folder):
         raise RlcastError(f"{folder}: only verl FSDP shards ({shards[0].name}, ...); "
                           + VERL_MERGE_HINT.format(actor=folder))
-    if _is_weights_folder(folder) or list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
+    pickles = [p for p in list(folder.glob("*.bin")) + list(folder.glob("*.pt")) if not NOT_WEIGHTS.match(p.name)]
+    if _is_weights_folder(folder) or pickles:
         return "full"
     raise RlcastError(f"{folder}: no model weights or PEFT adapter found")
 
@@ -153,7 +153,7 @@ def _discover(root: Path) -> dict[int, Path]:
     for child in sorted(root.iterdir()):
         if not child.is_dir():
             continue
-        for pattern, subdirs, _layout in _STEP_PATTERNS:
+        for pattern, _ in _STEP_PATTERNS:
             match = pattern.match(child.name)
             if not match:
                 continue
@@ -170,7 +170,7 @@ def _discover(root: Path) -> dict[int, Path]:
         raise RlcastError(f"{root}: duplicate steps ({listing})")
     out = {}
     for step, (child,) in sorted(found.items()):
-        subdirs = next(sub for pat, sub, _ in _STEP_PATTERNS if pat.match(child.name))
+        subdirs = next(sub for pat, sub in _STEP_PATTERNS if pat.match(child.name))
         out[step] = _find_step_folder(child, subdirs)
     return out
 
@@ -543,6 +543,7 @@ class RunReader:
         self.run = run
         self.base_reader = TensorReader(run.base)
         self._readers: dict[int, TensorReader | Adapter] = {}
+        self._tied: dict[int, bool] = {}  # step -> lm_head may be read from the tied embedding
 
     def names(self) -> list[str]:
         return self.base_reader.names()
@@ -566,7 +567,7 @@ class RunReader:
     def _check_full(self, ckpt: Checkpoint) -> TensorReader:
         reader, base = TensorReader(ckpt.path), self.base_reader
         base_names = set(base.names())
-        tied = _tied(ckpt.path) or _tied(self.run.base)
+        tied = self._tied[ckpt.step] = _tied(ckpt.path) or _tied(self.run.base)
         for name in reader.names():
             if name not in base_names and not (_TIED.search(name) and tied):
                 raise RlcastError(f"{reader.file(name)}: tensor {name} is in the checkpoint (step {ckpt.step}) but "
@@ -605,8 +606,9 @@ class RunReader:
                 delta = reader.reader.get(reader.full[name]).float() - self.base(name)
                 return self._finite(delta, reader.reader.file(reader.full[name]), name, step)
             return torch.zeros(self.shape(name))
-        src = self._source_name(reader, name, _tied(reader.folder) or _tied(self.run.base))
-        delta = reader.get(src).float() - self.base(name)
+        src = self._source_name(reader, name, self._tied[step])
+        delta = reader.get(src).float()  # a fresh copy: subtract in place, the base promoted without a float32 copy
+        delta.sub_(self.base_reader.get(name))
         return self._finite(delta, reader.file(src), name, step)
 
     @staticmethod

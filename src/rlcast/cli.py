@@ -204,8 +204,9 @@ def dynamics_cmd(
     result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection)
     table = Table(title=f"rank-1 dynamics by module type ({len(result.modules)} modules, {len(result.steps)} "
                         f"checkpoints, held-out fits on the first {result.holdout_fit})")
-    table.add_column("module type")
-    for col in ("n", *SCALARS):
+    table.add_column("module type", no_wrap=True)
+    for col in ("n", "R2 step", "R2 held-out", "rel.err held-out", "PLS R2", "PLS R2 held-out", "RELEX share",
+                "rank-1 energy"):
         table.add_column(col, justify="right")
     fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     for kind, row in result.summary["by_kind"].items():
@@ -324,6 +325,51 @@ def train_cmd(
     last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
     console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
                   + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+
+
+@app.command("analyze")
+def analyze_cmd(
+    run: str | None = typer.Argument(None, help="Run folder (TRL checkpoint-N, verl global_step_N, OpenRLHF "
+                                                "global_stepN_hf, or run.json)."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    checkpoint: list[str] | None = typer.Option(None, "--checkpoint", help="Explicit checkpoint STEP=PATH; "
+                                                                           "repeatable."),
+    rank: int = typer.Option(1, "--rank", help="Singular triplets per tensor (k)."),
+    exact: bool = typer.Option(False, "--exact", help="Full SVD instead of the fast randomized path."),
+    selection: str = typer.Option("blocks", "--selection", help="Tensors analysed: blocks | all-2d | all."),
+    out: str | None = typer.Option(None, "--out", help="Folder for analysis.json (default RUN/rlcast)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Spectra cache (default RUN/.rlcast-cache, or "
+                                                                   "~/.cache/rlcast/<hash> when RUN is read-only)."),
+    example: bool = typer.Option(False, "--example", help="Build a small planted run in ~/.cache/rlcast/example-run "
+                                                          "and analyse it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD."),
+) -> None:
+    """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
+    from pathlib import Path
+
+    from rlcast.analysis import analyze, default_out, example_run, print_summary
+    from rlcast.checkpoints import load_run
+
+    if example:
+        if run or checkpoint:
+            raise RlcastError("--example analyses its own run: give no RUN or --checkpoint with it")
+        with console.status("building the example run (tiny Llama, 10 planted checkpoints)"):
+            run = str(example_run())
+    explicit = {}
+    for item in checkpoint or []:
+        step, sep, path = item.partition("=")
+        if not sep or not path:
+            raise RlcastError(f"--checkpoint {item!r}: expected STEP=PATH")
+        if step in explicit:
+            raise RlcastError(f"--checkpoint: duplicate step {step}")
+        explicit[step] = path
+    if run is None and not explicit:
+        raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
+    full = load_run(run, base=base, checkpoints=explicit or None)
+    result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed)
+    print_summary(result, Console())
+    path = result.save(Path(out) if out else default_out(full))
+    console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
 def main() -> None:

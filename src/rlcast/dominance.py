@@ -170,10 +170,12 @@ class DominanceResult:
         return write_text_atomic(Path(path), json.dumps(self.to_json(), indent=2))
 
 
-def run_task(run, task: str | None):
-    """The Task to score with: the one given, else the run manifest's (with its task_args)."""
-    from rlcast.evaluate import get_task
+def run_task(run, task=None):
+    """The Task to score with: the one given (spec or Task), else the run manifest's (with its task_args)."""
+    from rlcast.evaluate import Task, get_task
 
+    if isinstance(task, Task):
+        return task
     if task:
         return get_task(task)
     manifest = run.manifest or {}
@@ -182,7 +184,7 @@ def run_task(run, task: str | None):
     return get_task(manifest["task"], manifest.get("task_args") or None)
 
 
-def dominance(run, step: int | None = None, ranks=(1, 2, 4), task: str | None = None, n_prompts: int = 200,
+def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
               models_dir: Path | None = None, progress: bool = True) -> DominanceResult:
     """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts."""

@@ -56,13 +56,19 @@ def line_fit(steps: torch.Tensor, a: torch.Tensor):
     return lambda s: (torch.stack([torch.ones_like(s), s], 1).double() @ coef)
 
 
-def step_r2(a: torch.Tensor, steps: list[int]) -> tuple[float, float]:
-    """(in-sample, held-out) R^2 of the rows of `a` (T, d) against a straight line in the step."""
+def step_r2(a: torch.Tensor, steps: list[int]) -> tuple[float, float, float]:
+    """(in-sample R^2, held-out R^2, held-out relative error) of the rows of `a` (T, d) against a line in the step.
+
+    The relative error ||a - pred|| / ||a|| over the held-out rows complements R^2: when the later checkpoints barely
+    move, their SST is tiny and R^2 is very negative even for a prediction that lands close to them.
+    """
     t = torch.tensor(steps, dtype=torch.float64)
     in_sample = r2(a, line_fit(t, a)(t))
     n_fit = split(len(steps))
-    held_out = r2(a[n_fit:], line_fit(t[:n_fit], a[:n_fit])(t[n_fit:]))
-    return in_sample, held_out
+    later = a[n_fit:].double()
+    pred = line_fit(t[:n_fit], a[:n_fit])(t[n_fit:])
+    relerr = float((later - pred).norm() / later.norm().clamp_min(1e-300))
+    return in_sample, r2(later, pred), relerr
 
 
 def pls1(x: torch.Tensor, y: torch.Tensor):
@@ -107,6 +113,7 @@ class ModuleDynamics:
     kind: str                  # module type, e.g. "mlp.up_proj"
     step_r2: float             # in-sample R^2 of s1*u1 against a line in the step
     step_r2_heldout: float     # fitted on the first 2/3 of the checkpoints, scored on the rest
+    step_relerr_heldout: float # ||a - pred|| / ||a|| over the held-out checkpoints
     pls_r2: float | None       # in-sample PLS R^2 against accuracy (AlphaRL's measure); None without accuracies
     pls_r2_heldout: float | None
     pls_mae_heldout: float | None
@@ -190,7 +197,7 @@ def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -
     s1 = mt.sigma[:, 0].double()
     flips = torch.sign((align(u) * u).sum(1))  # +1 where align kept a row, -1 where it flipped it
     a = s1[:, None] * u * flips[:, None]
-    in_r2, out_r2 = step_r2(a, mt.steps)
+    in_r2, out_r2, relerr = step_r2(a, mt.steps)
     pls = (None, None, None)
     acc_steps = [s for s in mt.steps if s in accuracy]
     if len(acc_steps) >= 4:
@@ -198,14 +205,15 @@ def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -
         pls = pls_r2(a[rows], torch.tensor([accuracy[s] for s in acc_steps], dtype=torch.float64))
     cos = lambda x: (x @ x[-1]).abs() / (x.norm(dim=1) * x[-1].norm()).clamp_min(1e-300)  # noqa: E731
     return ModuleDynamics(
-        name=mt.name, layer=layer, kind=kind, step_r2=in_r2, step_r2_heldout=out_r2,
+        name=mt.name, layer=layer, kind=kind, step_r2=in_r2, step_r2_heldout=out_r2, step_relerr_heldout=relerr,
         pls_r2=pls[0], pls_r2_heldout=pls[1], pls_mae_heldout=pls[2],
         cos_u_last=cos(u).tolist(), cos_v_last=cos(v).tolist(),
         relex_explained=temporal_explained(gram) if gram is not None else None,
         rank1_energy_last=float(mt.rank1_energy[-1]))
 
 
-SCALARS = ("step_r2", "step_r2_heldout", "pls_r2", "pls_r2_heldout", "relex_explained", "rank1_energy_last")
+SCALARS = ("step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2", "pls_r2_heldout", "relex_explained",
+           "rank1_energy_last")
 
 
 def _mean(values) -> float:
@@ -224,8 +232,9 @@ def summarize(modules: list[ModuleDynamics]) -> dict:
     for m in modules:
         groups["by_layer"][str(m.layer)].append(m)
         groups["by_kind"][m.kind].append(m)
+    order = lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g)  # noqa: E731  layers 0, 1, ..., then None
     out = {key: {g: {"n": len(ms), **{f: _mean(getattr(m, f) for m in ms) for f in SCALARS}}
-                 for g, ms in sorted(group.items(), key=lambda kv: (len(kv[0]), kv[0]))}
+                 for g, ms in sorted(group.items(), key=lambda kv: order(kv[0]))}
            for key, group in groups.items()}
     out["overall"] = {
         "n_modules": len(modules),

@@ -204,16 +204,19 @@ text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-wi
 
 
 def dominance_rows(dom: dict) -> list[dict]:
-    rows = [{"model": "base", "accuracy": dom["base"]["accuracy"]}, {"model": "full", "accuracy": dom["full"]["accuracy"]}]
+    rows = [{"model": m, "accuracy": dom[m]["accuracy"]} for m in ("base", "full")]
     for s, r in zip(dom["ranks"], dom["recovery"]):
         rows.append({"model": s["label"], "accuracy": s["accuracy"], "acc_k / acc_full": r["recovery"],
                      "95% CI": _ci(r["recovery_ci"]), "gain recovery": r["gain_recovery"],
-                     "95% CI ": _ci(r["gain_recovery_ci"])})
+                     "gain 95% CI": _ci(r["gain_recovery_ci"])})
     return rows
 
 
+DOMINANCE_COLUMNS = ["model", "accuracy", "acc_k / acc_full", "95% CI", "gain recovery", "gain 95% CI"]
+
+
 def _ci(ci) -> str:
-    return "&ndash;" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
@@ -255,8 +258,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
             {"field": "dynamics", "value": dyn_note},
             {"field": "accuracies for PLS", "value": dyn["accuracy_source"]}]
     overall = [{"measure": k, "value": v} for k, v in dyn["summary"]["overall"].items()]
-    group_cols = ["group", "n", "rank1_energy_last", "step_r2", "step_r2_heldout", "pls_r2", "pls_r2_heldout",
-                  "relex_explained"]
+    group_cols = ["group", "n", "rank1_energy_last", "step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2",
+                  "pls_r2_heldout", "relex_explained"]
     by_kind = [{"group": g, **v} for g, v in dyn["summary"]["by_kind"].items()]
     by_layer = [{"group": g, **v} for g, v in dyn["summary"]["by_layer"].items()]
     per_module = [{**m, "cos_u_first": m["cos_u_last"][0], "cos_v_first": m["cos_v_last"][0]} for m in modules]
@@ -267,7 +270,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
     sections = [
         ("Run", table(info)),
-        ("Rank-1 dominance", (table(dominance_rows(dom)) + f"<p class=note>step {dom['step']}, task "
+        ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>step {dom['step']}, task "
                               f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
                               f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
                               "paired bootstrap over prompts.</p>") if dom else
@@ -284,7 +287,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("By module type", table(by_kind, group_cols)),
         ("By layer", table(by_layer, group_cols)),
         ("2-D projection of the u1 trajectories", _img(u1_projection_plot(traj, modules), "u1 PCA")),
-        ("Per module", table(per_module, ["name", "rank1_energy_last", "step_r2", "step_r2_heldout", "pls_r2",
+        ("Per module", table(per_module, ["name", "rank1_energy_last", "step_r2", "step_r2_heldout",
+                                          "step_relerr_heldout", "pls_r2",
                                           "pls_r2_heldout", "pls_mae_heldout", "relex_explained", "cos_u_first",
                                           "cos_v_first"])),
     ]

@@ -129,6 +129,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
             "fingerprint": config.fingerprint(), "torch": torch.__version__}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-testbed-", dir=out.parent))
+    tmp.chmod(0o755)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -157,6 +158,7 @@ def base_model(cache_dir: str | Path | None = None, progress: bool = True, rebui
     if not rebuild and shipped.exists() and json.loads(shipped.read_text()).get("fingerprint") == config.fingerprint():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-testbed-", dir=target.parent))
+        tmp.chmod(0o755)
         shutil.copytree(ASSET_DIR, tmp, dirs_exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
