@@ -130,3 +130,19 @@ def test_evaluate_testbed_greedy_and_sampled():
     assert 0.0 <= a.ci_low <= a.accuracy <= a.ci_high <= 1.0
     with pytest.raises(RlcastError, match="tokenizer"):
         evaluate(model, "arith", n_prompts=4, progress=False)
+
+
+def test_cli_eval_writes_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlcast.cli import app
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text('{"question": "12+30=", "answer": "42"}\n{"question": "50-8=", "answer": "42"}\n')
+    out = tmp_path / "res" / "eval.json"
+    result = CliRunner().invoke(app, ["eval", "testbed", "--task", f"jsonl:{data}", "-n", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["n_prompts"] == 2 and len(saved["details"]) == 2 and saved["task"] == f"jsonl:{data}"
+    bad = CliRunner().invoke(app, ["eval", "testbed", "--task", "nope"])
+    assert isinstance(bad.exception, RlcastError) and "known: arith" in str(bad.exception)

@@ -144,10 +144,10 @@ def test_next_learns_the_planted_update(request, fixture):
     assert err < 0.5 * baseline
 
 
-def test_next_default_scale_and_anchor(planted):
-    ex = make_extrapolator("next", epochs=5, horizon=2).fit(planted.window(40))
+def test_next_default_scale_and_anchor(lora):
+    ex = make_extrapolator("next", epochs=5, horizon=2).fit(lora.window(40))
     stream = ex.predict(40)  # target at the cutoff: predict-extend by zero steps = the last checkpoint
-    reader = RunReader(planted)
+    reader = RunReader(lora)
     for name, w in stream:
         assert torch.allclose(w, reader.weight(40, name))
     assert ex.c_ == 1.5

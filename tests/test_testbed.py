@@ -3,7 +3,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from rlcast.testbed import ASSET_DIR, TestbedConfig, base_model, build, char_tokenizer
+from rlcast.testbed import ASSET_DIR, base_model, build, char_tokenizer
+from rlcast.testbed import TestbedConfig as Config
 
 
 def test_char_tokenizer_round_trip():
@@ -24,17 +25,16 @@ def test_base_model_is_the_partly_competent_asset(tmp_path):
     assert info == json.loads((ASSET_DIR / "testbed.json").read_text())
     assert 0.4 <= info["greedy_accuracy"] <= 0.6
     assert 0.5e6 <= info["parameters"] <= 1.5e6
-    assert info["fingerprint"] == TestbedConfig().fingerprint()
+    assert info["fingerprint"] == Config().fingerprint()
     assert base_model(cache_dir=tmp_path) == path
 
 
 def test_build_is_deterministic(tmp_path):
-    tiny = TestbedConfig(hidden=32, layers=1, intermediate=64, steps=8, batch_size=16)
+    tiny = Config(hidden=32, layers=1, intermediate=64, steps=8, batch_size=16)
     a = build(tmp_path / "a", tiny, progress=False, eval_prompts=16)
     b = build(tmp_path / "b", tiny, progress=False, eval_prompts=16)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    untrained = TestbedConfig(hidden=32, layers=1, intermediate=64, steps=1, batch_size=16)
-    c = load_file(build(tmp_path / "c", untrained, progress=False, eval_prompts=16) / "model.safetensors")
-    assert any(not torch.equal(wa[k], c[k]) for k in wa)  # training did move the weights
+    assert json.loads((a / "testbed.json").read_text())["greedy_accuracy"] == \
+        json.loads((b / "testbed.json").read_text())["greedy_accuracy"]

@@ -302,21 +302,20 @@ class _SafetensorsFile:
             entries[name] = (dtype, shape, begin, end)
         return cls(path, entries)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Map only this tensor's pages, copy them out, unmap: resident memory stays one tensor."""
+    def view(self, name: str) -> torch.Tensor:
+        """The tensor as a view of its own mapped pages (copy-on-write: the file is never modified).
+
+        The tensor holds the only reference to the mapping, so the pages are unmapped as soon as it is freed:
+        resident memory stays at the tensors in use, not the whole file.
+        """
         dtype, shape, begin, end = self.entries[name]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
         start = begin - begin % mmap.ALLOCATIONGRANULARITY
         with open(self.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), end - start, access=mmap.ACCESS_COPY, offset=start)  # private: no writes
-        try:
-            view = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=begin - start)
-            out = view.clone()
-            del view
-        finally:
-            mm.close()
-        return out.view(dtype).reshape(shape)
+            mm = mmap.mmap(f.fileno(), end - start, access=mmap.ACCESS_COPY, offset=start)
+        return torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=begin - start).view(dtype).reshape(
+            shape)
 
 
 class TensorReader:
@@ -416,12 +415,14 @@ class TensorReader:
         src = self._locate(name)
         return src.path if isinstance(src, _SafetensorsFile) else src
 
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor in its stored dtype (a fresh copy: callers may modify it)."""
+    def view(self, name: str) -> torch.Tensor:
+        """The stored tensor, memory-mapped (safetensors: only its own pages; writes never reach the file)."""
         src = self._locate(name)
-        if isinstance(src, _SafetensorsFile):
-            return src.get(name)
-        return self._pickles[src][name].clone()
+        return src.view(name) if isinstance(src, _SafetensorsFile) else self._pickles[src][name]
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A fresh copy (callers may modify it), converted straight from the mapped pages to `dtype` if given."""
+        return self.view(name).to(dtype or self.dtype(name), copy=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -514,7 +515,7 @@ class Adapter:
 
     def low_rank(self, name: str) -> LowRankDelta:
         a_key, b_key, scale, transpose = self.factors[name]
-        A, B = self.reader.get(a_key).float(), self.reader.get(b_key).float()
+        A, B = self.reader.get(a_key, torch.float32), self.reader.get(b_key, torch.float32)
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise RlcastError(f"{self.reader.file(a_key)}: NaN/Inf in the LoRA factors of {name}")
         if transpose:  # delta = (B @ A)^T = A^T @ B^T
@@ -536,6 +537,13 @@ def _tied(folder: Path) -> bool:
         return False
 
 
+def _subtract(out: torch.Tensor, other: torch.Tensor, chunk: int = 1 << 20) -> None:
+    """out -= other, in chunks: a lower-precision `other` (the mapped base) is promoted one chunk at a time."""
+    flat_out, flat_other = out.view(-1), other.reshape(-1)
+    for i in range(0, flat_out.numel(), chunk):
+        flat_out[i:i + chunk].sub_(flat_other[i:i + chunk])
+
+
 class RunReader:
     """Per-tensor views of a run: base weights, weights at a step, deltas. Keeps readers open, never whole models."""
 
@@ -552,7 +560,7 @@ class RunReader:
         return self.base_reader.shape(name)
 
     def base(self, name: str) -> torch.Tensor:
-        return self.base_reader.get(name).float()
+        return self.base_reader.get(name, torch.float32)
 
     def reader(self, step: int) -> TensorReader | Adapter:
         """The opened checkpoint (validated once against the base's tensor names, shapes and dtypes)."""
@@ -607,13 +615,13 @@ class RunReader:
                 return self._finite(delta, reader.reader.file(reader.full[name]), name, step)
             return torch.zeros(self.shape(name))
         src = self._source_name(reader, name, self._tied[step])
-        delta = reader.get(src).float()  # a fresh copy: subtract in place, the base promoted without a float32 copy
-        delta.sub_(self.base_reader.get(name))
+        delta = reader.get(src, torch.float32)
+        _subtract(delta, self.base_reader.view(name))
         return self._finite(delta, reader.file(src), name, step)
 
     @staticmethod
     def _finite(delta: torch.Tensor, file: Path, name: str, step: int) -> torch.Tensor:
-        if not torch.isfinite(delta).all():
+        if not math.isfinite(delta.sum().item()):  # NaN/Inf propagate through the sum, without a mask allocation
             raise RlcastError(f"{file}: NaN/Inf in the delta of tensor {name} at step {step}")
         return delta
 

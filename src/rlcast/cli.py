@@ -309,13 +309,36 @@ def train_cmd(
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha."),
     eval_prompts: int = typer.Option(200, "--eval-prompts", help="Held-out prompts scored at every checkpoint."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
+                                                                "extrapolator, checked on held-out prompts."),
+    accel_method: str = typer.Option("auto", "--accel-method", help="auto (back-test every method on the window) | "
+                                                                    "weight-linear | alpharl-step | relex | next"),
+    accel_every: int = typer.Option(10, "--accel-every", help="Try a jump every K optimizer steps."),
+    accel_horizon: int = typer.Option(10, "--accel-horizon", help="Initial jump length H in steps (auto-tuned: grows "
+                                                                  "after kept jumps, shrinks after rollbacks)."),
+    accel_window: int = typer.Option(4, "--accel-window", help="Weight snapshots the extrapolator is fitted on."),
+    accel_tolerance: float = typer.Option(0.02, "--accel-tolerance", help="Largest held-out reward drop a jump may "
+                                                                          "cause before it is rolled back."),
+    accel_prompts: int = typer.Option(64, "--accel-prompts", help="Held-out prompts of each jump check."),
+    accel_optimizer: str = typer.Option("keep", "--accel-optimizer", help="Adam moments after a kept jump: "
+                                                                          "keep | reset."),
 ) -> None:
     """GRPO / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     from rlcast.evaluate import parse_task_args
     from rlcast.train import train
 
+    callbacks = []
+    if accelerate:
+        if algo.lower() == "sft":
+            raise RlcastError("--accelerate works with RL runs (grpo, rloo), not sft")
+        from rlcast.integrations.trl import AccelerateCallback
+
+        callbacks.append(AccelerateCallback(
+            method=accel_method, every=accel_every, horizon=accel_horizon, window=accel_window,
+            tolerance=accel_tolerance, task=task, task_args=parse_task_args(task_arg) or None,
+            eval_prompts=accel_prompts, optimizer_state=accel_optimizer))
     path = train(out, task=task, algo=algo, steps=steps, save_every=save_every, model=model, lora=lora, seed=seed,
-                 eval_prompts=eval_prompts, task_args=parse_task_args(task_arg), resume=resume,
+                 eval_prompts=eval_prompts, task_args=parse_task_args(task_arg), resume=resume, callbacks=callbacks,
                  learning_rate=lr, num_generations=num_generations, batch_size=batch_size,
                  temperature=temperature, max_completion_length=max_completion_length, beta=beta,
                  lr_scheduler_type=lr_scheduler, lora_r=lora_r, lora_alpha=lora_alpha)
@@ -325,6 +348,10 @@ def train_cmd(
     last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
     console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
                   + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+    if callbacks:
+        summary = callbacks[0].summary()
+        console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
+                      f"steps, overhead {summary['cost_step_equivalents'] or 0:.1f} step-equivalents", highlight=False)
 
 
 @app.command("analyze")
@@ -370,6 +397,17 @@ def analyze_cmd(
     print_summary(result, Console())
     path = result.save(Path(out) if out else default_out(full))
     console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("rlcast-demo", "--out", "-o", help="Folder for both runs, report.html and summary.json."),
+    quick: bool = typer.Option(False, "--quick", help="A shorter budget (under 3 minutes on 2 CPU cores)."),
+) -> None:
+    """Plain vs accelerated GRPO on the tiny testbed, the plain run analysed, an HTML report, steps-to-98 % table."""
+    from rlcast.demo import run_demo
+
+    run_demo(out, quick=quick)
 
 
 def main() -> None:

@@ -126,7 +126,9 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
         if m not in METHODS:
             raise RlcastError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
     params = {m: dict((params or {}).get(m, {})) for m in methods}
-    task = task or (run.manifest or {}).get("task")
+    manifest = run.manifest or {}
+    task_args = manifest.get("task_args") if task is None else None
+    task = task or manifest.get("task")
     if not task:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
     if "next" in params and "c" not in params["next"] and "task" not in params["next"]:
@@ -137,7 +139,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     used = [w.steps[-1] if w.checkpoints else 0 for w in windows]
     result = Comparison(run=str(run.root or run.base), task=str(task), target=target, n_prompts=n_prompts, seed=seed,
                         cutoffs=used, params=params)
-    task_obj = get_task(task)
+    task_obj = get_task(task, task_args)
     reader = RunReader(run)
     work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
     if keep is not None:
@@ -180,25 +182,31 @@ def _method_row(method: str, params: dict, window: Run, cutoff: int, target: int
         res, _ = evaluate(f"{method}-{cutoff}", ex.predict(target), meta)
     except RlcastError as err:
         return Row(method, cutoff, target, reason=str(err), seconds=time.perf_counter() - start)
+    except Exception as err:  # a numerical failure of one method must not sink the other rows: report it in its row
+        return Row(method, cutoff, target, reason=f"{type(err).__name__}: {err}".splitlines()[0],
+                   seconds=time.perf_counter() - start)
     return Row(method, cutoff, target, res.accuracy, res.ci_low, res.ci_high, seconds=time.perf_counter() - start)
 
 
 def table(result: Comparison) -> Table:
     """The rich table: real checkpoints as reference rows, then every method at every cutoff."""
-    t = Table(title=f"{result.run}: predicting step {result.target} ({result.task}, {result.n_prompts} prompts)")
-    for col in ("method", "cutoff (steps used / target)", "accuracy", "% of real target", "gain over stopping",
-                "note"):
-        t.add_column(col, justify="left" if col in ("method", "note") else "right")
+    t = Table(title=f"{result.run}: predicting step {result.target} ({result.task}, {result.n_prompts} prompts)",
+              caption="steps: checkpoints used up to / target step; gain: accuracy minus the real checkpoint's at "
+                      "the cutoff (what stopping there gives)")
+    for col in ("method", "steps", "accuracy", "95% CI", "% target", "gain", "note"):
+        t.add_column(col, justify="left" if col in ("method", "note") else "right", no_wrap=col != "note")
     for row in result.rows:
-        steps = f"{row.cutoff} / {row.target} ({100 * row.fraction:.0f} %)"
+        steps = f"{row.cutoff}/{row.target} ({100 * row.fraction:.0f}%)"
         if row.accuracy is None:
-            t.add_row(row.method, steps, "-", "-", "-", f"[red]{row.reason}[/]")
+            reason = row.reason.removeprefix(f"{row.method}: ")
+            t.add_row(row.method, steps, "-", "-", "-", "-", f"[red]{reason}[/]")
             continue
         name = ("base" if row.cutoff == 0 else f"real @ {row.cutoff}") if row.method == REFERENCE else row.method
-        acc = f"{row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
-        pct = "-" if row.pct_of_target is None else f"{row.pct_of_target:.1f} %"
+        ci = f"{row.ci_low:.2f}-{row.ci_high:.2f}"
+        pct = "-" if row.pct_of_target is None else f"{row.pct_of_target:.1f}%"
         gain = "" if row.method == REFERENCE else f"{row.gain:+.3f}"
-        t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, acc, pct, gain, "")
+        t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, f"{row.accuracy:.3f}", ci, pct,
+                  gain, "")
     return t
 
 

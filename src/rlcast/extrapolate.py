@@ -81,8 +81,8 @@ class Extrapolator:
         n = len(run.checkpoints)
         if n < self.min_checkpoints:
             until = f"up to step {run.steps[-1]}" if n else "(empty)"
-            raise RlcastError(f"{self.name}: needs at least {self.min_checkpoints} checkpoints in the window, "
-                              f"the window {until} has {n}")
+            raise RlcastError(f"{self.name}: needs at least {self.min_checkpoints} checkpoints, the window {until} "
+                              f"has {n}")
         self.run_ = run
         self.reader_ = RunReader(run)
         self.last_ = run.steps[-1]
@@ -185,7 +185,7 @@ class AlphaRLStep(Extrapolator):
     def _tensor(self, name: str, step: int) -> torch.Tensor:
         a_star, v = self._a_star(name, step), self.v_[name]
         update = a_star if v is None else torch.outer(a_star, v)
-        return self._anchor(name) + update if self.anchor == "last" else self.reader_.base(name) + update
+        return self._anchor(name) + update
 
 
 class AlphaRL(AlphaRLStep):

@@ -1,0 +1,207 @@
+"""`rlcast demo`: the whole story on the tiny testbed, from nothing, in one command.
+
+1. the testbed base (shipped or built once and cached),
+2. plain GRPO and accelerated GRPO (`AccelerateCallback`), same seed, same hyper-parameters, same step budget,
+3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
+4. the HTML report (DIR/report.html) with an acceleration section added,
+5. the table: steps to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and the ratio,
+   also written to DIR/summary.json.
+
+Steps are optimizer steps; both runs are scored by `rlcast train` on the same held-out prompts at every checkpoint.
+The accelerated run's checks and back-tests cost compute that is not an optimizer step: it is reported beside the
+ratio in step-equivalents (their time / the mean step time).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlcast.errors import RlcastError
+
+TARGET = 0.98  # fraction of the plain run's final held-out accuracy that counts as "reached"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Budget of the demo; `quick` is the same pipeline with fewer steps and prompts."""
+    steps: int = 60
+    save_every: int = 5
+    eval_prompts: int = 200
+    seed: int = 0
+    accelerate: dict = field(default_factory=lambda: {
+        "method": "auto", "every": 10, "horizon": 10, "window": 4, "tolerance": 0.02, "eval_prompts": 64})
+    compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
+    compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
+    dominance_ranks: tuple[int, ...] = (1, 2)
+
+
+QUICK = DemoConfig(steps=30, save_every=5, eval_prompts=100,
+                   accelerate={"method": "auto", "every": 10, "horizon": 10, "window": 4, "tolerance": 0.03,
+                               "eval_prompts": 48},
+                   compare_methods=("weight-linear", "alpharl-step", "relex"), compare_cutoffs=(0.4,),
+                   dominance_ranks=(1,))
+
+
+def steps_to(accuracy: dict[int, float], target: float) -> int | None:
+    """First evaluated step whose held-out accuracy reaches `target` (None: never within the run)."""
+    return next((step for step in sorted(accuracy) if accuracy[step] >= target), None)
+
+
+def curve(run_dir: Path) -> dict[int, float]:
+    """{0: base accuracy, step: accuracy, ...} from a run's manifest."""
+    manifest = json.loads((Path(run_dir) / "run.json").read_text())
+    out = {0: manifest["base_accuracy"]}
+    out.update({c["step"]: c["accuracy"] for c in manifest["checkpoints"]})
+    return out
+
+
+def outcome(plain: dict[int, float], accelerated: dict[int, float], target: float = TARGET) -> dict:
+    """Steps to `target` x plain's final accuracy for both runs, the speedup and the retained accuracy."""
+    last = max(plain)
+    goal = target * plain[last]
+    n_plain, n_acc = steps_to(plain, goal), steps_to(accelerated, goal)
+    final_acc = accelerated[max(accelerated)]
+    return {"target": goal, "plain": {"final_accuracy": plain[last], "steps": last, "steps_to_98": n_plain},
+            "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc},
+            "speedup": (n_plain / n_acc) if n_plain and n_acc else None,
+            "retained": final_acc / plain[last] if plain[last] else None}
+
+
+def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float],
+                         jumps: list[dict]) -> str:
+    """HTML: the steps-to-98 % table, both accuracy curves with the jumps marked, and the jump log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlcast.report import _img, _png, table
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, acc, style in (("plain GRPO", plain, "o-"), ("accelerated GRPO", accelerated, "s-")):
+        steps = sorted(acc)
+        ax.plot(steps, [acc[s] for s in steps], style, label=label, markersize=4)
+    ax.axhline(result["target"], color="grey", linestyle=":", label=f"{TARGET:.0%} of plain's final")
+    for j in jumps:
+        if j["method"] is not None:
+            ax.axvline(j["step"], color="green" if j["kept"] else "red", alpha=0.3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out accuracy")
+    ax.legend()
+    ax.set_title("green: kept jumps, red: rolled back")
+    rows = [{"run": "plain", "final accuracy": result["plain"]["final_accuracy"],
+             "steps to 98 %": result["plain"]["steps_to_98"]},
+            {"run": "accelerated", "final accuracy": result["accelerated"]["final_accuracy"],
+             "steps to 98 %": result["accelerated"]["steps_to_98"]}]
+    log = [{k: j[k] for k in ("step", "virtual_step", "method", "horizon", "backtest_error", "reward_before",
+                              "reward_after", "kept", "reason")} for j in jumps]
+    note = (f"<p class=note>speedup {_fmt(result['speedup'])}x, retained {_fmt(result['retained'])}; the checks "
+            f"and back-tests cost {_fmt(result.get('cost_step_equivalents'))} step-equivalents.</p>")
+    return (table(rows) + note + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def print_outcome(result: dict, console=None) -> None:
+    """The final table: steps to 98 % of plain's final accuracy, plain vs accelerated, and the ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"steps to reach {TARGET:.0%} of plain GRPO's final held-out accuracy "
+                    f"({result['plain']['final_accuracy']:.3f} -> target {result['target']:.3f})")
+    for col in ("run", "final accuracy", "steps to 98 %"):
+        t.add_column(col, justify="right" if col != "run" else "left")
+    for name in ("plain", "accelerated"):
+        r = result[name]
+        t.add_row(name, f"{r['final_accuracy']:.3f}", str(r["steps_to_98"] if r["steps_to_98"] is not None else
+                                                          f"not reached in {r['steps']}"))
+    speed = "n/a" if result["speedup"] is None else f"{result['speedup']:.2f}x"
+    t.add_row("ratio (plain / accelerated)", f"retained {result['retained']:.3f}", speed)
+    (console or Console()).print(t)
+    cost = result.get("cost_step_equivalents")
+    if cost is not None:
+        (console or Console()).print(f"acceleration overhead (held-out checks + back-tests + jumps): "
+                                     f"{cost:.1f} step-equivalents over {len(result.get('jumps', []))} attempts")
+
+
+def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = None, progress: bool = True) -> dict:
+    """Run the whole demo into `out`; returns the summary (also written to OUT/summary.json)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RlcastError(f"{out}: exists and is not empty (choose another --out)")
+    from rich.console import Console
+
+    from rlcast import compare as comparing
+    from rlcast.checkpoints import load_run
+    from rlcast.dominance import dominance
+    from rlcast.dynamics import analyze_dynamics
+    from rlcast.integrations.trl import AccelerateCallback
+    from rlcast.report import build_report, results_dir
+    from rlcast.testbed import base_model
+    from rlcast.train import train
+    from rlcast.writer import write_text_atomic
+
+    cfg = config or (QUICK if quick else DemoConfig())
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    times = {}
+
+    def stage(name: str, since: float) -> float:
+        now = time.perf_counter()
+        times[name] = round(now - since, 1)
+        console.print(f"[bold]demo[/] {name}: {times[name]:.0f} s", highlight=False)
+        return now
+
+    base = base_model(progress=progress)
+    t = stage("testbed base", started)
+    common = dict(steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed, eval_prompts=cfg.eval_prompts,
+                  model=base, progress=progress)
+    console.print(f"[bold]demo[/] plain GRPO: {cfg.steps} steps, held-out accuracy every {cfg.save_every}")
+    train(out / "plain", **common)
+    t = stage("plain GRPO", t)
+    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, AccelerateCallback({cfg.accelerate})")
+    callback = AccelerateCallback(**cfg.accelerate)
+    train(out / "accelerated", callbacks=[callback], **common)
+    t = stage("accelerated GRPO", t)
+
+    run = load_run(out / "plain")
+    folder = results_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    dom = dominance(run, ranks=cfg.dominance_ranks, n_prompts=cfg.eval_prompts, progress=progress)
+    dom.save(folder / "dominance.json")
+    dyn = analyze_dynamics(run, progress=progress)
+    dyn.save(folder / "dynamics.json")
+    t = stage("analysis (dominance, dynamics)", t)
+    comparison = comparing.compare(run, cutoffs=list(cfg.compare_cutoffs), methods=list(cfg.compare_methods),
+                                   n_prompts=cfg.eval_prompts, progress=progress)
+    comparing.save(comparison, out / "compare")
+    t = stage("compare", t)
+
+    plain, accelerated = curve(out / "plain"), curve(out / "accelerated")
+    result = outcome(plain, accelerated)
+    summary = callback.summary()
+    result.update(cost_step_equivalents=summary["cost_step_equivalents"], jumps=callback.jumps,
+                  acceleration=summary, accelerate_config=cfg.accelerate, config=asdict(cfg),
+                  curves={"plain": plain, "accelerated": accelerated})
+    report = build_report(run, out=out / "report.html", progress=progress)
+    page = report.read_text()
+    extra = "<h2>Live acceleration (plain vs accelerated GRPO)</h2>\n" + acceleration_section(
+        result, plain, accelerated, callback.jumps)
+    write_text_atomic(report, page.replace("</body>", extra + "</body>"))
+    t = stage("report", t)
+
+    result["rank1"] = {"recovery": [asdict(r) if hasattr(r, "__dataclass_fields__") else r
+                                    for r in dom.to_json().get("recovery", [])]}
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["stage_seconds"] = times
+    write_text_atomic(out / "summary.json", json.dumps(result, indent=2, default=str))
+    comparing.print_table(comparison, Console())
+    print_outcome(result, Console())
+    Console().print(f"report: {report}\nsummary: {out / 'summary.json'}\nwall time: {result['wall_seconds']:.0f} s")
+    return result

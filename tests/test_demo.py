@@ -1,0 +1,64 @@
+"""The demo's accounting (steps to 98 % of plain's final accuracy, speedup, retained) and its CLI entry points.
+
+The demo itself runs two GRPO runs and the analysis (minutes): it is exercised by `rlcast demo --quick`, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlcast.demo import acceleration_section, curve, outcome, steps_to
+
+
+def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
+    acc = {0: 0.40, 5: 0.50, 10: 0.58, 15: 0.55, 20: 0.60}
+    assert steps_to(acc, 0.58) == 10       # the first crossing, not the last
+    assert steps_to(acc, 0.40) == 0
+    assert steps_to(acc, 0.61) is None
+
+
+def test_outcome_speedup_and_retained():
+    plain = {0: 0.40, 10: 0.45, 20: 0.50, 30: 0.55, 40: 0.60}
+    accelerated = {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.61, 40: 0.59}
+    result = outcome(plain, accelerated)
+    assert result["target"] == pytest.approx(0.98 * 0.60)
+    assert result["plain"] == {"final_accuracy": 0.60, "steps": 40, "steps_to_98": 40}
+    assert result["accelerated"]["steps_to_98"] == 10 and result["accelerated"]["final_accuracy"] == 0.59
+    assert result["speedup"] == pytest.approx(4.0)
+    assert result["retained"] == pytest.approx(0.59 / 0.60)
+    never = outcome(plain, {0: 0.40, 10: 0.41, 40: 0.42})
+    assert never["speedup"] is None and never["accelerated"]["steps_to_98"] is None
+
+
+def test_curve_reads_the_run_manifest(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
+        {"step": 5, "path": "checkpoint-5", "accuracy": 0.5}, {"step": 10, "path": "checkpoint-10", "accuracy": 0.6}]}))
+    assert curve(tmp_path) == {0: 0.4, 5: 0.5, 10: 0.6}
+
+
+def test_acceleration_section_lists_every_jump():
+    plain, accelerated = {0: 0.4, 10: 0.5, 20: 0.6}, {0: 0.4, 10: 0.6, 20: 0.61}
+    result = outcome(plain, accelerated) | {"cost_step_equivalents": 3.5}
+    jumps = [{"step": 5, "virtual_step": 5, "method": "relex", "horizon": 10, "backtest_error": 0.4,
+              "reward_before": 0.45, "reward_after": 0.55, "kept": True, "reason": "ok"},
+             {"step": 15, "virtual_step": 25, "method": "weight-linear", "horizon": 15, "backtest_error": 0.7,
+              "reward_before": 0.6, "reward_after": 0.3, "kept": False, "reason": "dropped"}]
+    page = acceleration_section(result, plain, accelerated, jumps)
+    assert page.count("<tr>") >= 2 + 2 and "relex" in page and "weight-linear" in page
+    assert "data:image/png;base64," in page and "speedup 2x" in page
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rlcast.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    demo = _cli("demo", "--out", str(tmp_path / "taken"))
+    assert demo.returncode == 1 and "exists and is not empty" in demo.stderr
+    assert len(demo.stderr.strip().splitlines()) == 1
