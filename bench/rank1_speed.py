@@ -13,7 +13,7 @@ on 2 shared cores); the model's full-SVD time is the per-shape mean times the nu
     speedup_vs_full_svd=X read_overhead=Y peak_rss_mb=Z model_mb=W
 with X = (a) / (b), Y = (b) / (c), Z = peak RSS of the (b) process, W = size of one model file.
 
-    .venv/bin/python bench/rank1_speed.py [--layers 4] [--full-svd 1] [--dir /tmp/rlcast-bench]
+    .venv/bin/python bench/rank1_speed.py [--layers 4] [--full-svd 1] [--threads N] [--dir /tmp/rlcast-bench]
 """
 
 from __future__ import annotations
@@ -107,13 +107,24 @@ def phase(folder: Path, which: str, layers: int, full_svd: int) -> dict:
             out["energy"].append(spec.rank1_energy)
         del delta
         out["seconds"].append(time.perf_counter() - start)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM (ru_maxrss would carry over the parent's peak across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_phase(folder: Path, which: str, args) -> dict:
     cmd = [sys.executable, __file__, "--phase", which, "--dir", str(folder), "--layers", str(args.layers),
-           "--full-svd", str(args.full_svd)]
+           "--full-svd", str(args.full_svd), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"phase {which} failed:\n{proc.stderr}")
@@ -125,9 +136,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="Llama-7B-shaped layers (7 matrices each)")
     parser.add_argument("--full-svd", type=int, default=1, help="matrices of each shape timed with the full SVD")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in every phase (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.phase:  # child process: one measurement
         (args.dir / f"{args.phase}.json").write_text(json.dumps(phase(args.dir, args.phase, args.layers,
                                                                       args.full_svd)))

@@ -145,6 +145,22 @@ def test_sharded_half_precision_and_bin(tmp_path):
     assert torch.allclose(run_reader.delta(20, UP), torch.full((64, 32), 0.02))
 
 
+def test_sharded_fp16_bin(tmp_path):
+    base = tiny_llama(tmp_path / "base", hidden=32, layers=1, dtype=torch.float16)
+    state = load_file(base / "model.safetensors")
+    names = list(state)
+    ckpt = tmp_path / "run" / "global_step_3" / "actor" / "huggingface"
+    ckpt.mkdir(parents=True)
+    torch.save({n: state[n] + 1 for n in names[:4]}, ckpt / "pytorch_model-00001-of-00002.bin")
+    torch.save({n: state[n] + 1 for n in names[4:]}, ckpt / "pytorch_model-00002-of-00002.bin")
+    index = {"weight_map": {n: f"pytorch_model-0000{1 + (i >= 4)}-of-00002.bin" for i, n in enumerate(names)}}
+    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    reader = RunReader(load_run(tmp_path / "run", base=base))
+    assert reader.base_reader.dtype(UP) == torch.float16
+    for name in (names[0], UP):
+        assert torch.equal(reader.delta(3, name), (state[name] + 1).float() - state[name].float())
+
+
 def _peft_adapter(base: Path, out: Path, **lora_kwargs) -> dict[str, torch.Tensor]:
     """Save a PEFT adapter with random B factors; return the weights of PEFT's own merged model."""
     from peft import LoraConfig, get_peft_model

@@ -7,6 +7,7 @@ from safetensors import safe_open
 from rlcast.checkpoints import RunReader, load_run
 from rlcast.dominance import Score, rank_k_tensors, recovery, write_rank_k
 from rlcast.errors import RlcastError
+from rlcast.evaluate import ArithTask
 from rlcast.synthetic import planted_deltas, planted_run
 
 
@@ -88,21 +89,14 @@ def test_recovery_point_values_and_paired_intervals():
     assert math.isnan(flat.gain_recovery)
 
 
-class ParityTask:
+class ParityTask(ArithTask):
     """arith prompts scored by the parity of the completion's character codes: any change of a completion flips
     its score half of the time, so even random tiny models get accuracies that differ between base and checkpoint."""
+    name = "parity"
+    max_new_tokens = 3
 
-    def __new__(cls):
-        from rlcast.evaluate import ArithTask
-
-        class _Task(ArithTask):
-            name = "parity"
-            max_new_tokens = 3
-
-            def score(self, completion, example):
-                return float(sum(map(ord, completion)) % 2 == 0)
-
-        return _Task()
+    def score(self, completion, example):
+        return float(sum(map(ord, completion)) % 2 == 0)
 
 
 def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
@@ -113,8 +107,8 @@ def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
     base = tiny_llama(tmp_path / "base", hidden=32, layers=1, vocab=99, seed=3)
     char_tokenizer().save_pretrained(base)
     root = planted_run(tmp_path / "run", steps=[5, 10], rank=2, base=base, seed=3)
-    result = dominance(load_run(root, base=base), ranks=(1, 2), task=ParityTask(), n_prompts=40, exact=True, selection="all",
-                       progress=False, models_dir=tmp_path / "models")
+    result = dominance(load_run(root, base=base), ranks=(1, 2), task=ParityTask(), n_prompts=40, exact=True,
+                       selection="all", progress=False, models_dir=tmp_path / "models")
     assert result.step == 10 and result.n_prompts == 40 and [s.k for s in result.ranks] == [1, 2]
     assert result.base.accuracy != result.full.accuracy
     rank2 = result.ranks[1]

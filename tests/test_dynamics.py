@@ -86,7 +86,7 @@ def test_parse_name_and_summary():
     from rlcast.dynamics import ModuleDynamics
 
     mods = [ModuleDynamics(f"model.layers.{i}.mlp.up_proj.weight", i, "mlp.up_proj", 0.99, r, 0.1, None, None, None,
-                           [0.5, 1.0], [0.9, 1.0], 0.95, 0.8) for i, r in enumerate([0.95, 0.5, -1.0, 0.91])]
+                           [0.5, 1.0], [0.9, 1.0], 0.95, 0.8, 0.01, 1.0) for i, r in enumerate([0.95, 0.5, -1.0, 0.91])]
     summary = summarize(mods)
     assert summary["overall"]["share_step_r2_heldout_gt_0.9"] == 0.5
     assert summary["overall"]["share_step_r2_heldout_lt_0"] == 0.25
@@ -142,6 +142,7 @@ def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
         assert (m.step_r2, m.step_r2_heldout) == pytest.approx(expected, rel=1e-4, abs=1e-4), m.name
         assert m.relex_explained == pytest.approx(1.0, abs=1e-6)  # one planted direction
         assert min(m.cos_u_last) == pytest.approx(1.0, abs=1e-4) and m.rank1_energy_last == pytest.approx(1.0)
+        assert m.well_defined == 1.0 and m.fro_last == pytest.approx(0.05, rel=1e-4)  # planted sigma 0.05, c = 1
         if kind == "linear":  # accuracy linear in the step and a(t) linear in the step: PLS is exact
             assert m.pls_r2 == pytest.approx(1.0, abs=1e-6) and m.pls_r2_heldout == pytest.approx(1.0, abs=1e-4)
     share = result.summary["overall"]["share_step_r2_heldout_gt_0.9"]

@@ -162,7 +162,8 @@ def print_summary(analysis: Analysis, console) -> None:
     from rich.table import Table
 
     steps = analysis.steps
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), title=f"rank-1 structure of dW = W_t - W_0: {len(analysis.modules)} tensors ({analysis.selection}), "
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
+                  title=f"rank-1 structure of dW = W_t - W_0: {len(analysis.modules)} tensors ({analysis.selection}), "
                         f"{len(steps)} checkpoints, steps {steps[0]}..{steps[-1]}",
                   caption="E1 = s1^2/||dW||_F^2 (mean over checkpoints, and at the last one); growth = ||dW||_F last "
                           "/ first; cos = |cos u1| to the previous / the last checkpoint; ill = checkpoints with "
@@ -170,7 +171,8 @@ def print_summary(analysis: Analysis, console) -> None:
     table.add_column("layer", justify="right", no_wrap=True, min_width=5)
     table.add_column("module", no_wrap=True, min_width=max(len(r.kind) for r in analysis.summary))
     for col in ("n", "E1", "E1 last", "growth", "cos prev", "cos last", "ill"):
-        table.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 5 * (col not in ("n", "ill"))) + 1)
+        width = max(len(col), 0 if col in ("n", "ill") else 5) + 1  # numbers print as 0.123
+        table.add_column(col, justify="right", no_wrap=True, min_width=width)
     fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731
     rows = analysis.summary
     for i, row in enumerate(rows):

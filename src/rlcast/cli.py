@@ -128,6 +128,13 @@ def compare_cmd(
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
 
 
+def _wide_console() -> Console:
+    """stdout console at least 140 columns wide, so result tables are not truncated when piped to a file."""
+    out = Console()
+    out.width = max(out.width, 140)
+    return out
+
+
 def _ranks(text: str) -> list[int]:
     try:
         ranks = [int(x) for x in text.split(",") if x.strip()]
@@ -176,7 +183,7 @@ def dominance_cmd(
     for s, r in zip(result.ranks, result.recovery):
         table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
                       ci(r.gain_recovery, r.gain_recovery_ci))
-    Console().print(table)
+    _wide_console().print(table)
     path = result.save(Path(json_out) if json_out else results_dir(full) / "dominance.json")
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
@@ -206,14 +213,15 @@ def dynamics_cmd(
                         f"checkpoints, held-out fits on the first {result.holdout_fit})")
     table.add_column("module type", no_wrap=True)
     for col in ("n", "R2 step", "R2 held-out", "rel.err held-out", "PLS R2", "PLS R2 held-out", "RELEX share",
-                "rank-1 energy"):
+                "rank-1 energy", "||dW||_F"):
         table.add_column(col, justify="right")
     fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     for kind, row in result.summary["by_kind"].items():
         table.add_row(kind, *(fmt(row[c]) for c in ("n", *SCALARS)))
-    Console().print(table)
+    out = _wide_console()
+    out.print(table)
     for key, value in result.summary["overall"].items():
-        Console().print(f"{key:32s} {fmt(value)}", highlight=False)
+        out.print(f"{key:32s} {fmt(value)}", highlight=False)
     path = result.save(Path(json_out) if json_out else results_dir(full) / "dynamics.json")
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
@@ -296,7 +304,7 @@ def train_cmd(
     model: str | None = typer.Option(None, "--model", help="HF folder or .gguf file (default: the testbed base)."),
     lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (peft) instead of all weights."),
     seed: int = typer.Option(0, "--seed"),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 2e-5 full / 1e-3 LoRA for RL; "
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-5 full / 3e-5 LoRA for RL; "
                                                          "1e-4 / 1e-3 for SFT)."),
     num_generations: int = typer.Option(8, "--num-generations", "-G", help="Completions per prompt (RL)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Completions (RL) or sequences (SFT) per step."),

@@ -121,6 +121,8 @@ class ModuleDynamics:
     cos_v_last: list[float]
     relex_explained: float | None  # temporal explained variance of the top direction of the stacked deltas
     rank1_energy_last: float
+    fro_last: float            # ||dW||_F at the last checkpoint (RL updates are small, SFT ones large)
+    well_defined: float        # share of checkpoints where s1/s2 separates u1 from u2 (linalg.Spectrum.well_defined)
 
 
 @dataclass
@@ -195,8 +197,7 @@ def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -
     u = mt.u[:, :, 0].double()
     v = mt.v[:, :, 0].double()
     s1 = mt.sigma[:, 0].double()
-    flips = torch.sign((align(u) * u).sum(1))  # +1 where align kept a row, -1 where it flipped it
-    a = s1[:, None] * u * flips[:, None]
+    a = s1[:, None] * align(u)  # the sign-aligned rank-1 trajectory s1(t) u1(t)
     in_r2, out_r2, relerr = step_r2(a, mt.steps)
     pls = (None, None, None)
     acc_steps = [s for s in mt.steps if s in accuracy]
@@ -209,11 +210,11 @@ def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -
         pls_r2=pls[0], pls_r2_heldout=pls[1], pls_mae_heldout=pls[2],
         cos_u_last=cos(u).tolist(), cos_v_last=cos(v).tolist(),
         relex_explained=temporal_explained(gram) if gram is not None else None,
-        rank1_energy_last=float(mt.rank1_energy[-1]))
+        rank1_energy_last=float(mt.rank1_energy[-1]), fro_last=float(mt.fro[-1]), well_defined=float(mt.well_defined.float().mean()))
 
 
 SCALARS = ("step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2", "pls_r2_heldout", "relex_explained",
-           "rank1_energy_last")
+           "rank1_energy_last", "fro_last")
 
 
 def _mean(values) -> float:
@@ -246,6 +247,7 @@ def summarize(modules: list[ModuleDynamics]) -> dict:
         "share_pls_r2_heldout_gt_0.9": _share((m.pls_r2_heldout for m in modules), R2_THRESHOLD),
         "mean_cos_u_first_to_last": _mean(m.cos_u_last[0] for m in modules),
         "mean_cos_v_first_to_last": _mean(m.cos_v_last[0] for m in modules),
+        "mean_well_defined": _mean(m.well_defined for m in modules),
     }
     return out
 
@@ -265,7 +267,8 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     reader = RunReader(run)
     names = dynamics_names(reader, selection)
     if len(run.checkpoints) < 4:
-        raise RlcastError(f"{run.root or run.base}: dynamics need at least 4 checkpoints, found {len(run.checkpoints)}")
+        raise RlcastError(f"{run.root or run.base}: dynamics need at least 4 checkpoints, "
+                          f"found {len(run.checkpoints)}")
     if trajectory is None:
         trajectory = build_trajectory(run, rank=1, cache_dir=cache_dir, progress=progress, names=names)
     if task:

@@ -90,7 +90,10 @@ class ArithTask(Task):
 
 
 class ReasoningGymTask(Task):
-    """A reasoning-gym dataset; test and train come from different generator seeds, train minus test questions."""
+    """A reasoning-gym dataset; test and train come from different generator seeds, train minus test questions.
+
+    Scored by the dataset's `score_answer` on the <answer> text, else the best of the whole completion, its last
+    line and its last number (models that ignore the tag instruction)."""
     max_new_tokens = 256
     instruction = "\nGive only the final answer inside <answer> </answer> tags."
 
@@ -131,7 +134,9 @@ class ReasoningGymTask(Task):
     def score(self, completion: str, example: Example) -> float:
         tagged = extract_tagged(completion)
         lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
-        candidates = [tagged] if tagged is not None else [completion.strip()] + lines[-1:]
+        number = last_number(completion)
+        plain = [completion.strip()] + lines[-1:] + ([number] if number else [])
+        candidates = [tagged] if tagged is not None else plain
         best = 0.0
         for cand in candidates:
             try:
@@ -283,7 +288,7 @@ def render_prompt(tokenizer, prompt: str) -> str:
 @dataclass
 class EvalResult:
     accuracy: float        # = pass_at_1: mean over prompts of the fraction of fully correct samples
-    ci_low: float          # 95 % interval: Wilson (one 0/1 sample per prompt) or a bootstrap over prompts
+    ci_low: float          # 95 % interval: Wilson (one sample per prompt) or a bootstrap over prompts
     ci_high: float
     mean_reward: float     # mean score over all samples (partial credit counts)
     n_prompts: int
@@ -322,8 +327,11 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
     """Completions (samples per text) from transformers generate, left padded, in batches of prompts."""
     from rich.progress import Progress
 
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise RlcastError("tokenizer has neither a pad nor an eos token")
+    side, pad, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, "left"
+    tokenizer.pad_token = pad if pad is not None else tokenizer.eos_token
+    pad_id = tokenizer.pad_token_id
     per_batch = max(1, batch_size // samples)
     out: list[list[str]] = []
     device = next(model.parameters()).device
@@ -333,8 +341,6 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
             for b in range(0, len(texts), per_batch):
                 chunk = texts[b:b + per_batch]
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                if pad_id is None:
-                    raise RlcastError("tokenizer has neither a pad nor an eos token")
                 torch.manual_seed(seed + b)
                 kwargs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
                                                               "top_p": top_p, "top_k": 0}
@@ -345,6 +351,8 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
                 bar.update(job, advance=len(chunk))
     finally:
         tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
     return out
 
 
@@ -381,8 +389,12 @@ def evaluate(model, task, n_prompts: int | None = 200, samples: int = 1, greedy:
     examples = task.examples(split, n_prompts, seed=seed)
     max_new_tokens = max_new_tokens or task.max_new_tokens
     is_path = isinstance(model, (str, Path))
-    use_vllm = backend == "vllm" or (backend == "auto" and is_path and Path(model).suffix != ".gguf"
-                                     and vllm_available())
+    plain_folder = is_path and Path(model).is_dir() and not (Path(model) / "adapter_config.json").exists()
+    use_vllm = backend == "vllm" or (backend == "auto" and plain_folder and vllm_available())
+    if use_vllm and not plain_folder:
+        raise RlcastError(f"{model}: the vLLM backend needs a plain HF model folder (not a GGUF file or adapter)")
+    if backend not in ("auto", "transformers", "vllm"):
+        raise RlcastError(f"unknown backend {backend!r} (auto, transformers, vllm)")
     if use_vllm:
         from transformers import AutoTokenizer
 
@@ -411,7 +423,7 @@ def evaluate(model, task, n_prompts: int | None = 200, samples: int = 1, greedy:
                        for c, s in zip(outs, scores))
     n = len(examples)
     acc = sum(per_prompt_correct) / n
-    binary = samples == 1 and all(r in (0.0, 1.0) for r in rewards)
-    low, high = wilson(acc * n, n) if binary else bootstrap(per_prompt_correct, seed=seed)
+    # one sample per prompt: correctness is a proportion (Wilson); several: bootstrap the per-prompt rates
+    low, high = wilson(acc * n, n) if samples == 1 else bootstrap(per_prompt_correct, seed=seed)
     return EvalResult(accuracy=acc, ci_low=low, ci_high=high, mean_reward=sum(rewards) / len(rewards),
                       n_prompts=n, samples=samples, pass_at_1=acc, details=details)

@@ -12,8 +12,9 @@ Each iteration costs two thin matmuls with D. Convergence is checked per triplet
     s_next:         the Ritz value s_{k+1} (a lower bound); r_{k+1} <= NEXT_TOL * s_1 when it is near the threshold
 A triplet whose gap is below GAP_MIN (s_i / s_{i+1} < 1.01) has no meaningful direction: it is flagged
 `well_defined=False` and only its value must converge. If MAX_ITER iterations would not converge (the rate measured
-from the residuals predicts it), that tensor falls back to the exact SVD. Oversampling makes the rate (s_{l+1} / s_i)^2 per iteration, so a close pair s1/s2 = 1.006 is
-separated by the small SVD, not by the power iteration.
+from the residuals predicts it), that tensor falls back to the exact SVD. Oversampling makes the rate
+(s_{l+1} / s_i)^2 per iteration, so a close pair s1/s2 = 1.006 is separated by the small SVD, not by the power
+iteration.
 
 LoRA deltas `scale * B @ A` never become dense: B = Qb Rb, A^T = Qa Ra, and the SVD of the r x r core
 `scale * Rb Ra^T = Uc S Vc^T` gives u = Qb Uc, v = Qa Vc exactly.

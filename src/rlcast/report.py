@@ -258,7 +258,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
             {"field": "dynamics", "value": dyn_note},
             {"field": "accuracies for PLS", "value": dyn["accuracy_source"]}]
     overall = [{"measure": k, "value": v} for k, v in dyn["summary"]["overall"].items()]
-    group_cols = ["group", "n", "rank1_energy_last", "step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2",
+    group_cols = ["group", "n", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2",
                   "pls_r2_heldout", "relex_explained"]
     by_kind = [{"group": g, **v} for g, v in dyn["summary"]["by_kind"].items()]
     by_layer = [{"group": g, **v} for g, v in dyn["summary"]["by_layer"].items()]
@@ -287,7 +287,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("By module type", table(by_kind, group_cols)),
         ("By layer", table(by_layer, group_cols)),
         ("2-D projection of the u1 trajectories", _img(u1_projection_plot(traj, modules), "u1 PCA")),
-        ("Per module", table(per_module, ["name", "rank1_energy_last", "step_r2", "step_r2_heldout",
+        ("Per module", table(per_module, ["name", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout",
                                           "step_relerr_heldout", "pls_r2",
                                           "pls_r2_heldout", "pls_mae_heldout", "relex_explained", "cos_u_first",
                                           "cos_v_first"])),

@@ -1,7 +1,8 @@
 """Live acceleration inside TRL's GRPO / RLOO trainers: extrapolate the weights ahead, check, keep or roll back.
 
 `AccelerateCallback` is a `transformers.TrainerCallback`. Every `snapshot_every` optimizer steps it writes the
-trainable tensors to disk (safetensors, at most `window` snapshots). Every `every` steps it
+trainable tensors to disk (safetensors, at most `window` snapshots, the first one the window's anchor). Every `every`
+steps it
 
 1. picks the extrapolator: the given `method`, or with "auto" the one that best back-tests on the window (fit on all
    snapshots but the last, predict the last; error `||P - W_T||_F / ||W_T - W_{T-1}||_F` over the changed tensors,
@@ -14,11 +15,17 @@ trainable tensors to disk (safetensors, at most `window` snapshots). Every `ever
    larger than `collapse`). H grows by `grow` after a kept jump and shrinks by `shrink` after a rollback.
 
 Design choices (each deliberate, each tested):
-- The extrapolators are `rlcast.extrapolate`'s, fed through `rlcast.checkpoints.load_run(base=..., checkpoints=...)`:
-  the snapshot folders are presented as a run whose "model" is the set of trainable tensors.
+- The extrapolators are `rlcast.extrapolate`'s (module selection "all": every trainable tensor moves), fed through
+  `rlcast.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
+  is the set of trainable tensors and whose *base is the window's first snapshot*, with steps counted from it. The
+  methods then extrapolate the recent segment of the trajectory (weight-linear becomes the line through the anchor
+  and the last snapshot) instead of scaling the whole update since the start of training, which also scales up all
+  the optimizer noise accumulated since then (on the testbed, weight-linear from W0 at 4x loses half the accuracy).
+- `auto` back-tests weight-linear, alpharl-step and relex (closed-form, well under a step each on the testbed).
+  `next` trains its MLPs at every fit (tens of steps' worth of time on the testbed): available through `methods=`.
 - Steps are *virtual*: after a kept jump of H steps the model stands at step t + H of the trajectory it predicted,
   so later snapshots are recorded at `global_step + offset` (offset = total kept horizon). After a kept jump the
-  window restarts from the jumped weights (older snapshots belong to a trajectory the model has left).
+  window restarts with the jumped weights as its anchor (older snapshots belong to a trajectory the model has left).
 - Full fine-tuning: the trainable tensors are the model's weights. peft LoRA: the trainable tensors are the adapter's
   A and B matrices and they are extrapolated as such (in parameter space, where the optimizer moves). The merged
   delta B @ A could be extrapolated instead, but writing it back needs a re-factorisation into new A, B, which
@@ -38,9 +45,9 @@ Design choices (each deliberate, each tested):
   overlap the first prompts that `rlcast train` and `rlcast evaluate` report accuracy on.
 - Resume: the callback is an `ExportableState`; its counters, horizon, offset, jump log and window list are saved in
   the trainer checkpoint and restored at `on_train_begin` of a resumed run (whether or not
-  `restore_callback_states_from_checkpoint` is set, which would instead rebuild the callback from its saved args). Snapshots live in `snapshot_dir` (default OUTPUT_DIR/.rlcast-accelerate), which survives an
-  interruption; on resume, snapshots from steps after the checkpoint are dropped. If the folder is gone, the window
-  restarts from the resumed weights.
+  `restore_callback_states_from_checkpoint` is set, which would instead rebuild the callback from its saved args).
+  Snapshots live in `snapshot_dir` (default OUTPUT_DIR/.rlcast-accelerate), which survives an interruption; on resume, snapshots from steps after the checkpoint are dropped. If none is left (the folder is
+  gone), the window restarts with the resumed weights as its anchor.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ SNAPSHOT_FILE = "model.safetensors"
 
 # alpharl inverts an accuracy regression: it needs an evaluated accuracy for every snapshot, which a live run lacks
 LIVE_METHODS = ("weight-linear", "alpharl-step", "relex", "next")
+AUTO_METHODS = ("weight-linear", "alpharl-step", "relex")  # closed-form fits; next retrains MLPs at every fit
 
 
 def _methods() -> dict:
@@ -125,21 +133,23 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         unknown = [m for m in methods or [] if m not in known]
         if unknown:
             raise RlcastError(f"accelerate: unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        snapshot_every = snapshot_every or max(1, every // window)
-        if snapshot_every < 1 or snapshot_every > every:
-            raise RlcastError(f"accelerate: snapshot_every must be in 1..every={every} (got {snapshot_every})")
+        # a fit needs the anchor + min_checkpoints snapshots; a back-test one more (the snapshot it predicts)
         if method == "auto":
-            candidates = list(methods or known)
-            usable = [m for m in candidates if known[m].min_checkpoints + 1 <= window]
+            candidates = list(methods or AUTO_METHODS)
+            usable = [m for m in candidates if known[m].min_checkpoints + 2 <= window]
             if not usable:
-                need = min(known[m].min_checkpoints for m in candidates) + 1
+                need = min(known[m].min_checkpoints for m in candidates) + 2
                 raise RlcastError(f"accelerate: window {window} is shorter than auto needs (back-testing "
                                   f"{', '.join(candidates)} needs at least {need} snapshots)")
         else:
             usable = [method]
-            if known[method].min_checkpoints > window:
+            if known[method].min_checkpoints + 1 > window:
                 raise RlcastError(f"accelerate: window {window} is shorter than method {method} needs "
-                                  f"({known[method].min_checkpoints} snapshots)")
+                                  f"({known[method].min_checkpoints + 1} snapshots: an anchor and "
+                                  f"{known[method].min_checkpoints} more)")
+        snapshot_every = snapshot_every or max(1, every // (window - 1))
+        if snapshot_every < 1 or snapshot_every > every:
+            raise RlcastError(f"accelerate: snapshot_every must be in 1..every={every} (got {snapshot_every})")
         self.method, self.every, self.horizon, self.window = method, every, horizon, window
         self.tolerance, self.task, self.task_args, self.eval_prompts = tolerance, task, task_args, eval_prompts
         self.snapshot_every, self.max_horizon = snapshot_every, max_horizon or 8 * horizon
@@ -212,10 +222,12 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         self.seconds["snapshot"] += time.perf_counter() - start
 
     def _run(self, args, virtual_steps: list[int]):
+        """The snapshots as a Run: base = the first (the anchor), checkpoints at steps counted from it."""
         from rlcast.checkpoints import load_run
 
-        root = self._dir(args)
-        run = load_run(base=root / "base", checkpoints={v: root / f"step-{v}" for v in virtual_steps})
+        root, anchor = self._dir(args), virtual_steps[0]
+        run = load_run(base=root / f"step-{anchor}",
+                       checkpoints={v - anchor: root / f"step-{v}" for v in virtual_steps[1:]})
         run.root = root  # caches (rank-1 factors) go inside the snapshot folder and leave with it
         return run
 
@@ -229,7 +241,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ extrapolation
 
     def extrapolator(self, method: str, virtual_steps: list[int], args):
-        """`method` fitted on the snapshots at `virtual_steps` (the base is the weights at train start)."""
+        """`method` fitted on the snapshots at `virtual_steps` (the first is the anchor; steps relative to it)."""
         from rlcast.extrapolate import make_extrapolator
 
         params = {"selection": "all"} | self.method_params.get(method, {})  # every trainable tensor moves
@@ -237,7 +249,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def predict(self, method: str, target: int, args):
         """(name, predicted tensor) for every trainable tensor at virtual step `target`, fitted on the window."""
-        return self.extrapolator(method, [v for _, v in self.snapshots], args).predict(target)
+        steps = [v for _, v in self.snapshots]
+        return self.extrapolator(method, steps, args).predict(target - steps[0])
 
     def backtest(self, method: str, args) -> float:
         """Fit on all snapshots but the last, predict the last: ||P - W_T|| / ||W_T - W_{T-1}|| on changed tensors."""
@@ -248,7 +261,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         with safe_open(str(root / f"step-{steps[-1]}" / SNAPSHOT_FILE), "pt") as last, \
                 safe_open(str(root / f"step-{steps[-2]}" / SNAPSHOT_FILE), "pt") as prev:
             names = set(last.keys())
-            for name, pred in fitted.predict(steps[-1]):
+            for name, pred in fitted.predict(steps[-1] - steps[0]):
                 if name not in names:
                     continue
                 actual, before = last.get_tensor(name).float(), prev.get_tensor(name).float()
@@ -265,7 +278,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             return self.method, {}
         errors = {}
         for name in self.candidates:
-            if _methods()[name].min_checkpoints > len(self.snapshots) - 1:
+            if _methods()[name].min_checkpoints + 2 > len(self.snapshots):
                 continue
             try:
                 errors[name] = self.backtest(name, args)
@@ -355,7 +368,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             for _, old in self.snapshots:
                 shutil.rmtree(self._dir(args) / f"step-{old}", ignore_errors=True)
             self.snapshots = []
-            self._snapshot(args, state, model)    # the jumped weights start the next window
+            self._snapshot(args, state, model)    # the jumped weights anchor the next window
             self.segment_start = step
             self.current_horizon = min(self.max_horizon, max(horizon + 1, round(horizon * self.grow)))
         else:
@@ -371,23 +384,20 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         if state.global_step > 0 and isinstance(saved, dict) and "attributes" in saved:
             # resumed: restore our state even when restore_callback_states_from_checkpoint is off (its default)
             self.load_state_dict(saved)
-        if state.global_step == 0 or not (root / "base" / SNAPSHOT_FILE).exists():
-            if state.global_step > 0:
-                log.warning("accelerate: snapshot folder %s is gone; the window restarts at step %d",
-                            root, state.global_step)
-            # the base of the virtual trajectory is the weights now: virtual step 0 = this global step
-            self.offset, self.snapshots = -state.global_step, []
-            self.segment_start = self.last_attempt = state.global_step
-            if root.exists():
-                shutil.rmtree(root)
-            self._write(root / "base", model)
-            return
-        # resumed: forget snapshots taken after the checkpoint (they belong to the interrupted future)
-        kept = [s for s in self.snapshots if s[0] <= state.global_step and (root / f"step-{s[1]}").exists()]
-        for s in self.snapshots:
-            if s not in kept:
-                shutil.rmtree(root / f"step-{s[1]}", ignore_errors=True)
-        self.snapshots = kept
+            # forget snapshots taken after the checkpoint (they belong to the interrupted future)
+            kept = [s for s in self.snapshots if s[0] <= state.global_step and (root / f"step-{s[1]}").exists()]
+            for s in self.snapshots:
+                if s not in kept:
+                    shutil.rmtree(root / f"step-{s[1]}", ignore_errors=True)
+            self.snapshots = kept
+            if kept:
+                return
+            log.warning("accelerate: no snapshot left in %s; the window restarts at step %d", root, state.global_step)
+        elif root.exists():
+            shutil.rmtree(root)
+        self.snapshots, self.segment_start = [], state.global_step
+        self.last_attempt = max(self.last_attempt, state.global_step)
+        self._snapshot(args, state, model)  # the anchor of the first window: the weights training starts from
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_started = time.perf_counter()
@@ -409,7 +419,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             self._snapshot(args, state, model)
         if not due:
             return
-        needed = min(_methods()[m].min_checkpoints + (self.method == "auto") for m in self.candidates)
+        needed = min(_methods()[m].min_checkpoints + 1 + (self.method == "auto") for m in self.candidates)
         if len(self.snapshots) < needed:
             return
         self.last_attempt = step
