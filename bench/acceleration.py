@@ -41,13 +41,14 @@ def main() -> None:
     from rlcast.demo import curve, outcome
     from rlcast.integrations.trl import AccelerateCallback
     from rlcast.testbed import base_model
-    from rlcast.train import DEFAULTS, train
+    from rlcast.train import DEFAULT_LR, DEFAULTS, train
 
     base = base_model()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-accel-"))
     accel = dict(method=args.method, every=args.every, horizon=args.horizon, window=args.window,
                  tolerance=args.tolerance, eval_prompts=args.check_prompts, verbose=False)
-    print(f"testbed {base}; GRPO defaults {json.dumps({k: v for k, v in DEFAULTS.items() if 'lora' not in k})}")
+    hparams = {k: v for k, v in DEFAULTS.items() if "lora" not in k} | {"learning_rate": DEFAULT_LR[("rl", False)]}
+    print(f"testbed {base}; GRPO defaults of rlcast.train (both runs) {json.dumps(hparams)}")
     print(f"steps={args.steps} save_every={args.save_every} eval_prompts={args.eval_prompts} accelerate={accel}")
     rows = []
     for seed in range(args.seeds):
@@ -62,7 +63,8 @@ def main() -> None:
         accel_seconds = time.perf_counter() - start
         result = outcome(curve(root / f"plain-{seed}"), curve(root / f"accelerated-{seed}"))
         summary = callback.summary()
-        rows.append(result | {"cost": summary["cost_step_equivalents"], "summary": summary})
+        rows.append(result | {"seed": seed, "cost": summary["cost_step_equivalents"], "summary": summary,
+                              "jumps": callback.jumps})
         jumps = " ".join(f"{j['step']}:{j['method']}+{j['horizon']}{'K' if j['kept'] else 'R'}"
                          for j in callback.jumps if j["method"])
         print(f"seed {seed}: plain final {result['plain']['final_accuracy']:.3f} "

@@ -1,4 +1,4 @@
-"""AccelerateCallback inside real TRL GRPO runs on a tiny character-level Llama (hidden 32, one layer).
+"""AccelerateCallback inside real TRL GRPO (and RLOO) runs on a tiny character-level Llama (hidden 32, one layer).
 
 The GRPO reward is "fraction of digits in the completion", which a random model learns within a few steps, so the
 weights really move and the extrapolators have a trajectory to extend.
@@ -38,18 +38,22 @@ def _model(lora: bool = False):
     return model, tok
 
 
-def _trainer(out, callbacks, steps=12, lora=False, save_steps=500):
+def _trainer(out, callbacks, steps=12, lora=False, save_steps=500, algo="grpo"):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from rlcast.evaluate import get_task
 
     model, tok = _model(lora)
+    if algo == "rloo":  # RLOOTrainer reads the generation config from the model's folder
+        model.save_pretrained(out.parent / "tiny-base")
+        model = type(model).from_pretrained(out.parent / "tiny-base")
     rows = [{"prompt": e.prompt} for e in get_task("arith").examples("train", 128, seed=0)]
-    cfg = GRPOConfig(output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+    config, trainer = (GRPOConfig, GRPOTrainer) if algo == "grpo" else (RLOOConfig, RLOOTrainer)
+    cfg = config(output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
                      max_steps=steps, learning_rate=2e-2 if lora else 1e-2, lr_scheduler_type="constant",
                      logging_steps=100, save_steps=save_steps, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-    return GRPOTrainer(model=model, reward_funcs=_digits, args=cfg, train_dataset=Dataset.from_list(rows),
+    return trainer(model=model, reward_funcs=_digits, args=cfg, train_dataset=Dataset.from_list(rows),
                        processing_class=tok, callbacks=list(callbacks))
 
 
@@ -90,10 +94,10 @@ def test_misconfiguration_is_an_error_at_construction():
         AccelerateCallback(optimizer_state="rescale")
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_accelerated_grpo_jumps_and_keeps_adam_moments(tmp_path, lora):
+@pytest.mark.parametrize("algo,lora", [("grpo", False), ("grpo", True), ("rloo", False)])
+def test_accelerated_rl_jumps_and_keeps_adam_moments(tmp_path, algo, lora):
     cb = Recording(**_callback().state()["args"])
-    trainer = _trainer(tmp_path / "run", [cb], steps=9, lora=lora)
+    trainer = _trainer(tmp_path / "run", [cb], steps=9, lora=lora, algo=algo)
     trainer.train()
     kept = [j for j in cb.jumps if j["kept"]]
     assert [j["step"] for j in cb.jumps] == [4, 8] and len(kept) == 2
@@ -177,7 +181,9 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     saved = json.loads((out / "checkpoint-9" / "trainer_state.json").read_text())["stateful_callbacks"]
     saved = saved["AccelerateCallback"]["attributes"]
     assert [j["step"] for j in saved["jumps"]] == [4, 8] and saved["offset"] == 7
-    assert (out / ".rlcast-accelerate" / "base").is_dir()  # snapshots survive the interruption
+    assert saved["snapshots"] == [[8, 15]]  # the jumped weights of step 8 (virtual 8 + 7) anchor the window
+    snapshots = out / ".rlcast-accelerate"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step-15", "step-17"]  # they survive the interruption
 
     fresh = _callback()
     trainer = _trainer(out, [fresh], steps=16, save_steps=9)

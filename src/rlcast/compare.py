@@ -38,6 +38,7 @@ class Row:
     gain: float | None = None            # accuracy - accuracy of the real checkpoint at the cutoff
     reason: str | None = None            # why the method produced no model
     seconds: float = 0.0                 # fit + predict + write (methods) or write (real), without evaluation
+    info: dict = field(default_factory=dict)  # what the method chose (Extrapolator.summary())
 
     @property
     def fraction(self) -> float:
@@ -180,33 +181,36 @@ def _method_row(method: str, params: dict, window: Run, cutoff: int, target: int
         ex = make_extrapolator(method, **params).fit(window)
         meta = {"rlcast": f"{method} from step {cutoff} to step {target}", "selection": ex.selection}
         res, _ = evaluate(f"{method}-{cutoff}", ex.predict(target), meta)
+        info = ex.summary()
     except RlcastError as err:
         return Row(method, cutoff, target, reason=str(err), seconds=time.perf_counter() - start)
     except Exception as err:  # a numerical failure of one method must not sink the other rows: report it in its row
         return Row(method, cutoff, target, reason=f"{type(err).__name__}: {err}".splitlines()[0],
                    seconds=time.perf_counter() - start)
-    return Row(method, cutoff, target, res.accuracy, res.ci_low, res.ci_high, seconds=time.perf_counter() - start)
+    return Row(method, cutoff, target, res.accuracy, res.ci_low, res.ci_high, seconds=time.perf_counter() - start,
+               info=info)
 
 
 def table(result: Comparison) -> Table:
     """The rich table: real checkpoints as reference rows, then every method at every cutoff."""
+    reasons = list(dict.fromkeys(r.reason.removeprefix(f"{r.method}: ") for r in result.rows if r.reason))
+    notes = "".join(f"\n({i + 1}) {reason}" for i, reason in enumerate(reasons))
     t = Table(title=f"{result.run}: predicting step {result.target} ({result.task}, {result.n_prompts} prompts)",
               caption="steps: checkpoints used up to / target step; gain: accuracy minus the real checkpoint's at "
-                      "the cutoff (what stopping there gives)")
-    for col in ("method", "steps", "accuracy", "95% CI", "% target", "gain", "note"):
-        t.add_column(col, justify="left" if col in ("method", "note") else "right", no_wrap=col != "note")
+                      "the cutoff (what stopping there gives)" + notes, caption_justify="left")
+    for col in ("method", "steps", "accuracy", "95% CI", "% target", "gain"):
+        t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for row in result.rows:
         steps = f"{row.cutoff}/{row.target} ({100 * row.fraction:.0f}%)"
         if row.accuracy is None:
-            reason = row.reason.removeprefix(f"{row.method}: ")
-            t.add_row(row.method, steps, "-", "-", "-", "-", f"[red]{reason}[/]")
+            note = reasons.index(row.reason.removeprefix(f"{row.method}: ")) + 1
+            t.add_row(row.method, steps, f"[red]failed ({note})[/]", "-", "-", "-")
             continue
         name = ("base" if row.cutoff == 0 else f"real @ {row.cutoff}") if row.method == REFERENCE else row.method
         ci = f"{row.ci_low:.2f}-{row.ci_high:.2f}"
         pct = "-" if row.pct_of_target is None else f"{row.pct_of_target:.1f}%"
         gain = "" if row.method == REFERENCE else f"{row.gain:+.3f}"
-        t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, f"{row.accuracy:.3f}", ci, pct,
-                  gain, "")
+        t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, f"{row.accuracy:.3f}", ci, pct, gain)
     return t
 
 

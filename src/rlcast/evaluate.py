@@ -255,6 +255,11 @@ def load_model(path, dtype=None):
             raise RlcastError(f"{path}: no such GGUF file")
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        # the GGUF tensors are de-quantized on load: drop the quantizer marks so the model trains and saves as is
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         return model.eval(), tok
     if not path.is_dir():
         raise RlcastError(f"{path}: not a model folder or .gguf file")

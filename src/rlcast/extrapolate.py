@@ -111,6 +111,11 @@ class Extrapolator:
             else:
                 yield name, self._anchor(name)
 
+    def summary(self) -> dict:
+        """What the fit chose (for reports): module selection, number of predicted tensors, anchor, window."""
+        return {"selection": self.selection, "tensors": len(self.targets_), "anchor": self.anchor,
+                "window": list(self.run_.steps)}
+
     def _anchor(self, name: str) -> torch.Tensor:
         return self.reader_.base(name) if self.anchor == "base" else self.reader_.weight(self.last_, name)
 
@@ -164,7 +169,6 @@ class AlphaRLStep(Extrapolator):
         self.a_, self.v_ = {}, {}
         for name in self.targets_:
             self.a_[name], self.v_[name] = self._rank1_path(traj.modules[name])
-        self.accuracy_ = traj.accuracy
 
     @staticmethod
     def _rank1_path(mod) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -253,6 +257,12 @@ class AlphaRL(AlphaRLStep):
             raise RlcastError(f"alpharl: target accuracy {y_star:.3f} is outside the PLS range [{low:.3f}, {high:.3f}]"
                               f" of the window up to step {self.last_} (max_extrapolation={self.max_extrapolation})")
         self.y_star_ = y_star
+
+    def summary(self) -> dict:
+        out = {**super().summary(), "pls_range": list(self.range_)}
+        if hasattr(self, "y_star_"):
+            out["target_accuracy"] = self.y_star_
+        return out
 
     def _a_star(self, name: str, step: int) -> torch.Tensor:
         x_mean, p, y_mean, b = self.pls_[name]
@@ -402,7 +412,7 @@ class NExt(Extrapolator):
     anchor = "last"
 
     def __init__(self, horizon: int | None = None, epochs: int = 300, lr: float = 1e-3, c: float | None = None,
-                 task: str | None = None, c_grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5), n_val: int = 64,
+                 task: str | None = None, c_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 2.5), n_val: int = 64,
                  selection: str = "all", seed: int = 0, progress: bool = False):
         super().__init__(selection, progress)
         self.horizon, self.epochs, self.lr, self.c = horizon, epochs, lr, c
@@ -506,6 +516,14 @@ class NExt(Extrapolator):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return max(self.c_grid, key=lambda c: (self.c_scores_[c], -abs(c - 1.5)))
+
+    def summary(self) -> dict:
+        out = {**super().summary(), "horizon_steps": self.k_steps_}
+        if hasattr(self, "c_"):
+            out["c"] = self.c_
+        if hasattr(self, "c_scores_"):
+            out["c_scores"] = {str(c): a for c, a in self.c_scores_.items()}
+        return out
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:
         mult = self.c_ * (step - self.last_) / self.k_steps_
