@@ -10,7 +10,7 @@ checkpoint. Per seed:
 
 Last line: `speedup=X retained=Y seeds=N` (medians over seeds).
 
-    .venv/bin/python bench/acceleration.py --seeds 3 --steps 60 --save-every 5
+    .venv/bin/python bench/acceleration.py --seeds 3 --steps 24 --save-every 2
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ from pathlib import Path
 
 
 def main() -> None:
+    from rlcast.demo import ACCELERATE
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--save-every", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--save-every", type=int, default=2)
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--method", default="auto")
-    parser.add_argument("--every", type=int, default=10)
-    parser.add_argument("--horizon", type=int, default=10)
-    parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--tolerance", type=float, default=0.02)
-    parser.add_argument("--check-prompts", type=int, default=64)
+    parser.add_argument("--every", type=int, default=ACCELERATE["every"])
+    parser.add_argument("--horizon", type=int, default=ACCELERATE["horizon"])
+    parser.add_argument("--window", type=int, default=ACCELERATE["window"])
+    parser.add_argument("--tolerance", type=float, default=ACCELERATE["tolerance"])
+    parser.add_argument("--check-prompts", type=int, default=ACCELERATE["eval_prompts"])
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 

@@ -59,7 +59,6 @@ def test_jsonl_task_math_verify_and_errors(tmp_path):
     good = tmp_path / "q.jsonl"
     good.write_text('{"q": "half?", "a": "\\\\frac{1}{2}"}\n\n{"q": "two?", "a": "2"}\n')
     task = get_task(f"jsonl:{good}", {"question_field": "q", "answer_field": "a"})
-    half, two = task.examples("test", None, seed=0), None
     half = next(e for e in task.examples("test", None) if e.prompt == "half?")
     two = next(e for e in task.examples("test", None) if e.prompt == "two?")
     assert task.score("The answer is $\\boxed{0.5}$", half) == 1.0

@@ -25,25 +25,24 @@ from rlcast.errors import RlcastError
 TARGET = 0.98  # fraction of the plain run's final held-out accuracy that counts as "reached"
 
 
+ACCELERATE = {"method": "auto", "every": 6, "horizon": 6, "window": 4, "tolerance": 0.0, "eval_prompts": 100}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """Budget of the demo; `quick` is the same pipeline with fewer steps and prompts."""
-    steps: int = 60
-    save_every: int = 5
+    """Budget of the demo; `quick` is the same pipeline with fewer steps, prompts and compared methods."""
+    steps: int = 30
+    save_every: int = 2
     eval_prompts: int = 200
     seed: int = 0
-    accelerate: dict = field(default_factory=lambda: {
-        "method": "auto", "every": 10, "horizon": 10, "window": 4, "tolerance": 0.02, "eval_prompts": 64})
+    accelerate: dict = field(default_factory=lambda: dict(ACCELERATE))
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
     dominance_ranks: tuple[int, ...] = (1, 2)
 
 
-QUICK = DemoConfig(steps=30, save_every=5, eval_prompts=100,
-                   accelerate={"method": "auto", "every": 10, "horizon": 10, "window": 4, "tolerance": 0.03,
-                               "eval_prompts": 48},
-                   compare_methods=("weight-linear", "alpharl-step", "relex"), compare_cutoffs=(0.4,),
-                   dominance_ranks=(1,))
+QUICK = DemoConfig(steps=16, save_every=2, eval_prompts=100, compare_methods=("weight-linear", "alpharl-step", "relex"),
+                   compare_cutoffs=(0.5,), dominance_ranks=(1,))
 
 
 def steps_to(accuracy: dict[int, float], target: float) -> int | None:

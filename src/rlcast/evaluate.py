@@ -392,6 +392,8 @@ def evaluate(model, task, n_prompts: int | None = 200, samples: int = 1, greedy:
         raise RlcastError(f"samples must be >= 1 (got {samples})")
     greedy = greedy and samples == 1
     examples = task.examples(split, n_prompts, seed=seed)
+    if not examples:
+        raise RlcastError(f"task {task.name}: no prompts to evaluate (n_prompts={n_prompts})")
     max_new_tokens = max_new_tokens or task.max_new_tokens
     is_path = isinstance(model, (str, Path))
     plain_folder = is_path and Path(model).is_dir() and not (Path(model) / "adapter_config.json").exists()
