@@ -28,9 +28,9 @@ def run_dir(tmp_path_factory):
 
 def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     run = load_run(run_dir)
-    result = compare(run, [0.2, 0.6], methods=["weight-linear", "relex", "alpharl"], n_prompts=8, progress=False,
-                     params={"alpharl": {"selection": "all"}})  # the planted updates touch every tensor
-    assert result.target == 50 and result.cutoffs == [10, 30]
+    result = compare(run, [0.2, 0.25, 0.6], methods=["weight-linear", "relex", "alpharl"], n_prompts=8,
+                     progress=False, params={"alpharl": {"selection": "all"}})  # planted updates touch every tensor
+    assert result.target == 50 and result.cutoffs == [10, 30]  # 0.2 and 0.25 both land on checkpoint 10
     real = {r.cutoff: r for r in result.rows if r.method == "real"}
     assert sorted(real) == [0, 10, 30, 50]
     assert real[50].pct_of_target == pytest.approx(100.0)
@@ -63,7 +63,8 @@ def test_cli_compare(run_dir, tmp_path):
     out = tmp_path / "cmp"
     runner = CliRunner(env={"COLUMNS": "200"})
     res = runner.invoke(app, ["compare", str(run_dir), "--cutoffs", "0.6", "--methods", "weight-linear",
-                              "--n-prompts", "4", "--out", str(out), "--keep", "--param", "weight-linear.selection=all"])
+                              "--n-prompts", "4", "--out", str(out), "--keep",
+                              "--param", "weight-linear.selection=all"])
     assert res.exit_code == 0, res.output
     assert "real @ 30" in res.output and "weight-linear" in res.output and "30/50 (60%)" in res.output
     assert (out / "compare.json").exists() and (out / "compare.png").exists()

@@ -152,3 +152,16 @@ def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
 
     data = json.loads(saved.read_text())
     assert data["accuracy_source"] == "manifest" and len(data["modules"]) == 7
+
+
+def test_inner_products_of_low_rank_deltas_match_dense():
+    from rlcast.checkpoints import LowRankDelta
+    from rlcast.dynamics import inner
+
+    gen = torch.Generator().manual_seed(0)
+    a = LowRankDelta(torch.randn(12, 3, generator=gen), torch.randn(3, 9, generator=gen), 0.5)
+    b = LowRankDelta(torch.randn(12, 2, generator=gen), torch.randn(2, 9, generator=gen), 2.0)
+    d = torch.randn(12, 9, generator=gen)
+    dense = lambda x: x.dense() if isinstance(x, LowRankDelta) else x  # noqa: E731
+    for x, y in [(a, b), (a, d), (d, b), (d, d)]:
+        assert inner(x, y) == pytest.approx(float((dense(x).double() * dense(y).double()).sum()), rel=1e-5)

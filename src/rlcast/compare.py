@@ -136,8 +136,9 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
         params["next"]["task"] = task  # NExt picks its scale c on the task's train split
     target = resolve_target(run, target)
     nominal = cutoff_steps(run, list(cutoffs), target)
-    windows = [run.window(c) for c in nominal]
-    used = [w.steps[-1] if w.checkpoints else 0 for w in windows]
+    windows = list({w.steps[-1] if w.checkpoints else 0: w for w in map(run.window, nominal)}.items())
+    used = [step for step, _ in windows]  # fractions that land on the same checkpoint are compared once
+    windows = [w for _, w in windows]
     result = Comparison(run=str(run.root or run.base), task=str(task), target=target, n_prompts=n_prompts, seed=seed,
                         cutoffs=used, params=params)
     task_obj = get_task(task, task_args)

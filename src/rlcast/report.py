@@ -282,7 +282,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Rank-1 linear dynamics: R^2 heat maps",
          _img(heatmaps(modules, r2_panels, -1, 1, "RdYlGn"), "R^2 heat maps")
          + "<p class=note>R^2 = 1 - SSE/SST over all coordinates of the scored vectors, SST around their own mean; "
-           "held-out scores use only the later checkpoints. Colours are clipped to [-1, 1].</p>"),
+           "held-out scores use only the later checkpoints. PLS: one component, then OLS of accuracy on its score, "
+           "over the checkpoints (not the base). Colours are clipped to [-1, 1].</p>"),
         ("Summary", table(overall)),
         ("By module type", table(by_kind, group_cols)),
         ("By layer", table(by_layer, group_cols)),
@@ -290,7 +291,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Per module", table(per_module, ["name", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout",
                                           "step_relerr_heldout", "pls_r2",
                                           "pls_r2_heldout", "pls_mae_heldout", "relex_explained", "cos_u_first",
-                                          "cos_v_first"])),
+                                          "cos_v_first", "well_defined"])),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f"<h2>{html.escape(title)}</h2>\n{content}\n" for title, content in sections)
