@@ -149,13 +149,13 @@ class BadPrediction(AccelerateCallback):
 
 def test_forced_rollback_restores_the_exact_run(tmp_path):
     cb = BadPrediction(**_callback(tolerance=0.05).state()["args"])
-    accelerated = _trainer(tmp_path / "acc", [cb], steps=10)
+    accelerated = _trainer(tmp_path / "acc", [cb], steps=9)
     accelerated.train()
     assert [j["kept"] for j in cb.jumps] == [False, False]
     assert cb.jumps[0]["reason"] == "non-finite weights"
     assert "dropped" in cb.jumps[1]["reason"] and cb.jumps[1]["reward_after"] == 0.0
     assert cb.offset == 0 and cb.current_horizon == 1  # 3 -> 1 -> 1 after two rollbacks
-    plain = _trainer(tmp_path / "plain", [], steps=10)
+    plain = _trainer(tmp_path / "plain", [], steps=9)
     plain.train()
     # a rolled-back jump leaves training exactly as if it had never been tried: same weights, bit for bit
     for (name, a), (_, b) in zip(accelerated.model.named_parameters(), plain.model.named_parameters()):
@@ -177,7 +177,7 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     out = tmp_path / "run"
     cb = _callback()
     with pytest.raises(Interrupt):
-        _trainer(out, [cb, StopAt()], steps=16, save_steps=9).train()
+        _trainer(out, [cb, StopAt()], steps=13, save_steps=9).train()
     saved = json.loads((out / "checkpoint-9" / "trainer_state.json").read_text())["stateful_callbacks"]
     saved = saved["AccelerateCallback"]["attributes"]
     assert [j["step"] for j in saved["jumps"]] == [4, 8] and saved["offset"] == 7
@@ -186,9 +186,9 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     assert sorted(p.name for p in snapshots.iterdir()) == ["step-15", "step-17"]  # they survive the interruption
 
     fresh = _callback()
-    trainer = _trainer(out, [fresh], steps=16, save_steps=9)
+    trainer = _trainer(out, [fresh], steps=13, save_steps=9)
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-9"))
     restored = next(c for c in trainer.callback_handler.callbacks if isinstance(c, AccelerateCallback))
     assert [j["step"] for j in restored.jumps] == [4, 8, 12]
     assert restored.jumps[2]["virtual_step"] == 12 + 7 and restored.jumps[2]["horizon"] == 6
-    assert restored.offset == 7 + 6 and trainer.state.global_step == 16
+    assert restored.offset == 7 + 6 and trainer.state.global_step == 13

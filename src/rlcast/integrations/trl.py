@@ -70,6 +70,12 @@ from transformers.trainer_callback import ExportableState
 from rlcast.errors import RlcastError
 
 log = logging.getLogger("rlcast.accelerate")
+
+
+def _clock() -> float:
+    """Seconds for the cost accounting: this process's CPU time on CPU (immune to other jobs sharing the cores),
+    wall time when a GPU does the work."""
+    return time.perf_counter() if torch.cuda.is_available() else time.process_time()
 SNAPSHOT_FILE = "model.safetensors"
 
 
@@ -103,9 +109,18 @@ class _HeldOut:
 
 
 class AccelerateCallback(TrainerCallback, ExportableState):
-    """Jump a TRL GRPO/RLOO run ahead with an extrapolator every `every` steps, check, keep or roll back."""
+    """Jump a TRL GRPO/RLOO run ahead with an extrapolator every `every` steps, check, keep or roll back.
 
-    def __init__(self, method: str = "auto", every: int = 20, horizon: int = 20, window: int = 4,
+    method: "auto" or one of LIVE_METHODS; every: steps between jump attempts; horizon: first jump length H (then
+    grown by `grow` / shrunk by `shrink`, capped at `max_horizon`, default 8 H); window: snapshots kept (the anchor
+    included), taken every `snapshot_every` steps (default every // (window - 1)); tolerance: largest held-out reward
+    drop kept; collapse: relative drop always rolled back; task / task_args / eval_prompts: the held-out check;
+    optimizer_state: "keep" or "reset" Adam's moments after a kept jump; methods: auto's candidates (default
+    AUTO_METHODS); method_params: {method: {param: value}} for `rlcast.extrapolate`; max_backtest_error: skip the
+    jump when auto's best back-test error is above it. Every argument is JSON-serialisable (saved with checkpoints).
+    """
+
+    def __init__(self, method: str = "auto", every: int = 10, horizon: int = 10, window: int = 4,
                  tolerance: float = 0.02, task: str = "arith", task_args: dict | None = None, eval_prompts: int = 64,
                  snapshot_every: int | None = None, max_horizon: int | None = None, grow: float = 1.5,
                  shrink: float = 0.5, collapse: float = 0.5, optimizer_state: str = "keep",
@@ -202,7 +217,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         """Trainable tensors of `model` -> folder/model.safetensors (+ config.json), written atomically."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-        tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in self._trainable(model).items()}
+        # CPU parameters are written from their own storage (no copy); GPU ones come over to the CPU for the write
+        tensors = {n: p.detach().cpu().contiguous() for n, p in self._trainable(model).items()}
         save_file(tensors, str(tmp / SNAPSHOT_FILE), metadata={"format": "pt"})
         config = getattr(model, "config", None)
         if config is not None:
@@ -212,14 +228,14 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         os.replace(tmp, folder)
 
     def _snapshot(self, args, state, model) -> None:
-        start = time.perf_counter()
+        start = _clock()
         virtual = state.global_step + self.offset
         self._write(self._dir(args) / f"step-{virtual}", model)
         self.snapshots = [s for s in self.snapshots if s[1] != virtual] + [[state.global_step, virtual]]
         while len(self.snapshots) > self.window:
             _, old = self.snapshots.pop(0)
             shutil.rmtree(self._dir(args) / f"step-{old}", ignore_errors=True)
-        self.seconds["snapshot"] += time.perf_counter() - start
+        self.seconds["snapshot"] += _clock() - start
 
     def _run(self, args, virtual_steps: list[int]):
         """The snapshots as a Run: base = the first (the anchor), checkpoints at steps counted from it."""
@@ -298,7 +314,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
         if self._heldout is None:
             self._heldout = _HeldOut(get_task(self.task, self.task_args), self.eval_prompts)
-        start = time.perf_counter()
+        start = _clock()
         cpu = torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         try:
@@ -309,7 +325,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             torch.set_rng_state(cpu)
             if cuda is not None:
                 torch.cuda.set_rng_state_all(cuda)
-            self.seconds["eval"] += time.perf_counter() - start
+            self.seconds["eval"] += _clock() - start
         return result.mean_reward
 
     # ------------------------------------------------------------------ the jump
@@ -338,9 +354,9 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         horizon = int(self.current_horizon)
         entry = {"step": step, "virtual_step": virtual, "horizon": horizon, "method": None, "backtest_error": None,
                  "backtest": {}, "reward_before": None, "reward_after": None, "kept": False, "reason": ""}
-        start = time.perf_counter()
+        start = _clock()
         method, errors = self._choose(args)
-        self.seconds["backtest"] += time.perf_counter() - start
+        self.seconds["backtest"] += _clock() - start
         entry["backtest"] = {k: round(v, 6) for k, v in errors.items()}
         if method is None:
             entry["reason"] = "no method back-tests within max_backtest_error" if errors else "no method fits"
@@ -348,9 +364,9 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         entry["method"], entry["backtest_error"] = method, errors.get(method)
         before = self._reward(model, tokenizer)
         entry["reward_before"] = before
-        start = time.perf_counter()
+        start = _clock()
         finite = self._apply(self.predict(method, virtual + horizon, args), model)
-        self.seconds["jump"] += time.perf_counter() - start
+        self.seconds["jump"] += _clock() - start
         after = self._reward(model, tokenizer) if finite else float("nan")
         entry["reward_after"] = None if math.isnan(after) else after
         if not finite:
@@ -400,7 +416,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         self._snapshot(args, state, model)  # the anchor of the first window: the weights training starts from
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._step_started = time.perf_counter()
+        self._step_started = _clock()
 
     def _at_generation_boundary(self, args, state) -> bool:
         per_generation = getattr(args, "steps_per_generation", None) or args.gradient_accumulation_steps
@@ -409,7 +425,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         if self._step_started is not None:
-            self.seconds["train"] += time.perf_counter() - self._step_started
+            self.seconds["train"] += _clock() - self._step_started
             self.train_steps += 1
             self._step_started = None
         step = state.global_step
@@ -448,7 +464,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ reporting
 
     def summary(self) -> dict:
-        """Jumps tried / kept, steps gained, and the acceleration's cost in step-equivalents (its time / step time)."""
+        """Jumps tried / kept, steps gained, and the acceleration's cost in step-equivalents: the time of its checks,
+        back-tests, jumps and snapshots over the mean optimizer-step time (CPU time on CPU, see `_clock`)."""
         step_time = self.seconds["train"] / self.train_steps if self.train_steps else float("nan")
         overhead = self.seconds["eval"] + self.seconds["backtest"] + self.seconds["jump"] + self.seconds["snapshot"]
         return {"attempts": len(self.jumps), "kept": sum(j["kept"] for j in self.jumps),
