@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from rlcast.checkpoints import parse_name
 from rlcast.errors import RlcastError
 
 HOLDOUT_FIT = 2 / 3  # fraction of the checkpoints the held-out fits see
@@ -142,18 +142,6 @@ class DynamicsResult:
         from rlcast.writer import write_text_atomic
 
         return write_text_atomic(Path(path), json.dumps(finite(self.to_json()), indent=2))
-
-
-LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")  # as rlcast.checkpoints.layer_of
-
-
-def parse_name(name: str) -> tuple[int | None, str]:
-    """(layer index, module type) of a tensor name: 'model.layers.3.mlp.up_proj.weight' -> (3, 'mlp.up_proj')."""
-    match = LAYER.search(name)
-    stem = name.removesuffix(".weight")
-    if not match:
-        return None, stem
-    return int(match.group(1)), stem[match.end():]
 
 
 def finite(obj):

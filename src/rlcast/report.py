@@ -118,7 +118,7 @@ def spectrum_plot(traj) -> str:
     """Energy share s_i^2 / ||dW||_F^2 of the top singular values at the last checkpoint, mean per module type."""
     import matplotlib.pyplot as plt
 
-    from rlcast.dynamics import parse_name
+    from rlcast.checkpoints import parse_name
 
     by_kind: dict[str, list[torch.Tensor]] = {}
     for name, mt in traj.modules.items():
