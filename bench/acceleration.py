@@ -40,11 +40,14 @@ def main() -> None:
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 
+    import torch
+
     from rlcast.demo import curve, outcome
     from rlcast.integrations.trl import AccelerateCallback
     from rlcast.testbed import base_model
     from rlcast.train import DEFAULT_LR, DEFAULTS, train
 
+    torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     base = base_model()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-accel-"))
     accel = dict(method=args.method, every=args.every, horizon=args.horizon, window=args.window,

@@ -14,6 +14,8 @@ import torch
 from rlcast.errors import RlcastError
 from rlcast.integrations.trl import AccelerateCallback
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def _digits(completions, **kwargs):
     return [sum(c.isdigit() for c in s) / max(1, len(s)) for s in completions]

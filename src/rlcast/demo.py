@@ -147,6 +147,9 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     from rlcast.writer import write_text_atomic
 
     cfg = config or (QUICK if quick else DemoConfig())
+    import torch
+
+    torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     console = Console(stderr=True)
     started = time.perf_counter()
     times = {}
