@@ -20,8 +20,27 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and the libraries' own logs "
+                                                            "and progress bars.")) -> None:
     _state["debug"] = debug
+    if not debug and "--help" not in sys.argv:  # importing transformers takes half a second: not for --help
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Errors only from transformers and datasets, and none of their tqdm bars: rlcast draws its own progress.
+
+    Done here, not on `import rlcast`: library users keep whatever logging they configured. datasets (a second more
+    to import, and only needed by `train`) reads its switches from the environment when it is first imported.
+    """
+    import os
+
+    import transformers.utils.logging
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # also huggingface_hub's bars
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 # --- commands (each owns its section; keep imports inside the function) ---
@@ -66,7 +85,7 @@ def extrapolate_cmd(
     ex = make_extrapolator(method, progress=True, **params).fit(window)
     stream = ex.predict(target)
     names = len(ex.reader_.names())
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         job = bar.add_task(f"{method}: writing step {target}", total=names)
 
         def counted():
@@ -281,7 +300,7 @@ def eval_cmd(
                       backend=backend)
     console.print(f"{task_obj.name}: accuracy {result.accuracy:.3f} (95 % CI {result.ci_low:.3f}-{result.ci_high:.3f})"
                   f", mean reward {result.mean_reward:.3f}, {result.n_prompts} prompts x {result.samples} "
-                  f"sample(s)", highlight=False)
+                  f"sample(s)", highlight=False, soft_wrap=True)
     print(_json.dumps(result.to_dict(with_details=False)))
     if json_out:
         path = Path(json_out)

@@ -164,10 +164,13 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     t = stage("testbed base", started)
     common = dict(steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed, eval_prompts=cfg.eval_prompts,
                   model=base, progress=progress)
-    console.print(f"[bold]demo[/] plain GRPO: {cfg.steps} steps, held-out accuracy every {cfg.save_every}")
+    console.print(f"[bold]demo[/] plain GRPO: {cfg.steps} steps, held-out accuracy every {cfg.save_every}",
+                  highlight=False)
     train(out / "plain", **common)
     t = stage("plain GRPO", t)
-    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, AccelerateCallback({cfg.accelerate})")
+    settings = ", ".join(f"{k}={v}" for k, v in cfg.accelerate.items())
+    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, AccelerateCallback({settings})",
+                  highlight=False, soft_wrap=True)
     callback = AccelerateCallback(**cfg.accelerate)
     train(out / "accelerated", callbacks=[callback], **common)
     t = stage("accelerated GRPO", t)

@@ -330,8 +330,10 @@ def bootstrap(values: list[float], seed: int = 0, resamples: int = 2000) -> tupl
 def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool, seed: int, max_new_tokens: int,
                  batch_size: int, temperature: float, top_p: float, progress: bool) -> list[list[str]]:
     """Completions (samples per text) from transformers generate, left padded, in batches of prompts."""
+    from rich.console import Console
     from rich.progress import Progress
 
+    console = Console(stderr=True)  # stdout stays clean for results; a transient bar shows nothing in a log file
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
         raise RlcastError("tokenizer has neither a pad nor an eos token")
     side, pad, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, "left"
@@ -341,7 +343,8 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
     out: list[list[str]] = []
     device = next(model.parameters()).device
     try:
-        with torch.no_grad(), Progress(disable=not progress, transient=True) as bar:
+        with torch.no_grad(), Progress(console=console, disable=not (progress and console.is_terminal),
+                                         transient=True) as bar:
             job = bar.add_task("generating", total=len(texts))
             for b in range(0, len(texts), per_batch):
                 chunk = texts[b:b + per_batch]

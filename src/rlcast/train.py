@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -89,6 +90,48 @@ def _manifest_callback(out: Path, manifest: dict, task, tokenizer, eval_prompts:
                                            f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", highlight=False)
 
     return ManifestCallback()
+
+
+def _progress_callback(bar, label: str, manifest: dict):
+    """One rich bar for the run: optimizer steps, the latest train reward (loss for SFT) and held-out accuracy.
+
+    Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
+    """
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        job = None
+        metric = ""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.job = bar.add_task(label, total=state.max_steps, completed=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.update(self.job, completed=state.global_step, description=self.describe())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            key = next((k for k in ("reward", "loss") if isinstance((logs or {}).get(k), (int, float))), None)
+            if key:
+                self.metric = f"{key} {logs[key]:.3f}"
+            bar.update(self.job, description=self.describe())
+
+        def on_save(self, args, state, control, **kwargs):  # after the manifest callback has scored the checkpoint
+            bar.update(self.job, description=self.describe())
+
+        def describe(self) -> str:
+            done = manifest["checkpoints"]
+            held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {manifest['base_accuracy']:.3f}"
+            return " | ".join(x for x in (label, self.metric, held_out) if x)
+
+    return RichProgress()
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def _prepare_base(model, out: Path, progress: bool) -> Path:
@@ -170,7 +213,8 @@ def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: i
         if progress:
             from rich.console import Console
 
-            Console(stderr=True).print(f"evaluating the base on {eval_prompts} held-out {task_obj.name} prompts")
+            Console(stderr=True).print(f"evaluating the base on {eval_prompts} held-out {task_obj.name} prompts",
+                                       highlight=False)
         base_result = evaluate(net, task_obj, n_prompts=eval_prompts, tokenizer=tokenizer, progress=progress)
         manifest = {"base": str(base), "task": task_obj.name, "task_args": dict(task_args or {}), "algo": algo,
                     "lora": lora, "seed": seed, "steps": steps, "save_every": save_every,
@@ -196,9 +240,10 @@ def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: i
     common = dict(output_dir=str(out), max_steps=steps, save_strategy="steps", save_steps=save_every,
                   learning_rate=hp["learning_rate"], lr_scheduler_type=hp["lr_scheduler_type"],
                   warmup_steps=hp["warmup_steps"], weight_decay=hp["weight_decay"], seed=seed, data_seed=seed,
-                  use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
-                  save_only_model=False, report_to="none", logging_steps=min(10, save_every),
-                  disable_tqdm=not progress, dataloader_num_workers=0, gradient_accumulation_steps=1)
+                  use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), save_only_model=False,
+                  report_to="none", logging_steps=min(10, save_every), disable_tqdm=True, dataloader_num_workers=0,
+                  gradient_accumulation_steps=1)
+    common[_checkpointing_arg()] = False
     cbs = [_manifest_callback(out, manifest, task_obj, tokenizer, eval_prompts, progress), *callbacks]
 
     if kind == "rl":
@@ -226,8 +271,22 @@ def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: i
         trainer = SFTTrainer(model=net, args=config, train_dataset=data, processing_class=tokenizer, callbacks=cbs,
                              peft_config=peft_config)
 
+    # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
+    trainer.add_callback(_progress_callback(bar, f"{algo.upper()}{' LoRA' if lora else ''}", manifest))
     last = max(done) if done else None
-    trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{last}") if resume and last else None)
+    with bar, warnings.catch_warnings():
+        # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{last}") if resume and last else None)
     manifest["status"] = "finished"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_json(out / "run.json", manifest)
