@@ -149,7 +149,8 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     evaluate = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
     real_steps = sorted(set([0] + used + [target]))
     try:
-        with Progress(disable=not progress, transient=True) as bar:
+        console = Console(stderr=True)  # transient bar: nothing left behind in a log file
+        with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
             job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(methods))
             real: dict[int, Row] = {}
             for step in real_steps:

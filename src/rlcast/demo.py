@@ -125,7 +125,7 @@ def print_outcome(result: dict, console=None) -> None:
     (console or Console()).print(t)
     cost = result.get("cost_step_equivalents")
     if cost is not None:
-        (console or Console()).print(f"acceleration overhead (held-out checks + back-tests + jumps): "
+        (console or Console(soft_wrap=True)).print(f"acceleration overhead (held-out checks + back-tests + jumps): "
                                      f"{cost:.1f} step-equivalents over {len(result.get('jumps', []))} attempts")
 
 

@@ -247,6 +247,7 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
 
     `trajectory` (any rank >= 1, e.g. the report's) is reused when given, else built at rank 1 (cached on disk).
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     from rlcast.checkpoints import RunReader
@@ -267,7 +268,8 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     else:
         accuracy, source = dict(trajectory.accuracy), "manifest" if trajectory.accuracy else "none"
     modules = []
-    with Progress(disable=not progress, transient=True) as bar:
+    console = Console(stderr=True)  # transient bar: nothing left behind in a log file
+    with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
         job = bar.add_task("dynamics", total=len(names))
         for name in names:
             gram = relex_gram(reader, name, trajectory.steps) if relex else None

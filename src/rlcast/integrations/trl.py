@@ -455,7 +455,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             verdict = "[green]kept[/]" if entry["kept"] else f"[red]rolled back[/] ({entry['reason']})"
             text = (f"step {entry['step']}: jump +{entry['horizon']} with {entry['method']} "
                     f"reward {entry['reward_before']:.3f} -> {after}: {verdict}")
-        Console(stderr=True).print(f"[bold]accelerate[/] {text}", highlight=False)
+        Console(stderr=True).print(f"[bold]accelerate[/] {text}", highlight=False, soft_wrap=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if not self.keep_snapshots:
