@@ -34,7 +34,7 @@ def test_arith_scoring():
 
 
 def test_reasoning_gym_task_scores_with_dataset_scorer():
-    task = get_task("rg:chain_sum", {"max_terms": 2, "min_digits": 1, "max_digits": 1})
+    task = get_task("rg:chain_sum", {"max_terms": 2, "min_digits": 1, "max_digits": 2})
     test = task.examples("test", 20)
     train = task.examples("train", 200)
     assert not {e.prompt for e in train} & {e.prompt for e in task.examples("test", None)}
@@ -43,6 +43,14 @@ def test_reasoning_gym_task_scores_with_dataset_scorer():
     assert task.score(f"I think <answer>{ex.answer}</answer>", ex) == 1.0
     assert task.score(f"{ex.answer}", ex) == 1.0  # plain fallback
     assert task.score(f"<answer>{int(ex.answer) + 1}</answer>", ex) == 0.0
+
+
+def test_reasoning_gym_task_too_small_for_disjoint_splits_is_an_error():
+    # 2 one-digit terms: ~200 distinct problems, nearly all of them in the 1000-item test split
+    task = get_task("rg:chain_sum", {"max_terms": 2, "min_digits": 1, "max_digits": 1})
+    assert len(task.examples("test", None)) == 1000
+    with pytest.raises(RlcastError, match="distinct training problem"):
+        task.examples("train", None)
 
 
 def test_unknown_tasks_list_known_ones():

@@ -89,6 +89,9 @@ class ArithTask(Task):
         return float(got is not None and got == example.answer)
 
 
+MIN_TRAIN_PROBLEMS = 20  # fewer distinct training problems than this is no RL task (one prompt repeated, found here)
+
+
 class ReasoningGymTask(Task):
     """A reasoning-gym dataset; test and train come from different generator seeds, train minus test questions.
 
@@ -123,6 +126,12 @@ class ReasoningGymTask(Task):
             if split == "train":
                 held_out = {e.prompt for e in self._build("test")}
                 items = [e for e in items if e.prompt not in held_out]
+                distinct = len({e.prompt for e in items})
+                if distinct < MIN_TRAIN_PROBLEMS:  # a small problem space: the test split took nearly all of it
+                    raise RlcastError(
+                        f"task {self.name} {self.args}: only {distinct} distinct training problem(s) left after "
+                        f"holding out the {len(held_out)} distinct test problems; the problem space is too small "
+                        f"for disjoint splits: widen the config (e.g. more digits or terms)")
             self._cache[split] = items
         return self._cache[split]
 
