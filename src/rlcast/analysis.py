@@ -62,17 +62,9 @@ class Analysis:
 
     def save(self, out: str | Path) -> Path:
         """Write OUT/analysis.json atomically (temp file renamed into place); returns its path."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "analysis.json"
-        fd, tmp = tempfile.mkstemp(prefix=".analysis.", suffix=".tmp", dir=out)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from rlcast.writer import write_text_atomic
+
+        path = write_text_atomic(Path(out) / "analysis.json", json.dumps(self.to_dict(), indent=1))
         return path
 
 

@@ -71,8 +71,6 @@ def extrapolate_cmd(
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
     from rich.progress import Progress
 
-    from pathlib import Path
-
     from rlcast.checkpoints import load_run
     from rlcast.extrapolate import make_extrapolator
     from rlcast.writer import write_model
@@ -282,8 +280,6 @@ def eval_cmd(
 ) -> None:
     """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval."""
     import json as _json
-    import os
-    import tempfile
     from pathlib import Path
 
     from rlcast.evaluate import evaluate, get_task, parse_task_args
@@ -303,12 +299,10 @@ def eval_cmd(
                   f"sample(s)", highlight=False, soft_wrap=True)
     print(_json.dumps(result.to_dict(with_details=False)))
     if json_out:
-        path = Path(json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            _json.dump({"model": model, "task": task_obj.name, **result.to_dict()}, f, indent=2)
-        os.replace(tmp, path)
+        from rlcast.writer import write_text_atomic
+
+        path = write_text_atomic(Path(json_out), _json.dumps({"model": model, "task": task_obj.name,
+                                                               **result.to_dict()}, indent=2))
         console.print(f"[green]wrote[/] {path}", highlight=False)
 
 

@@ -49,11 +49,9 @@ DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("s
 
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON through a temp file in the same folder and rename it into place (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from rlcast.writer import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _checkpoints(out: Path) -> list[int]:
