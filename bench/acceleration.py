@@ -1,6 +1,6 @@
 """Plain vs accelerated GRPO on the tiny testbed: same seed, same hyper-parameters, same step budget, several seeds.
 
-For each seed: a plain run (`rlcast.train.train` with its default GRPO hyper-parameters, the best plain ones) and an
+For each seed: a plain run (`rlcast.training.runs.train` with its default GRPO hyper-parameters, the best plain ones) and an
 accelerated run (the same call plus `AccelerateCallback`). Both are scored on the same held-out prompts at every
 checkpoint. Per seed:
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from rlcast.demo import ACCELERATE
+    from rlcast.apps.demo import ACCELERATE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -42,10 +42,10 @@ def main() -> None:
 
     import torch
 
-    from rlcast.demo import curve, outcome
-    from rlcast.integrations.trl import AccelerateCallback
-    from rlcast.testbed import base_model
-    from rlcast.train import DEFAULT_LR, DEFAULTS, train
+    from rlcast.apps.demo import curve, outcome
+    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.training.testbed import base_model
+    from rlcast.training.runs import DEFAULT_LR, DEFAULTS, train
 
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     base = base_model()
@@ -53,7 +53,7 @@ def main() -> None:
     accel = dict(method=args.method, every=args.every, horizon=args.horizon, window=args.window,
                  tolerance=args.tolerance, eval_prompts=args.check_prompts, verbose=False)
     hparams = {k: v for k, v in DEFAULTS.items() if "lora" not in k} | {"learning_rate": DEFAULT_LR[("rl", False)]}
-    print(f"testbed {base}; GRPO defaults of rlcast.train (both runs) {json.dumps(hparams)}")
+    print(f"testbed {base}; GRPO defaults of rlcast.training.runs (both runs) {json.dumps(hparams)}")
     print(f"steps={args.steps} save_every={args.save_every} eval_prompts={args.eval_prompts} accelerate={accel}")
     rows = []
     for seed in range(args.seeds):

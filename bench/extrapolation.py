@@ -1,7 +1,7 @@
 """Every extrapolator on fresh tiny-testbed GRPO runs, over seeds and learning rates: accuracy retained from a window.
 
-For each learning rate and seed: a plain GRPO run (`rlcast.train.train`, checkpoints every `save_every` steps), then
-`rlcast.compare.compare` predicts the last step from the window up to `cutoff` x steps with every method and scores the
+For each learning rate and seed: a plain GRPO run (`rlcast.training.runs.train`, checkpoints every `save_every` steps), then
+`rlcast.apps.compare.compare` predicts the last step from the window up to `cutoff` x steps with every method and scores the
 predictions and the real checkpoints on the same `n_prompts` held-out prompts. Per method it prints
 retained = accuracy(prediction) / accuracy(real last checkpoint) and the gain over stopping at the cutoff.
 
@@ -34,9 +34,9 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from rlcast.checkpoints import load_run
-    from rlcast.compare import compare
-    from rlcast.train import train
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.compare import compare
+    from rlcast.training.runs import train
 
     torch.set_num_threads(1)  # tiny models: one thread is faster and gives the same numbers run to run
     hf_logging.set_verbosity_error()

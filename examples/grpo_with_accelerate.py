@@ -15,9 +15,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from rlcast.evaluate import get_task, render_prompt
-from rlcast.integrations.trl import AccelerateCallback
-from rlcast.testbed import base_model
+from rlcast.evaluation.evaluate import get_task, render_prompt
+from rlcast.training.accelerate import AccelerateCallback
+from rlcast.training.testbed import base_model
 
 
 def main() -> None:

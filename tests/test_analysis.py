@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlcast.analysis import analyze
-from rlcast.checkpoints import load_run
-from rlcast.cli import main
-from rlcast.synthetic import planted_run, schedule, tiny_llama
+from rlcast.apps.analysis import analyze
+from rlcast.io.checkpoints import load_run
+from rlcast.apps.cli import main
+from rlcast.io.synthetic import planted_run, schedule, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

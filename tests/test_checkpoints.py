@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlcast.checkpoints import (LowRankDelta, RunReader, TensorReader, layer_of, load_run, select_names)
+from rlcast.io.checkpoints import (LowRankDelta, RunReader, TensorReader, layer_of, load_run, select_names)
 from rlcast.errors import RlcastError
-from rlcast.synthetic import planted_run, tiny_llama
+from rlcast.io.synthetic import planted_run, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

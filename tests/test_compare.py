@@ -5,12 +5,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rlcast.checkpoints import load_run
-from rlcast.cli import app
-from rlcast.compare import compare, save, table
-from rlcast.extrapolate import make_extrapolator
-from rlcast.synthetic import planted_run
-from rlcast.testbed import base_model
+from rlcast.io.checkpoints import load_run
+from rlcast.apps.cli import app
+from rlcast.apps.compare import compare, save, table
+from rlcast.methods.extrapolate import make_extrapolator
+from rlcast.io.synthetic import planted_run
+from rlcast.training.testbed import base_model
 
 STEPS = [10, 20, 30, 40, 50]
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rlcast.demo import acceleration_section, curve, outcome, steps_to
+from rlcast.apps.demo import acceleration_section, curve, outcome, steps_to
 
 
 def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
@@ -53,7 +53,7 @@ def test_acceleration_section_lists_every_jump():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rlcast.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "rlcast.apps.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path):

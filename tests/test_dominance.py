@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rlcast.checkpoints import RunReader, load_run
-from rlcast.dominance import Score, rank_k_tensors, recovery, write_rank_k
+from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.apps.dominance import Score, rank_k_tensors, recovery, write_rank_k
 from rlcast.errors import RlcastError
-from rlcast.evaluate import ArithTask
-from rlcast.synthetic import planted_deltas, planted_run
+from rlcast.evaluation.evaluate import ArithTask
+from rlcast.io.synthetic import planted_deltas, planted_run
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,9 @@ class ParityTask(ArithTask):
 
 
 def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
-    from rlcast.dominance import dominance
-    from rlcast.synthetic import tiny_llama
-    from rlcast.testbed import char_tokenizer
+    from rlcast.apps.dominance import dominance
+    from rlcast.io.synthetic import tiny_llama
+    from rlcast.training.testbed import char_tokenizer
 
     base = tiny_llama(tmp_path / "base", hidden=32, layers=1, vocab=99, seed=3)
     char_tokenizer().save_pretrained(base)

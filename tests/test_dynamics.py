@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcast.dynamics import parse_name, pls_r2, r2, split, step_r2, summarize, temporal_explained
+from rlcast.apps.dynamics import parse_name, pls_r2, r2, split, step_r2, summarize, temporal_explained
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 
@@ -83,7 +83,7 @@ def test_parse_name_and_summary():
     assert parse_name("model.layers.3.mlp.up_proj.weight") == (3, "mlp.up_proj")
     assert parse_name("transformer.h.0.attn.c_attn.weight") == (0, "attn.c_attn")
     assert parse_name("lm_head.weight") == (None, "lm_head")
-    from rlcast.dynamics import ModuleDynamics
+    from rlcast.apps.dynamics import ModuleDynamics
 
     mods = [ModuleDynamics(f"model.layers.{i}.mlp.up_proj.weight", i, "mlp.up_proj", 0.99, r, 0.1, None, None, None,
                            [0.5, 1.0], [0.9, 1.0], 0.95, 0.8, 0.01, 1.0) for i, r in enumerate([0.95, 0.5, -1.0, 0.91])]
@@ -106,7 +106,7 @@ def _with_manifest(root, accuracy):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from rlcast.synthetic import planted_run
+    from rlcast.io.synthetic import planted_run
 
     out = {}
     for kind in ("linear", "saturating"):
@@ -128,9 +128,9 @@ def _scalar_r2(steps, c, n_fit):
 
 @pytest.mark.parametrize("kind", ["linear", "saturating"])
 def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
-    from rlcast.checkpoints import load_run
-    from rlcast.dynamics import analyze_dynamics
-    from rlcast.synthetic import schedule
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.dynamics import analyze_dynamics
+    from rlcast.io.synthetic import schedule
 
     run = load_run(runs[kind])
     result = analyze_dynamics(run, progress=False, cache_dir=tmp_path / "cache")
@@ -155,8 +155,8 @@ def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
 
 
 def test_inner_products_of_low_rank_deltas_match_dense():
-    from rlcast.checkpoints import LowRankDelta
-    from rlcast.dynamics import inner
+    from rlcast.io.checkpoints import LowRankDelta
+    from rlcast.apps.dynamics import inner
 
     gen = torch.Generator().manual_seed(0)
     a = LowRankDelta(torch.randn(12, 3, generator=gen), torch.randn(3, 9, generator=gen), 0.5)

@@ -5,8 +5,8 @@ import threading
 import pytest
 
 from rlcast.errors import RlcastError
-from rlcast.evaluate import (Example, evaluate, get_task, load_model, math_equal, parse_task_args, wilson)
-from rlcast.testbed import base_model
+from rlcast.evaluation.evaluate import (Example, evaluate, get_task, load_model, math_equal, parse_task_args, wilson)
+from rlcast.training.testbed import base_model
 
 
 def test_arith_splits_are_disjoint_and_fixed():
@@ -142,7 +142,7 @@ def test_evaluate_testbed_greedy_and_sampled():
 def test_cli_eval_writes_json(tmp_path):
     from typer.testing import CliRunner
 
-    from rlcast.cli import app
+    from rlcast.apps.cli import app
 
     data = tmp_path / "sums.jsonl"
     data.write_text('{"question": "12+30=", "answer": "42"}\n{"question": "50-8=", "answer": "42"}\n')

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from rlcast.checkpoints import Run, RunReader, load_run, select_names
-from rlcast.cli import app
+from rlcast.io.checkpoints import Run, RunReader, load_run, select_names
+from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
-from rlcast.extrapolate import METHODS, make_extrapolator
-from rlcast.synthetic import planted_run, tiny_llama
+from rlcast.methods.extrapolate import METHODS, make_extrapolator
+from rlcast.io.synthetic import planted_run, tiny_llama
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
@@ -173,7 +173,7 @@ def test_cli_writes_a_model_that_loads_and_generates(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     root = planted_run(tmp_path / "run", steps=[10, 20, 30], hidden=32, layers=1)
-    cmd = [sys.executable, "-c", "from rlcast.cli import main; main()", "extrapolate", str(root), "--method",
+    cmd = [sys.executable, "-c", "from rlcast.apps.cli import main; main()", "extrapolate", str(root), "--method",
            "alpharl-step", "--until", "10", "--target", "30", "--out", str(tmp_path / "x")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 1
@@ -207,8 +207,8 @@ def test_bad_input(planted):
 
 MEMORY_PROBE = r"""
 import json, sys, threading, time
-from rlcast.checkpoints import load_run
-from rlcast.extrapolate import make_extrapolator
+from rlcast.io.checkpoints import load_run
+from rlcast.methods.extrapolate import make_extrapolator
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files
     with open("/proc/self/status") as f:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlcast.errors import RlcastError
-from rlcast.integrations.trl import AccelerateCallback
+from rlcast.training.accelerate import AccelerateCallback
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -24,7 +24,7 @@ def _digits(completions, **kwargs):
 def _model(lora: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlcast.testbed import char_tokenizer
+    from rlcast.training.testbed import char_tokenizer
 
     tok = char_tokenizer()
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def _trainer(out, callbacks, steps=12, lora=False, save_steps=500, algo="grpo"):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from rlcast.evaluate import get_task
+    from rlcast.evaluation.evaluate import get_task
 
     model, tok = _model(lora)
     if algo == "rloo":  # RLOOTrainer reads the generation config from the model's folder

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rlcast.checkpoints import LowRankDelta
-from rlcast.linalg import align_signs, svd_exact, top_k
+from rlcast.io.checkpoints import LowRankDelta
+from rlcast.core.spectra import align_signs, svd_exact, top_k
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

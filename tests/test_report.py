@@ -11,7 +11,7 @@ STEPS = [10, 20, 30, 40, 50, 60]
 
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory):
-    from rlcast.synthetic import planted_run
+    from rlcast.io.synthetic import planted_run
 
     root = planted_run(tmp_path_factory.mktemp("r") / "run", steps=STEPS, rank=2, kind="saturating", noise=0.01,
                        hidden=32, layers=2)
@@ -31,8 +31,8 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path):
-    from rlcast.checkpoints import load_run
-    from rlcast.report import build_report
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.report import build_report
 
     out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False, cache_dir=cache)
     page = out.read_text()
@@ -46,8 +46,8 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
 
 
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
-    from rlcast.checkpoints import load_run
-    from rlcast.report import build_report, results_dir
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.report import build_report, results_dir
 
     run = load_run(run_root)
     folder = results_dir(run)
@@ -68,7 +68,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
 
 
 def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):
-    cmd = [sys.executable, "-m", "rlcast.cli"]
+    cmd = [sys.executable, "-m", "rlcast.apps.cli"]
     ok = subprocess.run(cmd + ["dynamics", str(run_root), "--json", str(tmp_path / "d.json")], capture_output=True,
                         text=True)
     assert ok.returncode == 0, ok.stderr

@@ -3,8 +3,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from rlcast.testbed import ASSET_DIR, base_model, build, char_tokenizer
-from rlcast.testbed import TestbedConfig as Config
+from rlcast.training.testbed import ASSET_DIR, base_model, build, char_tokenizer
+from rlcast.training.testbed import TestbedConfig as Config
 
 
 def test_char_tokenizer_round_trip():

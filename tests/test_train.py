@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from rlcast.errors import RlcastError
-from rlcast.testbed import base_model
-from rlcast.train import train
+from rlcast.training.testbed import base_model
+from rlcast.training.runs import train
 
 FAST = dict(eval_prompts=16, batch_size=16, num_generations=4, progress=False)
 

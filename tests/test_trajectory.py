@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from rlcast import linalg
-from rlcast.checkpoints import load_run
-from rlcast.synthetic import planted_deltas, planted_run, schedule
-from rlcast.trajectory import build_trajectory, default_cache_dir
+from rlcast.core import spectra as linalg
+from rlcast.io.checkpoints import load_run
+from rlcast.io.synthetic import planted_deltas, planted_run, schedule
+from rlcast.core.trajectory import build_trajectory, default_cache_dir
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -135,7 +135,7 @@ def test_default_cache_dir(run_copy, tmp_path, monkeypatch):
 def test_lora_run_and_manifest_accuracy(tmp_path):
     from safetensors.torch import save_file
 
-    from rlcast.synthetic import tiny_llama
+    from rlcast.io.synthetic import tiny_llama
 
     base = tiny_llama(tmp_path / "base", hidden=32, layers=1)
     g = torch.Generator().manual_seed(0)

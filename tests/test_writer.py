@@ -5,8 +5,8 @@ import torch
 from safetensors import safe_open
 
 from rlcast.errors import RlcastError
-from rlcast.synthetic import tiny_llama
-from rlcast.writer import base_layout, write_model
+from rlcast.io.synthetic import tiny_llama
+from rlcast.io.writer import base_layout, write_model
 
 
 def _tokenizer(folder):

@@ -78,7 +78,7 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlcast.report import _img, _png, table
+    from rlcast.apps.report import _img, _png, table
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, acc, style in (("plain GRPO", plain, "o-"), ("accelerated GRPO", accelerated, "s-")):
@@ -136,15 +136,15 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
         raise RlcastError(f"{out}: exists and is not empty (choose another --out)")
     from rich.console import Console
 
-    from rlcast import compare as comparing
-    from rlcast.checkpoints import load_run
-    from rlcast.dominance import dominance
-    from rlcast.dynamics import analyze_dynamics
-    from rlcast.integrations.trl import AccelerateCallback
-    from rlcast.report import build_report, results_dir
-    from rlcast.testbed import base_model
-    from rlcast.train import train
-    from rlcast.writer import write_text_atomic
+    from rlcast.apps import compare as comparing
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.dominance import dominance
+    from rlcast.apps.dynamics import analyze_dynamics
+    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.apps.report import build_report, results_dir
+    from rlcast.training.testbed import base_model
+    from rlcast.training.runs import train
+    from rlcast.io.writer import write_text_atomic
 
     cfg = config or (QUICK if quick else DemoConfig())
     import torch

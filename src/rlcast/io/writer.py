@@ -36,7 +36,7 @@ def base_layout(base: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     elif (base / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:  # .bin / .pt checkpoints: let the checkpoint reader (weights_only=True) handle them
-        from rlcast.checkpoints import TensorReader
+        from rlcast.io.checkpoints import TensorReader
 
         reader = TensorReader(base)
         return {name: (tuple(reader.shape(name)), reader.dtype(name)) for name in reader.names()}

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlcast import linalg
-from rlcast.checkpoints import NOT_WEIGHTS, Run, RunReader
+from rlcast.core import spectra
+from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
 from rlcast.errors import RlcastError
 
 CACHE_VERSION = 1
@@ -39,7 +39,7 @@ class ModuleTrajectory:
     well_defined: torch.Tensor  # (T,) bool
     vector: torch.Tensor | None  # (T, n) full delta for 1-D tensors, else None
     s_next: torch.Tensor | None = None  # (T,) s_{k+1} (0 when the rank is exhausted)
-    method: list[str] = field(default_factory=list)  # per step: how the spectrum was computed (linalg.Spectrum.method)
+    method: list[str] = field(default_factory=list)  # per step: how the spectrum was computed (spectra.Spectrum.method)
 
     @property
     def rank1_energy(self) -> torch.Tensor:
@@ -144,7 +144,7 @@ class _StepCache:
         _atomic_write(self.meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 
-def _entry(spec: linalg.Spectrum, shape: tuple[int, ...], vector: torch.Tensor | None) -> tuple[dict, dict]:
+def _entry(spec: spectra.Spectrum, shape: tuple[int, ...], vector: torch.Tensor | None) -> tuple[dict, dict]:
     fields = {"vector": vector.float(), "s": spec.s.float()} if vector is not None else {
         "u": spec.u.float(), "s": spec.s.float(), "v": spec.v.float()}
     meta = {"shape": list(shape), "fro": spec.fro, "s_next": spec.s_next, "well_defined": spec.well_defined,
@@ -192,7 +192,7 @@ def _compute(reader: RunReader, caches: dict, todo: dict, rank: int, exact: bool
             for name in names:
                 bar.update(task, description=f"step {step}: {name}")
                 delta = reader.delta(step, name)
-                spec = linalg.top_k(delta, k=rank, exact=exact, seed=seed)
+                spec = spectra.top_k(delta, k=rank, exact=exact, seed=seed)
                 vector = delta if isinstance(delta, torch.Tensor) and delta.dim() == 1 else None
                 cache.entries[name] = _entry(spec, reader.shape(name), vector)
                 del delta

@@ -8,15 +8,15 @@ steps it
    snapshots but the last, predict the last; error `||P - W_T||_F / ||W_T - W_{T-1}||_F` over the changed tensors,
    so an error >= 1 means "no better than standing still"; with `max_backtest_error` set, the jump is skipped when
    even the best method errs more than that);
-2. scores the model on held-out prompts (greedy, `rlcast.evaluate.evaluate`): reward before;
+2. scores the model on held-out prompts (greedy, `rlcast.evaluation.evaluate.evaluate`): reward before;
 3. fits that extrapolator on the window and copies its prediction for step `t + H` into the parameters in place;
 4. scores again (reward after) and keeps the jump, or restores the exact pre-jump weights from the last snapshot when
    the weights are not finite, when the reward drops by more than `tolerance`, or when it collapses (relative drop
    larger than `collapse`). H grows by `grow` after a kept jump and shrinks by `shrink` after a rollback.
 
 Design choices (each deliberate, each tested):
-- The extrapolators are `rlcast.extrapolate`'s (module selection "all": every trainable tensor moves), fed through
-  `rlcast.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
+- The extrapolators are `rlcast.methods.extrapolate`'s (module selection "all": every trainable tensor moves), fed through
+  `rlcast.io.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
   is the set of trainable tensors and whose *base is the window's first snapshot*, with steps counted from it. The
   methods then extrapolate the recent segment of the trajectory (weight-linear becomes the line through the anchor
   and the last snapshot) instead of scaling the whole update since the start of training, which also scales up all
@@ -85,7 +85,7 @@ AUTO_METHODS = ("weight-linear", "alpharl-step", "relex")  # closed-form fits; n
 
 
 def _methods() -> dict:
-    from rlcast.extrapolate import METHODS
+    from rlcast.methods.extrapolate import METHODS
 
     return {name: METHODS[name] for name in LIVE_METHODS}
 
@@ -116,7 +116,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     included), taken every `snapshot_every` steps (default every // (window - 1)); tolerance: largest held-out reward
     drop kept; collapse: relative drop always rolled back; task / task_args / eval_prompts: the held-out check;
     optimizer_state: "keep" or "reset" Adam's moments after a kept jump; methods: auto's candidates (default
-    AUTO_METHODS); method_params: {method: {param: value}} for `rlcast.extrapolate`; max_backtest_error: skip the
+    AUTO_METHODS); method_params: {method: {param: value}} for `rlcast.methods.extrapolate`; max_backtest_error: skip the
     jump when auto's best back-test error is above it. Every argument is JSON-serialisable (saved with checkpoints).
     """
 
@@ -239,7 +239,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def _run(self, args, virtual_steps: list[int]):
         """The snapshots as a Run: base = the first (the anchor), checkpoints at steps counted from it."""
-        from rlcast.checkpoints import load_run
+        from rlcast.io.checkpoints import load_run
 
         root, anchor = self._dir(args), virtual_steps[0]
         run = load_run(base=root / f"step-{anchor}",
@@ -258,7 +258,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def extrapolator(self, method: str, virtual_steps: list[int], args):
         """`method` fitted on the snapshots at `virtual_steps` (the first is the anchor; steps relative to it)."""
-        from rlcast.extrapolate import make_extrapolator
+        from rlcast.methods.extrapolate import make_extrapolator
 
         params = {"selection": "all"} | self.method_params.get(method, {})  # every trainable tensor moves
         return make_extrapolator(method, **params).fit(self._run(args, virtual_steps))
@@ -310,7 +310,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ held-out check
 
     def _reward(self, model, tokenizer) -> float:
-        from rlcast.evaluate import evaluate, get_task
+        from rlcast.evaluation.evaluate import evaluate, get_task
 
         if self._heldout is None:
             self._heldout = _HeldOut(get_task(self.task, self.task_args), self.eval_prompts)

@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rlcast.checkpoints import Run, RunReader
+from rlcast.io.checkpoints import Run, RunReader
 from rlcast.errors import RlcastError
-from rlcast.extrapolate import METHODS, make_extrapolator
+from rlcast.methods.extrapolate import METHODS, make_extrapolator
 
 REFERENCE = "real"
 
@@ -95,8 +95,8 @@ class _Evaluator:
         self.work, self.keep = work, keep
 
     def __call__(self, label: str, stream, metadata: dict) -> tuple[object, float]:
-        from rlcast.evaluate import evaluate
-        from rlcast.writer import write_model
+        from rlcast.evaluation.evaluate import evaluate
+        from rlcast.io.writer import write_model
 
         start = time.perf_counter()
         folder = write_model(self.run.base, self.work / label, stream, metadata=metadata)
@@ -120,7 +120,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     """
     from rich.progress import Progress
 
-    from rlcast.evaluate import get_task
+    from rlcast.evaluation.evaluate import get_task
 
     methods = list(methods or METHODS)
     for m in methods:

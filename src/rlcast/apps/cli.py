@@ -71,9 +71,9 @@ def extrapolate_cmd(
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
     from rich.progress import Progress
 
-    from rlcast.checkpoints import load_run
-    from rlcast.extrapolate import make_extrapolator
-    from rlcast.writer import write_model
+    from rlcast.io.checkpoints import load_run
+    from rlcast.methods.extrapolate import make_extrapolator
+    from rlcast.io.writer import write_model
 
     params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
               "horizon": horizon, "epochs": epochs, "c": c, "task": task}
@@ -118,8 +118,8 @@ def compare_cmd(
     import json as _json
     from pathlib import Path
 
-    from rlcast.checkpoints import load_run
-    from rlcast.compare import compare, print_table, save
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.compare import compare, print_table, save
 
     params: dict[str, dict] = {}
     for item in param or []:
@@ -182,9 +182,9 @@ def dominance_cmd(
 
     from rich.table import Table
 
-    from rlcast.checkpoints import load_run
-    from rlcast.dominance import dominance
-    from rlcast.report import results_dir
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.dominance import dominance
+    from rlcast.apps.report import results_dir
 
     full = load_run(run, base=base)
     result = dominance(full, step=step, ranks=_ranks(ranks), task=task, n_prompts=n_prompts, selection=selection,
@@ -220,9 +220,9 @@ def dynamics_cmd(
 
     from rich.table import Table
 
-    from rlcast.checkpoints import load_run
-    from rlcast.dynamics import SCALARS, analyze_dynamics
-    from rlcast.report import results_dir
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.dynamics import SCALARS, analyze_dynamics
+    from rlcast.apps.report import results_dir
 
     full = load_run(run, base=base)
     result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection)
@@ -254,8 +254,8 @@ def report_cmd(
     base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
 ) -> None:
     """One self-contained HTML report (tables + inlined PNG plots); reuses RUN/rlcast/*.json when present."""
-    from rlcast.checkpoints import load_run
-    from rlcast.report import build_report
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.report import build_report
 
     path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank)
     console.print(f"[green]wrote[/] {path}", highlight=False)
@@ -282,10 +282,10 @@ def eval_cmd(
     import json as _json
     from pathlib import Path
 
-    from rlcast.evaluate import evaluate, get_task, parse_task_args
+    from rlcast.evaluation.evaluate import evaluate, get_task, parse_task_args
 
     if model == "testbed":
-        from rlcast.testbed import base_model
+        from rlcast.training.testbed import base_model
 
         model = str(base_model())
     if not Path(model).exists():
@@ -299,7 +299,7 @@ def eval_cmd(
                   f"sample(s)", highlight=False, soft_wrap=True)
     print(_json.dumps(result.to_dict(with_details=False)))
     if json_out:
-        from rlcast.writer import write_text_atomic
+        from rlcast.io.writer import write_text_atomic
 
         path = write_text_atomic(Path(json_out), _json.dumps({"model": model, "task": task_obj.name,
                                                                **result.to_dict()}, indent=2))
@@ -345,14 +345,14 @@ def train_cmd(
                                                                           "keep | reset."),
 ) -> None:
     """GRPO / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
-    from rlcast.evaluate import parse_task_args
-    from rlcast.train import train
+    from rlcast.evaluation.evaluate import parse_task_args
+    from rlcast.training.runs import train
 
     callbacks = []
     if accelerate:
         if algo.lower() == "sft":
             raise RlcastError("--accelerate works with RL runs (grpo, rloo), not sft")
-        from rlcast.integrations.trl import AccelerateCallback
+        from rlcast.training.accelerate import AccelerateCallback
 
         callbacks.append(AccelerateCallback(
             method=accel_method, every=accel_every, horizon=accel_horizon, window=accel_window,
@@ -395,8 +395,8 @@ def analyze_cmd(
     """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
     from pathlib import Path
 
-    from rlcast.analysis import analyze, default_out, example_run, print_summary
-    from rlcast.checkpoints import load_run
+    from rlcast.apps.analysis import analyze, default_out, example_run, print_summary
+    from rlcast.io.checkpoints import load_run
 
     if example:
         if run or checkpoint:
@@ -426,7 +426,7 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="A shorter budget (under 3 minutes on 2 CPU cores)."),
 ) -> None:
     """Plain vs accelerated GRPO on the tiny testbed, the plain run analysed, an HTML report, steps-to-98 % table."""
-    from rlcast.demo import run_demo
+    from rlcast.apps.demo import run_demo
 
     run_demo(out, quick=quick)
 

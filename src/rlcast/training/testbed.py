@@ -3,7 +3,7 @@
 Everything the demo, the tests and the benchmarks need without a download: `base_model()` returns an HF folder
 (config, model.safetensors, tokenizer) whose greedy accuracy on the arith test split is about 50 %, so RL has
 room to improve it. The built base ships inside the package (src/rlcast/assets/testbed, written by
-`python -m rlcast.testbed --write-asset`); when it is missing it is rebuilt deterministically (~1 minute).
+`python -m rlcast.training.testbed --write-asset`); when it is missing it is rebuilt deterministically (~1 minute).
 
 Format (no chat template, the same for SFT, GRPO and eval): prompt "23+45=", completion "68" + eos.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-ASSET_DIR = Path(__file__).parent / "assets" / "testbed"
+ASSET_DIR = Path(__file__).parent.parent / "assets" / "testbed"
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.digits + "+-=" + "".join(c for c in string.printable if c not in string.digits + "+-=\t\n\r\x0b\x0c")
 
@@ -88,7 +88,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
     from rich.progress import Progress
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlcast.evaluate import evaluate, get_task
+    from rlcast.evaluation.evaluate import evaluate, get_task
 
     out = Path(out)
     torch.manual_seed(config.seed)

@@ -49,7 +49,7 @@ DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("s
 
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON through a temp file in the same folder and rename it into place (never a half-written file)."""
-    from rlcast.writer import write_text_atomic
+    from rlcast.io.writer import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -62,7 +62,7 @@ def _manifest_callback(out: Path, manifest: dict, task, tokenizer, eval_prompts:
     """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states."""
     from transformers import TrainerCallback
 
-    from rlcast.evaluate import evaluate
+    from rlcast.evaluation.evaluate import evaluate
 
     class ManifestCallback(TrainerCallback):
         def on_save(self, args, state, control, model=None, **kwargs):
@@ -134,8 +134,8 @@ def _checkpointing_arg() -> str:
 
 def _prepare_base(model, out: Path, progress: bool) -> Path:
     """The base as an HF folder: the testbed by default, a folder as given, a GGUF file converted into OUT/base."""
-    from rlcast.evaluate import load_model
-    from rlcast.testbed import base_model
+    from rlcast.evaluation.evaluate import load_model
+    from rlcast.training.testbed import base_model
 
     if model is None:
         return base_model(progress=progress)
@@ -165,7 +165,7 @@ def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: i
     """
     from datasets import Dataset
 
-    from rlcast.evaluate import evaluate, get_task, load_model, render_prompt
+    from rlcast.evaluation.evaluate import evaluate, get_task, load_model, render_prompt
 
     out = Path(out)
     done = _checkpoints(out) if out.exists() else []

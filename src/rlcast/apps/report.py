@@ -118,7 +118,7 @@ def spectrum_plot(traj) -> str:
     """Energy share s_i^2 / ||dW||_F^2 of the top singular values at the last checkpoint, mean per module type."""
     import matplotlib.pyplot as plt
 
-    from rlcast.checkpoints import parse_name
+    from rlcast.io.checkpoints import parse_name
 
     by_kind: dict[str, list[torch.Tensor]] = {}
     for name, mt in traj.modules.items():
@@ -150,7 +150,7 @@ def u1_projection_plot(traj, modules: list[dict], n: int = 6) -> str:
     """2-D PCA of the sign-aligned u1(t) of the `n` modules with the most rank-1 energy, coloured by step."""
     import matplotlib.pyplot as plt
 
-    from rlcast.dynamics import align
+    from rlcast.apps.dynamics import align
 
     picked = sorted(modules, key=lambda m: -(m["rank1_energy_last"] or 0))[:n]
     cols = min(3, len(picked))
@@ -225,10 +225,10 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     import matplotlib
 
     matplotlib.use("Agg")
-    from rlcast.checkpoints import RunReader
-    from rlcast.dynamics import analyze_dynamics, dynamics_names
-    from rlcast.trajectory import build_trajectory
-    from rlcast.writer import write_text_atomic
+    from rlcast.io.checkpoints import RunReader
+    from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
+    from rlcast.core.trajectory import build_trajectory
+    from rlcast.io.writer import write_text_atomic
 
     folder = results_dir(run)
     out = Path(out) if out else folder / "report.html"
@@ -239,7 +239,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     dyn = load_json(folder / "dynamics.json")
     dyn_note = f"read from {folder / 'dynamics.json'}"
     if dyn is None or not set(names) <= {m["name"] for m in dyn["modules"]}:
-        from rlcast.dynamics import finite
+        from rlcast.apps.dynamics import finite
 
         dyn = finite(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
                                       progress=progress).to_json())

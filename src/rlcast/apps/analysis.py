@@ -1,6 +1,6 @@
 """`rlcast analyze`: how rank-1 dominated each weight update is, how it grows, and how stable its top direction is.
 
-Per tensor and checkpoint t (dW_t = W_t - W_0, top-k SVD from rlcast.trajectory):
+Per tensor and checkpoint t (dW_t = W_t - W_0, top-k SVD from rlcast.core.trajectory):
     rank1_energy  s1^2 / ||dW_t||_F^2
     growth        ||dW_T||_F / ||dW_t1||_F       (last over first checkpoint)
     cos_prev      |cos(u1(t), u1(t-1))|           (consecutive checkpoints; |.| because singular vectors have no sign)
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from rlcast.checkpoints import Run, RunReader, parse_name, select_names
+from rlcast.io.checkpoints import Run, RunReader, parse_name, select_names
 from rlcast.errors import RlcastError
-from rlcast.trajectory import ModuleTrajectory, Trajectory, build_trajectory
+from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajectory
 
 RESULTS = "rlcast"  # default output folder inside the run: RUN/rlcast/analysis.json
 
@@ -62,7 +62,7 @@ class Analysis:
 
     def save(self, out: str | Path) -> Path:
         """Write OUT/analysis.json atomically (temp file renamed into place); returns its path."""
-        from rlcast.writer import write_text_atomic
+        from rlcast.io.writer import write_text_atomic
 
         path = write_text_atomic(Path(out) / "analysis.json", json.dumps(self.to_dict(), indent=1))
         return path
@@ -182,7 +182,7 @@ def default_out(run: Run) -> Path:
 
 def example_run(folder: str | Path | None = None) -> Path:
     """A small planted run (tiny Llama, 10 checkpoints, saturating rank-1 update + noise), built once and cached."""
-    from rlcast.synthetic import planted_run
+    from rlcast.io.synthetic import planted_run
 
     folder = Path(folder) if folder else Path.home() / ".cache" / "rlcast" / "example-run"
     if (folder / "planted.json").is_file():

@@ -34,8 +34,8 @@ RESAMPLES = 2000
 def rank_k_tensors(reader, step: int, k: int, rescale: bool = True, selection: str = "blocks",
                    exact: bool = False, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Every base tensor, in base order, as it is in the rank-k model of checkpoint `step` (float32)."""
-    from rlcast.checkpoints import select_names
-    from rlcast.linalg import top_k
+    from rlcast.io.checkpoints import select_names
+    from rlcast.core.spectra import top_k
 
     if selection not in SELECTIONS:
         raise RlcastError(f"unknown selection {selection!r} (expected one of {', '.join(SELECTIONS)})")
@@ -61,8 +61,8 @@ def rank_k_tensors(reader, step: int, k: int, rescale: bool = True, selection: s
 def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, selection: str = "blocks",
                  exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None) -> Path:
     """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time)."""
-    from rlcast.checkpoints import RunReader
-    from rlcast.writer import write_model
+    from rlcast.io.checkpoints import RunReader
+    from rlcast.io.writer import write_model
 
     run.checkpoint(step)  # RlcastError naming the step if absent
     how = {"method": "rank-k", "step": step, "k": k, "rescale": rescale, "selection": selection, "exact": exact,
@@ -73,9 +73,9 @@ def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, select
 
 def checkpoint_folder(run, step: int, workdir: Path) -> Path:
     """A loadable HF folder for checkpoint `step`: the checkpoint itself when it is one, else a merged copy."""
-    from rlcast.checkpoints import RunReader
-    from rlcast.evaluate import TOKENIZER_FILES
-    from rlcast.writer import write_model
+    from rlcast.io.checkpoints import RunReader
+    from rlcast.evaluation.evaluate import TOKENIZER_FILES
+    from rlcast.io.writer import write_model
 
     ckpt = run.checkpoint(step)
     if ckpt.kind == "full" and (ckpt.path / "config.json").exists() and any(
@@ -101,7 +101,7 @@ class Score:
 
 def score(path: Path, task, label: str, k: int | None, n_prompts: int, seed: int, progress: bool) -> Score:
     """Evaluate one model folder and keep the per-prompt results (for paired intervals)."""
-    from rlcast.evaluate import evaluate
+    from rlcast.evaluation.evaluate import evaluate
 
     result = evaluate(path, task, n_prompts=n_prompts, seed=seed, progress=progress)
     per_prompt: dict[int, list[float]] = {}
@@ -160,19 +160,19 @@ class DominanceResult:
     recovery: list[Recovery] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        from rlcast.dynamics import finite
+        from rlcast.apps.dynamics import finite
 
         return finite(asdict(self))
 
     def save(self, path: Path) -> Path:
-        from rlcast.writer import write_text_atomic
+        from rlcast.io.writer import write_text_atomic
 
         return write_text_atomic(Path(path), json.dumps(self.to_json(), indent=2))
 
 
 def run_task(run, task=None):
     """The Task to score with: the one given (spec or Task), else the run manifest's (with its task_args)."""
-    from rlcast.evaluate import Task, get_task
+    from rlcast.evaluation.evaluate import Task, get_task
 
     if isinstance(task, Task):
         return task

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlcast.checkpoints import Delta, LowRankDelta
+from rlcast.io.checkpoints import Delta, LowRankDelta
 
 OVERSAMPLE = 8
 MAX_ITER = 40

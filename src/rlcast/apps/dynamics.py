@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rlcast.checkpoints import parse_name
+from rlcast.io.checkpoints import parse_name
 from rlcast.errors import RlcastError
 
 HOLDOUT_FIT = 2 / 3  # fraction of the checkpoints the held-out fits see
@@ -99,7 +99,7 @@ def temporal_explained(gram: torch.Tensor) -> float:
 
 def align(u: torch.Tensor) -> torch.Tensor:
     """Flip rows of u (T, d) so that consecutive rows have a non-negative dot product."""
-    from rlcast.linalg import align_signs
+    from rlcast.core.spectra import align_signs
 
     return align_signs(u)
 
@@ -139,7 +139,7 @@ class DynamicsResult:
         return asdict(self)
 
     def save(self, path: Path) -> Path:
-        from rlcast.writer import write_text_atomic
+        from rlcast.io.writer import write_text_atomic
 
         return write_text_atomic(Path(path), json.dumps(finite(self.to_json()), indent=2))
 
@@ -157,7 +157,7 @@ def finite(obj):
 
 def inner(a, b) -> float:
     """Frobenius inner product of two deltas, dense or low-rank (scale * B @ A, never densified)."""
-    from rlcast.checkpoints import LowRankDelta
+    from rlcast.io.checkpoints import LowRankDelta
 
     if isinstance(a, LowRankDelta) and isinstance(b, LowRankDelta):
         return float(a.scale * b.scale * ((a.B.T @ b.B) * (a.A @ b.A.T)).sum())
@@ -250,8 +250,8 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     from rich.console import Console
     from rich.progress import Progress
 
-    from rlcast.checkpoints import RunReader
-    from rlcast.trajectory import build_trajectory
+    from rlcast.io.checkpoints import RunReader
+    from rlcast.core.trajectory import build_trajectory
 
     reader = RunReader(run)
     names = dynamics_names(reader, selection)
@@ -261,7 +261,7 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     if trajectory is None:
         trajectory = build_trajectory(run, rank=1, cache_dir=cache_dir, progress=progress, names=names)
     if task:
-        from rlcast.dominance import checkpoint_accuracies, run_task
+        from rlcast.apps.dominance import checkpoint_accuracies, run_task
 
         accuracy = checkpoint_accuracies(run, run_task(run, task), n_prompts, seed=seed, progress=progress)
         source = f"task:{task}"
@@ -282,7 +282,7 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
 
 def dynamics_names(reader, selection: str) -> list[str]:
     """The 2-D tensors of the selection that the run changes (LoRA: the adapted ones)."""
-    from rlcast.checkpoints import select_names
+    from rlcast.io.checkpoints import select_names
 
     names = reader.names()
     shapes = {n: tuple(reader.shape(n)) for n in names}

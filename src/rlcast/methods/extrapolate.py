@@ -2,7 +2,7 @@
 
 Every method is a scikit-learn-like object: hyper-parameters in `__init__`, `fit(run)` on a run already windowed to
 the cutoff (`run.window(cutoff)`), then `predict(step)` streams `(base name, predicted float32 weight)` for every base
-tensor in base order, one tensor at a time, so `rlcast.writer.write_model` can consume it without ever holding a model.
+tensor in base order, one tensor at a time, so `rlcast.io.writer.write_model` can consume it without ever holding a model.
 
 Notation (METHODS.md): W0 base, W_t weights after step t, dW_t = W_t - W0, t the last window step, T the target step.
 
@@ -30,7 +30,7 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from rlcast.checkpoints import LowRankDelta, Run, RunReader, select_names
+from rlcast.io.checkpoints import LowRankDelta, Run, RunReader, select_names
 from rlcast.errors import RlcastError
 
 SELECTIONS = ("blocks", "all-2d", "all")
@@ -162,7 +162,7 @@ class AlphaRLStep(Extrapolator):
         self.anchor = anchor
 
     def _fit(self) -> None:
-        from rlcast.trajectory import build_trajectory
+        from rlcast.core.trajectory import build_trajectory
 
         traj = build_trajectory(self.run_, rank=1, progress=self.progress, names=self.targets_)
         self.steps_ = traj.steps
@@ -173,7 +173,7 @@ class AlphaRLStep(Extrapolator):
     @staticmethod
     def _rank1_path(mod) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(a(t) sign-aligned (T, m), v1 of the last checkpoint with the matching sign); 1-D: (deltas, None)."""
-        from rlcast.linalg import align_signs
+        from rlcast.core.spectra import align_signs
 
         if mod.vector is not None:
             return mod.vector.float(), None
@@ -420,7 +420,7 @@ class NExt(Extrapolator):
 
     def _triplet(self, delta) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(s) u, sqrt(s) v) of a 2-D delta's top singular triplet."""
-        from rlcast.linalg import top_k
+        from rlcast.core.spectra import top_k
 
         spec = top_k(delta, k=1, seed=self.seed)
         root = float(spec.s[0]).__abs__() ** 0.5
@@ -500,8 +500,8 @@ class NExt(Extrapolator):
 
     def _choose_c(self, step: int) -> float:
         """Pick c on the validation split: write the model for each c in c_grid, evaluate, keep the best."""
-        from rlcast.evaluate import evaluate, get_task
-        from rlcast.writer import write_model
+        from rlcast.evaluation.evaluate import evaluate, get_task
+        from rlcast.io.writer import write_model
 
         task = get_task(self.task)
         self.c_scores_ = {}

@@ -1,1 +1,0 @@
-"""Integrations of rlcast with training frameworks (TRL: `rlcast.integrations.trl.AccelerateCallback`)."""

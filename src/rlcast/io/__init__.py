@@ -1,0 +1,1 @@
+"""Layer 1, I/O: run discovery, lazy per-tensor reading (full weights and LoRA factors), writing model folders."""
