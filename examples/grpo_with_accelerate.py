@@ -15,7 +15,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from rlcast.evaluation.evaluate import get_task, render_prompt
+from rlcast.evaluation.generation import render_prompt
+
+from rlcast.evaluation.tasks import get_task
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.testbed import base_model
 

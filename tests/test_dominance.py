@@ -7,7 +7,7 @@ from safetensors import safe_open
 from rlcast.io.checkpoints import RunReader, load_run
 from rlcast.apps.dominance import Score, rank_k_tensors, recovery, write_rank_k
 from rlcast.errors import RlcastError
-from rlcast.evaluation.evaluate import ArithTask
+from rlcast.evaluation.tasks import ArithTask
 from rlcast.io.synthetic import planted_deltas, planted_run
 
 

@@ -5,7 +5,9 @@ import threading
 import pytest
 
 from rlcast.errors import RlcastError
-from rlcast.evaluation.evaluate import (Example, evaluate, get_task, load_model, math_equal, parse_task_args, wilson)
+from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.intervals import wilson
+from rlcast.evaluation.tasks import Example, get_task, math_equal, parse_task_args
 from rlcast.training.testbed import base_model
 
 

@@ -44,7 +44,7 @@ def _trainer(out, callbacks, steps=12, lora=False, save_steps=500, algo="grpo"):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from rlcast.evaluation.evaluate import get_task
+    from rlcast.evaluation.tasks import get_task
 
     model, tok = _model(lora)
     if algo == "rloo":  # RLOOTrainer reads the generation config from the model's folder

@@ -11,19 +11,18 @@ The summary averages these per (layer, module type) and per module type over all
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich import box
+from rich.table import Table
 
-from rlcast.io.checkpoints import Run, RunReader, parse_name, select_names
-from rlcast.errors import RlcastError
 from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajectory
+from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import Run, RunReader, check_selection, parse_name
+from rlcast.io.synthetic import planted_run
+from rlcast.io.writer import atomic_folder, json_safe, write_json_atomic
 
 RESULTS = "rlcast"  # default output folder inside the run: RUN/rlcast/analysis.json
 
@@ -56,27 +55,13 @@ class Analysis:
         for m in self.modules.values():
             for entry in m["steps"].values():
                 methods[entry["method"]] = methods.get(entry["method"], 0) + 1
-        return _finite({"steps": self.steps, "selection": self.selection, "rank": self.rank, "exact": self.exact,
+        return json_safe({"steps": self.steps, "selection": self.selection, "rank": self.rank, "exact": self.exact,
                         "run": self.run, "spectrum_methods": methods,
                         "summary": [row.__dict__ for row in self.summary], "modules": self.modules})
 
     def save(self, out: str | Path) -> Path:
         """Write OUT/analysis.json atomically (temp file renamed into place); returns its path."""
-        from rlcast.io.writer import write_text_atomic
-
-        path = write_text_atomic(Path(out) / "analysis.json", json.dumps(self.to_dict(), indent=1))
-        return path
-
-
-def _finite(obj):
-    """JSON has no NaN: non-finite floats become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
+        return write_json_atomic(Path(out) / "analysis.json", self.to_dict(), indent=1)
 
 
 def _top_direction(mt: ModuleTrajectory) -> torch.Tensor:
@@ -131,11 +116,8 @@ def summarize(modules: dict[str, dict]) -> list[SummaryRow]:
 def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "blocks",
             cache_dir: str | Path | None = None, progress: bool = True, seed: int = 0) -> Analysis:
     """Spectra of the selected tensors at every checkpoint (cached), per-tensor entries and the summary table."""
-    reader = RunReader(run)
-    names = reader.names()
-    chosen = select_names(names, {n: reader.shape(n) for n in names}, selection)
-    changed = set(reader.changed_names())
-    chosen = [n for n in chosen if n in changed]
+    check_selection(selection)
+    chosen = RunReader(run).selected(selection)
     if not chosen:
         raise RlcastError(f"{run.root or run.base}: no tensors to analyse with selection {selection!r}")
     traj: Trajectory = build_trajectory(run, rank=rank, exact=exact, cache_dir=cache_dir, progress=progress,
@@ -150,9 +132,6 @@ def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "bloc
 
 def print_summary(analysis: Analysis, console) -> None:
     """The summary as a rich table: one row per (layer, module type), then one per type over all layers."""
-    from rich import box
-    from rich.table import Table
-
     steps = analysis.steps
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
                   title=f"rank-1 structure of dW = W_t - W_0: {len(analysis.modules)} tensors ({analysis.selection}), "
@@ -182,18 +161,11 @@ def default_out(run: Run) -> Path:
 
 def example_run(folder: str | Path | None = None) -> Path:
     """A small planted run (tiny Llama, 10 checkpoints, saturating rank-1 update + noise), built once and cached."""
-    from rlcast.io.synthetic import planted_run
-
     folder = Path(folder) if folder else Path.home() / ".cache" / "rlcast" / "example-run"
     if (folder / "planted.json").is_file():
         return folder
     if folder.exists():
         raise RlcastError(f"{folder}: exists and is not an rlcast example run")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".example-run.", dir=folder.parent))
-    try:
-        planted_run(tmp / "run", rank=1, kind="saturating", noise=0.02, hidden=64, layers=2, seed=0)
-        os.replace(tmp / "run", folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        planted_run(tmp, rank=1, kind="saturating", noise=0.02, hidden=64, layers=2, seed=0)
     return folder

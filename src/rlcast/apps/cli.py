@@ -282,7 +282,9 @@ def eval_cmd(
     import json as _json
     from pathlib import Path
 
-    from rlcast.evaluation.evaluate import evaluate, get_task, parse_task_args
+    from rlcast.evaluation.generation import evaluate
+
+    from rlcast.evaluation.tasks import get_task, parse_task_args
 
     if model == "testbed":
         from rlcast.training.testbed import base_model
@@ -345,7 +347,7 @@ def train_cmd(
                                                                           "keep | reset."),
 ) -> None:
     """GRPO / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
-    from rlcast.evaluation.evaluate import parse_task_args
+    from rlcast.evaluation.tasks import parse_task_args
     from rlcast.training.runs import train
 
     callbacks = []

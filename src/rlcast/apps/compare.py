@@ -95,7 +95,7 @@ class _Evaluator:
         self.work, self.keep = work, keep
 
     def __call__(self, label: str, stream, metadata: dict) -> tuple[object, float]:
-        from rlcast.evaluation.evaluate import evaluate
+        from rlcast.evaluation.generation import evaluate
         from rlcast.io.writer import write_model
 
         start = time.perf_counter()
@@ -120,7 +120,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     """
     from rich.progress import Progress
 
-    from rlcast.evaluation.evaluate import get_task
+    from rlcast.evaluation.tasks import get_task
 
     methods = list(methods or METHODS)
     for m in methods:

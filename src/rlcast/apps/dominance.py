@@ -13,9 +13,6 @@ rank-k model are scored on the same prompts, so the recovery figures get paired 
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
-
-SELECTIONS = ("blocks", "all-2d", "all")
-RESAMPLES = 2000
+from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
+from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
+from rlcast.io.checkpoints import RunReader, check_selection
+from rlcast.io.writer import write_json_atomic, write_model
 
 
 # --- rank-k models ---
@@ -34,21 +33,15 @@ RESAMPLES = 2000
 def rank_k_tensors(reader, step: int, k: int, rescale: bool = True, selection: str = "blocks",
                    exact: bool = False, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Every base tensor, in base order, as it is in the rank-k model of checkpoint `step` (float32)."""
-    from rlcast.io.checkpoints import select_names
-    from rlcast.core.spectra import top_k
-
-    if selection not in SELECTIONS:
-        raise RlcastError(f"unknown selection {selection!r} (expected one of {', '.join(SELECTIONS)})")
+    check_selection(selection)
     if k < 1:
         raise RlcastError(f"rank must be >= 1 (got {k})")
-    names = reader.names()
-    shapes = {n: tuple(reader.shape(n)) for n in names}
-    chosen = set(select_names(names, shapes, selection)) & set(reader.changed_names())
-    for name in names:
+    chosen = set(reader.selected(selection))
+    for name in reader.names():
         w0 = reader.base(name)
         if name not in chosen:
             yield name, w0
-        elif len(shapes[name]) != 2:  # `all`: 1-D (and other non-matrix) tensors take their full delta
+        elif len(reader.shape(name)) != 2:  # `all`: 1-D (and other non-matrix) tensors take their full delta
             yield name, reader.weight(step, name)
         else:
             spec = top_k(reader.delta(step, name), k=k, exact=exact, seed=seed)
@@ -61,54 +54,11 @@ def rank_k_tensors(reader, step: int, k: int, rescale: bool = True, selection: s
 def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, selection: str = "blocks",
                  exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None) -> Path:
     """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time)."""
-    from rlcast.io.checkpoints import RunReader
-    from rlcast.io.writer import write_model
-
     run.checkpoint(step)  # RlcastError naming the step if absent
     how = {"method": "rank-k", "step": step, "k": k, "rescale": rescale, "selection": selection, "exact": exact,
            "seed": seed, "run": str(run.root or run.base)}
     tensors = rank_k_tensors(RunReader(run), step, k, rescale=rescale, selection=selection, exact=exact, seed=seed)
     return write_model(run.base, out, tensors, dtype=dtype, metadata={"rlcast": how})
-
-
-def checkpoint_folder(run, step: int, workdir: Path) -> Path:
-    """A loadable HF folder for checkpoint `step`: the checkpoint itself when it is one, else a merged copy."""
-    from rlcast.io.checkpoints import RunReader
-    from rlcast.evaluation.evaluate import TOKENIZER_FILES
-    from rlcast.io.writer import write_model
-
-    ckpt = run.checkpoint(step)
-    if ckpt.kind == "full" and (ckpt.path / "config.json").exists() and any(
-            (ckpt.path / f).exists() for f in TOKENIZER_FILES):
-        return ckpt.path
-    reader = RunReader(run)
-    out = Path(workdir) / f"checkpoint-{step}"
-    return write_model(run.base, out, ((n, reader.weight(step, n)) for n in reader.names()),
-                       metadata={"rlcast": {"method": "merged", "step": step}})
-
-
-# --- evaluation and recovery ---
-
-@dataclass
-class Score:
-    label: str                 # "base", "full" or "rank-k"
-    k: int | None
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    per_prompt: list[float]    # fraction of fully correct samples per prompt, in prompt order
-
-
-def score(path: Path, task, label: str, k: int | None, n_prompts: int, seed: int, progress: bool) -> Score:
-    """Evaluate one model folder and keep the per-prompt results (for paired intervals)."""
-    from rlcast.evaluation.evaluate import evaluate
-
-    result = evaluate(path, task, n_prompts=n_prompts, seed=seed, progress=progress)
-    per_prompt: dict[int, list[float]] = {}
-    for row in result.details:
-        per_prompt.setdefault(row["index"], []).append(float(row["reward"] >= 1.0))
-    return Score(label, k, result.accuracy, result.ci_low, result.ci_high,
-                 [sum(v) / len(v) for _, v in sorted(per_prompt.items())])
 
 
 @dataclass
@@ -130,19 +80,11 @@ def recovery(base: Score, full: Score, rank: Score, seed: int = 0, resamples: in
     Resamples where a denominator is 0 are dropped from that interval (nan when all are).
     """
     x = torch.tensor([base.per_prompt, full.per_prompt, rank.per_prompt], dtype=torch.float64)
-    idx = torch.randint(x.shape[1], (resamples, x.shape[1]), generator=torch.Generator().manual_seed(seed))
-    acc = x[:, idx].mean(-1)  # (3, resamples)
-    point = x.mean(-1)
-
-    def interval(values: torch.Tensor) -> tuple[float, float]:
-        values = values[torch.isfinite(values)]
-        if len(values) == 0:
-            return math.nan, math.nan
-        return float(values.quantile(0.025)), float(values.quantile(0.975))
-
+    acc, point = resampled_means(x, seed, resamples), x.mean(-1)
     ratio = lambda a: _ratio(a[2], a[1])  # noqa: E731
     gain = lambda a: _ratio(a[2] - a[0], a[1] - a[0])  # noqa: E731
-    return Recovery(rank.k, float(ratio(point)), interval(ratio(acc)), float(gain(point)), interval(gain(acc)))
+    return Recovery(rank.k, float(ratio(point)), percentile_interval(ratio(acc)), float(gain(point)),
+                    percentile_interval(gain(acc)))
 
 
 @dataclass
@@ -160,34 +102,19 @@ class DominanceResult:
     recovery: list[Recovery] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        from rlcast.apps.dynamics import finite
-
-        return finite(asdict(self))
+        return asdict(self)
 
     def save(self, path: Path) -> Path:
-        from rlcast.io.writer import write_text_atomic
-
-        return write_text_atomic(Path(path), json.dumps(self.to_json(), indent=2))
-
-
-def run_task(run, task=None):
-    """The Task to score with: the one given (spec or Task), else the run manifest's (with its task_args)."""
-    from rlcast.evaluation.evaluate import Task, get_task
-
-    if isinstance(task, Task):
-        return task
-    if task:
-        return get_task(task)
-    manifest = run.manifest or {}
-    if not manifest.get("task"):
-        raise RlcastError(f"{run.root or run.base}: no task in the run manifest (run.json); pass --task")
-    return get_task(manifest["task"], manifest.get("task_args") or None)
+        return write_json_atomic(Path(path), self.to_json())
 
 
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
               models_dir: Path | None = None, progress: bool = True) -> DominanceResult:
     """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts."""
+    check_selection(selection)
+    if any(k < 1 for k in ranks):
+        raise RlcastError(f"ranks must be >= 1 (got {', '.join(map(str, ranks))})")
     if not run.checkpoints:
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
@@ -205,16 +132,3 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
     return DominanceResult(run=str(run.root or run.base), step=step, task=task.name, n_prompts=len(base.per_prompt),
                            selection=selection, rescale=rescale, seed=seed, base=base, full=full, ranks=scores,
                            recovery=[recovery(base, full, s, seed=seed) for s in scores])
-
-
-def checkpoint_accuracies(run, task, n_prompts: int = 200, seed: int = 0,
-                          progress: bool = True) -> dict[int, float]:
-    """{0: base accuracy, step: accuracy, ...} of every checkpoint of `run` on `task` (same prompts for all)."""
-    with tempfile.TemporaryDirectory(prefix="rlcast-acc-") as tmp:
-        acc = {0: score(run.base, task, "base", None, n_prompts, seed, progress).accuracy}
-        for step in run.steps:
-            folder = checkpoint_folder(run, step, Path(tmp))
-            acc[step] = score(folder, task, "full", None, n_prompts, seed, progress).accuracy
-            if folder.parent == Path(tmp):  # a merged copy: only one on disk at a time
-                shutil.rmtree(folder)
-    return acc

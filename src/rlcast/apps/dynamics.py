@@ -15,7 +15,6 @@ prediction no better than "the later checkpoints sit at their own average" score
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -23,8 +22,15 @@ from pathlib import Path
 
 import torch
 
-from rlcast.io.checkpoints import parse_name
+from rich.console import Console
+from rich.progress import Progress
+
+from rlcast.core.spectra import align_signs
+from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
+from rlcast.io.checkpoints import LowRankDelta, RunReader, parse_name
+from rlcast.io.writer import write_json_atomic
 
 HOLDOUT_FIT = 2 / 3  # fraction of the checkpoints the held-out fits see
 R2_THRESHOLD = 0.9
@@ -97,13 +103,6 @@ def temporal_explained(gram: torch.Tensor) -> float:
     return float(eig[-1]) / total if total > 0 else math.nan
 
 
-def align(u: torch.Tensor) -> torch.Tensor:
-    """Flip rows of u (T, d) so that consecutive rows have a non-negative dot product."""
-    from rlcast.core.spectra import align_signs
-
-    return align_signs(u)
-
-
 # --- per module and per run ---
 
 @dataclass
@@ -139,26 +138,11 @@ class DynamicsResult:
         return asdict(self)
 
     def save(self, path: Path) -> Path:
-        from rlcast.io.writer import write_text_atomic
-
-        return write_text_atomic(Path(path), json.dumps(finite(self.to_json()), indent=2))
-
-
-def finite(obj):
-    """JSON-safe copy: nan/inf floats become None (JSON has no nan)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
+        return write_json_atomic(Path(path), self.to_json())
 
 
 def inner(a, b) -> float:
     """Frobenius inner product of two deltas, dense or low-rank (scale * B @ A, never densified)."""
-    from rlcast.io.checkpoints import LowRankDelta
-
     if isinstance(a, LowRankDelta) and isinstance(b, LowRankDelta):
         return float(a.scale * b.scale * ((a.B.T @ b.B) * (a.A @ b.A.T)).sum())
     if isinstance(a, LowRankDelta):
@@ -185,7 +169,7 @@ def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -
     u = mt.u[:, :, 0].double()
     v = mt.v[:, :, 0].double()
     s1 = mt.sigma[:, 0].double()
-    a = s1[:, None] * align(u)  # the sign-aligned rank-1 trajectory s1(t) u1(t)
+    a = s1[:, None] * align_signs(u)  # the sign-aligned rank-1 trajectory s1(t) u1(t)
     in_r2, out_r2, relerr = step_r2(a, mt.steps)
     pls = (None, None, None)
     acc_steps = [s for s in mt.steps if s in accuracy]
@@ -247,12 +231,6 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
 
     `trajectory` (any rank >= 1, e.g. the report's) is reused when given, else built at rank 1 (cached on disk).
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from rlcast.io.checkpoints import RunReader
-    from rlcast.core.trajectory import build_trajectory
-
     reader = RunReader(run)
     names = dynamics_names(reader, selection)
     if len(run.checkpoints) < 4:
@@ -261,8 +239,6 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     if trajectory is None:
         trajectory = build_trajectory(run, rank=1, cache_dir=cache_dir, progress=progress, names=names)
     if task:
-        from rlcast.apps.dominance import checkpoint_accuracies, run_task
-
         accuracy = checkpoint_accuracies(run, run_task(run, task), n_prompts, seed=seed, progress=progress)
         source = f"task:{task}"
     else:
@@ -282,9 +258,4 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
 
 def dynamics_names(reader, selection: str) -> list[str]:
     """The 2-D tensors of the selection that the run changes (LoRA: the adapted ones)."""
-    from rlcast.io.checkpoints import select_names
-
-    names = reader.names()
-    shapes = {n: tuple(reader.shape(n)) for n in names}
-    changed = set(reader.changed_names())
-    return [n for n in select_names(names, shapes, selection) if len(shapes[n]) == 2 and n in changed]
+    return reader.selected(selection, two_d=True)

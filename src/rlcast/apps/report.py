@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
+from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
+from rlcast.core.spectra import align_signs
+from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.writer import json_safe, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
 
@@ -39,7 +44,7 @@ def load_json(path: Path) -> dict | None:
 # --- plots ---
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -60,7 +65,7 @@ def _grid(modules: list[dict], key: str) -> tuple[list, list[str], torch.Tensor]
 
 def heatmaps(modules: list[dict], panels: list[tuple[str, str]], vmin: float, vmax: float, cmap: str) -> str:
     """Side-by-side layer x module-type heat maps, one per (key, title), values written in the cells."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
     n_layers = len({m["layer"] for m in modules})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.4 * n_layers + 2.5), squeeze=False)
@@ -89,7 +94,7 @@ def _cells(grid: torch.Tensor):
 
 def accuracy_plot(accuracy: dict[int, float], dominance: dict | None) -> str | None:
     """Accuracy against the step (manifest accuracies), with the rank-k models of `rlcast dominance` marked."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
     if not accuracy and not dominance:
         return None
@@ -116,9 +121,8 @@ def accuracy_plot(accuracy: dict[int, float], dominance: dict | None) -> str | N
 
 def spectrum_plot(traj) -> str:
     """Energy share s_i^2 / ||dW||_F^2 of the top singular values at the last checkpoint, mean per module type."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
-    from rlcast.io.checkpoints import parse_name
 
     by_kind: dict[str, list[torch.Tensor]] = {}
     for name, mt in traj.modules.items():
@@ -148,16 +152,15 @@ def spectrum_plot(traj) -> str:
 
 def u1_projection_plot(traj, modules: list[dict], n: int = 6) -> str:
     """2-D PCA of the sign-aligned u1(t) of the `n` modules with the most rank-1 energy, coloured by step."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
-    from rlcast.apps.dynamics import align
 
     picked = sorted(modules, key=lambda m: -(m["rank1_energy_last"] or 0))[:n]
     cols = min(3, len(picked))
     rows = math.ceil(len(picked) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.5 * rows), squeeze=False)
     for ax, m in zip(axes.flat, picked):
-        u = align(traj.modules[m["name"]].u[:, :, 0].double())
+        u = align_signs(traj.modules[m["name"]].u[:, :, 0].double())
         centred = u - u.mean(0)
         _, s, vt = torch.linalg.svd(centred, full_matrices=False)
         xy = centred @ vt[:2].T
@@ -222,14 +225,9 @@ def _ci(ci) -> str:
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
                  progress: bool = True, cache_dir: Path | None = None) -> Path:
     """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
-    from rlcast.io.checkpoints import RunReader
-    from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
-    from rlcast.core.trajectory import build_trajectory
-    from rlcast.io.writer import write_text_atomic
-
     folder = results_dir(run)
     out = Path(out) if out else folder / "report.html"
     names = dynamics_names(RunReader(run), selection)
@@ -239,9 +237,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     dyn = load_json(folder / "dynamics.json")
     dyn_note = f"read from {folder / 'dynamics.json'}"
     if dyn is None or not set(names) <= {m["name"] for m in dyn["modules"]}:
-        from rlcast.apps.dynamics import finite
-
-        dyn = finite(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
+        dyn = json_safe(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
                                       progress=progress).to_json())
         dyn_note = "computed for this report"
     dom = load_json(folder / "dominance.json")

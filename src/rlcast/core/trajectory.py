@@ -13,16 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
 from rlcast.core import spectra
-from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
+from rlcast.io.writer import atomic_file, write_text_atomic
 
 CACHE_VERSION = 1
 
@@ -108,18 +109,6 @@ def _cache_key(run: Run, step: int, rank: int, exact: bool, seed: int) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename onto `path`: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _StepCache:
     """The cached spectra of one checkpoint: {name: (meta dict, {field: tensor})}."""
 
@@ -140,8 +129,9 @@ class _StepCache:
         self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}/{f}": t.contiguous() for n, (_, fields) in self.entries.items() for f, t in fields.items()}
         meta = {"version": CACHE_VERSION, "step": step, "modules": {n: m for n, (m, _) in self.entries.items()}}
-        _atomic_write(self.tensors_path, lambda tmp: save_file(tensors, tmp))
-        _atomic_write(self.meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        with atomic_file(self.tensors_path) as tmp:
+            save_file(tensors, str(tmp))
+        write_text_atomic(self.meta_path, json.dumps(meta))
 
 
 def _entry(spec: spectra.Spectrum, shape: tuple[int, ...], vector: torch.Tensor | None) -> tuple[dict, dict]:
@@ -179,8 +169,6 @@ def build_trajectory(run: Run, rank: int = 1, exact: bool = False, cache_dir: st
 
 def _compute(reader: RunReader, caches: dict, todo: dict, rank: int, exact: bool, seed: int, progress: bool,
              total: int) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     columns = (TextColumn("[bold]spectra[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:

@@ -509,6 +509,13 @@ class Adapter:
             # Embeddings and fan_in_fan_out (Conv1D) layers store delta^T = (B @ A).
             self.factors[name] = (a_key, b_key, float(scale), embedding or fan_in_fan_out)
 
+    def selected(self, selection: str, two_d: bool = False) -> list[str]:
+        """Names in the module `selection` that some checkpoint changes, in base order (`two_d`: 2-D only)."""
+        names = self.names()
+        shapes = {n: tuple(self.shape(n)) for n in names}
+        changed = set(self.changed_names())
+        return [n for n in select_names(names, shapes, selection) if n in changed and (len(shapes[n]) == 2 or not two_d)]
+
     def changed_names(self) -> list[str]:
         return list(self.factors) + [n for n in self.full if n not in self.factors]
 
@@ -631,6 +638,13 @@ class RunReader:
         delta = self.delta(step, name)
         return self.base(name) + (delta.dense() if isinstance(delta, LowRankDelta) else delta)
 
+    def selected(self, selection: str, two_d: bool = False) -> list[str]:
+        """Names in the module `selection` that some checkpoint changes, in base order (`two_d`: 2-D only)."""
+        names = self.names()
+        shapes = {n: tuple(self.shape(n)) for n in names}
+        changed = set(self.changed_names())
+        return [n for n in select_names(names, shapes, selection) if n in changed and (len(shapes[n]) == 2 or not two_d)]
+
     def changed_names(self) -> list[str]:
         """Base names any checkpoint can change, in base order (all for full checkpoints, adapted ones for LoRA)."""
         if any(c.kind == "full" for c in self.run.checkpoints):
@@ -644,6 +658,7 @@ class RunReader:
 # ----------------------------------------------------------------------------------------------------------------------
 # Module selection
 
+SELECTIONS = ("blocks", "all-2d", "all")
 _BLOCK = re.compile(r"(^|\.)(layers|h|blocks|layer)\.(\d+)\.")
 
 
@@ -660,15 +675,21 @@ def parse_name(name: str) -> tuple[int | None, str]:
     return (int(match.group(3)), stem[match.end():]) if match else (None, stem)
 
 
+def check_selection(selection: str) -> str:
+    """`selection` itself, or a one-line error naming the choices (call before any expensive work)."""
+    if selection not in SELECTIONS:
+        raise RlcastError(f"unknown module selection {selection!r} (choose {', '.join(SELECTIONS)})")
+    return selection
+
+
 def select_names(names: Sequence[str], shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
                  selection: str = "blocks") -> list[str]:
     """Names in `selection`: "blocks" (2-D weights inside transformer blocks), "all-2d" or "all"."""
+    check_selection(selection)
     if not isinstance(shapes, Mapping):
         shapes = dict(zip(names, shapes))
     if selection == "all":
         return list(names)
     if selection == "all-2d":
         return [n for n in names if len(shapes[n]) == 2]
-    if selection == "blocks":
-        return [n for n in names if len(shapes[n]) == 2 and layer_of(n) is not None and n.endswith(".weight")]
-    raise RlcastError(f"unknown module selection {selection!r} (choose blocks, all-2d or all)")
+    return [n for n in names if len(shapes[n]) == 2 and layer_of(n) is not None and n.endswith(".weight")]

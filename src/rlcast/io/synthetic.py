@@ -11,14 +11,14 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def tiny_llama(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 96,
                intermediate: int | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write a randomly initialised LlamaForCausalLM (config + model.safetensors) to `folder`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
@@ -66,8 +66,6 @@ def planted_run(root: str | Path, steps: list[int] = (10, 20, 30, 40, 50, 60, 70
     layout: "trl" (ROOT/checkpoint-N), "verl" (ROOT/global_step_N/actor/huggingface), "openrlhf"
     (ROOT/global_stepN_hf). The base goes to ROOT/base unless `base` is given. Returns ROOT.
     """
-    from safetensors import safe_open
-
     root = Path(root)
     base = Path(base) if base else tiny_llama(root / "base", seed=seed, hidden=hidden, layers=layers, dtype=dtype)
     with safe_open(base / "model.safetensors", "pt") as f:

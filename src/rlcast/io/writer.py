@@ -9,17 +9,19 @@ The folder is built under a temporary name and renamed into place only when comp
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import TensorReader
 
 # Files copied verbatim from the base folder: everything a loader needs besides the weights.
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -30,28 +32,27 @@ INDEX = "model.safetensors.index.json"
 
 def base_layout(base: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of the base's tensors, in file order, without loading any tensor data."""
-    base = Path(base)
-    if (base / INDEX).exists():
-        files = list(dict.fromkeys(json.loads((base / INDEX).read_text())["weight_map"].values()))
-    elif (base / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:  # .bin / .pt checkpoints: let the checkpoint reader (weights_only=True) handle them
-        from rlcast.io.checkpoints import TensorReader
-
-        reader = TensorReader(base)
-        return {name: (tuple(reader.shape(name)), reader.dtype(name)) for name in reader.names()}
-    layout = {}
-    for file in files:
-        with safe_open(str(base / file), "pt") as f:
-            for name in f.keys():
-                piece = f.get_slice(name)
-                layout[name] = (tuple(piece.get_shape()), _DTYPES[piece.get_dtype()])
-    return layout
+    reader = TensorReader(base)
+    return {name: (tuple(reader.shape(name)), reader.dtype(name)) for name in reader.names()}
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+@contextmanager
+def atomic_folder(out: Path):
+    """Build a folder under a temporary name beside `out`; on success it replaces `out`, on failure it vanishes.
+
+    Every output folder rlcast writes (models, run bases, snapshots, example runs) goes through here, so an
+    interrupted write never leaves a half-written folder under the final name.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_model(base: Path, out: Path, tensors: Iterable[tuple[str, torch.Tensor]],
@@ -69,20 +70,12 @@ def write_model(base: Path, out: Path, tensors: Iterable[tuple[str, torch.Tensor
     for key, value in (metadata or {}).items():
         header[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         shards = _write_shards(tmp, tensors, layout, dtype, header, shard_mb * 2**20)
         _name_shards(tmp, shards)
         for file in COPY_FILES:
             if (base / file).is_file():
                 shutil.copy2(base / file, tmp / file)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -151,16 +144,39 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a small text output (JSON, HTML) to a temp file beside `path`, then rename it into place."""
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a temp path beside `path`; when the block succeeds it is renamed onto `path`, else deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a small text output (JSON, HTML) atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def json_safe(obj):
+    """A JSON-safe copy: nan/inf floats become None (JSON has no nan), tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, obj, indent: int | None = 2) -> Path:
+    """`obj` as JSON (non-finite floats as null), written atomically."""
+    return write_text_atomic(path, json.dumps(json_safe(obj), indent=indent) + "\n")

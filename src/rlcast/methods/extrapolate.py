@@ -500,7 +500,8 @@ class NExt(Extrapolator):
 
     def _choose_c(self, step: int) -> float:
         """Pick c on the validation split: write the model for each c in c_grid, evaluate, keep the best."""
-        from rlcast.evaluation.evaluate import evaluate, get_task
+        from rlcast.evaluation.generation import evaluate
+        from rlcast.evaluation.tasks import get_task
         from rlcast.io.writer import write_model
 
         task = get_task(self.task)

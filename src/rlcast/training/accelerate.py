@@ -8,7 +8,7 @@ steps it
    snapshots but the last, predict the last; error `||P - W_T||_F / ||W_T - W_{T-1}||_F` over the changed tensors,
    so an error >= 1 means "no better than standing still"; with `max_backtest_error` set, the jump is skipped when
    even the best method errs more than that);
-2. scores the model on held-out prompts (greedy, `rlcast.evaluation.evaluate.evaluate`): reward before;
+2. scores the model on held-out prompts (greedy, `rlcast.evaluation.generation.evaluate`): reward before;
 3. fits that extrapolator on the window and copies its prediction for step `t + H` into the parameters in place;
 4. scores again (reward after) and keeps the jump, or restores the exact pre-jump weights from the last snapshot when
    the weights are not finite, when the reward drops by more than `tolerance`, or when it collapses (relative drop
@@ -310,7 +310,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ held-out check
 
     def _reward(self, model, tokenizer) -> float:
-        from rlcast.evaluation.evaluate import evaluate, get_task
+        from rlcast.evaluation.generation import evaluate
+        from rlcast.evaluation.tasks import get_task
 
         if self._heldout is None:
             self._heldout = _HeldOut(get_task(self.task, self.task_args), self.eval_prompts)

@@ -62,7 +62,7 @@ def _manifest_callback(out: Path, manifest: dict, task, tokenizer, eval_prompts:
     """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states."""
     from transformers import TrainerCallback
 
-    from rlcast.evaluation.evaluate import evaluate
+    from rlcast.evaluation.generation import evaluate
 
     class ManifestCallback(TrainerCallback):
         def on_save(self, args, state, control, model=None, **kwargs):
@@ -134,7 +134,7 @@ def _checkpointing_arg() -> str:
 
 def _prepare_base(model, out: Path, progress: bool) -> Path:
     """The base as an HF folder: the testbed by default, a folder as given, a GGUF file converted into OUT/base."""
-    from rlcast.evaluation.evaluate import load_model
+    from rlcast.evaluation.generation import load_model
     from rlcast.training.testbed import base_model
 
     if model is None:
@@ -165,7 +165,9 @@ def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: i
     """
     from datasets import Dataset
 
-    from rlcast.evaluation.evaluate import evaluate, get_task, load_model, render_prompt
+    from rlcast.evaluation.generation import evaluate, load_model, render_prompt
+
+    from rlcast.evaluation.tasks import get_task
 
     out = Path(out)
     done = _checkpoints(out) if out.exists() else []

@@ -88,7 +88,9 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
     from rich.progress import Progress
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlcast.evaluation.evaluate import evaluate, get_task
+    from rlcast.evaluation.generation import evaluate
+
+    from rlcast.evaluation.tasks import get_task
 
     out = Path(out)
     torch.manual_seed(config.seed)
