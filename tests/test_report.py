@@ -49,22 +49,26 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
     from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report, results_dir
 
+    from rlcast.apps.dominance import DominanceResult, recovery
+    from rlcast.evaluation.scoring import Score
+
     run = load_run(run_root)
     folder = results_dir(run)
-    score = lambda label, k, acc: {"label": label, "k": k, "accuracy": acc, "ci_low": acc - 0.05,  # noqa: E731
-                                   "ci_high": acc + 0.05, "per_prompt": []}
-    dom = {"run": str(run_root), "step": 60, "task": "arith", "n_prompts": 100, "selection": "blocks",
-           "rescale": True, "seed": 0, "base": score("base", None, 0.3), "full": score("full", None, 0.54),
-           "ranks": [score("rank-1", 1, 0.5)],
-           "recovery": [{"k": 1, "recovery": 0.926, "recovery_ci": [0.85, 0.99], "gain_recovery": 0.833,
-                         "gain_recovery_ci": [0.6, 1.0]}]}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dominance.json").write_text(json.dumps(dom))
+    per_prompt = lambda n_right: [1.0] * n_right + [0.0] * (100 - n_right)  # noqa: E731
+    base, full, rank1 = (Score(label, k, n / 100, n / 100 - 0.05, n / 100 + 0.05, per_prompt(n))
+                         for label, k, n in (("base", None, 30), ("full", None, 54), ("rank-1", 1, 50)))
+    result = DominanceResult(run=str(run_root), step=60, task="arith", n_prompts=100, selection="blocks",
+                             rescale=True, seed=0, base=base, full=full, ranks=[rank1],
+                             recovery=[recovery(base, full, rank1)])
+    result.save(folder / "dominance.json")  # the file the report reads is the one `rlcast dominance` writes
+    rec = result.recovery[0]
     try:
         page = build_report(run, out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache).read_text()
     finally:
         (folder / "dominance.json").unlink()
-    assert "0.926" in page and "[0.600, 1.000]" in page and "rlcast dominance RUN" not in page
+    assert f"{rec.recovery:.3f}" in page and f"{rec.gain_recovery:.3f}" in page
+    assert f"[{rec.gain_recovery_ci[0]:.3f}, {rec.gain_recovery_ci[1]:.3f}]" in page
+    assert "rlcast dominance RUN" not in page
 
 
 def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):

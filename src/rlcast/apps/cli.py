@@ -135,6 +135,8 @@ def compare_cmd(
         fractions = [float(x) for x in cutoffs.split(",") if x.strip()]
     except ValueError:
         raise RlcastError(f"--cutoffs {cutoffs!r}: expected comma-separated fractions like 0.1,0.2,0.4") from None
+    if target != "last" and not target.isdigit():
+        raise RlcastError(f"--target {target!r}: expected 'last' or a checkpoint step")
     full = load_run(run, base=base)
     out = Path(out) if out else Path(full.root or ".") / "compare"
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -182,12 +184,14 @@ def dominance_cmd(
 
     from rich.table import Table
 
-    from rlcast.io.checkpoints import load_run
     from rlcast.apps.dominance import dominance
     from rlcast.apps.report import results_dir
+    from rlcast.io.checkpoints import check_selection, load_run
 
+    check_selection(selection)
+    rank_list = _ranks(ranks)
     full = load_run(run, base=base)
-    result = dominance(full, step=step, ranks=_ranks(ranks), task=task, n_prompts=n_prompts, selection=selection,
+    result = dominance(full, step=step, ranks=rank_list, task=task, n_prompts=n_prompts, selection=selection,
                        rescale=not no_rescale, exact=exact, seed=seed,
                        models_dir=Path(keep_models) if keep_models else None)
     table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "

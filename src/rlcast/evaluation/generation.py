@@ -7,7 +7,6 @@ vLLM backend is used instead when vLLM is installed, a GPU exists and the model 
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import bootstrap, wilson
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import WEIGHT_FILES
+from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -43,7 +42,12 @@ def load_model(path, dtype=None):
     if not path.is_dir():
         raise RlcastError(f"{path}: not a model folder or .gguf file")
     if (path / "adapter_config.json").exists():
-        base = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+        name = read_adapter_config(path).get("base_model_name_or_path")
+        if not name:
+            raise RlcastError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; the adapter cannot be "
+                              "loaded without its base model")
+        base = Path(name).expanduser()
+        base = base if base.is_absolute() or base.exists() else path / base
         model, tok = load_model(base, dtype)
         return PeftModel.from_pretrained(model, path).merge_and_unload().eval(), tok
     if not (path / "config.json").exists():
