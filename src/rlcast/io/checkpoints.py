@@ -509,13 +509,6 @@ class Adapter:
             # Embeddings and fan_in_fan_out (Conv1D) layers store delta^T = (B @ A).
             self.factors[name] = (a_key, b_key, float(scale), embedding or fan_in_fan_out)
 
-    def selected(self, selection: str, two_d: bool = False) -> list[str]:
-        """Names in the module `selection` that some checkpoint changes, in base order (`two_d`: 2-D only)."""
-        names = self.names()
-        shapes = {n: tuple(self.shape(n)) for n in names}
-        changed = set(self.changed_names())
-        return [n for n in select_names(names, shapes, selection) if n in changed and (len(shapes[n]) == 2 or not two_d)]
-
     def changed_names(self) -> list[str]:
         return list(self.factors) + [n for n in self.full if n not in self.factors]
 
@@ -643,7 +636,8 @@ class RunReader:
         names = self.names()
         shapes = {n: tuple(self.shape(n)) for n in names}
         changed = set(self.changed_names())
-        return [n for n in select_names(names, shapes, selection) if n in changed and (len(shapes[n]) == 2 or not two_d)]
+        return [n for n in select_names(names, shapes, selection)
+                if n in changed and (len(shapes[n]) == 2 or not two_d)]
 
     def changed_names(self) -> list[str]:
         """Base names any checkpoint can change, in base order (all for full checkpoints, adapted ones for LoRA)."""
