@@ -176,3 +176,95 @@ def test_openrlhf_zero3_lora_bin(runs, tmp_path):
     (folder / "adapter_model.bin").write_bytes(b"not a pickle")
     with pytest.raises(RlcastError, match=r"adapter_model.bin: cannot load with torch.load\(weights_only=True\)"):
         RunReader(load_run(tmp_path / "run", base=runs["base"])).delta(10, name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input: one line naming the file or setting, raised by load_run (before any output is written)
+
+class _Payload:
+    """Unpickling this would create a file: weights_only must refuse it instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _broken_copy(runs, tmp_path, layout: str = "full1") -> tuple[Path, Path]:
+    """A copy of a shard run (root, actor folder of step 20) to break."""
+    root = shutil.copytree(runs[layout], tmp_path / "run")
+    return root, root / "global_step_20" / "actor"
+
+
+def _resave_rank(actor: Path, rank: int, edit) -> None:
+    path = actor / f"model_world_size_2_rank_{rank}.pt"
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+Q, UP = "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"
+BAD_INPUTS = {
+    "missing rank file": (lambda actor: (actor / "model_world_size_2_rank_1.pt").unlink(),
+                          r"global_step_20/actor/model_world_size_2_rank_1.pt: missing \(world size 2 needs ranks 0..1\)"),
+    "shape disagrees": (lambda actor: _resave_rank(actor, 1, lambda s: s.update({Q: s[UP]})),
+                        rf"rank_1.pt: tensor {Q} has shape \[64, 32\] \[Shard\(dim=0\)\] but \[32, 32\] "
+                        r"\[Shard\(dim=0\)\] on rank 0"),
+    "tensor missing from a rank": (lambda actor: _resave_rank(actor, 1, lambda s: s.pop(UP)),
+                                   rf"rank_1.pt: tensor {UP} is missing \(it is in model_world_size_2_rank_0.pt\)"),
+    "fsdp_config.json world size": (lambda actor: (actor / "fsdp_config.json").write_text('{"world_size": 4}'),
+                                    r"fsdp_config.json: world_size 4 does not match the shard files "
+                                    r"\(model_world_size_2_rank_\*.pt\)"),
+    "world size in the file names": (lambda actor: [p.rename(p.with_name(p.name.replace("_2_", "_4_")))
+                                                    for p in actor.glob("model_*.pt")],
+                                     r"fsdp_config.json: world_size 2 does not match the shard files "
+                                     r"\(model_world_size_4_rank_\*.pt\)"),
+    "mixed world sizes": (lambda actor: (actor / "model_world_size_4_rank_0.pt").write_bytes(b""),
+                          r"global_step_20/actor: shard files of different world sizes \(2, 4\)"),
+    "mesh larger than the file names": (lambda actor: ((actor / "fsdp_config.json").unlink(),
+                                                       (actor / "model_world_size_2_rank_1.pt").unlink(),
+                                                       (actor / "model_world_size_2_rank_0.pt").rename(
+                                                           actor / "model_world_size_1_rank_0.pt")),
+                                        r"rank_0.pt: tensor model.embed_tokens.weight lives on a device mesh of "
+                                        r"ranks \[0, 1\], not the 1 ranks of the file names"),
+    "unreadable pickle": (lambda actor: (actor / "model_world_size_2_rank_1.pt").write_bytes(b"garbage"),
+                          r"rank_1.pt: cannot load with torch.load\(weights_only=True\)"),
+    "unsafe pickle": (lambda actor: torch.save({UP: _Payload(actor / "pwned")}, actor / "model_world_size_2_rank_1.pt"),
+                      r"rank_1.pt: cannot load with torch.load\(weights_only=True\): Weights only load failed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_shards(runs, tmp_path, case):
+    break_, message = BAD_INPUTS[case]
+    root, actor = _broken_copy(runs, tmp_path)
+    break_(actor)
+    with pytest.raises(RlcastError, match=message) as err:
+        load_run(root, base=runs["base"])
+    assert "\n" not in str(err.value)
+    assert not (actor / "pwned").exists()
+
+
+def test_lora_metadata_errors(runs, tmp_path):
+    root, actor = _broken_copy(runs, tmp_path, "lora2")
+    (actor / "lora_train_meta.json").write_text('{"r": 4, "lora_alpha": 0}')
+    with pytest.raises(RlcastError, match=r"lora_train_meta.json: r=4, lora_alpha=0.0 \(both must be positive"):
+        load_run(root, base=runs["base"])
+    (actor / "lora_train_meta.json").unlink()
+    with pytest.raises(RlcastError, match=r"global_step_20/actor/lora_train_meta.json: missing; verl LoRA shards "
+                                          r"need it for the LoRA scale"):
+        load_run(root, base=runs["base"])
+
+
+def test_cli_bad_shards_write_nothing(runs, tmp_path, monkeypatch, capsys):
+    from rlcast.apps.cli import main
+
+    root, actor = _broken_copy(runs, tmp_path)
+    (actor / "model_world_size_2_rank_0.pt").unlink()
+    monkeypatch.setattr("sys.argv", ["rlcast", "analyze", str(root), "--base", str(runs["base"])])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code != 0 and len(err.splitlines()) == 1 and "model_world_size_2_rank_0.pt: missing" in err
+    assert not (root / "rlcast").exists() and not (root / ".rlcast-cache").exists()
