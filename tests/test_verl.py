@@ -159,6 +159,18 @@ def test_explicit_checkpoint_paths_and_sft_layout(runs, tmp_path):
     assert load_run(sft, base=runs["base"]).checkpoints[0].path == (sft / "global_step_10").resolve()
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory read from Linux's /proc")
+def test_shards_open_without_reading_the_weights(tmp_path):
+    """Opening maps the rank files (resident memory grows by far less than their size); `get` reads one tensor."""
+    state = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(1024, 1024) for i in range(16)}  # 64 MiB
+    torch.save(state, tmp_path / "model_world_size_1_rank_0.pt")
+    rss = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2 ** 20  # noqa: E731 - MiB
+    before = rss()
+    shards = VerlShards(tmp_path)
+    assert rss() - before < 16
+    assert torch.equal(shards.get("model.layers.3.mlp.up_proj.weight"), state["model.layers.3.mlp.up_proj.weight"])
+
+
 def test_openrlhf_zero3_lora_bin(runs, tmp_path):
     """OpenRLHF under ZeRO-3 saves the adapter as a torch pickle (adapter_model.bin, 16-bit) in global_stepN_hf."""
     adapter = runs["adapters"] / "checkpoint-10"

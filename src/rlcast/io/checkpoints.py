@@ -117,7 +117,7 @@ def _kind(folder: Path) -> str:
     if (folder / "adapter_config.json").is_file():
         read_adapter_config(folder)  # fail early on DoRA / unreadable configs
         return "lora"
-    if shard_files(folder) and not _is_weights_folder(folder):  # verl FSDP shards: checked whole here, once
+    if shard_files(folder) and not _is_weights_folder(folder):  # verl FSDP shards, all ranks validated up front
         if any("lora_" in name for name in VerlShards(folder).names()):
             lora_config(folder)
             return "lora"
@@ -466,7 +466,10 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 class Adapter:
-    """A PEFT LoRA adapter mapped onto base tensor names: LowRankDelta factors and full replacement tensors."""
+    """A PEFT LoRA adapter mapped onto base tensor names: LowRankDelta factors and full replacement tensors.
+
+    The adapter is a PEFT folder, or the verl FSDP shards of a PEFT model (io.verl: the same keys, with `.default`).
+    """
 
     def __init__(self, folder: Path, base_names: Iterable[str]):
         self.folder = Path(folder)
