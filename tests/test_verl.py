@@ -225,6 +225,10 @@ BAD_INPUTS = {
                         r"\[Shard\(dim=0\)\] on rank 0"),
     "tensor missing from a rank": (lambda actor: _resave_rank(actor, 1, lambda s: s.pop(UP)),
                                    rf"rank_1.pt: tensor {UP} is missing \(it is in model_world_size_2_rank_0.pt\)"),
+    "parts that do not tile": (lambda actor: _resave_rank(actor, 1, lambda s: setattr(s[UP], "_local_tensor",
+                                                                                   torch.zeros(16, 32))),
+                               rf"tensor {UP} of shape \[64, 32\] is not tiled by its local parts "
+                               r"\[\[32, 32\], \[16, 32\]\] on ranks \[0, 1\]"),
     "fsdp_config.json world size": (lambda actor: (actor / "fsdp_config.json").write_text('{"world_size": 4}'),
                                     r"fsdp_config.json: world_size 4 does not match the shard files "
                                     r"\(model_world_size_2_rank_\*.pt\)"),

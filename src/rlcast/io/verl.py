@@ -171,18 +171,11 @@ class VerlShards:
             if v.shape != first.shape or v.placements != first.placements:
                 raise RlcastError(f"{self.rank_files[rank]}: tensor {name} has shape {list(v.shape)} "
                                   f"{list(v.placements)} but {list(first.shape)} {list(first.placements)} on rank 0")
-        ranks = self._part_ranks(name, first)
-        shape = tuple(first.shape)
-        total = 0
-        for rank in ranks:
-            local = values[rank].to_local()
-            if tuple(local.shape[1:]) != shape[1:]:
-                raise RlcastError(f"{self.rank_files[rank]}: tensor {name} has a local part of shape "
-                                  f"{list(local.shape)}, which does not tile {list(shape)}")
-            total += local.shape[0]
-        if total != shape[0]:
-            raise RlcastError(f"{self.folder}: the parts of tensor {name} on ranks {list(ranks)} have {total} rows "
-                              f"in all, not {shape[0]}")
+        ranks, shape = self._part_ranks(name, first), tuple(first.shape)
+        parts = [tuple(values[rank].to_local().shape) for rank in ranks]
+        if parts != [shape] and not (all(p[1:] == shape[1:] for p in parts) and sum(p[0] for p in parts) == shape[0]):
+            raise RlcastError(f"{self.folder}: tensor {name} of shape {list(shape)} is not tiled by its local parts "
+                              f"{[list(p) for p in parts]} on ranks {list(ranks)}")
         return _Layout(shape, first.dtype, ranks)
 
     def _part_ranks(self, name: str, tensor: DTensor) -> tuple[int, ...]:
