@@ -1,7 +1,9 @@
 """verl FSDP checkpoints read in place: real FSDP1/FSDP2 shards (full and LoRA) against merged folders and adapters.
 
-The shards are written by torch's own FSDP on the CPU (gloo, 2 forked processes), in verl's file layout, once per
-session; every analysis of a shard run must equal the analysis of the same weights as HF folders / PEFT adapters.
+The shards are written by torch's own FSDP on the CPU (gloo, forked processes), in verl's file layout, once per
+module; every analysis of a shard run must equal the analysis of the same weights as HF folders / PEFT adapters.
+FSDP1 runs on the CPU only with an explicit `device_id=torch.device("cpu")` (without it, torch 2.13 refuses:
+"FSDP needs a non-CPU accelerator device").
 """
 
 import json
@@ -12,7 +14,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, StateDictType, fully_shard
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging
 
 from rlcast.apps.analysis import analyze
 from rlcast.errors import RlcastError
@@ -27,10 +34,7 @@ LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
 
 
 def _peft(base: Path, seed: int):
-    """A PEFT LoRA model on `base` with random B factors (so that the update is not zero)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
+    """A PEFT LoRA model on `base` with random factors (so that the update is not zero)."""
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**LORA))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -40,11 +44,8 @@ def _peft(base: Path, seed: int):
     return model
 
 
-def _save_shards(model, fsdp: int, hsdp: bool, actor: Path, meta: dict | None) -> None:
+def _save_shards(model, fsdp: int, hsdp: bool, actor: Path, meta: dict | None, lora_only: bool) -> None:
     """Wrap `model` with FSDP1 or FSDP2 on verl's device mesh and save it as verl's FSDPCheckpointManager does."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, StateDictType, fully_shard
-
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = (init_device_mesh("cpu", (world, 1), mesh_dim_names=("ddp", "fsdp")) if hsdp
             else init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",)))
@@ -56,6 +57,8 @@ def _save_shards(model, fsdp: int, hsdp: bool, actor: Path, meta: dict | None) -
         for layer in model.get_decoder().layers:
             fully_shard(layer, mesh=mesh)
         state = fully_shard(model, mesh=mesh).state_dict()
+    if lora_only:  # verl's checkpoint.save_lora_only filter
+        state = {k: v for k, v in state.items() if "lora_" in k or ".adapter_" in k}
     actor.mkdir(parents=True, exist_ok=True)
     torch.save(state, actor / f"model_world_size_{world}_rank_{rank}.pt")
     if rank == 0:
@@ -68,17 +71,14 @@ def _save_shards(model, fsdp: int, hsdp: bool, actor: Path, meta: dict | None) -
 
 
 def _worker(rank: int, world: int, store: str, jobs: list) -> None:
-    """One FSDP rank: (kind, FSDP version, HSDP mesh, source, actor folder, LoRA seed) per job."""
-    torch.set_num_threads(1)
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
+    """One FSDP rank: (kind "full" | "lora" | "lora-only", FSDP version, HSDP mesh, source, actor, seed) per job."""
+    torch.set_num_threads(1)  # before any parallel op: a forked child must not enter the parent's OpenMP pool
     logging.disable_progress_bar()
     dist.init_process_group("gloo", rank=rank, world_size=world, store=dist.FileStore(store, world))
     for kind, fsdp, hsdp, src, actor, seed in jobs:
         model = AutoModelForCausalLM.from_pretrained(src) if kind == "full" else _peft(src, seed)
-        meta = {"r": LORA["r"], "lora_alpha": LORA["lora_alpha"], "task_type": "CAUSAL_LM"} if kind == "lora" else None
-        _save_shards(model, fsdp, hsdp, actor, meta)
+        meta = None if kind == "full" else {"r": LORA["r"], "lora_alpha": LORA["lora_alpha"], "task_type": "CAUSAL_LM"}
+        _save_shards(model, fsdp, hsdp, actor, meta, lora_only=kind == "lora-only")
     dist.destroy_process_group()
 
 
@@ -89,7 +89,11 @@ def _fsdp(world: int, store: Path, jobs: list) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{name: run root}: merged HF run, PEFT adapter run, and their verl FSDP1/FSDP2 shard twins."""
+    """{name: run root}: merged HF run, PEFT adapter run, and their verl shard twins.
+
+    full1/full2, lora1/lora2: FSDP1/FSDP2 on 2 ranks; hsdp: FSDP2 on a ("ddp", "fsdp") = (2, 1) mesh (placements
+    Replicate, Shard(0)); single: FSDP1 on 1 rank (plain tensors); lora_only: FSDP2 with verl's save_lora_only.
+    """
     root = tmp_path_factory.mktemp("verl")
     base = tiny_llama(root / "base", hidden=32, layers=2, vocab=95)  # 95 rows: uneven 48/47 shards
     hf = planted_run(root / "hf", steps=STEPS, rank=2, base=base)
@@ -101,12 +105,12 @@ def runs(tmp_path_factory):
                          / "actor", step))
             jobs.append(("lora", fsdp, False, base, root / f"lora{fsdp}" / f"global_step_{step}" / "actor", step))
         jobs.append(("full", 2, True, hf / f"checkpoint-{step}", root / "hsdp" / f"global_step_{step}" / "actor", step))
+        jobs.append(("lora-only", 2, False, base, root / "lora_only" / f"global_step_{step}" / "actor", step))
     _fsdp(2, root / "store2", jobs)
     _fsdp(1, root / "store1", [("full", 1, False, hf / f"checkpoint-{step}", root / "single" / f"global_step_{step}"
                                 / "actor", step) for step in STEPS])
     return {"base": base, "hf": hf, "adapters": root / "adapters", **{
-        name: root / name for name in ("full1", "full2", "lora1", "lora2", "hsdp", "single")}}
-
+        name: root / name for name in ("full1", "full2", "lora1", "lora2", "lora_only", "hsdp", "single")}}
 
 
 def _spectra(analysis) -> dict:
@@ -135,10 +139,12 @@ def test_full_shards_equal_merged_folders(runs, layout, tmp_path):
                          analyze(merged.run, rank=2, selection="all", cache_dir=tmp_path / "b", progress=False))
 
 
-@pytest.mark.parametrize("layout", ["lora1", "lora2"])
+@pytest.mark.parametrize("layout", ["lora1", "lora2", "lora_only"])
 def test_lora_shards_equal_peft_adapters(runs, layout, tmp_path):
     run = load_run(runs[layout], base=runs["base"])
     assert {c.kind for c in run.checkpoints} == {"lora"}
+    saved = VerlShards(run.checkpoints[0].path).names()
+    assert any(".base_layer." in n for n in saved) == (layout != "lora_only") and len(saved) >= 12
     adapters = RunReader(load_run(runs["adapters"], base=runs["base"]))
     reader = RunReader(run)
     assert reader.changed_names() == adapters.changed_names() and len(reader.changed_names()) == 6
