@@ -66,15 +66,6 @@ def test_verl_and_openrlhf_layouts(tmp_path, layout):
     assert s[0].item() == pytest.approx(0.05, rel=1e-4)
 
 
-def test_verl_fsdp_shards_error(tmp_path):
-    tiny_llama(tmp_path / "base", hidden=32, layers=1)
-    actor = tmp_path / "run" / "global_step_10" / "actor"
-    actor.mkdir(parents=True)
-    torch.save({"w": torch.ones(2)}, actor / "model_world_size_2_rank_0.pt")
-    with pytest.raises(RlcastError, match="verl.model_merger merge --backend fsdp"):
-        load_run(tmp_path / "run", base=tmp_path / "base")
-
-
 def test_explicit_checkpoints_and_base(trl_run):
     run = load_run(checkpoints={"200": trl_run / "checkpoint-100", 50: trl_run / "checkpoint-20"},
                    base=trl_run / "base")

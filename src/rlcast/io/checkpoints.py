@@ -4,6 +4,8 @@ Layouts understood by `load_run`:
     TRL / HF Trainer   ROOT/checkpoint-N/                  full weights or a PEFT adapter
     verl               ROOT/global_step_N/actor/huggingface/  full weights
                        ROOT/global_step_N/actor/lora_adapter/ PEFT adapter
+                       ROOT/global_step_N/actor/              FSDP shards model_world_size_W_rank_R.pt (io.verl),
+                                                              full or LoRA, read in place (no merge step)
     OpenRLHF           ROOT/global_stepN_hf/               full weights
     rlcast train       ROOT/run.json                        manifest: base, checkpoints, accuracies
     explicit           {step: path}
@@ -28,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.io.verl import VerlShards, lora_config, shard_files
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Run discovery
@@ -78,8 +81,6 @@ class Run:
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-VERL_MERGE_HINT = ("merge the FSDP shards into a Hugging Face folder first: python -m verl.model_merger merge "
-                   "--backend fsdp --local_dir {actor} --target_dir {actor}/huggingface")
 _STEP_PATTERNS = [  # (step folder directly under ROOT, sub-folders holding the weights): TRL, verl, OpenRLHF
     (re.compile(r"^checkpoint-(.+)$"), ("",)),
     (re.compile(r"^global_step_(.+)$"), ("actor/huggingface", "actor/lora_adapter", "huggingface", "lora_adapter")),
@@ -116,10 +117,11 @@ def _kind(folder: Path) -> str:
     if (folder / "adapter_config.json").is_file():
         read_adapter_config(folder)  # fail early on DoRA / unreadable configs
         return "lora"
-    shards = sorted(folder.glob("model_world_size_*_rank_*.pt"))
-    if shards and not _is_weights_folder(folder):
-        raise RlcastError(f"{folder}: only verl FSDP shards ({shards[0].name}, ...); "
-                          + VERL_MERGE_HINT.format(actor=folder))
+    if shard_files(folder) and not _is_weights_folder(folder):  # verl FSDP shards, all ranks validated up front
+        if any("lora_" in name for name in VerlShards(folder).names()):
+            lora_config(folder)
+            return "lora"
+        return "full"
     pickles = [p for p in list(folder.glob("*.bin")) + list(folder.glob("*.pt")) if not NOT_WEIGHTS.match(p.name)]
     if _is_weights_folder(folder) or pickles:
         return "full"
@@ -132,10 +134,9 @@ def _find_step_folder(child: Path, subdirs: Sequence[str]) -> Path:
         folder = child / sub if sub else child
         if _is_weights_folder(folder):
             return folder
-    actor = child / "actor"
-    if list(actor.glob("model_world_size_*_rank_*.pt")):
-        raise RlcastError(f"{child}: verl checkpoint holds only FSDP shards (model_world_size_*_rank_*.pt); "
-                          + VERL_MERGE_HINT.format(actor=actor))
+    for folder in (child / "actor", child):  # verl FSDP shards (PPO trainer: actor/, SFT trainer: the step folder)
+        if shard_files(folder):
+            return folder
     raise RlcastError(f"{child}: no model weights or PEFT adapter found")
 
 
@@ -246,7 +247,7 @@ def load_run(path: str | Path | None = None, base: str | Path | None = None,
 
 def _base_from_adapters(ckpts: list[Checkpoint], root: Path | None) -> Path | None:
     for c in ckpts:
-        if c.kind != "lora":
+        if c.kind != "lora" or shard_files(c.path):  # verl LoRA shards name no base
             continue
         name = read_adapter_config(c.path).get("base_model_name_or_path")
         if not name:
@@ -465,12 +466,18 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 class Adapter:
-    """A PEFT LoRA adapter mapped onto base tensor names: LowRankDelta factors and full replacement tensors."""
+    """A PEFT LoRA adapter mapped onto base tensor names: LowRankDelta factors and full replacement tensors.
+
+    The adapter is a PEFT folder, or the verl FSDP shards of a PEFT model (io.verl: the same keys, with `.default`).
+    """
 
     def __init__(self, folder: Path, base_names: Iterable[str]):
         self.folder = Path(folder)
-        self.config = read_adapter_config(self.folder)
-        self.reader = TensorReader(self.folder)
+        self.reader: TensorReader | VerlShards
+        if shard_files(self.folder):  # verl FSDP shards of a PEFT model: PEFT's keys, r and alpha on the side
+            self.config, self.reader = lora_config(self.folder), VerlShards(self.folder, lora=True)
+        else:
+            self.config, self.reader = read_adapter_config(self.folder), TensorReader(self.folder)
         base_names = set(base_names)
         r0, alpha0 = self.config.get("r", 8), self.config.get("lora_alpha", 8)
         rslora, fan_in_fan_out = bool(self.config.get("use_rslora")), bool(self.config.get("fan_in_fan_out"))
@@ -549,7 +556,7 @@ class RunReader:
     def __init__(self, run: Run):
         self.run = run
         self.base_reader = TensorReader(run.base)
-        self._readers: dict[int, TensorReader | Adapter] = {}
+        self._readers: dict[int, TensorReader | VerlShards | Adapter] = {}
         self._tied: dict[int, bool] = {}  # step -> lm_head may be read from the tied embedding
 
     def names(self) -> list[str]:
@@ -561,7 +568,7 @@ class RunReader:
     def base(self, name: str) -> torch.Tensor:
         return self.base_reader.get(name, torch.float32)
 
-    def reader(self, step: int) -> TensorReader | Adapter:
+    def reader(self, step: int) -> TensorReader | VerlShards | Adapter:
         """The opened checkpoint (validated once against the base's tensor names, shapes and dtypes)."""
         if step not in self._readers:
             ckpt = self.run.checkpoint(step)
@@ -571,8 +578,9 @@ class RunReader:
                 self._readers[step] = self._check_full(ckpt)
         return self._readers[step]
 
-    def _check_full(self, ckpt: Checkpoint) -> TensorReader:
-        reader, base = TensorReader(ckpt.path), self.base_reader
+    def _check_full(self, ckpt: Checkpoint) -> TensorReader | VerlShards:
+        reader = VerlShards(ckpt.path) if shard_files(ckpt.path) else TensorReader(ckpt.path)
+        base = self.base_reader
         base_names = set(base.names())
         tied = self._tied[ckpt.step] = _tied(ckpt.path) or _tied(self.run.base)
         for name in reader.names():
@@ -595,7 +603,7 @@ class RunReader:
         return reader
 
     @staticmethod
-    def _source_name(reader: TensorReader, name: str, tied: bool) -> str | None:
+    def _source_name(reader: TensorReader | VerlShards, name: str, tied: bool) -> str | None:
         """The checkpoint's name for a base tensor; lm_head falls back to the tied embedding."""
         if name in reader:
             return name
