@@ -324,11 +324,9 @@ def train_cmd(
     seed: int | None = typer.Option(None, "--seed"),
     eval_prompts: int | None = typer.Option(None, "--eval-prompts", help="Held-out prompts scored at every "
                                                                          "checkpoint."),
-    hp: list[str] | None = typer.Option(None, "--hp", help="Hyper-parameter KEY=VALUE; repeatable. Keys: "
-                                        "learning_rate, num_generations, batch_size, temperature, "
-                                        "max_completion_length, beta, lr_scheduler_type, warmup_steps, weight_decay, "
-                                        "lora_r, lora_alpha, lora_dropout, loss_type, epsilon, epsilon_high, "
-                                        "scale_rewards."),
+    hp: list[str] | None = typer.Option(None, "--hp", help="Hyper-parameter KEY=VALUE, typed as in "
+                                        "rlcast.training.runs.TrainConfig (learning_rate, num_generations, "
+                                        "batch_size, beta, loss_type, epsilon_high, ...); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
     accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
                                                                 "extrapolator, checked on held-out prompts."),

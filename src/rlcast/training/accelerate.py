@@ -384,7 +384,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def _reward(self, model, tokenizer) -> float:
         if self._heldout is None:
-            self._heldout = _HeldOut(get_task(self.config.task, self.config.task_args), self.config.eval_prompts)
+            self._heldout = _HeldOut(get_task(self.config.task, self.config.task_args or None),
+                                    self.config.eval_prompts)
         start = _clock()
         try:
             with preserved_rng():  # a rolled-back jump must leave the run's rollouts exactly as they were
