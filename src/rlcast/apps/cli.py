@@ -344,7 +344,8 @@ def train_cmd(
     from rlcast.training.runs import preset as named_preset
     from rlcast.training.support import parse_overrides
 
-    given = {"task": task, "task_args": parse_task_args(task_arg) if task_arg else None, "algo": algo,
+    given = {"task": task, "task_args": parse_task_args(task_arg) if task_arg else None,
+             "algo": algo.lower() if algo else None,
              "steps": steps, "save_every": save_every, "model": model, "lora": lora, "seed": seed,
              "eval_prompts": eval_prompts}
     given = {k: v for k, v in given.items() if v is not None} | parse_overrides(TrainConfig, hp or [],
