@@ -103,7 +103,7 @@ def test_misconfiguration_is_an_error_at_construction():
     # serialisable: the saved args rebuild the same callback (transformers' restore_callback_states_from_checkpoint)
     cb = AccelerateCallback(AccelerateConfig(method="relex", every=6, task_args={"digits": 2}))
     args = json.loads(json.dumps(cb.state()["args"]))
-    assert AccelerateCallback(**args).config == cb.config and cb.config.snapshot_every == 2
+    assert AccelerateCallback(**args).config == cb.config and cb.config.snapshot_interval == 2
 
 
 @pytest.mark.parametrize("algo,lora", [("grpo", False), ("grpo", True), ("rloo", False)])

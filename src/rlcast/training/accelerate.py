@@ -193,12 +193,18 @@ class AccelerateConfig:
             raise RlcastError(f"accelerate: window {self.window} is shorter than method {label(self.method)} needs "
                               f"({need} snapshots: an anchor, {_min_checkpoints(self.method)} more"
                               f"{' and one to back-test on' if self.backtesting else ''})")
-        snapshot_every = self.snapshot_every or max(1, self.every // (self.window - 1 or 1))
-        if not 1 <= snapshot_every <= self.every:
-            raise RlcastError(f"accelerate: snapshot_every must be in 1..every={self.every} (got {snapshot_every})")
-        # derived defaults are stored resolved, so the saved config says what ran
-        object.__setattr__(self, "snapshot_every", snapshot_every)
-        object.__setattr__(self, "max_horizon", self.max_horizon or 8 * self.horizon)
+        if not 1 <= self.snapshot_interval <= self.every:
+            raise RlcastError(f"accelerate: snapshot_every must be in 1..every={self.every} "
+                              f"(got {self.snapshot_interval})")
+
+    @property
+    def snapshot_interval(self) -> int:
+        """snapshot_every, by default every // (window - 1): a full window between two attempts."""
+        return self.snapshot_every or max(1, self.every // (self.window - 1 or 1))
+
+    @property
+    def horizon_cap(self) -> int:
+        return self.max_horizon or 8 * self.horizon
 
     @property
     def backtesting(self) -> bool:
@@ -434,7 +440,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         self.snapshots = [[state.global_step, virtual]]
         self.offset += horizon
         self.segment_start = state.global_step
-        self.current_horizon = min(self.config.max_horizon, max(horizon + 1, round(horizon * self.config.grow)))
+        self.current_horizon = min(self.config.horizon_cap, max(horizon + 1, round(horizon * self.config.grow)))
 
     def jump(self, args, state, model, tokenizer, optimizer=None) -> dict:
         """One attempt: choose, check before, extrapolate H steps ahead, check after, keep or roll back.
@@ -541,7 +547,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         step = state.global_step
         due = (step - self.last_attempt >= self.config.every and step < state.max_steps
                and self._at_generation_boundary(args, state))
-        if due or (step - self.segment_start) % self.config.snapshot_every == 0:
+        if due or (step - self.segment_start) % self.config.snapshot_interval == 0:
             try:
                 self._snapshot(args, state, model)
             except Exception as err:  # noqa: BLE001 - e.g. a full disk: skip this attempt, keep training
