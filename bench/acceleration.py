@@ -1,6 +1,6 @@
 """Plain vs accelerated GRPO on the tiny testbed: same seed, same hyper-parameters, same step budget, several seeds.
 
-For each seed: a plain run (`rlcast.training.runs.train` with its default GRPO hyper-parameters, the best plain ones) and an
+For each seed: a plain run (`rlcast.training.runs.train` with its default TrainConfig, the best plain ones) and an
 accelerated run (the same call plus `AccelerateCallback`). Both are scored on the same held-out prompts at every
 checkpoint. Per seed:
 
@@ -32,39 +32,38 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=2)
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--method", default="auto")
-    parser.add_argument("--every", type=int, default=ACCELERATE["every"])
-    parser.add_argument("--horizon", type=int, default=ACCELERATE["horizon"])
-    parser.add_argument("--window", type=int, default=ACCELERATE["window"])
-    parser.add_argument("--tolerance", type=float, default=ACCELERATE["tolerance"])
-    parser.add_argument("--check-prompts", type=int, default=ACCELERATE["eval_prompts"])
+    parser.add_argument("--every", type=int, default=ACCELERATE.every)
+    parser.add_argument("--horizon", type=int, default=ACCELERATE.horizon)
+    parser.add_argument("--window", type=int, default=ACCELERATE.window)
+    parser.add_argument("--tolerance", type=float, default=ACCELERATE.tolerance)
+    parser.add_argument("--check-prompts", type=int, default=ACCELERATE.eval_prompts)
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 
     import torch
 
     from rlcast.apps.demo import curve, outcome
-    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+    from rlcast.training.runs import TrainConfig, train
     from rlcast.training.testbed import base_model
-    from rlcast.training.runs import DEFAULT_LR, DEFAULTS, train
 
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     base = base_model()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-accel-"))
-    accel = dict(method=args.method, every=args.every, horizon=args.horizon, window=args.window,
-                 tolerance=args.tolerance, eval_prompts=args.check_prompts, verbose=False)
-    hparams = {k: v for k, v in DEFAULTS.items() if "lora" not in k} | {"learning_rate": DEFAULT_LR[("rl", False)]}
-    print(f"testbed {base}; GRPO defaults of rlcast.training.runs (both runs) {json.dumps(hparams)}")
+    accel = AccelerateConfig(method=args.method, every=args.every, horizon=args.horizon, window=args.window,
+                             tolerance=args.tolerance, eval_prompts=args.check_prompts, verbose=False)
+    print(f"testbed {base}; default TrainConfig of rlcast.training.runs (both runs)")
     print(f"steps={args.steps} save_every={args.save_every} eval_prompts={args.eval_prompts} accelerate={accel}")
     rows = []
     for seed in range(args.seeds):
-        common = dict(steps=args.steps, save_every=args.save_every, seed=seed, eval_prompts=args.eval_prompts,
-                      model=base, progress=False)
+        config = TrainConfig(steps=args.steps, save_every=args.save_every, seed=seed, eval_prompts=args.eval_prompts,
+                             model=str(base))
         start = time.perf_counter()
-        train(root / f"plain-{seed}", **common)
+        train(root / f"plain-{seed}", config, progress=False)
         plain_seconds = time.perf_counter() - start
-        callback = AccelerateCallback(**accel)
+        callback = AccelerateCallback(accel)
         start = time.perf_counter()
-        train(root / f"accelerated-{seed}", callbacks=[callback], **common)
+        train(root / f"accelerated-{seed}", config, callbacks=[callback], progress=False)
         accel_seconds = time.perf_counter() - start
         result = outcome(curve(root / f"plain-{seed}"), curve(root / f"accelerated-{seed}"))
         summary = callback.summary()

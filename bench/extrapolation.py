@@ -36,7 +36,7 @@ def main() -> None:
 
     from rlcast.io.checkpoints import load_run
     from rlcast.apps.compare import compare
-    from rlcast.training.runs import train
+    from rlcast.training.runs import TrainConfig, train
 
     torch.set_num_threads(1)  # tiny models: one thread is faster and gives the same numbers run to run
     hf_logging.set_verbosity_error()
@@ -47,8 +47,9 @@ def main() -> None:
     for lr in args.lrs.split(","):
         for seed in range(args.seeds):
             start = time.perf_counter()
-            run_dir = train(root / f"lr{lr}-seed{seed}", steps=args.steps, save_every=args.save_every, seed=seed,
-                            learning_rate=float(lr), progress=False)
+            run_dir = train(root / f"lr{lr}-seed{seed}", TrainConfig(steps=args.steps, save_every=args.save_every,
+                                                                      seed=seed, learning_rate=float(lr)),
+                            progress=False)
             trained = time.perf_counter() - start
             result = compare(load_run(run_dir), cutoffs=[args.cutoff], methods=methods, n_prompts=args.n_prompts,
                              seed=seed, progress=False)

@@ -16,9 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from rlcast.evaluation.generation import render_prompt
-
 from rlcast.evaluation.tasks import get_task
-from rlcast.training.accelerate import AccelerateCallback
+from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.testbed import base_model
 
 
@@ -43,14 +42,17 @@ def main() -> None:
     def reward(prompts, completions, idx, **_):
         return [task.score(text, examples[i]) for text, i in zip(completions, idx)]
 
+    # report_to="tensorboard" / "wandb" would show the callback's accelerate/* metrics next to TRL's
     config = GRPOConfig(output_dir=args.out, max_steps=args.steps, learning_rate=1e-5, per_device_train_batch_size=64,
                         num_generations=8, max_completion_length=8, temperature=1.0, beta=0.0, seed=args.seed,
-                        use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none", save_strategy="no",
-                        logging_steps=6, activation_checkpointing=False)  # TRL turns it on by default
+                        loss_type="grpo", use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none",
+                        save_strategy="no", logging_steps=6,
+                        activation_checkpointing=False)  # TRL turns it on by default
     # every 6 steps: back-test weight-linear / alpharl-step / relex on the last 4 snapshots, jump 6 steps ahead with
-    # the best, check on 100 held-out arith prompts, keep the jump or roll it back
-    accelerate = AccelerateCallback(method="auto", every=6, horizon=6, window=4, tolerance=0.0, task="arith",
-                                    eval_prompts=100)
+    # the best (skipped when even the best back-tests no better than standing still), check on 100 held-out arith
+    # prompts, keep the jump or roll it back; any failure inside a jump restores the exact pre-jump weights
+    accelerate = AccelerateCallback(AccelerateConfig(method="auto", every=6, horizon=6, window=4, tolerance=0.0,
+                                                     task="arith", eval_prompts=100))
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[accelerate])
     trainer.train()

@@ -1,17 +1,20 @@
 """The demo's accounting (steps to 98 % of plain's final accuracy, speedup, retained) and its CLI entry points.
 
-The demo itself runs two GRPO runs and the analysis (minutes): it is exercised by `rlcast demo --quick`, not here.
+The real `--quick` budget takes minutes; the success path runs `rlcast demo --quick` with an even smaller budget.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
-from rlcast.apps.demo import acceleration_section, curve, outcome, steps_to
+from rlcast.apps import demo
+from rlcast.apps.cli import app, main
+from rlcast.apps.demo import DemoConfig, acceleration_section, curve, outcome, steps_to
+from rlcast.training.accelerate import AccelerateConfig
 
 
 def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
@@ -52,13 +55,29 @@ def test_acceleration_section_lists_every_jump():
     assert "data:image/png;base64," in page and "speedup 2x" in page
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rlcast.apps.cli", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path):
+def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    demo = _cli("demo", "--out", str(tmp_path / "taken"))
-    assert demo.returncode == 1 and "exists and is not empty" in demo.stderr
-    assert len(demo.stderr.strip().splitlines()) == 1
+    monkeypatch.setattr(sys, "argv", ["rlcast", "demo", "--out", str(tmp_path / "taken")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1 and "exists and is not empty" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_demo_quick_through_the_cli_writes_the_report_and_summary(tmp_path, monkeypatch):
+    tiny = DemoConfig(steps=8, save_every=2, eval_prompts=20, compare_methods=("weight-linear",),
+                      compare_cutoffs=(0.5,), dominance_ranks=(1,),
+                      accelerate=AccelerateConfig(method="weight-linear", every=2, horizon=2, window=3,
+                                                  snapshot_every=1, eval_prompts=8, max_backtest_error=None))
+    monkeypatch.setattr(demo, "QUICK", tiny)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["curves"]["plain"]) == sorted(summary["curves"]["accelerated"]) == ["0", "2", "4", "6", "8"]
+    assert summary["accelerate_config"]["method"] == "weight-linear" and summary["acceleration"]["attempts"] == 3
+    page = (out / "report.html").read_text()
+    assert "Live acceleration" in page and "steps to 98 %" in page

@@ -38,3 +38,14 @@ def test_build_is_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert json.loads((a / "testbed.json").read_text())["greedy_accuracy"] == \
         json.loads((b / "testbed.json").read_text())["greedy_accuracy"]
+
+
+def test_a_half_copied_cache_folder_is_replaced_whole(tmp_path):
+    """An interrupted copy (no testbed.json) is not trusted: the asset is copied again, atomically, over it."""
+    stale = tmp_path / f"testbed-{Config().fingerprint()}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("truncated")
+    path = base_model(cache_dir=tmp_path)
+    assert path == stale and (path / "testbed.json").exists()
+    assert load_file(path / "model.safetensors").keys() == load_file(ASSET_DIR / "model.safetensors").keys()
+    assert [p.name for p in tmp_path.iterdir()] == [stale.name]  # no temp folder left behind

@@ -1,23 +1,43 @@
+"""`rlcast train`: the run layout, every algorithm's TRL loss fields, configs and presets, resume, and the CLI."""
+
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
+from typer.testing import CliRunner
 
+from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
+from rlcast.training.runs import ALGOS, FORMAT_VERSION, HYPERPARAMETERS, TrainConfig, read_manifest, train
+from rlcast.training.support import parse_overrides
 from rlcast.training.testbed import base_model
-from rlcast.training.runs import train
 
-FAST = dict(eval_prompts=16, batch_size=16, num_generations=4, progress=False)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+FAST = dict(eval_prompts=16, batch_size=16, num_generations=4)
+
+
+def config(**kw) -> TrainConfig:
+    return TrainConfig(**(FAST | kw))
+
+
+class RecordArgs(TrainerCallback):
+    """Keeps the TrainingArguments the trainer was built with."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.args = args
 
 
 def test_grpo_run_layout_and_manifest(tmp_path):
-    out = train(tmp_path / "run", algo="grpo", steps=4, save_every=2, seed=1, learning_rate=1e-3, **FAST)
+    out = train(tmp_path / "run", config(steps=4, save_every=2, seed=1, learning_rate=1e-3), progress=False)
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["base"] == str(base_model())
-    assert (manifest["algo"], manifest["task"], manifest["lora"], manifest["seed"]) == ("grpo", "arith", False, 1)
-    assert manifest["status"] == "finished" and manifest["hparams"]["learning_rate"] == 1e-3
+    assert manifest["format"] == FORMAT_VERSION and manifest["base"] == str(base_model())
+    assert (manifest["algo"], manifest["task"]) == ("grpo", "arith")
+    stored = TrainConfig(**manifest["config"])
+    assert (stored.seed, stored.learning_rate, stored.max_completion_length) == (1, 1e-3, 6)  # resolved
+    assert manifest["status"] == "finished"
     assert [c["step"] for c in manifest["checkpoints"]] == [2, 4]
     assert [c["path"] for c in manifest["checkpoints"]] == ["checkpoint-2", "checkpoint-4"]
     for c in manifest["checkpoints"] + [{"accuracy": manifest["base_accuracy"]}]:
@@ -30,20 +50,49 @@ def test_grpo_run_layout_and_manifest(tmp_path):
     assert w0.keys() == w4.keys()
     assert any(not torch.equal(w0[k], w4[k]) for k in w0)
     with pytest.raises(RlcastError, match="not empty"):
-        train(out, steps=2, save_every=2, **FAST)
+        train(out, config(steps=2, save_every=2), progress=False)
 
 
-def test_lora_rloo_and_sft_runs(tmp_path):
-    lora = train(tmp_path / "lora", algo="rloo", lora=True, steps=2, save_every=2, lora_r=4, **FAST)
+@pytest.mark.parametrize("algo,loss_type,epsilon_high,scale_rewards", [
+    ("grpo", "grpo", 0.2, "group"), ("dr-grpo", "dr_grpo", 0.2, "none"), ("dapo", "dapo", 0.28, "group"),
+    ("bnpo", "bnpo", 0.2, "group"), ("rloo", None, 0.2, None)])
+def test_every_rl_algorithm_sets_its_trl_loss_fields(tmp_path, algo, loss_type, epsilon_high, scale_rewards):
+    seen = RecordArgs()
+    out = train(tmp_path / algo, config(algo=algo, steps=2, save_every=2), callbacks=[seen], progress=False)
+    assert [c["step"] for c in json.loads((out / "run.json").read_text())["checkpoints"]] == [2]
+    assert seen.args.epsilon == 0.2 and seen.args.epsilon_high == epsilon_high
+    assert getattr(seen.args, "loss_type", None) == loss_type
+    assert getattr(seen.args, "scale_rewards", None) == scale_rewards
+
+
+def test_lora_and_sft_runs(tmp_path):
+    lora = train(tmp_path / "lora", config(algo="dapo", lora=True, steps=2, save_every=2, lora_r=4), progress=False)
     assert (lora / "checkpoint-2" / "adapter_model.safetensors").exists()
     assert json.loads((lora / "checkpoint-2" / "adapter_config.json").read_text())["r"] == 4
-    assert json.loads((lora / "run.json").read_text())["lora"] is True
-    sft = train(tmp_path / "sft", algo="sft", steps=2, save_every=1, **FAST)
+    assert read_manifest(lora)[1].lora is True
+    sft = train(tmp_path / "sft", config(algo="sft", steps=2, save_every=1), progress=False)
     assert [c["step"] for c in json.loads((sft / "run.json").read_text())["checkpoints"]] == [1, 2]
+    assert set(ALGOS) == {"grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"}
+
+
+def test_config_is_validated_and_overrides_are_typed():
     with pytest.raises(RlcastError, match="unknown algorithm"):
-        train(tmp_path / "x", algo="ppo2")
-    with pytest.raises(RlcastError, match="unknown hyper-parameter"):
-        train(tmp_path / "x", lr=1.0)
+        TrainConfig(algo="ppo2")
+    with pytest.raises(RlcastError, match="multiple of num_generations"):
+        TrainConfig(batch_size=10, num_generations=4)
+    with pytest.raises(RlcastError, match="not rloo"):
+        TrainConfig(algo="rloo", loss_type="dapo")
+    parse = lambda *items: parse_overrides(TrainConfig, items, HYPERPARAMETERS, "--hp")  # noqa: E731
+    assert parse("learning_rate=3e-6", "num-generations=4", "epsilon_high=none", "loss_type=dr_grpo") == {
+        "learning_rate": 3e-6, "num_generations": 4, "epsilon_high": None, "loss_type": "dr_grpo"}
+    with pytest.raises(RlcastError, match="unknown key 'lr'"):
+        parse("lr=1")
+    with pytest.raises(RlcastError, match="'1.5' is not a valid int"):
+        parse("num_generations=1.5")
+    with pytest.raises(RlcastError, match="expected KEY=VALUE"):
+        parse("beta")
+    with pytest.raises(RlcastError, match="unknown key 'steps'"):  # run settings have their own options
+        parse("steps=3")
 
 
 class Crash(TrainerCallback):
@@ -52,13 +101,59 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_keeps_a_valid_manifest_and_resumes(tmp_path):
-    out = tmp_path / "run"
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    run = config(steps=4, save_every=2)  # default lr: the rollouts keep mattering (at 1e-3 the rewards hit 0)
+    straight = train(tmp_path / "straight", run, progress=False)
+    out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        train(out, steps=4, save_every=2, callbacks=[Crash()], **FAST)
+        train(out, run, callbacks=[Crash()], progress=False)
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "running" and [c["step"] for c in manifest["checkpoints"]] == [2]
     assert (out / "checkpoint-2" / "optimizer.pt").exists()
-    train(out, steps=4, save_every=2, resume=True, **FAST)
+    with pytest.raises(RlcastError, match="only steps may change .differs: seed"):
+        train(out, config(steps=4, save_every=2, seed=5), resume=True, progress=False)
+    train(out, resume=True, progress=False)
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "finished" and [c["step"] for c in manifest["checkpoints"]] == [2, 4]
+    # same seed, same data order, RNG restored from the checkpoint, and the held-out evaluation at every checkpoint
+    # leaves the RNG as it found it (else the uninterrupted run samples from the evaluation's reseeded RNG after
+    # step 2 and the runs differ at step 4): the same weights, bit for bit
+    a = load_file(straight / "checkpoint-4" / "model.safetensors")
+    b = load_file(out / "checkpoint-4" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((straight / "run.json").read_text())["checkpoints"] == manifest["checkpoints"]
+
+
+def test_resume_refuses_an_old_or_unreadable_manifest_in_one_line(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_text(json.dumps({"base": "x", "task": "arith", "hparams": {}, "checkpoints": []}))
+    with pytest.raises(RlcastError, match=r"run.json: run.json format 1, this rlcast resumes format 2"):
+        train(old, resume=True, progress=False)
+    result = CliRunner().invoke(app, ["train", "--out", str(old), "--resume"])
+    assert result.exit_code == 1 and isinstance(result.exception, RlcastError)
+    assert str(old / "run.json") in str(result.exception) and "\n" not in str(result.exception)
+    (old / "run.json").write_text("{broken")
+    with pytest.raises(RlcastError, match="unreadable"):
+        train(old, resume=True, progress=False)
+
+
+def test_cli_train_with_preset_hp_and_accelerate(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--preset", "default", "--algo", "dapo", "--steps", "4", "--save-every", "2",
+            "--eval-prompts", "16", "--hp", "batch_size=16", "--hp", "num_generations=4", "--hp",
+            "learning_rate=1e-3", "--accelerate", "--accel", "method=weight-linear", "--accel", "every=2",
+            "--accel", "horizon=2", "--accel", "window=3", "--accel", "snapshot_every=1", "--accel",
+            "eval_prompts=8", "--accel", "max_backtest_error=none", "--accel", "verbose=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "run.json").read_text())
+    stored = manifest["config"]
+    assert (stored["algo"], stored["batch_size"], stored["learning_rate"], stored["epsilon_high"]) == \
+        ("dapo", 16, 1e-3, 0.28)
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 4]
+    assert "accelerate: 1/1 jumps kept" in result.output or "accelerate: 0/1 jumps kept" in result.output
+    bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--hp", "num_generations=four"])
+    assert bad.exit_code == 1 and "'four' is not a valid int" in str(bad.exception)
+    bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--preset", "nope"])
+    assert bad.exit_code == 1 and "unknown preset 'nope'" in str(bad.exception)

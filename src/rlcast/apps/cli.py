@@ -315,62 +315,65 @@ def eval_cmd(
 @app.command("train")
 def train_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Run folder: checkpoint-N/ and run.json."),
-    task: str = typer.Option("arith", "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
+    task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
     task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable."),
-    algo: str = typer.Option("grpo", "--algo", help="grpo | rloo | sft"),
-    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
-    save_every: int = typer.Option(20, "--save-every", help="Checkpoint (and held-out evaluation) every N steps."),
+    algo: str | None = typer.Option(None, "--algo", help="grpo | dr-grpo | dapo | bnpo | rloo | sft"),
+    preset: str = typer.Option("default", "--preset", help="Named starting config; the options given override it."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (the only setting --resume may change)."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint (and held-out evaluation) every N "
+                                                                     "steps."),
     model: str | None = typer.Option(None, "--model", help="HF folder or .gguf file (default: the testbed base)."),
-    lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (peft) instead of all weights."),
-    seed: int = typer.Option(0, "--seed"),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-5 full / 3e-5 LoRA for RL; "
-                                                         "1e-4 / 1e-3 for SFT)."),
-    num_generations: int = typer.Option(8, "--num-generations", "-G", help="Completions per prompt (RL)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Completions (RL) or sequences (SFT) per step."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the rollouts."),
-    max_completion_length: int | None = typer.Option(None, "--max-completion-length",
-                                                     help="Default: the task's own budget."),
-    beta: float = typer.Option(0.0, "--beta", help="KL coefficient to the reference model."),
-    lr_scheduler: str = typer.Option("constant", "--lr-scheduler", help="constant | linear | cosine ..."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
-    lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha."),
-    eval_prompts: int = typer.Option(200, "--eval-prompts", help="Held-out prompts scored at every checkpoint."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    lora: bool | None = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of all "
+                                                                    "weights."),
+    seed: int | None = typer.Option(None, "--seed"),
+    eval_prompts: int | None = typer.Option(None, "--eval-prompts", help="Held-out prompts scored at every "
+                                                                         "checkpoint."),
+    hp: list[str] | None = typer.Option(None, "--hp", help="Hyper-parameter KEY=VALUE, typed as in "
+                                        "rlcast.training.runs.TrainConfig (learning_rate, num_generations, "
+                                        "batch_size, beta, loss_type, epsilon_high, ...); repeatable."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
     accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
                                                                 "extrapolator, checked on held-out prompts."),
-    accel_method: str = typer.Option("auto", "--accel-method", help="auto (back-test every method on the window) | "
-                                                                    "weight-linear | alpharl-step | relex | next"),
-    accel_every: int = typer.Option(10, "--accel-every", help="Try a jump every K optimizer steps."),
-    accel_horizon: int = typer.Option(10, "--accel-horizon", help="Initial jump length H in steps (auto-tuned: grows "
-                                                                  "after kept jumps, shrinks after rollbacks)."),
-    accel_window: int = typer.Option(4, "--accel-window", help="Weight snapshots the extrapolator is fitted on."),
-    accel_tolerance: float = typer.Option(0.02, "--accel-tolerance", help="Largest held-out reward drop a jump may "
-                                                                          "cause before it is rolled back."),
-    accel_prompts: int = typer.Option(64, "--accel-prompts", help="Held-out prompts of each jump check."),
-    accel_optimizer: str = typer.Option("keep", "--accel-optimizer", help="Adam moments after a kept jump: "
-                                                                          "keep | reset."),
+    accel: list[str] | None = typer.Option(None, "--accel", help="AccelerateCallback setting KEY=VALUE; repeatable "
+                                           "(method, every, horizon, window, tolerance, eval_prompts, "
+                                           "optimizer_state, max_backtest_error, ...: rlcast.training.accelerate)."),
 ) -> None:
-    """GRPO / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
-    from rlcast.evaluation.tasks import parse_task_args
-    from rlcast.training.runs import train
+    """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
+    import dataclasses
+    import json as _json
+    from pathlib import Path
 
+    from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
+    from rlcast.training.runs import preset as named_preset
+    from rlcast.training.support import parse_overrides
+
+    given = {"task": task, "task_args": parse_task_args(task_arg) if task_arg else None,
+             "algo": algo.lower() if algo else None,
+             "steps": steps, "save_every": save_every, "model": model, "lora": lora, "seed": seed,
+             "eval_prompts": eval_prompts}
+    given = {k: v for k, v in given.items() if v is not None} | parse_overrides(TrainConfig, hp or [],
+                                                                                 HYPERPARAMETERS, "--hp")
+    if resume:
+        fixed = sorted(set(given) - {"steps"}) + (["preset"] if preset != "default" else [])
+        if fixed:
+            raise RlcastError(f"--resume continues the run with its own settings; only --steps may change "
+                              f"(got {', '.join(fixed)})")
+        config = dataclasses.replace(read_manifest(Path(out))[1], **given)
+    else:
+        config = dataclasses.replace(named_preset(preset), **given)
     callbacks = []
     if accelerate:
-        if algo.lower() == "sft":
-            raise RlcastError("--accelerate works with RL runs (grpo, rloo), not sft")
-        from rlcast.training.accelerate import AccelerateCallback
+        if config.algo == "sft":
+            raise RlcastError("--accelerate works with RL runs, not sft")
+        from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 
-        callbacks.append(AccelerateCallback(
-            method=accel_method, every=accel_every, horizon=accel_horizon, window=accel_window,
-            tolerance=accel_tolerance, task=task, task_args=parse_task_args(task_arg) or None,
-            eval_prompts=accel_prompts, optimizer_state=accel_optimizer))
-    path = train(out, task=task, algo=algo, steps=steps, save_every=save_every, model=model, lora=lora, seed=seed,
-                 eval_prompts=eval_prompts, task_args=parse_task_args(task_arg), resume=resume, callbacks=callbacks,
-                 learning_rate=lr, num_generations=num_generations, batch_size=batch_size,
-                 temperature=temperature, max_completion_length=max_completion_length, beta=beta,
-                 lr_scheduler_type=lr_scheduler, lora_r=lora_r, lora_alpha=lora_alpha)
-    import json as _json
-
+        settings = {"task": config.task, "task_args": config.task_args} | parse_overrides(
+            AccelerateConfig, accel or [], [f.name for f in dataclasses.fields(AccelerateConfig)], "--accel")
+        callbacks.append(AccelerateCallback(AccelerateConfig(**settings)))
+    elif accel:
+        raise RlcastError("--accel settings need --accelerate")
+    path = train(out, config, callbacks=callbacks, resume=resume)
     manifest = _json.loads((path / "run.json").read_text())
     last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
     console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"

@@ -17,15 +17,27 @@ from __future__ import annotations
 import html
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from rlcast.apps import compare as comparing
+from rlcast.apps.dominance import dominance
+from rlcast.apps.dynamics import analyze_dynamics
+from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import load_run
+from rlcast.io.writer import write_text_atomic
+from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.runs import TrainConfig, train
+from rlcast.training.testbed import base_model
 
 TARGET = 0.98  # fraction of the plain run's final held-out accuracy that counts as "reached"
 
-
-ACCELERATE = {"method": "auto", "every": 6, "horizon": 6, "window": 4, "tolerance": 0.0, "eval_prompts": 100}
+ACCELERATE = AccelerateConfig(method="auto", every=6, horizon=6, window=4, tolerance=0.0, eval_prompts=100)
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ class DemoConfig:
     save_every: int = 2
     eval_prompts: int = 200
     seed: int = 0
-    accelerate: dict = field(default_factory=lambda: dict(ACCELERATE))
+    accelerate: AccelerateConfig = ACCELERATE
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
     dominance_ranks: tuple[int, ...] = (1, 2)
@@ -73,12 +85,10 @@ def outcome(plain: dict[int, float], accelerated: dict[int, float], target: floa
 def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float],
                          jumps: list[dict]) -> str:
     """HTML: the steps-to-98 % table, both accuracy curves with the jumps marked, and the jump log."""
-    import matplotlib
+    import matplotlib  # heavy optional plotting, only for the report
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rlcast.apps.report import _img, _png, table
+    import matplotlib.pyplot as plt  # after choosing the headless backend
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, acc, style in (("plain GRPO", plain, "o-"), ("accelerated GRPO", accelerated, "s-")):
@@ -109,9 +119,6 @@ def _fmt(value) -> str:
 
 def print_outcome(result: dict, console=None) -> None:
     """The final table: steps to 98 % of plain's final accuracy, plain vs accelerated, and the ratio."""
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"steps to reach {TARGET:.0%} of plain GRPO's final held-out accuracy "
                     f"({result['plain']['final_accuracy']:.3f} -> target {result['target']:.3f})")
     for col in ("run", "final accuracy", "steps to 98 %"):
@@ -134,21 +141,7 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RlcastError(f"{out}: exists and is not empty (choose another --out)")
-    from rich.console import Console
-
-    from rlcast.apps import compare as comparing
-    from rlcast.io.checkpoints import load_run
-    from rlcast.apps.dominance import dominance
-    from rlcast.apps.dynamics import analyze_dynamics
-    from rlcast.training.accelerate import AccelerateCallback
-    from rlcast.apps.report import build_report, results_dir
-    from rlcast.training.testbed import base_model
-    from rlcast.training.runs import train
-    from rlcast.io.writer import write_text_atomic
-
     cfg = config or (QUICK if quick else DemoConfig())
-    import torch
-
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -162,17 +155,16 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
 
     base = base_model(progress=progress)
     t = stage("testbed base", started)
-    common = dict(steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed, eval_prompts=cfg.eval_prompts,
-                  model=base, progress=progress)
+    run_config = TrainConfig(steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed,
+                             eval_prompts=cfg.eval_prompts, model=str(base))
     console.print(f"[bold]demo[/] plain GRPO: {cfg.steps} steps, held-out accuracy every {cfg.save_every}",
                   highlight=False)
-    train(out / "plain", **common)
+    train(out / "plain", run_config, progress=progress)
     t = stage("plain GRPO", t)
-    settings = ", ".join(f"{k}={v}" for k, v in cfg.accelerate.items())
-    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, AccelerateCallback({settings})",
-                  highlight=False, soft_wrap=True)
-    callback = AccelerateCallback(**cfg.accelerate)
-    train(out / "accelerated", callbacks=[callback], **common)
+    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, {cfg.accelerate}", highlight=False,
+                  soft_wrap=True)
+    callback = AccelerateCallback(cfg.accelerate)
+    train(out / "accelerated", run_config, callbacks=[callback], progress=progress)
     t = stage("accelerated GRPO", t)
 
     run = load_run(out / "plain")
@@ -192,7 +184,7 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     result = outcome(plain, accelerated)
     summary = callback.summary()
     result.update(cost_step_equivalents=summary["cost_step_equivalents"], jumps=callback.jumps,
-                  acceleration=summary, accelerate_config=cfg.accelerate, config=asdict(cfg),
+                  acceleration=summary, accelerate_config=cfg.accelerate.to_json(), config=asdict(cfg),
                   curves={"plain": plain, "accelerated": accelerated})
     report = build_report(run, out=out / "report.html", progress=progress)
     page = report.read_text()

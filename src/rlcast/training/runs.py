@@ -1,142 +1,235 @@
-"""RL (GRPO, RLOO) and SFT runs through TRL, with checkpoints rlcast can analyse and a manifest it can trust.
+"""RL (the GRPO family, RLOO) and SFT runs through TRL, with checkpoints rlcast can analyse and a manifest it can trust.
 
-A run folder is TRL's normal layout plus a manifest:
+A run is described by one `TrainConfig` (typed, JSON-serialisable, stored in the manifest) and lives in one folder:
 
     OUT/checkpoint-20/ ... OUT/checkpoint-300/   full weights (model.safetensors) or a PEFT adapter
-    OUT/run.json                                 base, task, algorithm, hyper-parameters, held-out accuracy per step
+    OUT/run.json                                 format version, the config, base, held-out accuracy per step
 
 run.json is rewritten atomically after every checkpoint (a TrainerCallback on_save evaluates the in-memory model
 greedily on the task's test split), so an interrupted run leaves its finished checkpoints and a valid manifest.
 Only the newest checkpoint keeps the optimizer and scheduler state: enough to resume, without tripling the disk.
 `algo="sft"` (TRL's SFTTrainer on the task's train split) gives the negative control of the rank-1 analysis: a run of
 the same size and layout whose updates are not low-rank.
+
+The GRPO family differs only in TRL's loss fields (`ALGOS`): `grpo` normalises each completion's token losses by its
+length (the GRPO paper), `dr-grpo` by a constant and without dividing advantages by the group's reward std (Dr. GRPO),
+`dapo` by the tokens of the whole batch with the clip range raised to [1 - 0.2, 1 + 0.28] (DAPO's clip-higher),
+`bnpo` by the tokens of the local batch. Explicit `loss_type` / `epsilon_high` / `scale_rewards` override them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import re
-import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from peft import LoraConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer
 
 from rlcast.errors import RlcastError
+from rlcast.evaluation.generation import evaluate, load_model, render_prompt
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.writer import atomic_folder, write_json_atomic
+from rlcast.training.support import config_from_dict, preserved_rng
+from rlcast.training.testbed import base_model
 
-ALGOS = ("grpo", "rloo", "sft")
+FORMAT_VERSION = 2  # run.json layout; 1 (no "format" key) stored loose "hparams" instead of the config
 
-# Defaults from an lr sweep of 300-step GRPO on the testbed (full: 3e-6 / 1e-5 / 3e-5 / 1e-4 / 3e-4 / 1e-3,
-# LoRA: 3e-5 / 1e-4 / 3e-4 / 1e-3). Full fine-tuning at >= 1e-4 and LoRA at 1e-3 fell below the base.
-DEFAULTS = {
-    "learning_rate": None,           # None: 1e-5 full / 3e-5 lora for RL, 1e-4 full / 1e-3 lora for SFT
-    "num_generations": 8,            # completions per prompt (GRPO/RLOO group size)
-    "batch_size": 64,                # completions (RL) or sequences (SFT) per optimizer step
-    "temperature": 1.0,
-    "max_completion_length": None,   # None: the task's own budget (arith: 6 tokens)
-    "beta": 0.0,                     # KL to the reference model (0 = no reference model kept)
-    "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
+# algorithm -> the TRL loss fields it sets (GRPOConfig for the GRPO family)
+ALGOS: dict[str, dict] = {
+    "grpo": {"loss_type": "grpo", "scale_rewards": "group"},
+    "dr-grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"},
+    "dapo": {"loss_type": "dapo", "scale_rewards": "group", "epsilon_high": 0.28},
+    "bnpo": {"loss_type": "bnpo", "scale_rewards": "group"},
+    "rloo": {},
+    "sft": {},
 }
+GRPO_FAMILY = ("grpo", "dr-grpo", "dapo", "bnpo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.x GRPOConfig.loss_type
+SCALE_REWARDS = ("group", "batch", "none")
+# learning rate when none is given: (RL or SFT, LoRA) -> lr, from an lr sweep of 300-step GRPO on the testbed
+# (full: 3e-6 .. 1e-3, LoRA: 3e-5 .. 1e-3); full fine-tuning at >= 1e-4 and LoRA at 1e-3 fell below the base
 DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("sft", True): 1e-3}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temp file in the same folder and rename it into place (never a half-written file)."""
-    from rlcast.io.writer import write_text_atomic
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. `None` means "derived": see `resolve`. Invalid values fail at construction."""
 
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    task: str = "arith"                     # arith | rg:<reasoning-gym dataset> | jsonl:<path>
+    task_args: dict = field(default_factory=dict)
+    algo: str = "grpo"                      # one of ALGOS
+    steps: int = 300                        # optimizer steps
+    save_every: int = 20                    # checkpoint + held-out evaluation every N steps
+    model: str | None = None                # HF folder or .gguf file; None: the testbed base
+    lora: bool = False
+    seed: int = 0
+    eval_prompts: int = 200                 # held-out prompts scored at every checkpoint
+    # hyper-parameters
+    learning_rate: float | None = None      # None: DEFAULT_LR
+    num_generations: int = 8                # completions per prompt (RL group size)
+    batch_size: int = 64                    # completions (RL) or sequences (SFT) per optimizer step
+    temperature: float = 1.0                # rollout sampling temperature
+    max_completion_length: int | None = None  # None: the task's own budget (arith: 6 tokens)
+    beta: float = 0.0                       # KL to the reference model (0 = no reference model kept)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # loss (RL); None: the algorithm's choice (ALGOS)
+    loss_type: str | None = None            # GRPO family only: grpo | dr_grpo | dapo | bnpo | ... (TRL's)
+    epsilon: float = 0.2                    # lower clip range of the policy ratio
+    epsilon_high: float | None = None       # upper clip range; None: epsilon (dapo: 0.28)
+    scale_rewards: str | None = None        # GRPO family only: group | batch | none (dr-grpo: none)
+
+    def __post_init__(self):
+        if self.algo not in ALGOS:
+            raise RlcastError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGOS)}")
+        if min(self.steps, self.save_every, self.eval_prompts, self.batch_size) < 1:
+            raise RlcastError(f"steps, save_every, eval_prompts and batch_size must be >= 1 (got {self.steps}, "
+                              f"{self.save_every}, {self.eval_prompts}, {self.batch_size})")
+        if self.algo != "sft" and (self.num_generations < 2 or self.batch_size % self.num_generations):
+            raise RlcastError(f"batch_size {self.batch_size} must be a multiple of num_generations "
+                              f"{self.num_generations} (>= 2)")
+        if self.algo not in GRPO_FAMILY and (self.loss_type is not None or self.scale_rewards is not None):
+            raise RlcastError(f"loss_type and scale_rewards apply to {', '.join(GRPO_FAMILY)}, not {self.algo}")
+        if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
+            raise RlcastError(f"unknown loss_type {self.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
+        if self.scale_rewards is not None and self.scale_rewards not in SCALE_REWARDS:
+            raise RlcastError(f"unknown scale_rewards {self.scale_rewards!r}; known: {', '.join(SCALE_REWARDS)}")
+
+    @property
+    def kind(self) -> str:
+        return "sft" if self.algo == "sft" else "rl"
+
+    def resolve(self, task) -> TrainConfig:
+        """The config with every derived (None) field filled in: what the run really uses, stored in run.json."""
+        loss = ALGOS[self.algo]
+        return dataclasses.replace(
+            self,
+            learning_rate=self.learning_rate or DEFAULT_LR[(self.kind, self.lora)],
+            max_completion_length=self.max_completion_length or task.max_new_tokens,
+            loss_type=self.loss_type or loss.get("loss_type"),
+            scale_rewards=self.scale_rewards or loss.get("scale_rewards"),
+            epsilon_high=self.epsilon_high if self.epsilon_high is not None else loss.get("epsilon_high",
+                                                                                           self.epsilon))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RUN_FIELDS = ("task", "task_args", "algo", "steps", "save_every", "model", "lora", "seed", "eval_prompts")
+HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_FIELDS)
+
+# named starting points for `rlcast train --preset NAME`; explicit options override a preset's fields
+PRESETS: dict[str, TrainConfig] = {"default": TrainConfig()}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise RlcastError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def read_manifest(out: Path) -> tuple[dict, TrainConfig]:
+    """run.json of the run in `out` and its config; a missing, unreadable or older-format file is a one-line error."""
+    path = Path(out) / "run.json"
+    if not path.exists():
+        raise RlcastError(f"{out}: nothing to resume (no run.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RlcastError(f"{path}: unreadable ({err}); cannot resume this run") from None
+    found = manifest.get("format", 1) if isinstance(manifest, dict) else None
+    if found != FORMAT_VERSION or not isinstance(manifest.get("config"), dict):
+        raise RlcastError(f"{path}: run.json format {found}, this rlcast resumes format {FORMAT_VERSION} only "
+                          f"(written by an older rlcast?); start a new run in another folder")
+    return manifest, config_from_dict(TrainConfig, manifest["config"], str(path))
 
 
 def _checkpoints(out: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
 
 
-def _manifest_callback(out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool):
+class ManifestCallback(TrainerCallback):
     """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states."""
-    from transformers import TrainerCallback
 
-    from rlcast.evaluation.generation import evaluate
+    def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool):
+        self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
+        self.eval_prompts, self.progress = eval_prompts, progress
 
-    class ManifestCallback(TrainerCallback):
-        def on_save(self, args, state, control, model=None, **kwargs):
-            step = state.global_step
-            result = evaluate(model, task, n_prompts=eval_prompts, tokenizer=tokenizer, progress=False)
-            rewards = [h["reward"] for h in state.log_history if "reward" in h]
-            entry = {"step": step, "path": f"checkpoint-{step}", "accuracy": result.accuracy,
-                     "ci": [result.ci_low, result.ci_high]}
-            if rewards:
-                entry["train_reward"] = rewards[-1]
-            manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] != step] + [entry]
-            manifest["checkpoints"].sort(key=lambda c: c["step"])
-            manifest["steps_done"] = step
-            _write_json(out / "run.json", manifest)
-            for older in _checkpoints(out):
-                if older < step:
-                    for name in ("optimizer.pt", "scheduler.pt"):
-                        (out / f"checkpoint-{older}" / name).unlink(missing_ok=True)
-            if progress:
-                from rich.console import Console
-
-                Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} "
-                                           f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", highlight=False)
-
-    return ManifestCallback()
+    def on_save(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
+            result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
+        rewards = [h["reward"] for h in state.log_history if "reward" in h]
+        entry = {"step": step, "path": f"checkpoint-{step}", "accuracy": result.accuracy,
+                 "ci": [result.ci_low, result.ci_high]}
+        if rewards:
+            entry["train_reward"] = rewards[-1]
+        done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
+        self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
+        write_json_atomic(self.out / "run.json", self.manifest)
+        for older in _checkpoints(self.out):
+            if older < step:
+                for name in ("optimizer.pt", "scheduler.pt"):
+                    (self.out / f"checkpoint-{older}" / name).unlink(missing_ok=True)
+        if self.progress:
+            Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} "
+                                       f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", highlight=False)
 
 
-def _progress_callback(bar, label: str, manifest: dict):
+class RichProgress(TrainerCallback):
     """One rich bar for the run: optimizer steps, the latest train reward (loss for SFT) and held-out accuracy.
 
     Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
     """
-    from transformers import TrainerCallback
 
-    class RichProgress(TrainerCallback):
-        job = None
-        metric = ""
+    def __init__(self, bar: Progress, label: str, manifest: dict):
+        self.bar, self.label, self.manifest = bar, label, manifest
+        self.job, self.metric = None, ""
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.job = bar.add_task(label, total=state.max_steps, completed=state.global_step)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.job = self.bar.add_task(self.label, total=state.max_steps, completed=state.global_step)
 
-        def on_step_end(self, args, state, control, **kwargs):
-            bar.update(self.job, completed=state.global_step, description=self.describe())
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(self.job, completed=state.global_step, description=self.describe())
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            key = next((k for k in ("reward", "loss") if isinstance((logs or {}).get(k), (int, float))), None)
-            if key:
-                self.metric = f"{key} {logs[key]:.3f}"
-            bar.update(self.job, description=self.describe())
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        key = next((k for k in ("reward", "loss") if isinstance((logs or {}).get(k), (int, float))), None)
+        if key:
+            self.metric = f"{key} {logs[key]:.3f}"
+        self.bar.update(self.job, description=self.describe())
 
-        def on_save(self, args, state, control, **kwargs):  # after the manifest callback has scored the checkpoint
-            bar.update(self.job, description=self.describe())
+    def on_save(self, args, state, control, **kwargs):  # after the manifest callback has scored the checkpoint
+        self.bar.update(self.job, description=self.describe())
 
-        def describe(self) -> str:
-            done = manifest["checkpoints"]
-            held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {manifest['base_accuracy']:.3f}"
-            return " | ".join(x for x in (label, self.metric, held_out) if x)
-
-    return RichProgress()
+    def describe(self) -> str:
+        done = self.manifest["checkpoints"]
+        held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {self.manifest['base_accuracy']:.3f}"
+        return " | ".join(x for x in (self.label, self.metric, held_out) if x)
 
 
 def _checkpointing_arg() -> str:
     """transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)."""
-    from transformers import TrainingArguments
-
     fields = TrainingArguments.__dataclass_fields__
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
-def _prepare_base(model, out: Path, progress: bool) -> Path:
+def _prepare_base(model: str | None, out: Path, progress: bool) -> Path:
     """The base as an HF folder: the testbed by default, a folder as given, a GGUF file converted into OUT/base."""
-    from rlcast.evaluation.generation import load_model
-    from rlcast.training.testbed import base_model
-
     if model is None:
         return base_model(progress=progress)
     path = Path(model)
@@ -144,150 +237,123 @@ def _prepare_base(model, out: Path, progress: bool) -> Path:
         target = out / "base"
         if not (target / "config.json").exists():
             loaded, tok = load_model(path)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-base-", dir=out))
-            loaded.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            os.replace(tmp, target)
+            with atomic_folder(target) as tmp:
+                loaded.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
         return target.resolve()
     if not (path.is_dir() and (path / "config.json").exists()):
         raise RlcastError(f"{path}: not a Hugging Face model folder or .gguf file")
     return path.resolve()
 
 
-def train(out, task="arith", algo: str = "grpo", steps: int = 300, save_every: int = 20, model=None,
-          lora: bool = False, seed: int = 0, callbacks=(), eval_prompts: int = 200, task_args: dict | None = None,
-          resume: bool = False, progress: bool = True, **hparams) -> Path:
-    """Run GRPO / RLOO / SFT on `task` from `model` (default: the testbed base) and return the run folder `out`.
-
-    hparams (see DEFAULTS): learning_rate, num_generations, batch_size, temperature, max_completion_length, beta,
-    lr_scheduler_type, warmup_steps, weight_decay, lora_r, lora_alpha, lora_dropout.
-    resume=True continues an interrupted run in `out` from its newest checkpoint.
-    """
-    from datasets import Dataset
-
-    from rlcast.evaluation.generation import evaluate, load_model, render_prompt
-
-    from rlcast.evaluation.tasks import get_task
-
-    out = Path(out)
-    done = _checkpoints(out) if out.exists() else []
-    manifest = None
+def _start(out: Path, config: TrainConfig | None, resume: bool):
+    """(manifest or None, resolved config, task) after every check that needs no model: cheap failures first."""
     if resume:
         # an interrupted run continues with its own settings; only the step budget may change
-        if not (out / "run.json").exists():
-            raise RlcastError(f"{out}: nothing to resume (no run.json)")
-        manifest = json.loads((out / "run.json").read_text())
-        task, task_args, algo, lora, seed = (manifest[k] for k in ("task", "task_args", "algo", "lora", "seed"))
-        model, save_every, eval_prompts, hparams = (manifest["base"], manifest["save_every"],
-                                                    manifest["eval_prompts"], manifest["hparams"])
-    elif out.exists() and any(out.iterdir()):
+        manifest, stored = read_manifest(out)
+        task = get_task(stored.task, stored.task_args or None)
+        if config is not None:
+            given = config.resolve(task)
+            changed = [f.name for f in dataclasses.fields(TrainConfig)
+                       if f.name != "steps" and getattr(given, f.name) != getattr(stored, f.name)]
+            if changed:
+                raise RlcastError(f"{out}: a resumed run keeps its own settings, only steps may change "
+                                  f"(differs: {', '.join(changed)})")
+            stored = dataclasses.replace(stored, steps=config.steps)
+        return manifest, stored.resolve(task), task
+    if out.exists() and any(out.iterdir()):
         raise RlcastError(f"{out}: exists and is not empty (pass resume=True / --resume, or another --out)")
+    config = config or TrainConfig()
+    task = get_task(config.task, config.task_args or None)
+    return None, config.resolve(task), task
 
-    algo = algo.lower()
-    if algo not in ALGOS:
-        raise RlcastError(f"unknown algorithm {algo!r}; known: {', '.join(ALGOS)}")
-    unknown = set(hparams) - set(DEFAULTS)
-    if unknown:
-        raise RlcastError(f"unknown hyper-parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
-    if steps < 1 or save_every < 1:
-        raise RlcastError(f"steps and save_every must be >= 1 (got {steps}, {save_every})")
-    hp = {**DEFAULTS, **{k: v for k, v in hparams.items() if v is not None}}
-    kind = "sft" if algo == "sft" else "rl"
-    hp["learning_rate"] = hp["learning_rate"] or DEFAULT_LR[(kind, lora)]
-    task_obj = get_task(task, task_args) if isinstance(task, str) else task
-    hp["max_completion_length"] = hp["max_completion_length"] or task_obj.max_new_tokens
-    if kind == "rl" and hp["batch_size"] % hp["num_generations"]:
-        raise RlcastError(f"batch_size {hp['batch_size']} must be a multiple of num_generations "
-                          f"{hp['num_generations']}")
-    out.mkdir(parents=True, exist_ok=True)
 
-    base = _prepare_base(model, out, progress)
-    net, tokenizer = load_model(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(seed)
-
-    if manifest is not None:
-        manifest.update(status="running", steps=steps)
-    else:
-        if progress:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"evaluating the base on {eval_prompts} held-out {task_obj.name} prompts",
-                                       highlight=False)
-        base_result = evaluate(net, task_obj, n_prompts=eval_prompts, tokenizer=tokenizer, progress=progress)
-        manifest = {"base": str(base), "task": task_obj.name, "task_args": dict(task_args or {}), "algo": algo,
-                    "lora": lora, "seed": seed, "steps": steps, "save_every": save_every,
-                    "eval_prompts": eval_prompts, "eval": "greedy, test split",
-                    "hparams": hp, "base_accuracy": base_result.accuracy,
-                    "base_ci": [base_result.ci_low, base_result.ci_high], "checkpoints": [],
-                    "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write_json(out / "run.json", manifest)
-
+def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: list):
+    """TRL's GRPO / RLOO / SFT trainer for `config` on the task's train split."""
     chat = bool(getattr(tokenizer, "chat_template", None))
-    examples = task_obj.examples("train", None, seed=seed)
+    examples = task.examples("train", None, seed=config.seed)
 
     def as_prompt(ex):
         return [{"role": "user", "content": ex.prompt}] if chat else render_prompt(tokenizer, ex.prompt)
 
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules="all-linear", task_type="CAUSAL_LM") if config.lora else None
     cuda = torch.cuda.is_available()
-    common = dict(output_dir=str(out), max_steps=steps, save_strategy="steps", save_steps=save_every,
-                  learning_rate=hp["learning_rate"], lr_scheduler_type=hp["lr_scheduler_type"],
-                  warmup_steps=hp["warmup_steps"], weight_decay=hp["weight_decay"], seed=seed, data_seed=seed,
-                  use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), save_only_model=False,
-                  report_to="none", logging_steps=min(10, save_every), disable_tqdm=True, dataloader_num_workers=0,
-                  gradient_accumulation_steps=1)
+    common = dict(output_dir=str(out), max_steps=config.steps, save_strategy="steps", save_steps=config.save_every,
+                  learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
+                  warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=config.seed,
+                  data_seed=config.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                  save_only_model=False, report_to="none", logging_steps=min(10, config.save_every),
+                  disable_tqdm=True, dataloader_num_workers=0, gradient_accumulation_steps=1,
+                  per_device_train_batch_size=config.batch_size)
     common[_checkpointing_arg()] = False
-    cbs = [_manifest_callback(out, manifest, task_obj, tokenizer, eval_prompts, progress), *callbacks]
-
-    if kind == "rl":
-        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-
-        data = Dataset.from_dict({"prompt": [as_prompt(ex) for ex in examples], "idx": list(range(len(examples)))})
-
-        def reward(prompts, completions, idx, **_):
-            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            return [task_obj.score(t, examples[i]) for t, i in zip(texts, idx)]
-
-        rl = dict(per_device_train_batch_size=hp["batch_size"], num_generations=hp["num_generations"],
-                  max_completion_length=hp["max_completion_length"], temperature=hp["temperature"],
-                  beta=hp["beta"])
-        config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algo == "grpo" else (RLOOConfig, RLOOTrainer)
-        trainer = trainer_cls(model=net, reward_funcs=reward, args=config_cls(**common, **rl), train_dataset=data,
-                              processing_class=tokenizer, callbacks=cbs, peft_config=peft_config)
-    else:
-        from trl import SFTConfig, SFTTrainer
-
+    if config.kind == "sft":
         completion = (lambda ex: [{"role": "assistant", "content": ex.answer}]) if chat else (lambda ex: ex.answer)
         data = Dataset.from_dict({"prompt": [as_prompt(ex) for ex in examples],
                                   "completion": [completion(ex) for ex in examples]})
-        config = SFTConfig(**common, per_device_train_batch_size=hp["batch_size"], completion_only_loss=True)
-        trainer = SFTTrainer(model=net, args=config, train_dataset=data, processing_class=tokenizer, callbacks=cbs,
-                             peft_config=peft_config)
+        return SFTTrainer(model=net, args=SFTConfig(**common, completion_only_loss=True), train_dataset=data,
+                          processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
 
+    data = Dataset.from_dict({"prompt": [as_prompt(ex) for ex in examples], "idx": list(range(len(examples)))})
+
+    def reward(prompts, completions, idx, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [task.score(t, examples[i]) for t, i in zip(texts, idx)]
+
+    rl = dict(num_generations=config.num_generations, max_completion_length=config.max_completion_length,
+              temperature=config.temperature, beta=config.beta, epsilon=config.epsilon,
+              epsilon_high=config.epsilon_high)
+    if config.algo == "rloo":
+        args, trainer_cls = RLOOConfig(**common, **rl), RLOOTrainer
+    else:
+        args = GRPOConfig(**common, **rl, loss_type=config.loss_type, scale_rewards=config.scale_rewards)
+        trainer_cls = GRPOTrainer
+    return trainer_cls(model=net, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer,
+                       callbacks=callbacks, peft_config=peft_config)
+
+
+def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
+    """Run `config` (default: TrainConfig()) into the folder `out` and return it.
+
+    resume=True continues the interrupted run in `out` from its newest checkpoint with the config stored in its
+    run.json; `config`, when given, may only change `steps`. With the same seed, a resumed run reaches the same
+    weights as an uninterrupted one (tests/test_train.py).
+    """
+    out = Path(out)
+    manifest, config, task = _start(out, config, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    base = _prepare_base(config.model, out, progress)
+    net, tokenizer = load_model(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    if manifest is not None:
+        manifest.update(status="running", config=config.to_json())
+    else:
+        if progress:
+            Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.name} prompts",
+                                       highlight=False)
+        base_result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=progress)
+        manifest = {"format": FORMAT_VERSION, "config": config.to_json(), "base": str(base), "task": task.name,
+                    "task_args": dict(config.task_args), "algo": config.algo, "eval": "greedy, test split",
+                    "base_accuracy": base_result.accuracy, "base_ci": [base_result.ci_low, base_result.ci_high],
+                    "checkpoints": [], "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(out / "run.json", manifest)
+
+    set_seed(config.seed)
+    manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress)
+    trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks])
     # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
-    trainer.add_callback(_progress_callback(bar, f"{algo.upper()}{' LoRA' if lora else ''}", manifest))
-    last = max(done) if done else None
+    trainer.add_callback(RichProgress(bar, f"{config.algo.upper()}{' LoRA' if config.lora else ''}", manifest))
+    done = _checkpoints(out)
     with bar, warnings.catch_warnings():
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{last}") if resume and last else None)
-    manifest["status"] = "finished"
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _write_json(out / "run.json", manifest)
+        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{done[-1]}") if resume and done else None)
+    manifest.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json_atomic(out / "run.json", manifest)
     return out

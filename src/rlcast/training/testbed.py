@@ -10,18 +10,25 @@ Format (no chat template, the same for SFT, GRPO and eval): prompt "23+45=", com
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
 import string
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.progress import Progress
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlcast.evaluation.generation import evaluate
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.writer import atomic_folder
 
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "testbed"
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -48,9 +55,6 @@ class TestbedConfig:
 
 def char_tokenizer():
     """A character-level fast tokenizer (every printable ASCII char is a token) built with the `tokenizers` library."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(SPECIAL + list(CHARS))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")  # one token per character
@@ -85,13 +89,6 @@ def _batches(examples, tokenizer, batch_size: int, gen: torch.Generator):
 def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bool = True,
           eval_prompts: int = 500) -> Path:
     """Build the base from scratch: random Llama, supervised on the arith train split, saved to `out` atomically."""
-    from rich.progress import Progress
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rlcast.evaluation.generation import evaluate
-
-    from rlcast.evaluation.tasks import get_task
-
     out = Path(out)
     torch.manual_seed(config.seed)
     tokenizer = char_tokenizer()
@@ -129,15 +126,10 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
             "eval_prompts": result.n_prompts, "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - start, 1), "config": asdict(config),
             "fingerprint": config.fingerprint(), "torch": torch.__version__}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-testbed-", dir=out.parent))
-    tmp.chmod(0o755)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 
 
@@ -158,20 +150,13 @@ def base_model(cache_dir: str | Path | None = None, progress: bool = True, rebui
         return target
     shipped = ASSET_DIR / "testbed.json"
     if not rebuild and shipped.exists() and json.loads(shipped.read_text()).get("fingerprint") == config.fingerprint():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-testbed-", dir=target.parent))
-        tmp.chmod(0o755)
-        shutil.copytree(ASSET_DIR, tmp, dirs_exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            shutil.copytree(ASSET_DIR, tmp, dirs_exist_ok=True)
         return target
     return build(target, config, progress=progress)
 
 
 def _main() -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(description="Build the rlcast tiny testbed (arith Llama).")
     parser.add_argument("--write-asset", action="store_true", help="write the built base into the package assets")
     parser.add_argument("--out", help="write the built base to this folder")

@@ -1,0 +1,112 @@
+"""Helpers shared by `runs` and `accelerate`: typed configs from JSON or KEY=VALUE text, and RNG-neutral evaluation.
+
+Both configs (`TrainConfig`, `AccelerateConfig`) are frozen dataclasses of JSON-able fields. `config_from_dict`
+rebuilds one from JSON (an unknown key is an error, not silently dropped), `parse_overrides` turns the CLI's
+repeatable `--hp key=value` / `--accel key=value` into typed values checked against the dataclass's annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from rlcast.errors import RlcastError
+
+
+def config_from_dict(cls, data: dict, where: str):
+    """`cls(**data)`; a key `cls` does not have is a one-line error naming `where` (a file or an option)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RlcastError(f"{where}: unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**data)
+
+
+def parse_overrides(cls, items: Iterable[str], allowed: Iterable[str], option: str) -> dict:
+    """`["key=value", ...]` -> {key: typed value}; keys must be in `allowed`, values must parse as the field's type.
+
+    int fields take integers, float fields numbers, bool fields true/false, `X | None` fields also `none`;
+    dict fields take JSON, list fields JSON or a, b, c. Every problem is a one-line RlcastError naming `option` and the item.
+    """
+    allowed = list(allowed)
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise RlcastError(f"{option} {item!r}: expected KEY=VALUE")
+        if key not in allowed:
+            raise RlcastError(f"{option} {item!r}: unknown key {key!r}; known: {', '.join(allowed)}")
+        try:
+            out[key] = _parse(hints[key], text.strip())
+        except ValueError as err:
+            raise RlcastError(f"{option} {item!r}: {err}") from None
+    return out
+
+
+def _parse(hint, text: str):
+    """`text` as a value of the annotation `hint` (int, float, bool, str, dict, list, or a union with None)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for kind in (t for t in options if t is not type(None)):
+        base = typing.get_origin(kind) or kind
+        if base is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+        elif base is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif base is float:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        elif base is dict:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+        elif base in (list, tuple):  # a JSON list or comma-separated strings
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = [x.strip() for x in text.split(",") if x.strip()]
+            if isinstance(value, list):
+                return value
+        elif base is str:
+            return text
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in options)
+    raise ValueError(f"{text!r} is not a valid {names}")
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore torch's global CPU and CUDA RNG states on exit.
+
+    `evaluate` seeds the global RNG for reproducible prompts and sampling; an evaluation in the middle of training
+    (a checkpoint's held-out score, a jump's check) must not change the rollouts that follow it, or a resumed run
+    (which restores the RNG saved *before* the evaluation) would diverge from an uninterrupted one.
+    """
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
