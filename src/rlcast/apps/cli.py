@@ -72,7 +72,7 @@ def extrapolate_cmd(
     from rich.progress import Progress
 
     from rlcast.io.checkpoints import load_run
-    from rlcast.methods.extrapolate import make_extrapolator
+    from rlcast.methods import make_extrapolator
     from rlcast.io.writer import write_model
 
     params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,

@@ -15,7 +15,7 @@ steps it
    larger than `collapse`). H grows by `grow` after a kept jump and shrinks by `shrink` after a rollback.
 
 Design choices (each deliberate, each tested):
-- The extrapolators are `rlcast.methods.extrapolate`'s (module selection "all": every trainable tensor moves), fed through
+- The extrapolators are `rlcast.methods`'s (module selection "all": every trainable tensor moves), fed through
   `rlcast.io.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
   is the set of trainable tensors and whose *base is the window's first snapshot*, with steps counted from it. The
   methods then extrapolate the recent segment of the trajectory (weight-linear becomes the line through the anchor
@@ -85,7 +85,7 @@ AUTO_METHODS = ("weight-linear", "alpharl-step", "relex")  # closed-form fits; n
 
 
 def _methods() -> dict:
-    from rlcast.methods.extrapolate import METHODS
+    from rlcast.methods import METHODS
 
     return {name: METHODS[name] for name in LIVE_METHODS}
 
@@ -116,7 +116,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     included), taken every `snapshot_every` steps (default every // (window - 1)); tolerance: largest held-out reward
     drop kept; collapse: relative drop always rolled back; task / task_args / eval_prompts: the held-out check;
     optimizer_state: "keep" or "reset" Adam's moments after a kept jump; methods: auto's candidates (default
-    AUTO_METHODS); method_params: {method: {param: value}} for `rlcast.methods.extrapolate`; max_backtest_error: skip the
+    AUTO_METHODS); method_params: {method: {param: value}} for `rlcast.methods`; max_backtest_error: skip the
     jump when auto's best back-test error is above it. Every argument is JSON-serialisable (saved with checkpoints).
     """
 
@@ -258,7 +258,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def extrapolator(self, method: str, virtual_steps: list[int], args):
         """`method` fitted on the snapshots at `virtual_steps` (the first is the anchor; steps relative to it)."""
-        from rlcast.methods.extrapolate import make_extrapolator
+        from rlcast.methods import make_extrapolator
 
         params = {"selection": "all"} | self.method_params.get(method, {})  # every trainable tensor moves
         return make_extrapolator(method, **params).fit(self._run(args, virtual_steps))
