@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.core.numerics import align_signs, difference, gram, inner, line_fit, pls1, r2, row_chunks, rows
-from rlcast.io.checkpoints import LowRankDelta, Run, RunReader, load_run
+from rlcast.io.checkpoints import LowRankDelta, RunReader, load_run
 from rlcast.io.synthetic import planted_run
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -73,7 +73,7 @@ def test_rows_keep_factors_and_copy_dense_rows():
 
 
 class _Deltas:
-    """A minimal reader: `delta(step, name)` from a dict, counting how many deltas are alive at once."""
+    """A minimal reader: `delta(step, name)` from a dict, counting the reads."""
 
     def __init__(self, deltas: dict[int, object]):
         self.deltas, self.reads = deltas, 0
