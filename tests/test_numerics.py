@@ -108,7 +108,7 @@ def test_streamed_gram_equals_the_dense_one(kind, chunk_mb):
         assert n_chunks == {0: 30, 5e-4: 30, 3e-3: 8, 256: 1}[chunk_mb]
 
 
-def test_gram_of_a_run_dense_and_lora(tmp_path):
+def test_gram_of_a_run_dense_and_lora(tmp_path, monkeypatch):
     """On real readers: a planted full run and a LoRA run, several chunk sizes, against the stacked dense deltas."""
     full = load_run(planted_run(tmp_path / "full", steps=[10, 20, 30], rank=2, noise=0.01, hidden=32, layers=1))
     base = full.base
@@ -127,7 +127,11 @@ def test_gram_of_a_run_dense_and_lora(tmp_path):
             f'{{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "base_model_name_or_path": "{base}"}}')
     lora = RunReader(load_run(tmp_path / "lora", base=base))
     assert isinstance(lora.delta(10, name), LowRankDelta)
+    expected = {}
     for r in (reader, lora):
         stacked = torch.stack([dense(r.delta(s, name)).reshape(-1).double() for s in (10, 20, 30)])
+        expected[r] = stacked @ stacked.T
+    monkeypatch.setattr(LowRankDelta, "dense", lambda self: pytest.fail("a LoRA delta was densified"))
+    for r in (reader, lora):
         for chunk_mb in (0, 0.01, 256):
-            assert torch.allclose(gram(r, name, [10, 20, 30], chunk_mb), stacked @ stacked.T, rtol=1e-5)
+            assert torch.allclose(gram(r, name, [10, 20, 30], chunk_mb), expected[r], rtol=1e-5)
