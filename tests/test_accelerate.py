@@ -18,7 +18,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.methods.extrapolate import WeightLinear
+from rlcast.methods import WeightLinear
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.testbed import char_tokenizer
 

@@ -1,15 +1,22 @@
 """`rlcast compare` on a planted run over the testbed base: same prompts for every row, failing rows, outputs."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from rlcast.io.checkpoints import load_run
 from rlcast.apps.cli import app
 from rlcast.apps.compare import compare, save, table
-from rlcast.methods.extrapolate import make_extrapolator
+from rlcast.errors import RlcastError
+from rlcast.evaluation.generation import evaluate
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run
+from rlcast.io.writer import write_model
+from rlcast.methods import Extrapolator, make_extrapolator
+from rlcast.methods import next as next_module
 from rlcast.training.testbed import base_model
 
 STEPS = [10, 20, 30, 40, 50]
@@ -34,6 +41,8 @@ def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     real = {r.cutoff: r for r in result.rows if r.method == "real"}
     assert sorted(real) == [0, 10, 30, 50]
     assert real[50].pct_of_target == pytest.approx(100.0)
+    # the real step 50 scores differently from both cutoffs, so matching it below is not what stopping would give
+    assert real[50].accuracy not in (real[10].accuracy, real[30].accuracy)
     # exactly linear updates: these predictions are the real step-50 weights, so on the same prompts the same accuracy
     for method, cutoff in [("weight-linear", 10), ("weight-linear", 30), ("relex", 30), ("alpharl", 30)]:
         row = result.row(method, cutoff)
@@ -51,12 +60,65 @@ def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     assert table(result).row_count == 10
 
 
-def test_next_chooses_c_on_the_validation_split(run_dir):
+class Stop(Extrapolator):
+    """A user method, unregistered: stop at the cutoff (every tensor at the last window checkpoint)."""
+
+    anchor = "last"
+
+    def _tensor(self, name, step):
+        return self.reader_.weight(self.last_, name)
+
+
+def test_compare_takes_user_extrapolators(run_dir):
     run = load_run(run_dir)
-    ex = make_extrapolator("next", epochs=2, task="arith", n_val=8, c_grid=(0.5, 2.0)).fit(run.window(30))
-    list(ex.predict(50))
+    result = compare(run, [0.6], methods=[Stop(), "weight-linear"], n_prompts=8, progress=False,
+                     params={"Stop": {"selection": "blocks"}, "weight-linear": {"selection": "all"}})
+    stop, real = result.row("Stop", 30), {r.cutoff: r for r in result.rows if r.method == "real"}
+    assert stop.reason is None and stop.info["selection"] == "blocks"
+    assert stop.accuracy == real[30].accuracy and stop.gain == 0.0  # stopping is the real cutoff checkpoint
+    assert result.row("weight-linear", 30).accuracy == real[50].accuracy != real[30].accuracy
+    with pytest.raises(RlcastError, match="unknown method 'spline'"):
+        compare(run, [0.6], methods=["spline"], n_prompts=8, progress=False)
+
+
+def test_next_chooses_c_on_the_train_split_only(run_dir, monkeypatch):
+    """select_c (run by fit) evaluates every candidate in memory on train prompts only, never on test prompts."""
+    run = load_run(run_dir)
+    seen = []
+
+    def spy(model, task, **kw):
+        result = evaluate(model, task, **kw)
+        seen.append((kw["split"], {d["prompt"] for d in result.details}))
+        return result
+
+    monkeypatch.setattr(next_module, "evaluate", spy)
+    ex = make_extrapolator("next", epochs=2, task="arith", n_val=8, c_grid=(0.5, 2.0), target_step=50)
+    ex.fit(run.window(30))
     assert set(ex.c_scores_) == {0.5, 2.0} and ex.c_ in (0.5, 2.0)
     assert ex.c_scores_[ex.c_] == max(ex.c_scores_.values())
+    task = get_task("arith")
+    train = {e.prompt for e in task.examples("train", None, seed=0)}
+    test = {e.prompt for e in task.examples("test", None, seed=0)}
+    assert [split for split, _ in seen] == ["train", "train"]
+    assert all(prompts and prompts <= train and not prompts & test for _, prompts in seen)
+    assert ex.summary()["c"] == ex.c_ and set(ex.summary()["c_scores"]) == {"0.5", "2.0"}
+
+
+def test_next_c_in_memory_equals_written_models(run_dir):
+    """The in-memory candidates score exactly like the models the old code wrote and re-loaded: same c chosen."""
+    run = load_run(run_dir)
+    grid = (0.25, 1.0, 4.0, 16.0)
+    ex = make_extrapolator("next", epochs=20, task="arith", n_val=16, c_grid=grid, target_step=50).fit(run.window(30))
+    written = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in grid:
+            fixed = make_extrapolator(ex, c=c, task=None).fit(run.window(30))
+            folder = write_model(run.base, Path(tmp) / f"c{c}", fixed.predict(50))
+            written[c] = evaluate(folder, "arith", n_prompts=16, split="train", seed=0, progress=False).accuracy
+    print("c scores", ex.c_scores_)
+    assert ex.c_scores_ == written
+    assert ex.c_ == max(grid, key=lambda c: (written[c], -abs(c - 1.5)))
+    assert len(set(written.values())) > 1  # the candidates differ, so the choice is not a tie-break
 
 
 def test_cli_compare(run_dir, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlcast.io.checkpoints import LowRankDelta
-from rlcast.core.spectra import align_signs, svd_exact, top_k
+from rlcast.core.spectra import svd_exact, top_k
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -91,13 +91,3 @@ def test_vectors_zero_and_small():
     assert zero.fro == 0 and not zero.well_defined and zero.rank1_energy == 0.0
     small = top_k(torch.randn(5, 2), k=3)  # rank exhausted: padded with zero triplets
     assert small.s.shape == (3,) and small.s[2] == 0 and small.s_next == 0.0
-
-
-def test_align_signs():
-    g = torch.Generator().manual_seed(8)
-    base = torch.randn(50, generator=g)
-    rows = torch.stack([base + 0.1 * torch.randn(50, generator=g) for _ in range(6)])
-    flips = torch.tensor([1, -1, -1, 1, -1, 1.0]).unsqueeze(1)
-    aligned = align_signs(rows * flips)
-    assert torch.equal(aligned, rows)
-    assert ((aligned[1:] * aligned[:-1]).sum(1) >= 0).all()

@@ -72,11 +72,12 @@ def extrapolate_cmd(
     from rich.progress import Progress
 
     from rlcast.io.checkpoints import load_run
-    from rlcast.methods.extrapolate import make_extrapolator
+    from rlcast.methods import make_extrapolator
     from rlcast.io.writer import write_model
 
     params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
-              "horizon": horizon, "epochs": epochs, "c": c, "task": task}
+              "horizon": horizon, "epochs": epochs, "c": c, "task": task,
+              "target_step": target if task and method == "next" else None}  # NExt picks c for this target
     params = {k: v for k, v in params.items() if v is not None}
     full = load_run(run, base=base)
     window = full.window(until)

@@ -1,15 +1,16 @@
 """Every extrapolator side by side on one run: same target step, same held-out prompts, same budget.
 
 For each cutoff (a fraction of the target step) and each method: fit on the checkpoints up to the cutoff, predict the
-target step, write the predicted model to a temporary folder, evaluate it on the task's held-out prompts and delete it.
+target step, write the predicted model to a temporary folder, evaluate it on the task's held-out prompts and delete it
+(or keep it). A method is a registered name (`rlcast.methods.METHODS`) or an `Extrapolator` instance, e.g. of a class
+of your own; a method that takes a `task` (NExt, to choose its scale c on the train split) gets the compared task, its
+arguments and the target step unless they are set.
 The real checkpoints at each cutoff and at the target (and the base) are evaluated the same way as reference rows.
 A method that cannot run on a window (too few checkpoints, no accuracies, ...) gets a row with the reason.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -17,11 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from rlcast.io.checkpoints import Run, RunReader
 from rlcast.errors import RlcastError
-from rlcast.methods.extrapolate import METHODS, make_extrapolator
+from rlcast.evaluation.generation import evaluate
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import Run, RunReader
+from rlcast.io.writer import atomic_file, write_json_atomic, write_model
+from rlcast.methods import METHODS, Extrapolator, make_extrapolator
+from rlcast.methods.base import parameters
 
 REFERENCE = "real"
 
@@ -88,53 +94,59 @@ def resolve_target(run: Run, target: str | int) -> int:
 
 
 class _Evaluator:
-    """Writes a weight stream to a temporary HF folder, evaluates it on the fixed prompts, deletes it (unless kept)."""
+    """Writes a weight stream to an HF folder (under `keep`, else a scratch folder deleted after), evaluates it."""
 
     def __init__(self, run: Run, task, n_prompts: int, seed: int, work: Path, keep: Path | None):
         self.run, self.task, self.n_prompts, self.seed = run, task, n_prompts, seed
         self.work, self.keep = work, keep
 
     def __call__(self, label: str, stream, metadata: dict) -> tuple[object, float]:
-        from rlcast.evaluation.generation import evaluate
-        from rlcast.io.writer import write_model
-
         start = time.perf_counter()
-        folder = write_model(self.run.base, self.work / label, stream, metadata=metadata)
+        folder = write_model(self.run.base, (self.keep or self.work) / label, stream, metadata=metadata)
         seconds = time.perf_counter() - start
         try:
             result = evaluate(folder, self.task, n_prompts=self.n_prompts, seed=self.seed, progress=False)
         finally:
-            if self.keep is not None:
-                shutil.move(str(folder), str(self.keep / label))
-            else:
+            if self.keep is None:
                 shutil.rmtree(folder, ignore_errors=True)
         return result, seconds
 
 
+def method_specs(methods: list[str | Extrapolator] | None) -> dict[str, str | Extrapolator]:
+    """{row label: method}: registered names (checked now, before any evaluation) and Extrapolator instances."""
+    specs = {}
+    for m in methods or list(METHODS):
+        if isinstance(m, Extrapolator):
+            specs[m.label()] = m
+        elif m in METHODS:
+            specs[m] = m
+        else:
+            raise RlcastError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    return specs
+
+
 def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
-            methods: list[str] | None = None, n_prompts: int = 200, seed: int = 0,
+            methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
             params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True) -> Comparison:
     """Run every method at every cutoff; returns the Comparison (rows: real references first, then methods).
 
-    `params` maps a method to its extra hyper-parameters. `keep`: a folder to move the evaluated models into.
+    `methods`: registered names or Extrapolator instances (default: every registered method). `params` maps a method
+    (its name, or an instance's `label()`) to hyper-parameters, set on top of an instance's own. `keep`: a folder to
+    write the evaluated models into (kept; otherwise they are deleted after their evaluation).
     """
-    from rich.progress import Progress
-
-    from rlcast.evaluation.tasks import get_task
-
-    methods = list(methods or METHODS)
-    for m in methods:
-        if m not in METHODS:
-            raise RlcastError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
-    params = {m: dict((params or {}).get(m, {})) for m in methods}
+    specs = method_specs(methods)
+    params = {m: dict((params or {}).get(m, {})) for m in specs}
     manifest = run.manifest or {}
     task_args = manifest.get("task_args") if task is None else None
     task = task or manifest.get("task")
     if not task:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
-    if "next" in params and "c" not in params["next"] and "task" not in params["next"]:
-        params["next"]["task"] = task  # NExt picks its scale c on the task's train split
     target = resolve_target(run, target)
+    for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
+        given = {**(spec.get_params() if isinstance(spec, Extrapolator) else {}), **params[label]}
+        accepted = parameters(type(spec) if isinstance(spec, Extrapolator) else METHODS[spec])
+        if "task" in accepted and given.get("task") is None:
+            params[label].update({"task": task, "task_args": task_args, "target_step": target})
     nominal = cutoff_steps(run, list(cutoffs), target)
     windows = list({w.steps[-1] if w.checkpoints else 0: w for w in map(run.window, nominal)}.items())
     used = [step for step, _ in windows]  # fractions that land on the same checkpoint are compared once
@@ -146,23 +158,23 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-    evaluate = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
+    evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
     real_steps = sorted(set([0] + used + [target]))
     try:
         console = Console(stderr=True)  # transient bar: nothing left behind in a log file
         with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
-            job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(methods))
+            job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
             real: dict[int, Row] = {}
             for step in real_steps:
                 bar.update(job, description=f"real checkpoint @ {step}")
                 stream = ((name, reader.weight(step, name)) for name in reader.names())
-                res, seconds = evaluate(f"real-{step}", stream, {"rlcast": f"real step {step}"})
+                res, seconds = evaluator(f"real-{step}", stream, {"rlcast": f"real step {step}"})
                 real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
                 bar.advance(job)
             for cutoff, window in zip(used, windows):
-                for method in methods:
-                    bar.update(job, description=f"{method} @ {cutoff} -> {target}")
-                    result.rows.append(_method_row(method, params[method], window, cutoff, target, evaluate))
+                for label, spec in specs.items():
+                    bar.update(job, description=f"{label} @ {cutoff} -> {target}")
+                    result.rows.append(_method_row(label, spec, params[label], window, cutoff, target, evaluator))
                     bar.advance(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -176,13 +188,14 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     return result
 
 
-def _method_row(method: str, params: dict, window: Run, cutoff: int, target: int, evaluate) -> Row:
+def _method_row(method: str, spec: str | Extrapolator, params: dict, window: Run, cutoff: int, target: int,
+                evaluator: _Evaluator) -> Row:
     """One method at one cutoff: a row with the evaluated accuracy, or with the reason it failed."""
     start = time.perf_counter()
     try:
-        ex = make_extrapolator(method, **params).fit(window)
+        ex = make_extrapolator(spec, **params).fit(window)
         meta = {"rlcast": f"{method} from step {cutoff} to step {target}", "selection": ex.selection}
-        res, _ = evaluate(f"{method}-{cutoff}", ex.predict(target), meta)
+        res, _ = evaluator(f"{method}-{cutoff}", ex.predict(target), meta)
         info = ex.summary()
     except RlcastError as err:
         return Row(method, cutoff, target, reason=str(err), seconds=time.perf_counter() - start)
@@ -218,10 +231,10 @@ def table(result: Comparison) -> Table:
 
 def plot(result: Comparison, path: Path) -> None:
     """Accuracy against the fraction of the target's steps: the real checkpoints and one line per method."""
-    import matplotlib
+    import matplotlib  # heavy optional dependency: only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy optional dependency: only for the plot
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     real = [r for r in result.rows if r.method == REFERENCE]
@@ -237,24 +250,16 @@ def plot(result: Comparison, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def save(result: Comparison, out: Path) -> Path:
-    """Write compare.json and compare.png into `out` (built in a temporary folder, then moved into place)."""
+    """Write compare.json and compare.png into `out`, each atomically (`out` may also hold the kept models)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".compare.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        (tmp / "compare.json").write_text(json.dumps(result.to_dict(), indent=2))
-        plot(result, tmp / "compare.png")
-        for name in ("compare.json", "compare.png"):
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_json_atomic(out / "compare.json", result.to_dict())
+    with atomic_file(out / "compare.png") as tmp:
+        plot(result, tmp)
     return out
 
 

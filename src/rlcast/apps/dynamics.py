@@ -25,26 +25,17 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from rlcast.core.spectra import align_signs
+from rlcast.core.numerics import gram, line_fit, r2
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
-from rlcast.io.checkpoints import LowRankDelta, RunReader, parse_name
+from rlcast.io.checkpoints import RunReader, parse_name
 from rlcast.io.writer import write_json_atomic
+from rlcast.methods.alpharl import pls_r2, rank1_path
+from rlcast.methods.relex import temporal_explained
 
 HOLDOUT_FIT = 2 / 3  # fraction of the checkpoints the held-out fits see
 R2_THRESHOLD = 0.9
-
-
-# --- the maths, on plain tensors ---
-
-def r2(target: torch.Tensor, pred: torch.Tensor) -> float:
-    """1 - SSE/SST over all entries; SST around the mean over the first axis (time). nan when SST is 0."""
-    target, pred = target.double(), pred.double()
-    sst = (target - target.mean(0, keepdim=True)).pow(2).sum()
-    if sst <= 0:
-        return math.nan
-    return float(1 - (target - pred).pow(2).sum() / sst)
 
 
 def split(n: int) -> int:
@@ -55,52 +46,21 @@ def split(n: int) -> int:
     return n_fit
 
 
-def line_fit(steps: torch.Tensor, a: torch.Tensor):
-    """Least-squares line per coordinate: returns f(steps) -> predicted rows."""
-    x = torch.stack([torch.ones_like(steps), steps], 1).double()
-    coef = torch.linalg.lstsq(x, a.double()).solution  # (2, d)
-    return lambda s: (torch.stack([torch.ones_like(s), s], 1).double() @ coef)
-
-
 def step_r2(a: torch.Tensor, steps: list[int]) -> tuple[float, float, float]:
     """(in-sample R^2, held-out R^2, held-out relative error) of the rows of `a` (T, d) against a line in the step.
 
     The relative error ||a - pred|| / ||a|| over the held-out rows complements R^2: when the later checkpoints barely
     move, their SST is tiny and R^2 is very negative even for a prediction that lands close to them.
     """
-    t = torch.tensor(steps, dtype=torch.float64)
-    in_sample = r2(a, line_fit(t, a)(t))
+    t = torch.tensor(steps, dtype=torch.float64)[:, None]
+    c0, c1 = line_fit(t[:, 0], a)
+    in_sample = r2(a, c0 + c1 * t)
     n_fit = split(len(steps))
     later = a[n_fit:].double()
-    pred = line_fit(t[:n_fit], a[:n_fit])(t[n_fit:])
+    c0, c1 = line_fit(t[:n_fit, 0], a[:n_fit])
+    pred = c0 + c1 * t[n_fit:]
     relerr = float((later - pred).norm() / later.norm().clamp_min(1e-300))
     return in_sample, r2(later, pred), relerr
-
-
-def pls1(x: torch.Tensor, y: torch.Tensor):
-    """One-component PLS of y on x, then OLS of y on the score: returns f(x) -> predicted y."""
-    x, y = x.double(), y.double()
-    mx, my = x.mean(0), y.mean()
-    w = (x - mx).T @ (y - my)
-    w = w / w.norm().clamp_min(1e-300)
-    z = (x - mx) @ w
-    b = (z @ (y - my)) / (z @ z).clamp_min(1e-300)
-    return lambda x_new: my + b * ((x_new.double() - mx) @ w)
-
-
-def pls_r2(a: torch.Tensor, acc: torch.Tensor) -> tuple[float, float, float]:
-    """(in-sample R^2, held-out R^2, held-out mean absolute error) of accuracy predicted from the rows of `a`."""
-    in_sample = r2(acc, pls1(a, acc)(a))
-    n_fit = split(len(acc))
-    pred = pls1(a[:n_fit], acc[:n_fit])(a[n_fit:])
-    return in_sample, r2(acc[n_fit:], pred), float((pred - acc[n_fit:].double()).abs().mean())
-
-
-def temporal_explained(gram: torch.Tensor) -> float:
-    """RELEX: share of the stacked deltas' energy on their top temporal direction, lambda_1 / trace of M M^T."""
-    eig = torch.linalg.eigvalsh(gram.double())
-    total = float(eig.clamp_min(0).sum())
-    return float(eig[-1]) / total if total > 0 else math.nan
 
 
 # --- per module and per run ---
@@ -141,47 +101,24 @@ class DynamicsResult:
         return write_json_atomic(Path(path), self.to_json())
 
 
-def inner(a, b) -> float:
-    """Frobenius inner product of two deltas, dense or low-rank (scale * B @ A, never densified)."""
-    if isinstance(a, LowRankDelta) and isinstance(b, LowRankDelta):
-        return float(a.scale * b.scale * ((a.B.T @ b.B) * (a.A @ b.A.T)).sum())
-    if isinstance(a, LowRankDelta):
-        a, b = b, a
-    if isinstance(b, LowRankDelta):  # <D, s B A> = s * sum((B^T D) * A)
-        return float(b.scale * ((b.B.T @ a) * b.A).sum())
-    return float((a.double() * b.double()).sum())
-
-
-def relex_gram(reader, name: str, steps: list[int]) -> torch.Tensor:
-    """T x T Gram matrix of the flattened deltas of one tensor, reading that tensor at every step (only it)."""
-    deltas = [reader.delta(step, name) for step in steps]
-    n = len(steps)
-    gram = torch.zeros(n, n, dtype=torch.float64)
-    for i in range(n):
-        for j in range(i, n):
-            gram[i, j] = gram[j, i] = inner(deltas[i], deltas[j])
-    return gram
-
-
-def module_dynamics(mt, accuracy: dict[int, float], gram: torch.Tensor | None) -> ModuleDynamics:
+def module_dynamics(mt, accuracy: dict[int, float], g: torch.Tensor | None) -> ModuleDynamics:
     """All dynamics measures of one 2-D module trajectory (its first singular triplet)."""
     layer, kind = parse_name(mt.name)
     u = mt.u[:, :, 0].double()
     v = mt.v[:, :, 0].double()
-    s1 = mt.sigma[:, 0].double()
-    a = s1[:, None] * align_signs(u)  # the sign-aligned rank-1 trajectory s1(t) u1(t)
+    a, _ = rank1_path(mt)  # the sign-aligned rank-1 trajectory s1(t) u1(t), as AlphaRL extrapolates it
     in_r2, out_r2, relerr = step_r2(a, mt.steps)
     pls = (None, None, None)
     acc_steps = [s for s in mt.steps if s in accuracy]
     if len(acc_steps) >= 4:
         rows = [mt.steps.index(s) for s in acc_steps]
-        pls = pls_r2(a[rows], torch.tensor([accuracy[s] for s in acc_steps], dtype=torch.float64))
+        pls = pls_r2(a[rows], torch.tensor([accuracy[s] for s in acc_steps], dtype=torch.float64), split(len(rows)))
     cos = lambda x: (x @ x[-1]).abs() / (x.norm(dim=1) * x[-1].norm()).clamp_min(1e-300)  # noqa: E731
     return ModuleDynamics(
         name=mt.name, layer=layer, kind=kind, step_r2=in_r2, step_r2_heldout=out_r2, step_relerr_heldout=relerr,
         pls_r2=pls[0], pls_r2_heldout=pls[1], pls_mae_heldout=pls[2],
         cos_u_last=cos(u).tolist(), cos_v_last=cos(v).tolist(),
-        relex_explained=temporal_explained(gram) if gram is not None else None,
+        relex_explained=temporal_explained(g) if g is not None else None,
         rank1_energy_last=float(mt.rank1_energy[-1]), fro_last=float(mt.fro[-1]), well_defined=float(mt.well_defined.float().mean()))
 
 
@@ -226,10 +163,11 @@ def summarize(modules: list[ModuleDynamics]) -> dict:
 
 def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: int = 200,
                      selection: str = "blocks", relex: bool = True, seed: int = 0, progress: bool = True,
-                     cache_dir: Path | None = None) -> DynamicsResult:
+                     cache_dir: Path | None = None, chunk_mb: int = 256) -> DynamicsResult:
     """Dynamics of every selected 2-D module of `run`; accuracies from the manifest, or evaluated with `task`.
 
     `trajectory` (any rank >= 1, e.g. the report's) is reused when given, else built at rank 1 (cached on disk).
+    `chunk_mb` bounds the memory of RELEX's streamed Gram matrices (rlcast.core.numerics.gram).
     """
     reader = RunReader(run)
     names = dynamics_names(reader, selection)
@@ -248,8 +186,8 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
         job = bar.add_task("dynamics", total=len(names))
         for name in names:
-            gram = relex_gram(reader, name, trajectory.steps) if relex else None
-            modules.append(module_dynamics(trajectory.modules[name], accuracy, gram))
+            g = gram(reader, name, trajectory.steps, chunk_mb) if relex else None
+            modules.append(module_dynamics(trajectory.modules[name], accuracy, g))
             bar.update(job, advance=1)
     return DynamicsResult(steps=list(trajectory.steps), accuracy_steps=[s for s in trajectory.steps if s in accuracy],
                           accuracy_source=source, selection=selection, holdout_fit=split(len(trajectory.steps)),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
-from rlcast.core.spectra import align_signs
+from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import RunReader, parse_name

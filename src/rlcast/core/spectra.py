@@ -178,11 +178,3 @@ def _pad(spec: Spectrum, k: int) -> Spectrum:
     spec.s_next = 0.0
     return spec
 
-
-def align_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip rows of (T, d) so that consecutive rows have cosine >= 0 (row 0 keeps its sign)."""
-    out = vectors.clone()
-    for t in range(1, out.shape[0]):
-        if torch.dot(out[t], out[t - 1]) < 0:
-            out[t] = -out[t]
-    return out

@@ -15,10 +15,10 @@ steps it
    `collapse`). H grows by `grow` after a kept jump and shrinks by `shrink` after a rollback.
 
 Settings travel as one `AccelerateConfig` (frozen, JSON-serialisable, validated at construction). A method is a name
-(`LIVE_METHODS`) or your own `Extrapolator` instance (deep-copied before every fit, so fits never share state).
+(`LIVE_METHODS`) or your own `Extrapolator` instance (copied unfitted before every fit, so fits never share state).
 
 Design choices (each deliberate, each tested):
-- The extrapolators are `rlcast.methods.extrapolate`'s (module selection "all": every trainable tensor moves), fed through
+- The extrapolators are `rlcast.methods`' (module selection "all": every trainable tensor moves), fed through
   `rlcast.io.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
   is the set of trainable tensors and whose *base is the window's first snapshot*, with steps counted from it. The
   methods then extrapolate the recent segment of the trajectory (weight-linear becomes the line through the anchor
@@ -66,7 +66,6 @@ Design choices (each deliberate, each tested):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -89,7 +88,7 @@ from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import load_run
 from rlcast.io.writer import atomic_folder, json_safe
-from rlcast.methods.extrapolate import METHODS, make_extrapolator
+from rlcast.methods import METHODS, Extrapolator, make_extrapolator
 from rlcast.training.support import config_from_dict, preserved_rng
 
 log = logging.getLogger("rlcast.accelerate")
@@ -117,8 +116,8 @@ def _min_checkpoints(method) -> int:
 
 def _check_method(method) -> None:
     if not isinstance(method, str):
-        if not (callable(getattr(method, "fit", None)) and callable(getattr(method, "predict", None))):
-            raise RlcastError(f"accelerate: method {method!r} is neither a name nor an Extrapolator (fit/predict)")
+        if not isinstance(method, Extrapolator):
+            raise RlcastError(f"accelerate: method {method!r} is neither a name nor an Extrapolator")
         return
     if method == "alpharl":
         raise RlcastError("accelerate: alpharl needs an evaluated accuracy for every snapshot, which a live run "
@@ -323,15 +322,13 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         """The method labelled `method`, fresh, fitted on the snapshots at `virtual_steps` (the first is the anchor).
 
         A name is built by `make_extrapolator` with selection "all" (every trainable tensor moves); an instance is
-        deep-copied, so no fit sees another's state and the user's object stays untouched.
+        copied unfitted by `make_extrapolator` (from its `get_params()`), so the user's object stays untouched.
         """
         spec = self.methods[method]
+        params = {}
         if isinstance(spec, str):
             params = {"selection": "all"} | (self.config.method_params or {}).get(spec, {})
-            fresh = make_extrapolator(spec, **params)
-        else:
-            fresh = copy.deepcopy(spec)
-        return fresh.fit(self._run(args, virtual_steps))
+        return make_extrapolator(spec, **params).fit(self._run(args, virtual_steps))
 
     def predict(self, method: str, target: int, args):
         """(name, predicted tensor) for every trainable tensor at virtual step `target`, fitted on the window."""

@@ -1,4 +1,5 @@
-"""Extrapolators on planted runs with a known answer, the written model, streaming memory, and bad input."""
+"""Extrapolators on planted runs with a known answer, the estimator contract, the written model, streaming memory,
+and bad input."""
 
 import json
 import os
@@ -13,7 +14,8 @@ from typer.testing import CliRunner
 from rlcast.io.checkpoints import Run, RunReader, load_run, select_names
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
-from rlcast.methods.extrapolate import METHODS, make_extrapolator
+from rlcast.core.numerics import row_chunks
+from rlcast.methods import METHODS, Extrapolator, make_extrapolator, register
 from rlcast.io.synthetic import planted_run, tiny_llama
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
@@ -116,7 +118,7 @@ def test_relex_chunked_gram_matches_single_chunk(planted):
     whole = make_extrapolator("relex").fit(planted.window(50))
     tiny = make_extrapolator("relex", chunk_mb=0).fit(planted.window(50))  # one row per chunk
     name = "model.layers.1.mlp.down_proj.weight"
-    assert len(tiny._rows(name)) == RunReader(planted).shape(name)[0]
+    assert len(row_chunks(RunReader(planted).shape(name), 5, tiny.chunk_mb)) == RunReader(planted).shape(name)[0]
     assert torch.allclose(whole.weights(name, 100), tiny.weights(name, 100), rtol=1e-4, atol=1e-6)
     assert torch.allclose(dict(whole.predict(100))[name], dict(tiny.predict(100))[name], atol=1e-6)
 
@@ -149,7 +151,93 @@ def test_next_default_scale_and_anchor(lora):
     reader = RunReader(lora)
     for name, w in stream:
         assert torch.allclose(w, reader.weight(40, name))
-    assert ex.c_ == 1.5
+    assert ex.c_ == 1.5 and ex.summary()["c"] == 1.5
+
+
+def snapshot(value):
+    """A deep copy of an estimator's state to compare against: tensors cloned, nets as state dicts, other objects by id."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, torch.nn.Module):
+        return snapshot(value.state_dict())
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return ("object", id(value))
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+ESTIMATORS = [("weight-linear", {}), ("alpharl", {"target_accuracy": 0.7, "selection": "all"}), ("alpharl", {}),
+              ("alpharl-step", {"anchor": "last"}), ("relex", {"rank": 2, "chunk_mb": 0}),
+              ("next", {"epochs": 5, "horizon": 2}), ("next", {"epochs": 5, "c": 0.5})]
+
+
+@pytest.mark.parametrize("method,params", ESTIMATORS)
+def test_predict_is_pure(planted, method, params):
+    """predict twice: identical tensors, and the estimator's state (every attribute, deeply) is unchanged."""
+    ex = make_extrapolator(method, **params).fit(planted.window(40))
+    before = snapshot(vars(ex))
+    first = dict(ex.predict(100))
+    assert same(snapshot(vars(ex)), before)
+    second = dict(ex.predict(100))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert same(snapshot(vars(ex)), before)
+    assert ex.summary()["tensors"] == len(ex.targets_)
+
+
+@pytest.mark.parametrize("method,params", ESTIMATORS)
+def test_get_params_round_trips(planted, method, params):
+    ex = make_extrapolator(method, **params)
+    assert ex.get_params() == {**METHODS[method]().get_params(), **params}
+    again = type(ex)(**ex.get_params())
+    assert again.get_params() == ex.get_params()
+    fitted = ex.fit(planted.window(40))
+    copy = make_extrapolator(fitted)  # an unfitted copy, parameters kept
+    assert copy is not fitted and not hasattr(copy, "run_") and copy.get_params() == fitted.get_params()
+    assert make_extrapolator(fitted, progress=True).get_params() == {**fitted.get_params(), "progress": True}
+    with pytest.raises(RlcastError, match="has no parameter 'colour'"):
+        make_extrapolator(fitted, colour=1)
+
+
+class Halfway(Extrapolator):
+    """A user method: half of weight-linear's jump (W0 + (T / 2t) dW_t), with a parameter of its own."""
+
+    def __init__(self, share: float = 0.5, selection: str = "all", progress: bool = False):
+        super().__init__(selection, progress)
+        self.share = share
+
+    def _fit(self) -> None:
+        self.factor_ = self.share / self.last_
+
+    def _tensor(self, name, step):
+        return self.reader_.base(name) + self.factor_ * step * self.reader_.delta(self.last_, name)
+
+
+def test_user_extrapolator_registers_and_builds(planted):
+    assert "halfway" not in METHODS
+    register("halfway")(Halfway)
+    try:
+        ex = make_extrapolator("halfway", share=1.0).fit(planted.window(30))
+        assert ex.label() == "halfway" and ex.get_params() == {"share": 1.0, "selection": "all", "progress": False}
+        assert delta_error(ex, planted, 100) < 1e-5  # share 1: weight-linear, exact on the planted run
+        half = make_extrapolator(Halfway(), selection="blocks").fit(planted.window(30))
+        assert half.targets_ == RunReader(planted).selected("blocks")
+    finally:
+        del METHODS["halfway"]
+    with pytest.raises(RlcastError, match="not an Extrapolator subclass"):
+        register("bad")(dict)
 
 
 def test_cli_writes_a_model_that_loads_and_generates(tmp_path):
@@ -208,7 +296,7 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.io.checkpoints import load_run
-from rlcast.methods.extrapolate import make_extrapolator
+from rlcast.methods import make_extrapolator
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files
     with open("/proc/self/status") as f:

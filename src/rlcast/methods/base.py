@@ -1,0 +1,137 @@
+"""The extrapolator interface, the registry of methods, and `make_extrapolator`.
+
+Every method is a scikit-learn-style estimator: hyper-parameters in `__init__` (stored under the same names, so
+`get_params()` reads them back), everything learned set by `fit(run)` under names ending in `_`, and `predict(step)`
+pure: it streams `(base name, predicted float32 weight)` for every base tensor, in base order, one tensor at a time,
+and changes nothing on the estimator (call it twice, get the same tensors). `rlcast.io.writer.write_model` consumes
+the stream without ever holding a model.
+
+Notation (METHODS.md): W0 base, W_t weights after step t, dW_t = W_t - W0, t the last window step, T the target step.
+Tensors outside the method's module selection, or that no checkpoint changes, are returned at the anchor (the base,
+or the last window checkpoint for anchor="last").
+
+Add a method of your own: subclass `Extrapolator`, implement `_tensor(name, step)` (and `_fit()` if it learns
+anything), and register it under a name with `@register("my-method")`; `make_extrapolator`, `rlcast compare` and the
+live callback then take it like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import torch
+
+from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import Run, RunReader, check_selection
+
+
+class Extrapolator:
+    """Base class: parameters, window checks, module selection and the streaming loop.
+
+    After `fit`: `run_` (the window), `reader_`, `last_` (last window step) and `targets_` (names the method predicts:
+    the selection's tensors that some checkpoint changes), then whatever the subclass's `_fit` learns.
+    """
+
+    name = ""            # registry name (set by `register`)
+    min_checkpoints = 2  # fewer window checkpoints is an error
+    anchor = "base"      # where untouched tensors (and the predicted updates) start: "base" or "last"
+
+    def __init__(self, selection: str = "all", progress: bool = False):
+        self.selection = check_selection(selection)
+        self.progress = progress
+
+    def get_params(self) -> dict:
+        """The `__init__` parameters and their values (sklearn's BaseEstimator.get_params, without nesting)."""
+        return {p: getattr(self, p) for p in parameters(type(self))}
+
+    def fit(self, run: Run) -> "Extrapolator":
+        """Fit on every checkpoint of `run` (already windowed to the cutoff, `run.window(cutoff)`)."""
+        n = len(run.checkpoints)
+        if n < self.min_checkpoints:
+            until = f"up to step {run.steps[-1]}" if n else "(empty)"
+            raise RlcastError(f"{self.label()}: needs at least {self.min_checkpoints} checkpoints, the window {until} "
+                              f"has {n}")
+        self.run_ = run
+        self.reader_ = RunReader(run)
+        self.last_ = run.steps[-1]
+        self.targets_ = self.reader_.selected(self.selection)
+        self._fit()
+        return self
+
+    def predict(self, step: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream (name, predicted float32 weight at `step`) for every base tensor, in base order.
+
+        Bad targets are errors here, before the first tensor is computed.
+        """
+        if not hasattr(self, "run_"):
+            raise RlcastError(f"{self.label()}: call fit(run) before predict(step)")
+        if step < self.last_:
+            raise RlcastError(f"{self.label()}: target step {step} is before the cutoff step {self.last_}")
+        self._check(step)
+        return self._stream(step)
+
+    def _stream(self, step: int) -> Iterator[tuple[str, torch.Tensor]]:
+        targets = set(self.targets_)
+        for name in self.reader_.names():
+            yield name, self._tensor(name, step) if name in targets else self._anchor(name)
+
+    def summary(self) -> dict:
+        """What the fit chose (for reports): module selection, number of predicted tensors, anchor, window."""
+        return {"selection": self.selection, "tensors": len(self.targets_), "anchor": self.anchor,
+                "window": list(self.run_.steps)}
+
+    def label(self) -> str:
+        """The registry name, else the class name (an unregistered user class)."""
+        return self.name or type(self).__name__
+
+    def _anchor(self, name: str) -> torch.Tensor:
+        return self.reader_.base(name) if self.anchor == "base" else self.reader_.weight(self.last_, name)
+
+    def _fit(self) -> None:
+        """Method-specific fitting on self.run_ (override)."""
+
+    def _check(self, step: int) -> None:
+        """Raise RlcastError when `step` cannot be predicted (override; must not change the estimator)."""
+
+    def _tensor(self, name: str, step: int) -> torch.Tensor:
+        """The predicted float32 weight of one target tensor at `step` (override)."""
+        raise NotImplementedError
+
+
+def parameters(cls: type[Extrapolator]) -> list[str]:
+    """The hyper-parameter names of an Extrapolator class: its `__init__` arguments."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+METHODS: dict[str, type[Extrapolator]] = {}
+
+
+def register(name: str):
+    """Class decorator: add an Extrapolator subclass to METHODS under `name` (and set its `name`)."""
+    def add(cls: type[Extrapolator]) -> type[Extrapolator]:
+        if not (isinstance(cls, type) and issubclass(cls, Extrapolator)):
+            raise RlcastError(f"register({name!r}): {cls!r} is not an Extrapolator subclass")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return add
+
+
+def make_extrapolator(spec: str | Extrapolator, **params) -> Extrapolator:
+    """An unfitted extrapolator: METHODS[spec](**params), or for an instance a fresh copy of it with `params` changed.
+
+    Unknown method names and parameters are one-line errors.
+    """
+    if isinstance(spec, Extrapolator):
+        cls, params = type(spec), {**spec.get_params(), **params}
+    elif spec in METHODS:
+        cls = METHODS[spec]
+    else:
+        raise RlcastError(f"unknown method {spec!r}: choose from {', '.join(METHODS)}")
+    accepted = parameters(cls)
+    for key in params:
+        if key not in accepted:
+            raise RlcastError(f"method {cls.name or cls.__name__} has no parameter {key!r} "
+                              f"(it takes {', '.join(sorted(accepted))})")
+    return cls(**params)
