@@ -78,7 +78,8 @@ def delta_error(ex, run: Run, target: int, names=None, stream=None) -> float:
 
 
 @pytest.mark.parametrize("method,params", [("weight-linear", {}), ("relex", {}), ("relex", {"rank": 2}),
-                                           ("alpharl-step", {"selection": "all"})])
+                                           ("alpharl-step", {"selection": "all"}), ("drift", {}),
+                                           ("drift", {"include_base": False})])
 def test_planted_linear_reproduced_from_30_percent(planted, method, params):
     ex = make_extrapolator(method, **params).fit(planted.window(30))
     assert ex.targets_ == RunReader(planted).names()
@@ -181,7 +182,8 @@ def same(a, b) -> bool:
 
 ESTIMATORS = [("weight-linear", {}), ("alpharl", {"target_accuracy": 0.7, "selection": "all"}), ("alpharl", {}),
               ("alpharl-step", {"anchor": "last"}), ("relex", {"rank": 2, "chunk_mb": 0}),
-              ("next", {"epochs": 5, "horizon": 2}), ("next", {"epochs": 5, "c": 0.5})]
+              ("next", {"epochs": 5, "horizon": 2}), ("next", {"epochs": 5, "c": 0.5}), ("drift", {"damping": 0.5}),
+              ("rre", {"iterates": 3})]
 
 
 @pytest.mark.parametrize("method,params", ESTIMATORS)
@@ -340,3 +342,49 @@ def test_stream_holds_one_tensor_at_a_time(tmp_path):
         assert m["model"] > 200 * 2**20
         assert m["growth"] < m["model"] / 2.5, method
         assert m["growth"] < 16 * m["largest"], method
+
+
+def test_drift_averages_the_noise_that_weight_linear_amplifies(tmp_path):
+    """Linear drift + independent noise at every checkpoint: the fitted velocity lands closer than the last point."""
+    base = tiny_llama(tmp_path / "base", hidden=32, layers=1)
+    reader = RunReader(Run(base, []))
+    gen = torch.Generator().manual_seed(3)
+    drift = {n: torch.randn(reader.shape(n), generator=gen) * 1e-3 for n in reader.names()}
+    truth = {}
+    for step in range(1, 9):
+        weights = {n: reader.base(n) + step * drift[n] + 2e-3 * torch.randn(reader.shape(n), generator=gen)
+                   for n in reader.names()}
+        save_file(weights, str(tmp_path / f"w{step}.safetensors"))
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        os.replace(tmp_path / f"w{step}.safetensors", tmp_path / f"checkpoint-{step}" / "model.safetensors")
+    for n in reader.names():
+        truth[n] = reader.base(n) + 16 * drift[n]
+    run = load_run(base=base, checkpoints={s: tmp_path / f"checkpoint-{s}" for s in range(1, 9)})
+
+    def error(method, **params):
+        pred = dict(make_extrapolator(method, **params).fit(run).predict(16))
+        return sum(float((pred[n] - truth[n]).pow(2).sum()) for n in truth) ** 0.5
+
+    # expected rms error ratio for 8 points + base, horizon 8: sqrt(2.85) / 2 = 0.84 (the last point's noise stays)
+    assert error("drift") < 0.9 * error("weight-linear")
+
+
+def test_rre_finds_the_fixed_point_of_a_geometric_sequence(tmp_path):
+    """x_j = x* + r^j (W0 - x*): RRE (no damping, no cap) returns x*; the cap bounds the move by max_move ||W||."""
+    base = tiny_llama(tmp_path / "base", hidden=32, layers=1)
+    reader = RunReader(Run(base, []))
+    gen = torch.Generator().manual_seed(4)
+    limit = {n: reader.base(n) + 1e-2 * torch.randn(reader.shape(n), generator=gen) for n in reader.names()}
+    for j in range(1, 4):
+        folder = tmp_path / f"checkpoint-{j}"
+        folder.mkdir()
+        save_file({n: limit[n] + 0.5 ** j * (reader.base(n) - limit[n]) for n in reader.names()},
+                  str(folder / "model.safetensors"))
+    run = load_run(base=base, checkpoints={j: tmp_path / f"checkpoint-{j}" for j in range(1, 4)})
+    pred = dict(make_extrapolator("rre", damping=1.0, max_move=1.0, ridge=0.0).fit(run).predict(3))
+    err = sum(float((pred[n] - limit[n]).pow(2).sum()) for n in limit) ** 0.5
+    scale = sum(float((reader.base(n) - limit[n]).pow(2).sum()) for n in limit) ** 0.5
+    assert err < 1e-4 * scale
+    capped = make_extrapolator("rre", max_move=1e-4).fit(run)
+    last_norm = sum(float(RunReader(run).weight(3, n).double().pow(2).sum()) for n in limit) ** 0.5
+    assert capped.move_norm_ == pytest.approx(0.875 * 1e-4 * last_norm, rel=1e-6)

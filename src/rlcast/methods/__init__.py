@@ -8,6 +8,8 @@ from rlcast.methods.weight_linear import WeightLinear
 from rlcast.methods.alpharl import AlphaRL, AlphaRLStep
 from rlcast.methods.relex import Relex
 from rlcast.methods.next import NExt
+from rlcast.methods.drift import Drift
+from rlcast.methods.rre import RRE
 
-__all__ = ["METHODS", "AlphaRL", "AlphaRLStep", "Extrapolator", "NExt", "Relex", "WeightLinear", "make_extrapolator",
-           "register"]
+__all__ = ["METHODS", "RRE", "AlphaRL", "AlphaRLStep", "Drift", "Extrapolator", "NExt", "Relex", "WeightLinear",
+           "make_extrapolator", "register"]

@@ -95,8 +95,8 @@ log = logging.getLogger("rlcast.accelerate")
 
 SNAPSHOT_FILE = "model.safetensors"
 # alpharl inverts an accuracy regression: it needs an evaluated accuracy for every snapshot, which a live run lacks
-LIVE_METHODS = ("weight-linear", "alpharl-step", "relex", "next")
-AUTO_METHODS = ("weight-linear", "alpharl-step", "relex")  # closed-form fits; next retrains MLPs at every fit
+LIVE_METHODS = ("weight-linear", "alpharl-step", "relex", "next", "drift", "rre")
+AUTO_METHODS = ("weight-linear", "alpharl-step", "relex", "drift", "rre")  # closed form; next retrains MLPs per fit
 
 
 def _clock() -> float:

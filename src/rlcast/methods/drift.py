@@ -1,0 +1,66 @@
+"""Denoised drift (rlcast's own method, for live acceleration): the window's velocity by least squares.
+
+A live RL trajectory is drift plus optimizer noise. Weight extrapolation reads the velocity off one point,
+(W_t - W_0) / t, so whatever noise sits in W_t is carried T/t times. Here, per tensor, a least-squares line
+W(s) ~ alpha + beta s is fitted over every window checkpoint (the base W_0 at s = 0 included as a point), and the
+prediction keeps the last checkpoint and moves along the fitted velocity:
+
+    W(T) = W_t + damping * beta * (T - t),   beta = sum_i c_i dW_i,   c_i = (s_i - s_mean) / sum_j (s_j - s_mean)^2
+
+(the c_i sum to zero, so the base cancels and beta is a weighted sum of the window deltas, streamed one checkpoint at
+a time). With two points (the base and one checkpoint) this is weight extrapolation from the last checkpoint; with
+more, the velocity averages the noise of every window point instead of amplifying the last one's. `damping` < 1
+shortens the move (the back-test of the live callback tells whether the drift holds over the horizon).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlcast.core.numerics import dense
+from rlcast.errors import RlcastError
+from rlcast.methods.base import Extrapolator, register
+
+
+def velocity_weights(steps: list[int], include_base: bool = True) -> list[float]:
+    """c_i for the window deltas at `steps` (the base, a zero delta at step 0, counts as a point when included)."""
+    s = torch.tensor(([0] if include_base else []) + list(steps), dtype=torch.float64)
+    sc = s - s.mean()
+    c = sc / sc.pow(2).sum()
+    return c[1:].tolist() if include_base else c.tolist()
+
+
+@register("drift")
+class Drift(Extrapolator):
+    """W_t + damping * beta * (T - t) on the selected tensors (default all); anchored at the last checkpoint."""
+
+    min_checkpoints = 1
+    anchor = "last"
+
+    def __init__(self, damping: float = 1.0, include_base: bool = True, selection: str = "all",
+                 progress: bool = False):
+        super().__init__(selection, progress)
+        if not damping > 0:
+            raise RlcastError(f"drift: damping must be > 0, got {damping}")
+        if not include_base:
+            self.min_checkpoints = 2  # a line needs two points
+        self.damping = damping
+        self.include_base = include_base
+
+    def _fit(self) -> None:
+        if len(self.run_.steps) < self.min_checkpoints:
+            raise RlcastError(f"drift: a line without the base needs 2 checkpoints, the window has "
+                              f"{len(self.run_.steps)}")
+        self.coefficients_ = velocity_weights(self.run_.steps, self.include_base)
+
+    def velocity(self, name: str) -> torch.Tensor:
+        """beta: the least-squares velocity of one tensor over the window (per step)."""
+        out = None
+        for c, step in zip(self.coefficients_, self.run_.steps):
+            term = c * dense(self.reader_.delta(step, name)).float()
+            out = term if out is None else out.add_(term)
+        return out
+
+    def _tensor(self, name: str, step: int) -> torch.Tensor:
+        move = self.damping * (step - self.last_)
+        return self.reader_.weight(self.last_, name) + move * self.velocity(name)
