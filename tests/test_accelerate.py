@@ -208,7 +208,7 @@ def test_an_exception_inside_apply_restores_the_exact_weights_and_training_goes_
 
 
 def test_auto_picks_the_best_back_test_survives_failures_and_skips_useless_jumps(monkeypatch):
-    cb = AccelerateCallback(_config(method="auto", window=4))
+    cb = AccelerateCallback(_config(method="auto", methods=["weight-linear", "alpharl-step", "relex"], window=4))
     cb.snapshots = [[s, s] for s in range(4)]
     errors = {"weight-linear": 0.8, "alpharl-step": ValueError("no trajectory"), "relex": 0.4}
 
