@@ -291,10 +291,10 @@ def eval_cmd(
 
     from rlcast.evaluation.tasks import get_task, parse_task_args
 
-    if model == "testbed":
+    if model == "testbed" or model.startswith("testbed:"):
         from rlcast.training.testbed import base_model
 
-        model = str(base_model())
+        model = str(base_model(model.partition(":")[2] or "arith"))
     if not Path(model).exists():
         raise RlcastError(f"{model}: no such model folder or file")
     task_obj = get_task(task, parse_task_args(task_arg))

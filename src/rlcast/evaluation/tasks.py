@@ -67,12 +67,14 @@ class Task:
 
 
 class ArithTask(Task):
-    """2-digit addition and subtraction. All 16 200 problems are split once (fixed seed) into test and train."""
+    """2-digit arithmetic over `ops` (default + and -: 16 200 problems), split once (fixed seed) into test and train."""
     name = "arith"
     max_new_tokens = 6
 
-    def __init__(self, test_size: int = 1000, split_seed: int = 1234):
-        problems = [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-"]
+    def __init__(self, ops: str = "+-", test_size: int = 1000, split_seed: int = 1234):
+        if not ops or set(ops) - set("+-"):
+            raise RlcastError(f"task arith: ops must be made of + and - (got {ops!r})")
+        problems = [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in ops]
         random.Random(split_seed).shuffle(problems)
         make = [Example(f"{a}{op}{b}=", str(a + b if op == "+" else a - b), {"a": a, "b": b, "op": op})
                 for a, op, b in problems]
@@ -209,9 +211,10 @@ def get_task(spec: str, args: dict | None = None) -> Task:
     test_path)."""
     args = dict(args or {})
     if spec == "arith":
-        if args:
-            raise RlcastError(f"task arith takes no arguments (got {', '.join(args)})")
-        return ArithTask()
+        unknown = set(args) - {"ops"}
+        if unknown:
+            raise RlcastError(f"task arith: unknown argument(s) {', '.join(sorted(unknown))} (known: ops)")
+        return ArithTask(**args)
     if spec.startswith("rg:") and spec[3:]:
         return ReasoningGymTask(spec[3:], args)
     if spec.startswith("jsonl:") and spec[6:]:

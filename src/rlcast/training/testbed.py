@@ -1,9 +1,11 @@
-"""The tiny testbed: a ~1M-parameter character-level Llama, supervised on `arith` until it is partly competent.
+"""The tiny testbeds: ~1M-parameter character-level Llamas, supervised on `arith` until they are partly competent.
 
 Everything the demo, the tests and the benchmarks need without a download: `base_model()` returns an HF folder
 (config, model.safetensors, tokenizer) whose greedy accuracy on the arith test split is about 50 %, so RL has
-room to improve it. The built base ships inside the package (src/rlcast/assets/testbed, written by
-`python -m rlcast.training.testbed --write-asset`); when it is missing it is rebuilt deterministically (~1 minute).
+room to improve it; `base_model("steady")` is a 1M-parameter base stopped early on 2-digit addition (~26 %), on
+which GRPO keeps learning for hundreds of steps (the `steady` preset of rlcast.training.runs). The built bases ship
+inside the package (src/rlcast/assets/testbed[-NAME], written by `python -m rlcast.training.testbed --write-asset
+[--name NAME]`); when one is missing it is rebuilt deterministically (~1 minute).
 
 Format (no chat template, the same for SFT, GRPO and eval): prompt "23+45=", completion "68" + eos.
 """
@@ -27,7 +29,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlcast.evaluation.generation import evaluate
-from rlcast.evaluation.tasks import get_task
+from rlcast.errors import RlcastError
+from rlcast.evaluation.tasks import ArithTask
 from rlcast.io.writer import atomic_folder
 
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "testbed"
@@ -48,9 +51,30 @@ class TestbedConfig:
     lr: float = 3e-3
     warmup: int = 30
     seed: int = 0
+    ops: str = "+-"  # the arith operations supervised on
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        # ops enters only when not the default, so the shipped arith asset keeps the fingerprint it was built with
+        fields = {k: v for k, v in asdict(self).items() if k != "ops" or v != "+-"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+TESTBEDS = {
+    "arith": TestbedConfig(),
+    # stopped early on addition: GRPO gains accrue for hundreds of steps instead of sharpening in a few dozen
+    "steady": TestbedConfig(intermediate=512, steps=275, ops="+"),
+}
+
+
+def asset_dir(name: str = "arith") -> Path:
+    """Where the package ships the built base `name`."""
+    return ASSET_DIR if name == "arith" else ASSET_DIR.with_name(f"testbed-{name}")
+
+
+def testbed_config(name: str) -> TestbedConfig:
+    if name not in TESTBEDS:
+        raise RlcastError(f"unknown testbed {name!r}; known: {', '.join(TESTBEDS)}")
+    return TESTBEDS[name]
 
 
 def char_tokenizer():
@@ -97,7 +121,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
         num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.kv_heads,
         max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    task = get_task("arith")
+    task = ArithTask(ops=config.ops)
     gen = torch.Generator().manual_seed(config.seed)
     batches = _batches(task.examples("train", None, seed=config.seed), tokenizer, config.batch_size, gen)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -107,7 +131,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
     model.train()
     start = time.time()
     with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("supervising the testbed on arith", total=config.steps)
+        job = bar.add_task(f"supervising the testbed on arith {config.ops}", total=config.steps)
         for _ in range(config.steps):
             ids, labels, mask = next(batches)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -116,13 +140,15 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.update(job, advance=1, description=f"supervising the testbed on arith (loss {loss.item():.3f})")
+            bar.update(job, advance=1, description=f"supervising the testbed on arith {config.ops} "
+                                                    f"(loss {loss.item():.3f})")
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     result = evaluate(model, task, n_prompts=eval_prompts, tokenizer=tokenizer, progress=progress)
-    info = {"task": "arith", "greedy_accuracy": result.accuracy, "ci95": [result.ci_low, result.ci_high],
+    info = {"task": "arith", **({"task_args": {"ops": config.ops}} if config.ops != "+-" else {}),
+            "greedy_accuracy": result.accuracy, "ci95": [result.ci_low, result.ci_high],
             "eval_prompts": result.n_prompts, "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - start, 1), "config": asdict(config),
             "fingerprint": config.fingerprint(), "torch": torch.__version__}
@@ -139,30 +165,33 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
     return Path(os.environ.get("RLCAST_CACHE", Path.home() / ".cache" / "rlcast"))
 
 
-def base_model(cache_dir: str | Path | None = None, progress: bool = True, rebuild: bool = False) -> Path:
-    """The tiny arith Llama as an HF folder: the shipped asset copied into the cache, or built there once (~1 min).
+def base_model(name: str = "arith", cache_dir: str | Path | None = None, progress: bool = True,
+               rebuild: bool = False) -> Path:
+    """The tiny Llama `name` (see TESTBEDS) as an HF folder: the shipped asset copied into the cache, or built there
+    once (~1 min).
 
     The cache copy keeps the package's asset read-only whatever callers write next to the base.
     """
-    config = TestbedConfig()
+    config = testbed_config(name)
     target = _cache_root(cache_dir) / f"testbed-{config.fingerprint()}"
     if (target / "testbed.json").exists() and not rebuild:
         return target
-    shipped = ASSET_DIR / "testbed.json"
+    shipped = asset_dir(name) / "testbed.json"
     if not rebuild and shipped.exists() and json.loads(shipped.read_text()).get("fingerprint") == config.fingerprint():
         with atomic_folder(target) as tmp:
-            shutil.copytree(ASSET_DIR, tmp, dirs_exist_ok=True)
+            shutil.copytree(shipped.parent, tmp, dirs_exist_ok=True)
         return target
     return build(target, config, progress=progress)
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="Build the rlcast tiny testbed (arith Llama).")
+    parser = argparse.ArgumentParser(description="Build an rlcast tiny testbed (arith Llama).")
+    parser.add_argument("--name", default="arith", choices=sorted(TESTBEDS), help="which testbed (default arith)")
     parser.add_argument("--write-asset", action="store_true", help="write the built base into the package assets")
     parser.add_argument("--out", help="write the built base to this folder")
     args = parser.parse_args()
-    out = ASSET_DIR if args.write_asset else Path(args.out or _cache_root(None) / "testbed-manual")
-    path = build(out, TestbedConfig())
+    out = asset_dir(args.name) if args.write_asset else Path(args.out or _cache_root(None) / f"testbed-{args.name}")
+    path = build(out, TESTBEDS[args.name])
     print(json.dumps(json.loads((path / "testbed.json").read_text()), indent=2))
     print(f"written to {path}")
 
