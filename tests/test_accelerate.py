@@ -155,11 +155,11 @@ class BadPrediction(AccelerateCallback):
             yield name, torch.full_like(tensor, bad)
 
     def _reward(self, model, tokenizer):
-        real = super()._reward(model, tokenizer)  # the held-out generation really runs (and must not touch RNG)
+        real = super()._reward(model, tokenizer)  # the check's generation really runs (and must not touch RNG)
         jumped = next(model.parameters()).abs().max() >= 50
         if len(self.jumps) == 2:  # a drop of 0.05 (within tolerance) that loses 60 % of the reward: a collapse
-            return 0.03 if jumped else 0.08
-        return real * 0.0 if jumped else 1.0
+            return torch.full_like(real, 0.03 if jumped else 0.08)
+        return real * 0.0 if jumped else torch.ones_like(real)
 
 
 def test_forced_rollbacks_restore_the_exact_run(tmp_path):
@@ -290,3 +290,15 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     assert [j["step"] for j in restored.jumps] == [4, 8, 12]
     assert restored.jumps[2]["virtual_step"] == 12 + 7 and restored.jumps[2]["horizon"] == 6
     assert restored.offset == 7 + 6 and trainer.state.global_step == 13
+
+
+def test_check_prompts_come_from_the_train_split_only():
+    from rlcast.evaluation.tasks import get_task
+    from rlcast.training.accelerate import _CheckSet
+
+    task = get_task("arith", {"ops": "+"})
+    check = _CheckSet(task, 500)
+    test = {e.prompt for e in task.examples("test", None)}
+    assert len({e.prompt for e in check.pool}) == 500 and not test & {e.prompt for e in check.pool}
+    with pytest.raises(RlcastError, match="train split"):
+        _CheckSet(task, 10**6)

@@ -8,7 +8,7 @@ steps it
    snapshots but the last, predict the last; error `||P - W_T||_F / ||W_T - W_{T-1}||_F` over the changed tensors,
    so an error >= 1 means "no better than standing still"). The jump is skipped when the best error is
    >= `max_backtest_error` (default 1.0; a fixed method is back-tested too unless it is None);
-2. scores the model on held-out prompts (greedy, `rlcast.evaluation.generation.evaluate`): reward before;
+2. scores the model on the check prompts (greedy, `rlcast.evaluation.generation.evaluate`): reward before;
 3. fits that extrapolator on the window and copies its prediction for step `t + H` into the parameters in place;
 4. scores again (reward after) and keeps the jump, or restores the exact pre-jump weights when the weights are not
    finite, when the reward drops by more than `tolerance`, or when it collapses (relative drop larger than
@@ -55,8 +55,10 @@ Design choices (each deliberate, each tested):
   `steps_per_generation * num_iterations` micro-steps; jumping inside that block would train on completions of the
   pre-jump policy). With vLLM the new weights reach the engine at the next generation: TRL syncs whenever
   `global_step` changed since its last sync, and the jump happens in `on_step_end`, after the increment.
-- The held-out prompts are the *last* `eval_prompts` of the task's test split in its seed-0 order, so they do not
-  overlap the first prompts that `rlcast train` and `rlcast evaluate` report accuracy on.
+- The check scores a fixed seeded sample of `eval_prompts` prompts of the task's *train* split, greedily, before and
+  after the jump, and decides on the paired difference (same prompts: the prompt-to-prompt spread cancels; its
+  standard error is logged as `check_se`, so a user can size `eval_prompts` until it sits well below `tolerance`).
+  The test split, where `rlcast train` and `rlcast eval` report accuracy, never enters a keep/rollback decision.
 - Resume: the callback is an `ExportableState`; its counters, horizon, offset, jump log and window list are saved in
   the trainer checkpoint and restored at `on_train_begin` of a resumed run (whether or not
   `restore_callback_states_from_checkpoint` is set, which would instead rebuild the callback from its saved args).
@@ -225,16 +227,17 @@ class AccelerateConfig:
         return json_safe(data)
 
 
-class _HeldOut:
-    """The last `n` prompts of a task's test split (seed-0 order): a check set disjoint from the reported one."""
+class _CheckSet:
+    """`n` prompts of the task's train split (a fixed seeded sample): the check scores the policy on the prompts RL
+    optimises, and leaves the test split, where users report accuracy, untouched by any keep/rollback decision."""
 
-    def __init__(self, task, n: int):
-        pool = task.examples("test", None, seed=0)
-        if len(pool) < 2 * n:
-            raise RlcastError(f"task {task.name}: test split has {len(pool)} prompts, the check needs {n} of them "
-                              f"plus as many for reporting (lower eval_prompts)")
-        self.name, self.max_new_tokens, self.task = f"{task.name}[held-out]", task.max_new_tokens, task
-        self.pool = pool[-n:]
+    def __init__(self, task, n: int, seed: int = 12345):
+        pool = task.examples("train", None, seed=seed)
+        if len(pool) < n:
+            raise RlcastError(f"task {task.name}: train split has {len(pool)} prompts, the check needs {n} "
+                              f"(lower eval_prompts)")
+        self.name, self.max_new_tokens, self.task = f"{task.name}[check]", task.max_new_tokens, task
+        self.pool = pool[:n]
 
     def examples(self, split: str, n: int | None, seed: int = 0):
         return self.pool[:n]
@@ -385,10 +388,11 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ held-out check
 
-    def _reward(self, model, tokenizer) -> float:
+    def _reward(self, model, tokenizer) -> torch.Tensor:
+        """Greedy reward of every check prompt, in prompt order (paired before/after the jump)."""
         if self._heldout is None:
-            self._heldout = _HeldOut(get_task(self.config.task, self.config.task_args or None),
-                                    self.config.eval_prompts)
+            self._heldout = _CheckSet(get_task(self.config.task, self.config.task_args or None),
+                                      self.config.eval_prompts)
         start = _clock()
         try:
             with preserved_rng():  # a rolled-back jump must leave the run's rollouts exactly as they were
@@ -397,7 +401,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
                                   backend="transformers")
         finally:
             self.seconds["eval"] += _clock() - start
-        return result.mean_reward
+        return torch.tensor([row["reward"] for row in result.details], dtype=torch.float64)
 
     # ------------------------------------------------------------------ the jump
 
@@ -447,7 +451,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         step, virtual = state.global_step, state.global_step + self.offset
         horizon = int(self.current_horizon)
         entry = {"step": step, "virtual_step": virtual, "horizon": horizon, "method": None, "backtest_error": None,
-                 "backtest": {}, "backtest_failed": {}, "reward_before": None, "reward_after": None, "kept": False,
+                 "backtest": {}, "backtest_failed": {}, "reward_before": None, "reward_after": None, "check_se": None,
+                 "kept": False,
                  "rolled_back": False, "reason": ""}
         backup: dict[str, torch.Tensor] = {}
         try:
@@ -457,14 +462,18 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             if method is None:
                 return entry
             entry["method"] = method
-            entry["reward_before"] = before = self._reward(model, tokenizer)
+            scores_before = self._reward(model, tokenizer)
+            entry["reward_before"] = before = float(scores_before.mean())
             start = _clock()
             finite = self._apply(self.predict(method, virtual + horizon, args), model, backup)
             self.seconds["jump"] += _clock() - start
             if not finite:
                 entry["reason"] = "non-finite weights"
             else:
-                entry["reward_after"] = after = self._reward(model, tokenizer)
+                scores_after = self._reward(model, tokenizer)
+                entry["reward_after"] = after = float(scores_after.mean())
+                diff = scores_after - scores_before  # paired on the same prompts: the prompt-to-prompt spread cancels
+                entry["check_se"] = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else None
                 if after < before - self.config.tolerance:
                     entry["reason"] = f"held-out reward dropped by {before - after:.4f} > tolerance " \
                                       f"{self.config.tolerance}"
