@@ -70,6 +70,9 @@ def test_local_map_and_connect_errors():
     with pytest.raises(RlcastError, match="--backend 'spark': expected local or ray"):
         with connect("spark"):
             pass
+    with pytest.raises(RlcastError, match="--workers must be >= 1"):
+        with connect("local", workers=0):
+            pass
     with pytest.raises(RlcastError, match="--ray-address needs --backend ray"):
         with connect("local", address="auto"):
             pass

@@ -118,7 +118,7 @@ def summarize(modules: dict[str, dict]) -> list[SummaryRow]:
 
 def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "blocks",
             cache_dir: str | Path | None = None, progress: bool = True, seed: int = 0, device: str = "auto",
-            backend: str = "local", ray_address: str | None = None) -> Analysis:
+            backend: str = "local", ray_address: str | None = None, workers: int | None = None) -> Analysis:
     """Spectra of the selected tensors at every checkpoint (cached), per-tensor entries and the summary table.
 
     Bad settings (selection, device, an unreachable Ray cluster) fail before anything is computed or cached.
@@ -128,7 +128,7 @@ def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "bloc
     chosen = RunReader(run).selected(selection)
     if not chosen:
         raise RlcastError(f"{run.root or run.base}: no tensors to analyse with selection {selection!r}")
-    with connect(backend, ray_address) as workers:
+    with connect(backend, ray_address, workers) as workers:
         traj: Trajectory = build_trajectory(run, rank=rank, exact=exact, cache_dir=cache_dir, progress=progress,
                                             names=chosen, seed=seed, backend=workers, device=where)
     modules = {name: module_entry(traj.modules[name]) for name in chosen}

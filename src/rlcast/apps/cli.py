@@ -181,6 +181,10 @@ def dominance_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
                                                                        "ray://HOST:PORT (default: a local instance)."),
+    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
+                                                               "in memory): local threads or the local Ray "
+                                                               "instance's CPUs (default: torch's thread count / all "
+                                                               "cores)."),
 ) -> None:
     """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
     from pathlib import Path
@@ -195,7 +199,7 @@ def dominance_cmd(
     result = dominance(full, step=step, ranks=_ranks(ranks), task=task, n_prompts=n_prompts, selection=selection,
                        rescale=not no_rescale, exact=exact, seed=seed,
                        models_dir=Path(keep_models) if keep_models else None, device=device, backend=backend,
-                       ray_address=ray_address)
+                       ray_address=ray_address, workers=workers)
     table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "
                         f"selection {selection}, rescale {not no_rescale})")
     for col in ("model", "accuracy [95% CI]", "acc_k / acc_full [95% CI]", "gain recovery [95% CI]"):
@@ -404,6 +408,10 @@ def analyze_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor and checkpoint)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
                                                                        "ray://HOST:PORT (default: a local instance)."),
+    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
+                                                               "in memory): local threads or the local Ray "
+                                                               "instance's CPUs (default: torch's thread count / all "
+                                                               "cores)."),
 ) -> None:
     """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
     from pathlib import Path
@@ -428,7 +436,7 @@ def analyze_cmd(
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
     full = load_run(run, base=base, checkpoints=explicit or None)
     result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed, device=device,
-                     backend=backend, ray_address=ray_address)
+                     backend=backend, ray_address=ray_address, workers=workers)
     print_summary(result, Console())
     path = result.save(Path(out) if out else default_out(full))
     console.print(f"[green]wrote[/] {path}", highlight=False)

@@ -123,7 +123,7 @@ class DominanceResult:
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
               models_dir: Path | None = None, progress: bool = True, device: str = "auto", backend: str = "local",
-              ray_address: str | None = None) -> DominanceResult:
+              ray_address: str | None = None, workers: int | None = None) -> DominanceResult:
     """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
 
     Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written.
@@ -136,7 +136,7 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    with connect(backend, ray_address) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
+    with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
         task = run_task(run, task)
         work = Path(models_dir) if models_dir else Path(tmp)
         base = score(run.base, task, "base", None, n_prompts, seed, progress)

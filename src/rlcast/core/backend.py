@@ -74,6 +74,8 @@ def connect(kind: str = "local", address: str | None = None, workers: int | None
     """
     if kind not in BACKENDS:
         raise RlcastError(f"--backend {kind!r}: expected {' or '.join(BACKENDS)}")
+    if workers is not None and workers < 1:
+        raise RlcastError(f"--workers must be >= 1 (got {workers})")
     if kind == "local":
         if address is not None:
             raise RlcastError("--ray-address needs --backend ray")
