@@ -7,9 +7,9 @@ sketch of l = k + 1 + OVERSAMPLE columns, then power iterations
     Q = orth(D V)     (D V also gives the residuals r_i = ||D v_i - s_i u_i||, at no extra cost)
 
 Each iteration costs two thin matmuls with D, both written with the skinny factor on the left: D^T Q = (Q^T D)^T and
-D V = (V^T D^T)^T. MKL on AMD CPUs runs `D^T @ Q` ~10x and `D @ V` ~2x slower than these forms (Intel: no
-difference), and the transposed results are the column-major tall matrices LAPACK's SVD and QR take without a copy
-(a wide row-major SVD input is ~10x slower).
+D V = (V^T D^T)^T: MKL runs `D^T @ Q` ~10x and `D @ V` ~2x slower than these forms on an AMD EPYC, and the transposed
+results are the column-major tall matrices LAPACK's SVD and QR take without a copy (a wide row-major SVD input is
+~10x slower there too).
 Convergence is checked per triplet, not assumed:
     s accuracy:     min(r_i, r_i^2 / gap_i) <= S_TOL * s_1 for the top k   (residual bounds for Ritz values)
     u/v direction:  r_i <= ANGLE_TOL * gap_i,   gap_i = min(s_{i-1} - s_i, s_i - s_{i+1})   (Davis-Kahan / Wedin)
