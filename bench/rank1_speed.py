@@ -9,7 +9,7 @@ peak RSS is its own):
     (c) read  RunReader.delta only (read both tensors, subtract, NaN check)
 (a) runs on the first --full-svd matrices of each shape (default 1: the full SVD of a 4096x11008 matrix takes minutes
 on 2 shared cores); the model's full-SVD time is the per-shape mean times the number of matrices of that shape.
-(b) and (c) run on every matrix. The last line:
+(b) and (c) run on every matrix. The first line names the CPU, the BLAS torch was built with and the load; the last:
     speedup_vs_full_svd=X read_overhead=Y peak_rss_mb=Z model_mb=W
 with X = (a) / (b), Y = (b) / (c), Z = peak RSS of the (b) process, W = size of one model file.
 
@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -74,6 +77,23 @@ def write_models(folder: Path, layers: int, seed: int) -> None:
         files["ckpt"].write(w1.view(torch.uint8).numpy().tobytes())
     for f in files.values():
         f.close()
+
+
+def machine() -> str:
+    """CPU model, BLAS / LAPACK and SIMD level of this torch build, and the 1-minute load: what the timings depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    lib = re.search(r"(Intel\(R\) oneAPI Math Kernel Library Version [\w.]+|OpenBLAS [\w.]*)", config)
+    simd = re.search(r"CPU capability usage: (\w+)", config)
+    return (f"cpu: {cpu} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}); blas: "
+            f"{blas.group(1) if blas else '?'} ({lib.group(1) if lib else 'version unknown'}), "
+            f"{simd.group(1) if simd else '?'}; torch {torch.__version__}")
 
 
 def phase(folder: Path, which: str, layers: int, full_svd: int) -> dict:
@@ -147,6 +167,7 @@ def main() -> None:
                                                                       args.full_svd)))
         return
 
+    print(machine())
     folder = args.dir or Path(tempfile.mkdtemp(prefix="rlcast-bench-"))
     try:
         t0 = time.perf_counter()
@@ -184,6 +205,7 @@ def main() -> None:
     print(f"model totals: full SVD {full_total:.1f} s (per-shape mean x matrices), fast {fast_total:.1f} s, "
           f"read+subtract {read_total:.1f} s; peak RSS read {read['peak_rss_mb']:.0f} MB, fast "
           f"{fast['peak_rss_mb']:.0f} MB, full SVD {full['peak_rss_mb']:.0f} MB")
+    print(f"load at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) on {os.cpu_count()} cores")
     print(f"speedup_vs_full_svd={full_total / fast_total:.1f} read_overhead={fast_total / read_total:.2f} "
           f"peak_rss_mb={fast['peak_rss_mb']:.0f} model_mb={model_mb:.0f}")
 

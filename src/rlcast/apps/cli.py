@@ -179,6 +179,15 @@ def dominance_cmd(
     json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dominance.json)."),
     keep_models: str | None = typer.Option(None, "--keep-models", help="Keep the rank-k model folders here."),
     base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    device: str = typer.Option("auto", "--device", help="Where the rank-k arithmetic runs: auto (CUDA when present) "
+                                                        "| cpu | cuda[:N]."),
+    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
+                                                                       "ray://HOST:PORT (default: a local instance)."),
+    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
+                                                               "in memory): local threads or the local Ray "
+                                                               "instance's CPUs (default: torch's thread count / all "
+                                                               "cores)."),
 ) -> None:
     """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
     from pathlib import Path
@@ -194,7 +203,8 @@ def dominance_cmd(
     full = load_run(run, base=base)
     result = dominance(full, step=step, ranks=rank_list, task=task, n_prompts=n_prompts, selection=selection,
                        rescale=not no_rescale, exact=exact, seed=seed,
-                       models_dir=Path(keep_models) if keep_models else None)
+                       models_dir=Path(keep_models) if keep_models else None, device=device, backend=backend,
+                       ray_address=ray_address, workers=workers)
     table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "
                         f"selection {selection}, rescale {not no_rescale})")
     for col in ("model", "accuracy [95% CI]", "acc_k / acc_full [95% CI]", "gain recovery [95% CI]"):
@@ -401,6 +411,15 @@ def analyze_cmd(
     example: bool = typer.Option(False, "--example", help="Build a small planted run in ~/.cache/rlcast/example-run "
                                                           "and analyse it."),
     seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD."),
+    device: str = typer.Option("auto", "--device", help="Where the spectra run: auto (CUDA when present) | cpu | "
+                                                        "cuda[:N]."),
+    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor and checkpoint)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
+                                                                       "ray://HOST:PORT (default: a local instance)."),
+    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
+                                                               "in memory): local threads or the local Ray "
+                                                               "instance's CPUs (default: torch's thread count / all "
+                                                               "cores)."),
 ) -> None:
     """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
     from pathlib import Path
@@ -424,7 +443,8 @@ def analyze_cmd(
     if run is None and not explicit:
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
     full = load_run(run, base=base, checkpoints=explicit or None)
-    result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed)
+    result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed, device=device,
+                     backend=backend, ray_address=ray_address, workers=workers)
     print_summary(result, Console())
     path = result.save(Path(out) if out else default_out(full))
     console.print(f"[green]wrote[/] {path}", highlight=False)

@@ -9,6 +9,9 @@ Selection `blocks` (the paper's) touches only the 2-D weights inside transformer
 rank-k model are scored on the same prompts, so the recovery figures get paired bootstrap intervals over prompts:
 
     recovery = acc_k / acc_full            gain recovery = (acc_k - acc_base) / (acc_full - acc_base)
+
+The rank-k models are computed one tensor per task on `device` (auto: CUDA when present) and `backend` (local, or
+Ray tasks reading their own tensors); the weights written are byte-identical either way.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from rlcast.core.backend import LOCAL, Backend, connect, map_tensors, resolve_device
 from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
@@ -30,34 +35,41 @@ from rlcast.io.writer import write_json_atomic, write_model
 
 # --- rank-k models ---
 
-def rank_k_tensors(reader, step: int, k: int, rescale: bool = True, selection: str = "blocks",
-                   exact: bool = False, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every base tensor, in base order, as it is in the rank-k model of checkpoint `step` (float32)."""
+def rank_k_tensor(reader: RunReader, name: str, step: int, k: int, rescale: bool, exact: bool, seed: int,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """One backend task: selected tensor `name` of the rank-k model of checkpoint `step`, computed on `device`,
+    returned in float32 on the CPU."""
+    if len(reader.shape(name)) != 2:  # `all`: 1-D (and other non-matrix) tensors take their full delta
+        return reader.weight(step, name, device).cpu()
+    spec = top_k(reader.delta(step, name, device), k=k, exact=exact, seed=seed)
+    norm = float(spec.s.norm())
+    scale = spec.fro / norm if rescale and norm > 0 else 1.0
+    return torch.addmm(reader.base(name, device), spec.u * (scale * spec.s), spec.v.T).cpu()  # W0 + a dW_(k)
+
+
+def rank_k_tensors(reader: RunReader, step: int, k: int, rescale: bool = True, selection: str = "blocks",
+                   exact: bool = False, seed: int = 0, backend: Backend = LOCAL,
+                   device: torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every base tensor, in base order, as it is in the rank-k model of checkpoint `step` (float32, on the CPU)."""
     check_selection(selection)
     if k < 1:
         raise RlcastError(f"rank must be >= 1 (got {k})")
     chosen = set(reader.selected(selection))
-    for name in reader.names():
-        w0 = reader.base(name)
-        if name not in chosen:
-            yield name, w0
-        elif len(reader.shape(name)) != 2:  # `all`: 1-D (and other non-matrix) tensors take their full delta
-            yield name, reader.weight(step, name)
-        else:
-            spec = top_k(reader.delta(step, name), k=k, exact=exact, seed=seed)
-            low = (spec.u * spec.s) @ spec.v.T
-            norm = float(spec.s.norm())
-            scale = spec.fro / norm if rescale and norm > 0 else 1.0
-            yield name, w0 + scale * low
+    task = partial(rank_k_tensor, reader, step=step, k=k, rescale=rescale, exact=exact, seed=seed, device=device)
+    computed = map_tensors(task, [n for n in reader.names() if n in chosen], backend, device)
+    for name in reader.names():  # unselected tensors stay at the base: read here, not shipped through a backend
+        yield name, next(computed) if name in chosen else reader.base(name)
 
 
 def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, selection: str = "blocks",
-                 exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None) -> Path:
+                 exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None, backend: Backend = LOCAL,
+                 device: torch.device | None = None) -> Path:
     """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time)."""
     run.checkpoint(step)  # RlcastError naming the step if absent
     how = {"method": "rank-k", "step": step, "k": k, "rescale": rescale, "selection": selection, "exact": exact,
            "seed": seed, "run": str(run.root or run.base)}
-    tensors = rank_k_tensors(RunReader(run), step, k, rescale=rescale, selection=selection, exact=exact, seed=seed)
+    tensors = rank_k_tensors(RunReader(run), step, k, rescale=rescale, selection=selection, exact=exact, seed=seed,
+                             backend=backend, device=device)
     return write_model(run.base, out, tensors, dtype=dtype, metadata={"rlcast": how})
 
 
@@ -110,24 +122,29 @@ class DominanceResult:
 
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
-              models_dir: Path | None = None, progress: bool = True) -> DominanceResult:
-    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts."""
+              models_dir: Path | None = None, progress: bool = True, device: str = "auto", backend: str = "local",
+              ray_address: str | None = None, workers: int | None = None) -> DominanceResult:
+    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
+
+    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written.
+    """
     check_selection(selection)
+    where = resolve_device(device)
     if any(k < 1 for k in ranks):
         raise RlcastError(f"ranks must be >= 1 (got {', '.join(map(str, ranks))})")
     if not run.checkpoints:
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    task = run_task(run, task)
-    with tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
+    with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
+        task = run_task(run, task)
         work = Path(models_dir) if models_dir else Path(tmp)
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)
         scores = []
         for k in ranks:
             folder = write_rank_k(run, step, k, work / f"rank{k}-step{step}", rescale=rescale, selection=selection,
-                                  exact=exact, seed=seed)
+                                  exact=exact, seed=seed, backend=workers, device=where)
             scores.append(score(folder, task, f"rank-{k}", k, n_prompts, seed, progress))
     return DominanceResult(run=str(run.root or run.base), step=step, task=task.name, n_prompts=len(base.per_prompt),
                            selection=selection, rescale=rescale, seed=seed, base=base, full=full, ranks=scores,

@@ -6,6 +6,8 @@ Cache layout (one pair of files per checkpoint, under RUN/.rlcast-cache or ~/.ca
 `key` hashes the checkpoint's weight files and the base's (resolved path + size + mtime), the rank, exactness, seed
 and CACHE_VERSION. Each checkpoint's pair is renamed into place as soon as it is computed, so an interrupted build
 resumes at the first missing checkpoint and a second build reads everything back without touching the weights.
+The missing spectra are computed one task per (checkpoint, tensor) (`spectrum_entry`) through core.backend: in this
+process or on Ray, with the tensors read onto the chosen device; the entries come back in order, on the CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 
 from rlcast.core import spectra
+from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
 from rlcast.io.writer import atomic_file, write_text_atomic
@@ -135,11 +140,22 @@ class _StepCache:
 
 
 def _entry(spec: spectra.Spectrum, shape: tuple[int, ...], vector: torch.Tensor | None) -> tuple[dict, dict]:
-    fields = {"vector": vector.float(), "s": spec.s.float()} if vector is not None else {
-        "u": spec.u.float(), "s": spec.s.float(), "v": spec.v.float()}
+    """The cache entry of one tensor at one checkpoint, on the CPU whatever device computed it."""
+    fields = {"vector": vector, "s": spec.s} if vector is not None else {"u": spec.u, "s": spec.s, "v": spec.v}
+    fields = {f: t.float().cpu() for f, t in fields.items()}
     meta = {"shape": list(shape), "fro": spec.fro, "s_next": spec.s_next, "well_defined": spec.well_defined,
             "method": spec.method, "iterations": spec.iterations, "fields": sorted(fields)}
     return meta, fields
+
+
+def spectrum_entry(reader: RunReader, item: tuple[int, str], rank: int, exact: bool, seed: int,
+                   device: torch.device | None = None) -> tuple[dict, dict]:
+    """One backend task: read the delta of (step, name) onto `device`, and return its cache entry on the CPU."""
+    step, name = item
+    delta = reader.delta(step, name, device)
+    spec = spectra.top_k(delta, k=rank, exact=exact, seed=seed)
+    vector = delta if isinstance(delta, torch.Tensor) and delta.dim() == 1 else None
+    return _entry(spec, reader.shape(name), vector)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -147,8 +163,12 @@ def _entry(spec: spectra.Spectrum, shape: tuple[int, ...], vector: torch.Tensor 
 
 
 def build_trajectory(run: Run, rank: int = 1, exact: bool = False, cache_dir: str | Path | None = None,
-                     progress: bool = True, names: list[str] | None = None, seed: int = 0) -> Trajectory:
-    """Top-`rank` spectra of every delta (names default to the tensors the run changes), from the cache when fresh."""
+                     progress: bool = True, names: list[str] | None = None, seed: int = 0,
+                     backend: Backend = LOCAL, device: torch.device | None = None) -> Trajectory:
+    """Top-`rank` spectra of every delta (names default to the tensors the run changes), from the cache when fresh.
+
+    The missing ones are computed one task per (checkpoint, tensor) on `backend` (tensors read onto `device`).
+    """
     if rank < 1:
         raise RlcastError(f"--rank must be >= 1 (got {rank})")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(run)
@@ -157,35 +177,28 @@ def build_trajectory(run: Run, rank: int = 1, exact: bool = False, cache_dir: st
     unknown = [n for n in names if n not in reader.base_reader]
     if unknown:
         raise RlcastError(f"{run.base}: tensor {unknown[0]} not in the base model")
-    caches, todo = {}, {}
+    caches, todo = {}, []
     for step in run.steps:
         caches[step] = _StepCache(cache_dir, step, _cache_key(run, step, rank, exact, seed))
-        todo[step] = [n for n in names if n not in caches[step].entries]
-    total = sum(len(t) for t in todo.values())
-    if total:
-        _compute(reader, caches, todo, rank, exact, seed, progress, total)
+        todo += [(step, n) for n in names if n not in caches[step].entries]
+    if todo:
+        task = partial(spectrum_entry, reader, rank=rank, exact=exact, seed=seed, device=device)
+        _compute(map_tensors(task, todo, backend, device), todo, caches, progress)
     return _assemble(run, names, caches)
 
 
-def _compute(reader: RunReader, caches: dict, todo: dict, rank: int, exact: bool, seed: int, progress: bool,
-             total: int) -> None:
+def _compute(entries: Iterator[tuple[dict, dict]], todo: list[tuple[int, str]], caches: dict, progress: bool) -> None:
+    """Store the entries of every (step, name), in order; save each checkpoint's cache as soon as its last is in."""
     columns = (TextColumn("[bold]spectra[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
+    last = {step: i for i, (step, _) in enumerate(todo)}
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("", total=total)
-        for step, names in todo.items():
-            if not names:
-                continue
-            cache = caches[step]
-            for name in names:
-                bar.update(task, description=f"step {step}: {name}")
-                delta = reader.delta(step, name)
-                spec = spectra.top_k(delta, k=rank, exact=exact, seed=seed)
-                vector = delta if isinstance(delta, torch.Tensor) and delta.dim() == 1 else None
-                cache.entries[name] = _entry(spec, reader.shape(name), vector)
-                del delta
-                bar.advance(task)
-            cache.save(step)  # written as soon as the checkpoint is done: an interruption loses at most this one
+        job = bar.add_task("", total=len(todo))
+        for i, ((step, name), entry) in enumerate(zip(todo, entries)):
+            caches[step].entries[name] = entry
+            bar.update(job, advance=1, description=f"step {step}: {name}")
+            if i == last[step]:
+                caches[step].save(step)  # an interruption loses at most the checkpoint in progress
 
 
 def _assemble(run: Run, names: list[str], caches: dict) -> Trajectory:

@@ -420,9 +420,16 @@ class TensorReader:
         src = self._locate(name)
         return src.view(name) if isinstance(src, _SafetensorsFile) else self._pickles[src][name]
 
-    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A fresh copy (callers may modify it), converted straight from the mapped pages to `dtype` if given."""
-        return self.view(name).to(dtype or self.dtype(name), copy=True)
+    def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """A fresh copy (callers may modify it), converted straight from the mapped pages to `dtype` if given.
+
+        On a `device` other than the CPU, the stored bytes cross first (bf16 at half the size of float32) and are
+        converted there.
+        """
+        view = self.view(name)
+        if device is not None and torch.device(device).type != "cpu":
+            view = view.to(device)
+        return view.to(dtype or self.dtype(name), copy=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -519,9 +526,9 @@ class Adapter:
     def changed_names(self) -> list[str]:
         return list(self.factors) + [n for n in self.full if n not in self.factors]
 
-    def low_rank(self, name: str) -> LowRankDelta:
+    def low_rank(self, name: str, device: torch.device | None = None) -> LowRankDelta:
         a_key, b_key, scale, transpose = self.factors[name]
-        A, B = self.reader.get(a_key, torch.float32), self.reader.get(b_key, torch.float32)
+        A, B = self.reader.get(a_key, torch.float32, device), self.reader.get(b_key, torch.float32, device)
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise RlcastError(f"{self.reader.file(a_key)}: NaN/Inf in the LoRA factors of {name}")
         if transpose:  # delta = (B @ A)^T = A^T @ B^T
@@ -559,14 +566,19 @@ class RunReader:
         self._readers: dict[int, TensorReader | VerlShards | Adapter] = {}
         self._tied: dict[int, bool] = {}  # step -> lm_head may be read from the tied embedding
 
+    def __reduce__(self):
+        """Pickled as its Run: a reader sent to another process (a Ray task) reopens the headers there, never ships
+        tensors (a `.bin` checkpoint's state dict is held open here)."""
+        return RunReader, (self.run,)
+
     def names(self) -> list[str]:
         return self.base_reader.names()
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.base_reader.shape(name)
 
-    def base(self, name: str) -> torch.Tensor:
-        return self.base_reader.get(name, torch.float32)
+    def base(self, name: str, device: torch.device | None = None) -> torch.Tensor:
+        return self.base_reader.get(name, torch.float32, device)
 
     def reader(self, step: int) -> TensorReader | VerlShards | Adapter:
         """The opened checkpoint (validated once against the base's tensor names, shapes and dtypes)."""
@@ -611,19 +623,21 @@ class RunReader:
             return next((n for n in reader.names() if _EMBED.search(n)), None)
         return None
 
-    def delta(self, step: int, name: str) -> Delta:
-        """W_step - W_0 in float32; LoRA-adapted modules give a LowRankDelta; untouched tensors give zeros."""
+    def delta(self, step: int, name: str, device: torch.device | None = None) -> Delta:
+        """W_step - W_0 in float32 (on `device`, read straight there); LoRA-adapted modules give a LowRankDelta;
+        untouched tensors give zeros."""
         reader = self.reader(step)
         if isinstance(reader, Adapter):
             if name in reader.factors:
-                return reader.low_rank(name)
+                return reader.low_rank(name, device)
             if name in reader.full:
-                delta = reader.reader.get(reader.full[name]).float() - self.base(name)
+                delta = reader.reader.get(reader.full[name], torch.float32, device) - self.base(name, device)
                 return self._finite(delta, reader.reader.file(reader.full[name]), name, step)
-            return torch.zeros(self.shape(name))
+            return torch.zeros(self.shape(name), device=device)
         src = self._source_name(reader, name, self._tied[step])
-        delta = reader.get(src, torch.float32)
-        _subtract(delta, self.base_reader.view(name))
+        delta = reader.get(src, torch.float32, device)
+        base = self.base_reader.view(name)
+        _subtract(delta, base if delta.device == base.device else base.to(delta.device))
         return self._finite(delta, reader.file(src), name, step)
 
     @staticmethod
@@ -632,12 +646,12 @@ class RunReader:
             raise RlcastError(f"{file}: NaN/Inf in the delta of tensor {name} at step {step}")
         return delta
 
-    def weight(self, step: int, name: str) -> torch.Tensor:
-        """The float32 weight at a step (0 = base)."""
+    def weight(self, step: int, name: str, device: torch.device | None = None) -> torch.Tensor:
+        """The float32 weight at a step (0 = base), on `device`."""
         if step == 0:
-            return self.base(name)
-        delta = self.delta(step, name)
-        return self.base(name) + (delta.dense() if isinstance(delta, LowRankDelta) else delta)
+            return self.base(name, device)
+        delta = self.delta(step, name, device)
+        return self.base(name, device) + (delta.dense() if isinstance(delta, LowRankDelta) else delta)
 
     def selected(self, selection: str, two_d: bool = False) -> list[str]:
         """Names in the module `selection` that some checkpoint changes, in base order (`two_d`: 2-D only)."""
