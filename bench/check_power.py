@@ -1,0 +1,76 @@
+"""Can the live callback's check tell a good jump from a bad one? False-keep and false-rollback rates, measured.
+
+A "jump" is any move between two checkpoints of a finished run (from W_t to W_t', t' - t within --max-gap steps,
+forwards or backwards). Its true effect is the difference in greedy accuracy on the run's held-out test prompts (1000
+for the steady preset); it counts as of known sign when that difference is at least --margin away from 0. The check
+sees only what `AccelerateCallback` sees: the paired per-prompt greedy reward on its train-split check prompts, and
+keeps a jump when the mean paired difference is >= -tolerance. For each check size:
+
+    false_keep      share of known-bad jumps (truth <= -margin) the check keeps
+    false_rollback  share of known-good jumps (truth >= +margin) it rolls back
+    se              median standard error of the paired difference (compare with the tolerance)
+
+Every checkpoint is scored once per prompt set; pairs are formed offline.
+
+    .venv/bin/python bench/check_power.py RUN --sizes 64,256,512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.tasks import get_task
+from rlcast.training.accelerate import AccelerateConfig, _CheckSet
+
+
+def per_prompt(path: Path, task, n: int, split: str) -> torch.Tensor:
+    model, tok = load_model(path)
+    result = evaluate(model, task, n_prompts=n, tokenizer=tok, split=split, progress=False, backend="transformers")
+    return torch.tensor([row["reward"] for row in result.details], dtype=torch.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a finished run folder (run.json + checkpoint-N)")
+    parser.add_argument("--sizes", default="64,256,512", help="check sizes (prompts) to measure")
+    parser.add_argument("--tolerance", type=float, default=AccelerateConfig.tolerance)
+    parser.add_argument("--margin", type=float, default=0.03, help="|true effect| that makes a jump's sign known")
+    parser.add_argument("--max-gap", type=int, default=60, help="largest jump, in steps")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    run = Path(args.run)
+    manifest = json.loads((run / "run.json").read_text())
+    task = get_task(manifest["task"], manifest["task_args"] or None)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    check = _CheckSet(task, max(sizes))
+    steps = [0] + [c["step"] for c in manifest["checkpoints"]]
+    folders = {s: Path(manifest["base"]) if s == 0 else run / f"checkpoint-{s}" for s in steps}
+    test, checked = {}, {}
+    for s in track(steps, description="scoring checkpoints"):
+        test[s] = per_prompt(folders[s], task, manifest["config"]["eval_prompts"], "test").mean()
+        checked[s] = per_prompt(folders[s], check, max(sizes), "train")
+    pairs = [(a, b) for a in steps for b in steps if a != b and abs(a - b) <= args.max_gap]
+    good = [(a, b) for a, b in pairs if test[b] - test[a] >= args.margin]
+    bad = [(a, b) for a, b in pairs if test[b] - test[a] <= -args.margin]
+    print(f"{run}: {len(steps)} checkpoints, {len(pairs)} jumps of at most {args.max_gap} steps, {len(good)} known "
+          f"good and {len(bad)} known bad (|test accuracy difference| >= {args.margin} on {manifest['config']['eval_prompts']} "
+          f"prompts), tolerance {args.tolerance}")
+    for n in sizes:
+        diff = {(a, b): checked[b][:n] - checked[a][:n] for a, b in pairs}
+        keep = {p: float(d.mean()) >= -args.tolerance for p, d in diff.items()}
+        se = statistics.median(float(d.std() / n ** 0.5) for d in diff.values())
+        false_keep = sum(keep[p] for p in bad) / len(bad) if bad else float("nan")
+        false_rollback = sum(not keep[p] for p in good) / len(good) if good else float("nan")
+        print(f"check_prompts={n} false_keep={false_keep:.3f} false_rollback={false_rollback:.3f} se={se:.4f}")
+
+
+if __name__ == "__main__":
+    main()
