@@ -57,7 +57,12 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint (and held-out score) every N steps")
     parser.add_argument("--accel", action="append", default=[], help="AccelerateConfig KEY=VALUE; repeatable")
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summary of acceleration.json "
+                                                                    "files (e.g. seeds run in parallel)")
     args = parser.parse_args()
+    if args.report:
+        summarize([row for path in args.report for row in json.loads(Path(path).read_text())])
+        return
 
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     base = dataclasses.replace(preset(args.preset), save_every=args.save_every)
@@ -106,10 +111,16 @@ def main() -> None:
                 f"{summary['kept']}/{summary['attempts']} (+{summary['steps_gained']} steps) [{jumps}]; overhead "
                 f"{overhead:.1f} step-equivalents; wall {plain_seconds:.0f} s / {accel_seconds:.0f} s", highlight=False)
             (root / "acceleration.json").write_text(json.dumps(rows, indent=2, default=str))
+    summarize(rows)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Per-seed figures and the last line (medians over seeds)."""
+    rows = sorted(rows, key=lambda r: r["seed"])
     med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
-    print(f"per-seed speedup {[round(r['speedup'], 2) for r in rows]} effective "
-          f"{[round(r['effective_speedup'], 2) for r in rows]} retained {[round(r['retained'], 3) for r in rows]}; "
-          f"results in {root}")
+    print(f"seeds {[r['seed'] for r in rows]}: speedup {[round(r['speedup'], 2) for r in rows]} effective "
+          f"{[round(r['effective_speedup'], 2) for r in rows]} retained {[round(r['retained'], 3) for r in rows]} "
+          f"steps gained {[r['summary']['steps_gained'] for r in rows]}")
     print(f"speedup={med('speedup'):.2f} retained={med('retained'):.3f} seeds={len(rows)} "
           f"overhead={med('overhead'):.1f} effective_speedup={med('effective_speedup'):.2f}")
 

@@ -101,7 +101,7 @@ def test_misconfiguration_is_an_error_at_construction():
     with pytest.raises(RlcastError, match="neither a name nor an Extrapolator"):
         AccelerateConfig(method=object())
     # serialisable: the saved args rebuild the same callback (transformers' restore_callback_states_from_checkpoint)
-    cb = AccelerateCallback(AccelerateConfig(method="relex", every=6, task_args={"digits": 2}))
+    cb = AccelerateCallback(AccelerateConfig(method="relex", every=6, window=4, task_args={"digits": 2}))
     args = json.loads(json.dumps(cb.state()["args"]))
     assert AccelerateCallback(**args).config == cb.config and cb.config.snapshot_interval == 2
 
