@@ -1,7 +1,8 @@
 """`rlcast demo`: the whole story on the tiny testbed, from nothing, in one command.
 
-1. the testbed base (shipped or built once and cached),
-2. plain GRPO and accelerated GRPO (`AccelerateCallback`), same seed, same hyper-parameters, same step budget,
+1. the steady preset's testbed base (shipped or built once and cached): RL gains that keep accruing,
+2. plain GRPO and accelerated GRPO (`AccelerateCallback` with its default settings, the ones `bench/acceleration.py`
+   measures), same seed, same hyper-parameters, same step budget,
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
 4. the HTML report (DIR/report.html) with an acceleration section added,
 5. the table: steps to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and the ratio,
@@ -14,6 +15,7 @@ ratio in step-equivalents (their time / the mean step time).
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import time
@@ -32,29 +34,30 @@ from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import load_run
 from rlcast.io.writer import write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
-from rlcast.training.runs import TrainConfig, train
-from rlcast.training.testbed import base_model
+from rlcast.training.runs import preset, train
 
 TARGET = 0.98  # fraction of the plain run's final held-out accuracy that counts as "reached"
 
-ACCELERATE = AccelerateConfig(method="auto", every=6, horizon=6, window=4, tolerance=0.0, eval_prompts=100)
-
-
 @dataclass(frozen=True)
 class DemoConfig:
-    """Budget of the demo; `quick` is the same pipeline with fewer steps, prompts and compared methods."""
-    steps: int = 30
-    save_every: int = 2
-    eval_prompts: int = 200
+    """Budget of the demo; `quick` is the same pipeline with fewer steps, prompts and compared methods.
+
+    The runs are the preset's (task, base, hyper-parameters) cut to `steps`; the callback's check uses the preset's
+    task whatever `accelerate` says."""
+    preset: str = "steady"
+    steps: int = 150
+    save_every: int = 10
+    eval_prompts: int = 1000
     seed: int = 0
-    accelerate: AccelerateConfig = ACCELERATE
+    accelerate: AccelerateConfig = AccelerateConfig()
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
     dominance_ranks: tuple[int, ...] = (1, 2)
 
 
-QUICK = DemoConfig(steps=16, save_every=2, eval_prompts=100, compare_methods=("weight-linear", "alpharl-step", "relex"),
-                   compare_cutoffs=(0.5,), dominance_ranks=(1,))
+QUICK = DemoConfig(steps=40, save_every=5, eval_prompts=300, accelerate=AccelerateConfig(every=5, horizon=5),
+                   compare_methods=("weight-linear", "alpharl-step", "relex"), compare_cutoffs=(0.5,),
+                   dominance_ranks=(1,))
 
 
 def steps_to(accuracy: dict[int, float], target: float) -> int | None:
@@ -153,17 +156,17 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
         console.print(f"[bold]demo[/] {name}: {times[name]:.0f} s", highlight=False)
         return now
 
-    base = base_model(progress=progress)
-    t = stage("testbed base", started)
-    run_config = TrainConfig(steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed,
-                             eval_prompts=cfg.eval_prompts, model=str(base))
-    console.print(f"[bold]demo[/] plain GRPO: {cfg.steps} steps, held-out accuracy every {cfg.save_every}",
-                  highlight=False)
+    run_config = dataclasses.replace(preset(cfg.preset), steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed,
+                                     eval_prompts=cfg.eval_prompts)
+    accelerate = dataclasses.replace(cfg.accelerate, task=run_config.task, task_args=run_config.task_args or None)
+    t = started
+    console.print(f"[bold]demo[/] plain GRPO ({cfg.preset} preset): {cfg.steps} steps, held-out accuracy on "
+                  f"{cfg.eval_prompts} prompts every {cfg.save_every}", highlight=False)
     train(out / "plain", run_config, progress=progress)
     t = stage("plain GRPO", t)
-    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, {cfg.accelerate}", highlight=False,
+    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, {accelerate}", highlight=False,
                   soft_wrap=True)
-    callback = AccelerateCallback(cfg.accelerate)
+    callback = AccelerateCallback(accelerate)
     train(out / "accelerated", run_config, callbacks=[callback], progress=progress)
     t = stage("accelerated GRPO", t)
 
@@ -184,7 +187,7 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     result = outcome(plain, accelerated)
     summary = callback.summary()
     result.update(cost_step_equivalents=summary["cost_step_equivalents"], jumps=callback.jumps,
-                  acceleration=summary, accelerate_config=cfg.accelerate.to_json(), config=asdict(cfg),
+                  acceleration=summary, accelerate_config=accelerate.to_json(), config=asdict(cfg),
                   curves={"plain": plain, "accelerated": accelerated})
     report = build_report(run, out=out / "report.html", progress=progress)
     page = report.read_text()
