@@ -45,6 +45,13 @@ def _quiet_libraries() -> None:
 
 # --- commands (each owns its section; keep imports inside the function) ---
 
+# options shared by the commands with per-tensor backends (analyze, dominance)
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | ray://HOST:PORT "
+                                                       "(default: a local instance).")
+WORKERS = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and in memory): local "
+                                               "threads or the local Ray instance's CPUs (default: torch's thread "
+                                               "count / all cores).")
+
 
 @app.command("extrapolate")
 def extrapolate_cmd(
@@ -182,12 +189,8 @@ def dominance_cmd(
     device: str = typer.Option("auto", "--device", help="Where the rank-k arithmetic runs: auto (CUDA when present) "
                                                         "| cpu | cuda[:N]."),
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor)."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
-                                                                       "ray://HOST:PORT (default: a local instance)."),
-    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
-                                                               "in memory): local threads or the local Ray "
-                                                               "instance's CPUs (default: torch's thread count / all "
-                                                               "cores)."),
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
     from pathlib import Path
@@ -414,12 +417,8 @@ def analyze_cmd(
     device: str = typer.Option("auto", "--device", help="Where the spectra run: auto (CUDA when present) | cpu | "
                                                         "cuda[:N]."),
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor and checkpoint)."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | "
-                                                                       "ray://HOST:PORT (default: a local instance)."),
-    workers: int | None = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and "
-                                                               "in memory): local threads or the local Ray "
-                                                               "instance's CPUs (default: torch's thread count / all "
-                                                               "cores)."),
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
     from pathlib import Path
