@@ -292,7 +292,7 @@ def test_bad_input(planted):
         make_extrapolator("relex").predict(10)
     with pytest.raises(RlcastError, match="horizon 4 checkpoints"):
         make_extrapolator("next", horizon=4).fit(planted.window(40))
-    assert set(METHODS) == {"weight-linear", "alpharl", "alpharl-step", "relex", "next"}
+    assert set(METHODS) == {"weight-linear", "alpharl", "alpharl-step", "relex", "next", "drift", "rre"}
 
 
 MEMORY_PROBE = r"""

@@ -215,10 +215,11 @@ class VerlShards:
         self._locate(name)
         return self.folder / f"model_world_size_{self.world_size}_rank_*.pt"
 
-    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The full tensor, each rank's part copied (and converted to `dtype`) straight from its mapped pages."""
+    def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """The full tensor, each rank's part copied (and converted to `dtype`) straight from its mapped pages, on
+        `device` (default the CPU)."""
         layout = self._locate(name)
-        out = torch.empty(layout.shape, dtype=dtype or layout.dtype)
+        out = torch.empty(layout.shape, dtype=dtype or layout.dtype, device=device)
         if len(layout.ranks) == 1:  # a plain or replicated tensor (possibly 0-d): one rank holds it whole
             return out.copy_(self._local(layout.ranks[0], name))
         row = 0
