@@ -13,7 +13,7 @@ on 2 shared cores); the model's full-SVD time is the per-shape mean times the nu
     speedup_vs_full_svd=X read_overhead=Y peak_rss_mb=Z model_mb=W
 with X = (a) / (b), Y = (b) / (c), Z = peak RSS of the (b) process, W = size of one model file.
 
-    .venv/bin/python bench/rank1_speed.py [--layers 4] [--full-svd 1] [--threads N] [--dir /tmp/rlcast-bench]
+    .venv/bin/python bench/rank1_speed.py [--layers 4] [--full-svd 1] [--threads 1] [--dir /tmp/rlcast-bench]
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="Llama-7B-shaped layers (7 matrices each)")
     parser.add_argument("--full-svd", type=int, default=1, help="matrices of each shape timed with the full SVD")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in every phase (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every phase (default 1: rlcast computes "
+                                                               "every tensor on one thread; 0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
