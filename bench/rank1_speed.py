@@ -54,22 +54,29 @@ def rl_like_delta(m: int, n: int, gen: torch.Generator) -> torch.Tensor:
     return (u * sig) @ v.T + 1.0 * torch.randn(m, n, generator=gen) / math.sqrt(m * n)
 
 
-def write_models(folder: Path, layers: int, seed: int) -> None:
-    """Stream base/model.safetensors and ckpt/model.safetensors, one tensor at a time (header first, then data)."""
-    shapes = names_and_shapes(layers)
+def bf16_header(shapes: dict[str, tuple[int, int]]) -> bytes:
+    """The 8-byte length and JSON header of a safetensors file holding `shapes` in bf16, in order: the tensor bytes
+    can then be streamed after it one tensor at a time."""
     header, offset = {}, 0
     for name, (m, n) in shapes.items():
         header[name] = {"dtype": "BF16", "shape": [m, n], "data_offsets": [offset, offset + 2 * m * n]}
         offset += 2 * m * n
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_models(folder: Path, layers: int, seed: int) -> None:
+    """Stream base/model.safetensors and ckpt/model.safetensors, one tensor at a time (header first, then data)."""
+    shapes = names_and_shapes(layers)
+    raw = bf16_header(shapes)
     gen = torch.Generator().manual_seed(seed)
     files = {}
     for which in ("base", "ckpt"):
         (folder / which).mkdir(parents=True, exist_ok=True)
         (folder / which / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": HIDDEN}))
         files[which] = open(folder / which / "model.safetensors", "wb")
-        files[which].write(len(raw).to_bytes(8, "little") + raw)
+        files[which].write(raw)
     for name, (m, n) in shapes.items():
         w0 = (0.02 * torch.randn(m, n, generator=gen)).to(torch.bfloat16)
         w1 = (w0.float() + rl_like_delta(m, n, gen)).to(torch.bfloat16)

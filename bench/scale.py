@@ -40,7 +40,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from rank1_speed import machine, names_and_shapes, rl_like_delta
+from rank1_speed import bf16_header, machine, names_and_shapes, rl_like_delta
 from rlcast.core.backend import connect, map_tensors
 from rlcast.core.trajectory import build_trajectory
 from rlcast.io.checkpoints import load_run
@@ -60,19 +60,14 @@ def bars(*extra) -> Progress:
 def write_run(root: Path, layers: int, checkpoints: int, seed: int) -> list[Path]:
     """base/ and checkpoint-N/ (N = 100, 200, ...): W_t = W0 + sqrt(t / T) dW, one tensor at a time; returns the files."""
     shapes = names_and_shapes(layers)
-    header, offset = {}, 0
-    for name, (m, n) in shapes.items():
-        header[name] = {"dtype": "BF16", "shape": [m, n], "data_offsets": [offset, offset + 2 * m * n]}
-        offset += 2 * m * n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
+    raw = bf16_header(shapes)
     folders = [root / "base"] + [root / f"checkpoint-{100 * t}" for t in range(1, checkpoints + 1)]
     files = []
     for folder in folders:
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
         files.append(open(folder / "model.safetensors", "wb"))
-        files[-1].write(len(raw).to_bytes(8, "little") + raw)
+        files[-1].write(raw)
     gen = torch.Generator().manual_seed(seed)
     with bars() as progress:
         job = progress.add_task(f"writing {len(folders)} models", total=len(shapes))

@@ -1,7 +1,6 @@
 """`rlcast analyze`: analysis.json content on planted runs, the CLI paths, and one-line errors for every bad input."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ from safetensors.torch import load_file, save_file
 
 from rlcast.apps.analysis import analyze
 from rlcast.io.checkpoints import load_run
-from rlcast.apps.cli import main
 from rlcast.io.synthetic import planted_run, schedule, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -24,16 +22,6 @@ def planted(tmp_path_factory):
                        layers=2)
 
 
-def run_cli(monkeypatch, capsys, *args):
-    """Run `rlcast ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["rlcast", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_analysis_of_planted_run(planted, tmp_path):
@@ -60,11 +48,11 @@ def test_analysis_of_planted_run(planted, tmp_path):
     assert len(everything.modules) == 2 * 9 + 3
 
 
-def test_cli_analyze_fast_vs_exact_and_explicit(planted, tmp_path, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, "analyze", planted, "--rank", "2", "--out", tmp_path / "fast",
+def test_cli_analyze_fast_vs_exact_and_explicit(planted, tmp_path, run_cli):
+    code, out, err = run_cli("analyze", planted, "--rank", "2", "--out", tmp_path / "fast",
                              "--cache-dir", tmp_path / "cache")
     assert code == 0 and "mlp.up_proj" in out and "analysis.json" in err
-    code, _, _ = run_cli(monkeypatch, capsys, "analyze", "--base", planted / "base", "--checkpoint",
+    code, _, _ = run_cli("analyze", "--base", planted / "base", "--checkpoint",
                          f"20={planted / 'checkpoint-20'}", "--checkpoint", f"10={planted / 'checkpoint-10'}",
                          "--exact", "--rank", "2", "--out", tmp_path / "exact", "--cache-dir", tmp_path / "cache")
     assert code == 0
@@ -78,9 +66,9 @@ def test_cli_analyze_fast_vs_exact_and_explicit(planted, tmp_path, monkeypatch, 
                                                                                ["sigma"]), rtol=1e-4, atol=1e-7)
 
 
-def test_cli_example(tmp_path, monkeypatch, capsys):
+def test_cli_example(tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("HOME", str(tmp_path))
-    code, out, err = run_cli(monkeypatch, capsys, "analyze", "--example")
+    code, out, err = run_cli("analyze", "--example")
     assert code == 0, err
     data = json.loads((tmp_path / ".cache/rlcast/example-run/rlcast/analysis.json").read_text())
     assert data["steps"] == list(range(10, 101, 10)) and len(data["modules"]) == 14
@@ -124,18 +112,18 @@ def _corrupt(kind: str, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing_base", "shape", "missing_tensor", "nan", "truncated", "adapter_config"])
-def test_cli_bad_input_one_line(kind, tmp_path, monkeypatch, capsys):
+def test_cli_bad_input_one_line(kind, tmp_path, run_cli):
     args, fragment = _corrupt(kind, tmp_path)
     out_dir = tmp_path / "out"
-    code, _, err = run_cli(monkeypatch, capsys, "analyze", *args, "--out", out_dir)
+    code, _, err = run_cli("analyze", *args, "--out", out_dir)
     assert code == 1
     lines = [line for line in err.splitlines() if line.strip() and "Writing model shards" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert "Traceback" not in err and not out_dir.exists()  # no partial output
 
 
-def test_cli_usage_errors(planted, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "analyze", planted, "--checkpoint", "ten")
+def test_cli_usage_errors(planted, run_cli):
+    code, _, err = run_cli("analyze", planted, "--checkpoint", "ten")
     assert code == 1 and "expected STEP=PATH" in err
-    code, _, err = run_cli(monkeypatch, capsys, "analyze", planted, "--selection", "attention")
+    code, _, err = run_cli("analyze", planted, "--selection", "attention")
     assert code == 1 and "unknown module selection 'attention'" in err

@@ -3,7 +3,6 @@ one-line errors (unknown backend, unreachable cluster, missing CUDA) before any 
 
 import json
 import pickle
-import sys
 from functools import partial
 
 import pytest
@@ -12,7 +11,6 @@ import torch
 from safetensors import safe_open
 
 from rlcast.apps.analysis import analyze
-from rlcast.apps.cli import main
 from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Backend, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
@@ -39,15 +37,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["rlcast", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _square(x):
@@ -117,12 +106,12 @@ def test_ray_task_errors_are_one_line(planted, ray_cluster):
     (["--backend", "spark"], "--backend 'spark': expected local or ray"),
     (["--device", "cuda"], "--device cuda: no CUDA device here"),
 ])
-def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, monkeypatch, capsys, args, fragment):
+def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_cli, args, fragment):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
     for command in (["analyze", planted, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"],
                     ["dominance", planted, "--json", tmp_path / "out" / "d.json", "--keep-models", tmp_path / "m"]):
-        code, _, err = run_cli(monkeypatch, capsys, *command, *args)
+        code, _, err = run_cli(*command, *args)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
         assert not any(tmp_path.iterdir())
