@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Analyse, extrapolate and accelerate RL runs of language models from their rank-1 weight dynamics.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name paths: never hard-wrap them
 _state = {"debug": False}
 
 
