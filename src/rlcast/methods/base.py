@@ -2,8 +2,8 @@
 
 Every method is a scikit-learn-style estimator: hyper-parameters in `__init__` (stored under the same names, so
 `get_params()` reads them back), everything learned set by `fit(run)` under names ending in `_`, and `predict(step)`
-pure: it streams `(base name, predicted float32 weight)` for every base tensor, in base order, one tensor at a time,
-and changes nothing on the estimator (call it twice, get the same tensors). `rlcast.io.writer.write_model` consumes
+pure: it streams `(base name, predicted float32 weight on the CPU)` for every base tensor, in base order, one tensor at
+a time, and changes nothing on the estimator (call it twice, get the same tensors). `rlcast.io.writer.write_model` consumes
 the stream without ever holding a model.
 
 Where the work runs: `fit(run, device)` reads the run's tensors onto `device` (`reader_` reads there), so the
