@@ -29,11 +29,12 @@ from functools import partial
 
 import torch
 
-from rlcast.core.backend import LOCAL, Backend, map_tensors, resolve_device
+from rlcast.core.backend import Backend, map_tensors, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import Run, RunReader, check_selection
 
 CPU = torch.device("cpu")
+ONE_AT_A_TIME = Backend(workers=1)  # predict's default: one tensor in memory at a time, whatever the core count
 
 
 class Extrapolator:
@@ -74,11 +75,12 @@ class Extrapolator:
         self._fit()
         return self
 
-    def predict(self, step: int, backend: Backend = LOCAL) -> Iterator[tuple[str, torch.Tensor]]:
+    def predict(self, step: int, backend: Backend = ONE_AT_A_TIME) -> Iterator[tuple[str, torch.Tensor]]:
         """Stream (name, predicted float32 weight at `step`, on the CPU) for every base tensor, in base order.
 
-        The predicted tensors are computed one task per tensor on `backend` (`rlcast.core.backend.connect`), at most
-        `backend.workers` at a time; the others (the anchor's) are read here. Bad targets are errors here, before the
+        The predicted tensors are computed one task per tensor on `backend` (`rlcast.core.backend.connect`; default
+        one at a time in a worker thread), at most `backend.workers` at a time; the others (the anchor's) are read
+        here. Bad targets are errors here, before the
         first tensor is computed.
         """
         if not hasattr(self, "run_"):
