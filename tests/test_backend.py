@@ -1,5 +1,6 @@
-"""Backends and devices: --device resolution, Ray on a local 2-worker cluster giving exactly the local results, and
-one-line errors (unknown backend, unreachable cluster, missing CUDA) before any output is written."""
+"""Backends and devices: --device resolution, Ray on a local 2-worker cluster giving exactly the local results
+(spectra, rank-k models, every extrapolator's predictions), and one-line errors (unknown backend, unreachable cluster,
+missing CUDA) before any output is written."""
 
 import json
 import pickle
@@ -11,12 +12,15 @@ import torch
 from safetensors import safe_open
 
 from rlcast.apps.analysis import analyze
+from rlcast.apps.compare import compare
 from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Backend, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import RunReader, load_run
 from rlcast.io.synthetic import planted_run
+from rlcast.methods import METHODS, make_extrapolator
+from rlcast.training.testbed import base_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once
@@ -37,10 +41,17 @@ def ray_cluster():
     ray.shutdown()
 
 
-
-
 def _square(x):
     return x * x
+
+
+def assert_same_weights(a, b):
+    """Two written models hold byte-identical tensors and the same metadata (safetensors orders the header's metadata
+    at random, so the files themselves may differ)."""
+    a, b = (safe_open(folder / "model.safetensors", "pt") for folder in (a, b))
+    assert b.metadata() == a.metadata() and sorted(b.keys()) == sorted(a.keys())
+    for name in a.keys():
+        assert torch.equal(b.get_tensor(name).view(torch.uint8), a.get_tensor(name).view(torch.uint8)), name
 
 
 def test_resolve_device():
@@ -71,11 +82,11 @@ def test_local_map_and_connect_errors():
 
 
 def test_run_reader_pickles_as_its_run(planted):
-    reader = RunReader(load_run(planted))
+    reader = RunReader(load_run(planted), torch.device("cpu"))
     name = "model.layers.0.mlp.up_proj.weight"
     before = reader.delta(20, name)
     copy = pickle.loads(pickle.dumps(reader))
-    assert copy._readers == {} and torch.equal(copy.delta(20, name), before)
+    assert copy._readers == {} and copy.device == reader.device and torch.equal(copy.delta(20, name), before)
 
 
 def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
@@ -88,10 +99,49 @@ def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
     for backend in ("local", "ray"):
         with connect(backend) as workers:
             write_rank_k(run, 30, 2, tmp_path / backend, selection="all", backend=workers)
-    local, remote = (safe_open(tmp_path / b / "model.safetensors", "pt") for b in ("local", "ray"))
-    assert remote.metadata() == local.metadata() and sorted(remote.keys()) == sorted(local.keys())
-    for name in local.keys():  # byte-identical weights (safetensors orders the header's metadata at random)
-        assert torch.equal(remote.get_tensor(name).view(torch.uint8), local.get_tensor(name).view(torch.uint8))
+    assert_same_weights(tmp_path / "local", tmp_path / "ray")
+
+
+FAST = {"next": {"epochs": 5}}  # a few epochs: the MLPs' quality is not what is tested here
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_predicts_the_same_tensors_on_ray(planted, method, ray_cluster):
+    """The fitted estimator pickles to the Ray tasks (its fitted state with it) and they compute the local tensors."""
+    run = load_run(planted)
+    run.manifest = {"base_accuracy": 0.2, "checkpoints": [{"step": s, "accuracy": 0.2 + 0.005 * s} for s in run.steps]}
+    ex = make_extrapolator(method, **FAST.get(method, {})).fit(run, device="cpu")
+    with connect("local", workers=2) as workers:
+        local = list(ex.predict(40, workers))
+    with connect("ray") as workers:
+        remote = list(ex.predict(40, workers))
+    assert [n for n, _ in remote] == [n for n, _ in local] == RunReader(run).names()
+    for (name, a), (_, b) in zip(local, remote):
+        assert b.device.type == "cpu" and b.dtype == torch.float32 and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("method", ["weight-linear", "relex", "drift"])
+def test_cli_extrapolate_on_ray_writes_the_local_model(planted, tmp_path, run_cli, method, ray_cluster):
+    for backend in ("local", "ray"):
+        code, _, err = run_cli("extrapolate", planted, "--method", method, "--until", "20", "--target", "40",
+                               "--out", tmp_path / backend, "--device", "cpu", "--backend", backend)
+        assert code == 0, err
+    assert_same_weights(tmp_path / "local", tmp_path / "ray")
+
+
+def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster):
+    """compare passes its backend to the methods' predictions: the models it evaluates are the local ones."""
+    base = base_model(progress=False)
+    run = load_run(planted_run(tmp_path / "run", steps=[10, 20], base=base), base=base)
+    run.manifest = {"task": "arith"}
+    rows = {}
+    for backend in ("local", "ray"):
+        result = compare(run, [0.5], methods=["weight-linear", "drift"], n_prompts=2, progress=False,
+                         keep=tmp_path / backend, device="cpu", backend=backend)
+        rows[backend] = [(r.method, r.cutoff, r.accuracy, r.reason) for r in result.rows]
+    assert rows["ray"] == rows["local"] and all(reason is None for *_, reason in rows["local"])
+    for model in ("weight-linear-10", "drift-10"):
+        assert_same_weights(tmp_path / "local" / model, tmp_path / "ray" / model)
 
 
 def test_ray_task_errors_are_one_line(planted, ray_cluster):
@@ -110,7 +160,10 @@ def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
     for command in (["analyze", planted, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"],
-                    ["dominance", planted, "--json", tmp_path / "out" / "d.json", "--keep-models", tmp_path / "m"]):
+                    ["dominance", planted, "--json", tmp_path / "out" / "d.json", "--keep-models", tmp_path / "m"],
+                    ["extrapolate", planted, "--method", "relex", "--until", "20", "--target", "40", "--out",
+                     tmp_path / "out"],
+                    ["compare", planted, "--task", "arith", "--out", tmp_path / "out", "--keep"]):
         code, _, err = run_cli(*command, *args)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err

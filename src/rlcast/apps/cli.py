@@ -45,7 +45,7 @@ def _quiet_libraries() -> None:
 
 # --- commands (each owns its section; keep imports inside the function) ---
 
-# options shared by the commands with per-tensor backends (analyze, dominance)
+# options shared by the commands with per-tensor backends (analyze, dominance, extrapolate, compare)
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | ray://HOST:PORT "
                                                        "(default: a local instance).")
 WORKERS = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and in memory): local "
@@ -57,7 +57,7 @@ WORKERS = typer.Option(None, "--workers", help="Tensors computed at once, each o
 def extrapolate_cmd(
     run: str = typer.Argument(..., help="Run folder (checkpoints, base or run.json)."),
     method: str = typer.Option(..., "--method", "-m",
-                               help="weight-linear | alpharl | alpharl-step | relex | next"),
+                               help="weight-linear | alpharl | alpharl-step | relex | next | drift | rre"),
     until: int = typer.Option(..., "--until", help="Cutoff: fit on the checkpoints with step <= UNTIL."),
     target: int = typer.Option(..., "--target", help="The training step to predict."),
     out: str = typer.Option(..., "--out", help="HF model folder to write (temp folder renamed into place)."),
@@ -74,10 +74,16 @@ def extrapolate_cmd(
     c: float | None = typer.Option(None, "--c", help="next: predict-extend scale (default: chosen on --task's "
                                                         "train split, else 1.5)."),
     task: str | None = typer.Option(None, "--task", help="next: task used to choose c."),
+    device: str = typer.Option("auto", "--device", help="Where the fit's and the predicted tensors' arithmetic runs: "
+                                                        "auto (CUDA when present) | cpu | cuda[:N]."),
+    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
     from rich.progress import Progress
 
+    from rlcast.core.backend import connect, resolve_device
     from rlcast.io.checkpoints import load_run
     from rlcast.methods import make_extrapolator
     from rlcast.io.writer import write_model
@@ -86,22 +92,24 @@ def extrapolate_cmd(
               "horizon": horizon, "epochs": epochs, "c": c, "task": task,
               "target_step": target if task and method == "next" else None}  # NExt picks c for this target
     params = {k: v for k, v in params.items() if v is not None}
+    where = resolve_device(device)
     full = load_run(run, base=base)
     window = full.window(until)
-    ex = make_extrapolator(method, progress=True, **params).fit(window)
-    stream = ex.predict(target)
-    names = len(ex.reader_.names())
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        job = bar.add_task(f"{method}: writing step {target}", total=names)
+    ex = make_extrapolator(method, progress=True, **params)
+    with connect(backend, ray_address, workers) as pool:  # settings checked before the (possibly long) fit
+        ex.fit(window, device=where)
+        stream = ex.predict(target, pool)
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            job = bar.add_task(f"{method}: writing step {target}", total=len(ex.reader_.names()))
 
-        def counted():
-            for item in stream:
-                yield item
-                bar.advance(job)
+            def counted():
+                for item in stream:
+                    yield item
+                    bar.advance(job)
 
-        write_model(full.base, out, counted(),
-                    metadata={"rlcast": f"{method} from step {window.steps[-1]} to step {target}",
-                              "selection": ex.selection})
+            write_model(full.base, out, counted(),
+                        metadata={"rlcast": f"{method} from step {window.steps[-1]} to step {target}",
+                                  "selection": ex.selection})
     console.print(f"[green]wrote[/] {out} ({method}, steps <= {window.steps[-1]} -> step {target}, "
                   f"selection {ex.selection})", highlight=False)
 
@@ -121,6 +129,11 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of the methods."),
     param: list[str] | None = typer.Option(None, "--param", help="Method hyper-parameter, METHOD.KEY=VALUE "
                                                                     "(e.g. next.epochs=100); repeatable."),
+    device: str = typer.Option("auto", "--device", help="Where the methods' fits and predicted tensors are computed: "
+                                                        "auto (CUDA when present) | cpu | cuda[:N]."),
+    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Predict the target step with every method from every cutoff and compare on the same held-out prompts."""
     import json as _json
@@ -149,7 +162,8 @@ def compare_cmd(
     out = Path(out) if out else Path(full.root or ".") / "compare"
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
-                     params=params, keep=out / "models" if keep else None)
+                     params=params, keep=out / "models" if keep else None, device=device, backend=backend,
+                     ray_address=ray_address, workers=workers)
     print_table(result, Console())
     save(result, out)
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)

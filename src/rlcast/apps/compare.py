@@ -7,6 +7,8 @@ of your own; a method that takes a `task` (NExt, to choose its scale c on the tr
 arguments and the target step unless they are set.
 The real checkpoints at each cutoff and at the target (and the base) are evaluated the same way as reference rows.
 A method that cannot run on a window (too few checkpoints, no accuracies, ...) gets a row with the reason.
+Every method fits on `device` (auto: CUDA when present) and computes its predicted tensors on `backend` (local threads,
+or one Ray task per tensor), as `rlcast extrapolate` does; the evaluation is the same whatever they are.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from rlcast.core.backend import Backend, connect, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
@@ -127,13 +131,18 @@ def method_specs(methods: list[str | Extrapolator] | None) -> dict[str, str | Ex
 
 def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
             methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
-            params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True) -> Comparison:
+            params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True,
+            device: str = "auto", backend: str = "local", ray_address: str | None = None,
+            workers: int | None = None) -> Comparison:
     """Run every method at every cutoff; returns the Comparison (rows: real references first, then methods).
 
     `methods`: registered names or Extrapolator instances (default: every registered method). `params` maps a method
     (its name, or an instance's `label()`) to hyper-parameters, set on top of an instance's own. `keep`: a folder to
-    write the evaluated models into (kept; otherwise they are deleted after their evaluation).
+    write the evaluated models into (kept; otherwise they are deleted after their evaluation). `device`, `backend`
+    (with `ray_address`, `workers`): where the methods fit and predict (`rlcast.core.backend`); bad settings fail
+    before anything is evaluated.
     """
+    where = resolve_device(device)
     specs = method_specs(methods)
     params = {m: dict((params or {}).get(m, {})) for m in specs}
     manifest = run.manifest or {}
@@ -155,29 +164,31 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
                         cutoffs=used, params=params)
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
-    work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-    evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
-    real_steps = sorted(set([0] + used + [target]))
-    try:
-        console = Console(stderr=True)  # transient bar: nothing left behind in a log file
-        with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
-            job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
-            real: dict[int, Row] = {}
-            for step in real_steps:
-                bar.update(job, description=f"real checkpoint @ {step}")
-                stream = ((name, reader.weight(step, name)) for name in reader.names())
-                res, seconds = evaluator(f"real-{step}", stream, {"rlcast": f"real step {step}"})
-                real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
-                bar.advance(job)
-            for cutoff, window in zip(used, windows):
-                for label, spec in specs.items():
-                    bar.update(job, description=f"{label} @ {cutoff} -> {target}")
-                    result.rows.append(_method_row(label, spec, params[label], window, cutoff, target, evaluator))
+    with connect(backend, ray_address, workers) as pool:  # before anything is evaluated: bad settings fail first
+        work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
+        real_steps = sorted(set([0] + used + [target]))
+        try:
+            console = Console(stderr=True)  # transient bar: nothing left behind in a log file
+            with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
+                job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
+                real: dict[int, Row] = {}
+                for step in real_steps:
+                    bar.update(job, description=f"real checkpoint @ {step}")
+                    stream = ((name, reader.weight(step, name)) for name in reader.names())
+                    res, seconds = evaluator(f"real-{step}", stream, {"rlcast": f"real step {step}"})
+                    real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
                     bar.advance(job)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                for cutoff, window in zip(used, windows):
+                    for label, spec in specs.items():
+                        bar.update(job, description=f"{label} @ {cutoff} -> {target}")
+                        result.rows.append(_method_row(label, spec, params[label], window, cutoff, target,
+                                                       evaluator, where, pool))
+                        bar.advance(job)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     result.rows = [real[s] for s in real_steps] + result.rows
     top = real[target].accuracy
     for row in result.rows:
@@ -189,13 +200,13 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
 
 
 def _method_row(method: str, spec: str | Extrapolator, params: dict, window: Run, cutoff: int, target: int,
-                evaluator: _Evaluator) -> Row:
+                evaluator: _Evaluator, device: torch.device, backend: Backend) -> Row:
     """One method at one cutoff: a row with the evaluated accuracy, or with the reason it failed."""
     start = time.perf_counter()
     try:
-        ex = make_extrapolator(spec, **params).fit(window)
+        ex = make_extrapolator(spec, **params).fit(window, device)
         meta = {"rlcast": f"{method} from step {cutoff} to step {target}", "selection": ex.selection}
-        res, _ = evaluator(f"{method}-{cutoff}", ex.predict(target), meta)
+        res, _ = evaluator(f"{method}-{cutoff}", ex.predict(target, backend), meta)
         info = ex.summary()
     except RlcastError as err:
         return Row(method, cutoff, target, reason=str(err), seconds=time.perf_counter() - start)

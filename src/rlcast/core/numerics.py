@@ -131,14 +131,15 @@ def gram(reader, name: str, steps: list[int], chunk_mb: float = 256) -> torch.Te
 
     Accumulated over row chunks: per chunk, each checkpoint's delta is read in turn (one at a time) and only its rows
     are kept, at most `chunk_mb` MB for the T of them. Dense rows are stacked into M and G += M M^T; LoRA rows stay
-    factors and their inner products come from the factors.
+    factors and their inner products come from the factors. The deltas are read onto the reader's device; G is on the
+    CPU.
     """
     g = torch.zeros(len(steps), len(steps), dtype=torch.float64)
     for r0, r1 in row_chunks(tuple(reader.shape(name)), len(steps), chunk_mb):
         pieces = [rows(reader.delta(step, name), r0, r1) for step in steps]
         if all(isinstance(p, torch.Tensor) for p in pieces):
             m = torch.stack([p.reshape(-1) for p in pieces])
-            g += (m @ m.T).double()
+            g += (m @ m.T).double().cpu()
         else:
             g += torch.tensor([[inner(p, q) for q in pieces] for p in pieces], dtype=torch.float64)
         del pieces

@@ -558,18 +558,22 @@ def _subtract(out: torch.Tensor, other: torch.Tensor, chunk: int = 1 << 20) -> N
 
 
 class RunReader:
-    """Per-tensor views of a run: base weights, weights at a step, deltas. Keeps readers open, never whole models."""
+    """Per-tensor views of a run: base weights, weights at a step, deltas. Keeps readers open, never whole models.
 
-    def __init__(self, run: Run):
+    Tensors are read onto `device` (None: the CPU) unless a call names its own.
+    """
+
+    def __init__(self, run: Run, device: torch.device | None = None):
         self.run = run
+        self.device = device
         self.base_reader = TensorReader(run.base)
         self._readers: dict[int, TensorReader | VerlShards | Adapter] = {}
         self._tied: dict[int, bool] = {}  # step -> lm_head may be read from the tied embedding
 
     def __reduce__(self):
-        """Pickled as its Run: a reader sent to another process (a Ray task) reopens the headers there, never ships
-        tensors (a `.bin` checkpoint's state dict is held open here)."""
-        return RunReader, (self.run,)
+        """Pickled as its Run and device: a reader sent to another process (a Ray task) reopens the headers there,
+        never ships tensors (a `.bin` checkpoint's state dict is held open here)."""
+        return RunReader, (self.run, self.device)
 
     def names(self) -> list[str]:
         return self.base_reader.names()
@@ -578,7 +582,11 @@ class RunReader:
         return self.base_reader.shape(name)
 
     def base(self, name: str, device: torch.device | None = None) -> torch.Tensor:
-        return self.base_reader.get(name, torch.float32, device)
+        return self.base_reader.get(name, torch.float32, self._on(device))
+
+    def _on(self, device: torch.device | None) -> torch.device | None:
+        """The device a read goes to: the call's, else the reader's."""
+        return self.device if device is None else device
 
     def reader(self, step: int) -> TensorReader | VerlShards | Adapter:
         """The opened checkpoint (validated once against the base's tensor names, shapes and dtypes)."""
@@ -626,6 +634,7 @@ class RunReader:
     def delta(self, step: int, name: str, device: torch.device | None = None) -> Delta:
         """W_step - W_0 in float32 (on `device`, read straight there); LoRA-adapted modules give a LowRankDelta;
         untouched tensors give zeros."""
+        device = self._on(device)
         reader = self.reader(step)
         if isinstance(reader, Adapter):
             if name in reader.factors:
@@ -648,6 +657,7 @@ class RunReader:
 
     def weight(self, step: int, name: str, device: torch.device | None = None) -> torch.Tensor:
         """The float32 weight at a step (0 = base), on `device`."""
+        device = self._on(device)
         if step == 0:
             return self.base(name, device)
         delta = self.delta(step, name, device)

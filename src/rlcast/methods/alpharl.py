@@ -62,7 +62,8 @@ class AlphaRLStep(Extrapolator):
         self.anchor = anchor
 
     def _fit(self) -> None:
-        traj = build_trajectory(self.run_, rank=1, progress=self.progress, names=self.targets_)
+        traj = build_trajectory(self.run_, rank=1, progress=self.progress, names=self.targets_,
+                                device=self.reader_.device)
         self.steps_ = traj.steps
         self.a_, self.v_ = {}, {}
         for name in self.targets_:
@@ -75,7 +76,8 @@ class AlphaRLStep(Extrapolator):
     def _tensor(self, name: str, step: int) -> torch.Tensor:
         a_star, v = self._a_star(name, step), self.v_[name]
         update = a_star if v is None else torch.outer(a_star, v)
-        return self._anchor(name) + update.float()
+        anchor = self._anchor(name)
+        return anchor + update.float().to(anchor.device)
 
 
 @register("alpharl")

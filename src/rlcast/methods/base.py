@@ -2,9 +2,15 @@
 
 Every method is a scikit-learn-style estimator: hyper-parameters in `__init__` (stored under the same names, so
 `get_params()` reads them back), everything learned set by `fit(run)` under names ending in `_`, and `predict(step)`
-pure: it streams `(base name, predicted float32 weight)` for every base tensor, in base order, one tensor at a time,
-and changes nothing on the estimator (call it twice, get the same tensors). `rlcast.io.writer.write_model` consumes
+pure: it streams `(base name, predicted float32 weight on the CPU)` for every base tensor, in base order, one tensor at
+a time, and changes nothing on the estimator (call it twice, get the same tensors). `rlcast.io.writer.write_model` consumes
 the stream without ever holding a model.
+
+Where the work runs: `fit(run, device)` reads the run's tensors onto `device` (`reader_` reads there), so the
+per-tensor arithmetic of `fit` and of `_tensor` runs there; what `fit` learns is small and kept on the CPU.
+`predict(step, backend)` maps `_tensor` over the predicted tensors with `rlcast.core.backend.map_tensors` (threads of
+this process, or one Ray task per tensor with the fitted estimator pickled once): every tensor is computed on one
+torch thread and comes back on the CPU, so every backend streams bit-identical tensors.
 
 Notation (METHODS.md): W0 base, W_t weights after step t, dW_t = W_t - W0, t the last window step, T the target step.
 Tensors outside the method's module selection, or that no checkpoint changes, are returned at the anchor (the base,
@@ -19,18 +25,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 
+from rlcast.core.backend import Backend, map_tensors, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import Run, RunReader, check_selection
+
+CPU = torch.device("cpu")
+ONE_AT_A_TIME = Backend(workers=1)  # predict's default: one tensor in memory at a time, whatever the core count
 
 
 class Extrapolator:
     """Base class: parameters, window checks, module selection and the streaming loop.
 
-    After `fit`: `run_` (the window), `reader_`, `last_` (last window step) and `targets_` (names the method predicts:
-    the selection's tensors that some checkpoint changes), then whatever the subclass's `_fit` learns.
+    After `fit`: `run_` (the window), `reader_` (reading onto the fit's device), `last_` (last window step) and
+    `targets_` (names the method predicts: the selection's tensors that some checkpoint changes), then whatever the
+    subclass's `_fit` learns. A fitted estimator pickles (its reader as the run's paths), so Ray tasks can predict.
     """
 
     name = ""            # registry name (set by `register`)
@@ -45,36 +57,45 @@ class Extrapolator:
         """The `__init__` parameters and their values (sklearn's BaseEstimator.get_params, without nesting)."""
         return {p: getattr(self, p) for p in parameters(type(self))}
 
-    def fit(self, run: Run) -> "Extrapolator":
-        """Fit on every checkpoint of `run` (already windowed to the cutoff, `run.window(cutoff)`)."""
+    def fit(self, run: Run, device: str | torch.device | None = None) -> "Extrapolator":
+        """Fit on every checkpoint of `run` (already windowed to the cutoff, `run.window(cutoff)`).
+
+        `device` (None: the CPU; "auto", "cpu", "cuda[:N]") is where the tensors are read and the per-tensor
+        arithmetic runs, in `fit` and in `predict`.
+        """
         n = len(run.checkpoints)
         if n < self.min_checkpoints:
             until = f"up to step {run.steps[-1]}" if n else "(empty)"
             raise RlcastError(f"{self.label()}: needs at least {self.min_checkpoints} checkpoints, the window {until} "
                               f"has {n}")
         self.run_ = run
-        self.reader_ = RunReader(run)
+        self.reader_ = RunReader(run, None if device is None else resolve_device(device))
         self.last_ = run.steps[-1]
         self.targets_ = self.reader_.selected(self.selection)
         self._fit()
         return self
 
-    def predict(self, step: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stream (name, predicted float32 weight at `step`) for every base tensor, in base order.
+    def predict(self, step: int, backend: Backend = ONE_AT_A_TIME) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream (name, predicted float32 weight at `step`, on the CPU) for every base tensor, in base order.
 
-        Bad targets are errors here, before the first tensor is computed.
+        The predicted tensors are computed one task per tensor on `backend` (`rlcast.core.backend.connect`; default
+        one at a time in a worker thread), at most `backend.workers` at a time; the others (the anchor's) are read
+        here. Bad targets are errors here, before the
+        first tensor is computed.
         """
         if not hasattr(self, "run_"):
             raise RlcastError(f"{self.label()}: call fit(run) before predict(step)")
         if step < self.last_:
             raise RlcastError(f"{self.label()}: target step {step} is before the cutoff step {self.last_}")
         self._check(step)
-        return self._stream(step)
+        return self._stream(step, backend)
 
-    def _stream(self, step: int) -> Iterator[tuple[str, torch.Tensor]]:
-        targets = set(self.targets_)
-        for name in self.reader_.names():
-            yield name, self._tensor(name, step) if name in targets else self._anchor(name)
+    def _stream(self, step: int, backend: Backend) -> Iterator[tuple[str, torch.Tensor]]:
+        targets, names = set(self.targets_), self.reader_.names()
+        computed = map_tensors(partial(_predicted, self, step), [n for n in names if n in targets], backend,
+                               self.reader_.device)
+        for name in names:
+            yield name, next(computed) if name in targets else self._anchor(name, CPU)
 
     def summary(self) -> dict:
         """What the fit chose (for reports): module selection, number of predicted tensors, anchor, window."""
@@ -85,8 +106,11 @@ class Extrapolator:
         """The registry name, else the class name (an unregistered user class)."""
         return self.name or type(self).__name__
 
-    def _anchor(self, name: str) -> torch.Tensor:
-        return self.reader_.base(name) if self.anchor == "base" else self.reader_.weight(self.last_, name)
+    def _anchor(self, name: str, device: torch.device | None = None) -> torch.Tensor:
+        """The anchor's float32 weight (on `device`, default the fit's)."""
+        if self.anchor == "base":
+            return self.reader_.base(name, device)
+        return self.reader_.weight(self.last_, name, device)
 
     def _fit(self) -> None:
         """Method-specific fitting on self.run_ (override)."""
@@ -95,8 +119,16 @@ class Extrapolator:
         """Raise RlcastError when `step` cannot be predicted (override; must not change the estimator)."""
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:
-        """The predicted float32 weight of one target tensor at `step` (override)."""
+        """The predicted float32 weight of one target tensor at `step`, on the fit's device (override).
+
+        Runs in worker threads or Ray tasks, several tensors at once: it must not change the estimator.
+        """
         raise NotImplementedError
+
+
+def _predicted(estimator: Extrapolator, step: int, name: str) -> torch.Tensor:
+    """One backend task of `predict`: the fitted estimator's tensor `name` at `step`, returned on the CPU."""
+    return estimator._tensor(name, step).cpu()
 
 
 def parameters(cls: type[Extrapolator]) -> list[str]:

@@ -134,10 +134,10 @@ class NExt(Extrapolator):
             self.select_c(self.target_step if self.target_step is not None else self.last_ + self.k_steps_)
 
     def _triplet(self, delta) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sqrt(s) u, sqrt(s) v) of a 2-D delta's top singular triplet."""
+        """(sqrt(s) u, sqrt(s) v) of a 2-D delta's top singular triplet, on the CPU (the MLPs train there)."""
         spec = top_k(delta, k=1, seed=self.seed)
         root = abs(float(spec.s[0])) ** 0.5
-        return root * spec.u[:, 0].float(), root * spec.v[:, 0].float()
+        return root * spec.u[:, 0].float().cpu(), root * spec.v[:, 0].float().cpu()
 
     def _features(self, name: str, features) -> list:
         """Add one tensor's (global, local, target) training pairs to `features`; return the last checkpoint's input.
@@ -149,7 +149,7 @@ class NExt(Extrapolator):
         keys = [("u", shape), ("v", shape)] if two_d else [("vec", shape)]
 
         def vectors(delta) -> list[torch.Tensor]:
-            return list(self._triplet(delta)) if two_d else [dense(delta).float().reshape(-1)]
+            return list(self._triplet(delta)) if two_d else [dense(delta).float().reshape(-1).cpu()]
 
         def aligned(ref: list[torch.Tensor], vecs: list[torch.Tensor]) -> list[torch.Tensor]:
             if two_d and float(ref[0] @ vecs[0]) < 0:  # a rank-1 triplet has no sign: match the global one
@@ -178,7 +178,8 @@ class NExt(Extrapolator):
         """W_t + c ((T - t) / k_steps) s* u* v*^T for one target tensor."""
         parts = self.update_[name]
         update = torch.outer(parts[0], parts[1]) if len(parts) == 2 else parts[0].view(self.reader_.shape(name))
-        return self.reader_.weight(self.last_, name) + c * (step - self.last_) / self.k_steps_ * update
+        last = self.reader_.weight(self.last_, name)
+        return last + c * (step - self.last_) / self.k_steps_ * update.to(last.device)
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:
         return self._extend(name, step, self.c_)

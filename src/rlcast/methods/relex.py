@@ -72,8 +72,8 @@ class Relex(Extrapolator):
         return w0 + step * w1
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:
-        w = self.weights(name, step).float()
         base = self.reader_.base(name)
+        w = self.weights(name, step).float().to(base.device)
         flat = base.reshape(-1).clone()
         cols = max(1, math.prod(base.shape[1:]))
         for r0, r1 in row_chunks(tuple(base.shape), len(w), self.chunk_mb):
