@@ -235,7 +235,7 @@ def test_continue_checks_its_inputs_before_loading_a_model(source, tmp_path, mon
             continue_from(out, run, step, steps, **({"weights": start} | kw), progress=False)
         assert "\n" not in str(err.value) and not out.exists()
 
-    fails("checkpoint-3: no such checkpoint .* lists steps 2, 4", step=3)
+    fails("checkpoint-3: not a checkpoint of the run .* lists steps 2, 4", step=3)
     fails("steps 2: the continuation must end after its start step 2", steps=2)
     fails("optimizer 'adam'", optimizer="adam")
     fails("either a weights folder or a method", method="weight-linear", target=4)

@@ -49,7 +49,8 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
     folder `out` and return the fitted extrapolator. A method that takes a task (NExt, to choose its scale c on the
     train split) gets `task`, `task_args` and the target unless `params` sets them."""
     ex = make_extrapolator(method, progress=progress, **(params or {}))
-    if task is not None and ex.get_params().get("task", ...) is None:
+    given = ex.get_params()
+    if task is not None and "task" in given and given["task"] is None:
         ex = make_extrapolator(ex, task=task, task_args=task_args, target_step=target)
     stream = ex.fit(run.window(until)).predict(target)
     console = Console(stderr=True)
@@ -97,7 +98,8 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
     cutoff = run / f"checkpoint-{step}"
     if not (cutoff / "trainer_state.json").is_file():
         known = ", ".join(str(c["step"]) for c in source.get("checkpoints", []))
-        raise RlcastError(f"{cutoff}: no such checkpoint with a trainer_state.json (run.json lists steps {known})")
+        raise RlcastError(f"{cutoff}: not a checkpoint of the run (no trainer_state.json; run.json lists steps "
+                          f"{known})")
     missing = [f for f in OPTIMIZER_FILES if not (cutoff / f).is_file()]
     if optimizer == "cutoff" and missing:
         raise RlcastError(f"{cutoff}: no {missing[0]} (only the newest checkpoint keeps it unless the run is trained "
