@@ -173,12 +173,13 @@ def test_cli_train_with_preset_hp_and_accelerate(tmp_path):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A 4-step run that keeps every checkpoint's optimizer state: the run the continuations start from."""
+    """A 4-step run that keeps every checkpoint's optimizer state: the run the continuations start from. Its learning
+    rate decays linearly over the 4 steps, so a continuation must keep the source's schedule to reproduce it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield train(tmp_path_factory.mktemp("source") / "run", config(steps=4, save_every=2, keep_optimizer="all"),
-                    progress=False)
+        yield train(tmp_path_factory.mktemp("source") / "run",
+                    config(steps=4, save_every=2, keep_optimizer="all", lr_scheduler_type="linear"), progress=False)
     finally:
         torch.set_num_threads(threads)
 
