@@ -1,17 +1,23 @@
-"""`rlcast train`: the run layout, every algorithm's TRL loss fields, configs and presets, resume, and the CLI."""
+"""`rlcast train`: the run layout, every algorithm's TRL loss fields, configs and presets, resume, and the CLI;
+`rlcast continue`: RL continued from other weights at a checkpoint of a run."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import load_run
+from rlcast.training import continuation, runs
+from rlcast.training.continuation import continue_from
 from rlcast.training.runs import ALGOS, FORMAT_VERSION, HYPERPARAMETERS, TrainConfig, read_manifest, train
-from rlcast.training.support import parse_overrides
+from rlcast.training.support import config_from_dict, parse_overrides
 from rlcast.training.testbed import base_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -93,6 +99,12 @@ def test_config_is_validated_and_overrides_are_typed():
         parse("beta")
     with pytest.raises(RlcastError, match="unknown key 'steps'"):  # run settings have their own options
         parse("steps=3")
+    assert parse("keep_optimizer=all", "schedule_steps=300") == {"keep_optimizer": "all", "schedule_steps": 300}
+    with pytest.raises(RlcastError, match="keep_optimizer 'first': expected last or all"):
+        TrainConfig(keep_optimizer="first")
+    # a format-2 run.json written before these fields existed still loads, with the old behaviour
+    older = {k: v for k, v in TrainConfig().to_json().items() if k not in ("keep_optimizer", "schedule_steps")}
+    assert config_from_dict(TrainConfig, older, "run.json") == TrainConfig()
 
 
 class Crash(TrainerCallback):
@@ -157,3 +169,122 @@ def test_cli_train_with_preset_hp_and_accelerate(tmp_path):
     assert bad.exit_code == 1 and "'four' is not a valid int" in str(bad.exception)
     bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--preset", "nope"])
     assert bad.exit_code == 1 and "unknown preset 'nope'" in str(bad.exception)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A 4-step run that keeps every checkpoint's optimizer state: the run the continuations start from. Its learning
+    rate decays linearly over the 4 steps, so a continuation must keep the source's schedule to reproduce it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield train(tmp_path_factory.mktemp("source") / "run",
+                    config(steps=4, save_every=2, keep_optimizer="all", lr_scheduler_type="linear"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def files(folder):
+    """{path: (size, mtime)} of every file under `folder`: to check that a continuation wrote nothing there."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_continuing_from_the_cutoffs_own_weights_reproduces_the_run(source, tmp_path):
+    assert (source / "checkpoint-2" / "optimizer.pt").exists()  # keep_optimizer="all"
+    before = files(source)
+    # stop at 3 (before the source's schedule ends), then resume to 4: still the source run, bit for bit
+    out = continue_from(tmp_path / "cutoff", source, 2, 3, weights=source / "checkpoint-2", progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 3] and manifest["status"] == "finished"
+    assert (manifest["config"]["steps"], manifest["config"]["schedule_steps"]) == (3, 4)
+    assert manifest["continued_from"] == {"run": str(source.resolve()), "step": 2, "optimizer": "cutoff",
+                                          "weights": str((source / "checkpoint-2").resolve())}
+    continue_from(out, source, 2, 4, resume=True, progress=False)
+    a, b = weights(source / "checkpoint-4"), weights(out / "checkpoint-4")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = {c["step"]: c["accuracy"] for c in json.loads((source / "run.json").read_text())["checkpoints"]}
+    manifest = json.loads((out / "run.json").read_text())
+    assert {c["step"]: c["accuracy"] for c in manifest["checkpoints"] if c["step"] != 3} == plain  # same prompts
+    assert manifest["base_accuracy"] == json.loads((source / "run.json").read_text())["base_accuracy"]
+    run = load_run(out)
+    assert run.steps == [2, 3, 4] and run.accuracy[4] == plain[4] and run.base == load_run(source).base
+    # RL-Extra's restart: same weights, step counter, data and RNG, but new Adam moments and schedule
+    fresh = continue_from(tmp_path / "fresh", source, 2, 4, weights=source / "checkpoint-2", optimizer="fresh",
+                          progress=False)
+    assert not (fresh / "checkpoint-2" / "optimizer.pt").exists()
+    c = weights(fresh / "checkpoint-4")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(RlcastError, match="continues .* from step 2 .fresh optimizer., not .* .cutoff."):
+        continue_from(fresh, source, 2, 6, resume=True, progress=False)
+    assert files(source) == before  # nothing of the source run was written
+
+
+def test_continue_checks_its_inputs_before_loading_a_model(source, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(continuation, "load_model", no_model)
+    monkeypatch.setattr(runs, "load_model", no_model)
+    out, start = tmp_path / "out", source / "checkpoint-2"
+
+    def fails(match, run=source, step=2, steps=4, **kw):
+        with pytest.raises(RlcastError, match=match) as err:
+            continue_from(out, run, step, steps, **({"weights": start} | kw), progress=False)
+        assert "\n" not in str(err.value) and not out.exists()
+
+    fails("checkpoint-3: not a checkpoint of the run .* lists steps 2, 4", step=3)
+    fails("steps 2: the continuation must end after its start step 2", steps=2)
+    fails("optimizer 'adam'", optimizer="adam")
+    fails("either a weights folder or a method", method="weight-linear", target=4)
+    fails("unknown method 'spline'", weights=None, method="spline", target=4)
+    fails("nothing to continue .no run.json.", run=tmp_path)
+    fails("missing: no such model folder", weights=tmp_path / "missing")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text("{}")
+    fails("notes: not a Hugging Face model folder", weights=tmp_path / "notes")
+    adapter = shutil.copytree(start, tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_text("{}")
+    fails("adapter: a PEFT adapter", weights=adapter)
+    tensors = weights(start)
+    name = next(iter(tensors))
+    for label, changed, match in (
+            ("narrow", {name: tensors[name][..., :-1].clone()}, f"tensor {name} has shape"),
+            ("extra", {"extra.weight": tensors[name].clone()}, "tensor extra.weight is not in the run's base")):
+        bad = shutil.copytree(start, tmp_path / label)
+        save_file(tensors | changed, bad / "model.safetensors")
+        fails(f"{label}: {match}", weights=bad)
+    dropped = shutil.copytree(source, tmp_path / "dropped")  # a checkpoint without its optimizer state
+    (dropped / "checkpoint-2" / "optimizer.pt").unlink()
+    fails("checkpoint-2: no optimizer.pt .* keep_optimizer=all", run=dropped)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    manifest = json.loads((source / "run.json").read_text())
+    manifest["config"]["lora"] = True
+    (lora / "run.json").write_text(json.dumps(manifest))
+    fails("lora: a LoRA run; a prediction is a merged dense model", run=lora)
+    out.mkdir()
+    (out / "x").write_text("")
+    with pytest.raises(RlcastError, match="exists and is not empty"):
+        continue_from(out, source, 2, 4, weights=start, progress=False)
+
+
+def test_cli_continue_predicts_then_trains(source, tmp_path):
+    out = tmp_path / "next"
+    args = ["continue", str(source), "--method", "weight-linear", "--at", "2", "--target", "4", "--steps", "4",
+            "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 4]
+    assert manifest["continued_from"]["prediction"] == {"method": "weight-linear", "target": 4, "params": {}}
+    assert "accuracy" in result.output and "the plain run" in result.output
+    predicted = weights(out / "checkpoint-2")  # W0 + (4/2)(W2 - W0), in the base's float32
+    w0, w2 = load_file(base_model() / "model.safetensors"), weights(source / "checkpoint-2")
+    assert all(torch.allclose(predicted[k], w0[k] + 2 * (w2[k] - w0[k]), atol=1e-6) for k in w0)
+    bad = CliRunner().invoke(app, ["continue", str(source), "--at", "2", "--steps", "4", "--out", str(tmp_path / "x"),
+                                   "--target", "4", "--weights", str(source / "checkpoint-2")])
+    assert bad.exit_code == 1 and "--target and --param go with --method" in str(bad.exception)

@@ -81,36 +81,18 @@ def extrapolate_cmd(
     workers: int | None = WORKERS,
 ) -> None:
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
-    from rich.progress import Progress
-
     from rlcast.core.backend import connect, resolve_device
     from rlcast.io.checkpoints import load_run
-    from rlcast.methods import make_extrapolator
-    from rlcast.io.writer import write_model
+    from rlcast.training.continuation import write_prediction
 
     params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
-              "horizon": horizon, "epochs": epochs, "c": c, "task": task,
-              "target_step": target if task and method == "next" else None}  # NExt picks c for this target
-    params = {k: v for k, v in params.items() if v is not None}
+              "horizon": horizon, "epochs": epochs, "c": c}
     where = resolve_device(device)
     full = load_run(run, base=base)
-    window = full.window(until)
-    ex = make_extrapolator(method, progress=True, **params)
     with connect(backend, ray_address, workers) as pool:  # settings checked before the (possibly long) fit
-        ex.fit(window, device=where)
-        stream = ex.predict(target, pool)
-        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-            job = bar.add_task(f"{method}: writing step {target}", total=len(ex.reader_.names()))
-
-            def counted():
-                for item in stream:
-                    yield item
-                    bar.advance(job)
-
-            write_model(full.base, out, counted(),
-                        metadata={"rlcast": f"{method} from step {window.steps[-1]} to step {target}",
-                                  "selection": ex.selection})
-    console.print(f"[green]wrote[/] {out} ({method}, steps <= {window.steps[-1]} -> step {target}, "
+        ex = write_prediction(full, method, until, target, out, {k: v for k, v in params.items() if v is not None},
+                              task=task, progress=True, device=where, backend=pool)
+    console.print(f"[green]wrote[/] {out} ({method}, steps <= {ex.last_} -> step {target}, "
                   f"selection {ex.selection})", highlight=False)
 
 
@@ -361,7 +343,7 @@ def train_cmd(
                                                                          "checkpoint."),
     hp: list[str] | None = typer.Option(None, "--hp", help="Hyper-parameter KEY=VALUE, typed as in "
                                         "rlcast.training.runs.TrainConfig (learning_rate, num_generations, "
-                                        "batch_size, beta, loss_type, epsilon_high, ...); repeatable."),
+                                        "batch_size, beta, loss_type, epsilon_high, keep_optimizer, ...); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
     accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
                                                                 "extrapolator, checked on held-out prompts."),
@@ -413,6 +395,52 @@ def train_cmd(
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
                       f"steps, overhead {summary['cost_step_equivalents'] or 0:.1f} step-equivalents", highlight=False)
+
+
+@app.command("continue")
+def continue_cmd(
+    run: str = typer.Argument(..., help="Run folder written by rlcast train (run.json + checkpoint-N/)."),
+    at: int = typer.Option(..., "--at", help="Start at this checkpoint's step counter, RNG and data position "
+                                             "(and, with --optimizer cutoff, its optimizer state)."),
+    steps: int = typer.Option(..., "--steps", help="Train until this step (on the run's step axis)."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder of the continued run: checkpoint-N/ and run.json."),
+    weights: str | None = typer.Option(None, "--weights", help="Start from this HF model folder (e.g. written by "
+                                                               "rlcast extrapolate)."),
+    method: str | None = typer.Option(None, "--method", "-m", help="Or start from this method's prediction of "
+                                                                   "--target from the checkpoints up to --at."),
+    target: int | None = typer.Option(None, "--target", help="With --method: the step to predict."),
+    param: list[str] | None = typer.Option(None, "--param", help="With --method: hyper-parameter KEY=VALUE (e.g. "
+                                                                 "c=1.5); repeatable."),
+    optimizer: str = typer.Option("cutoff", "--optimizer", help="cutoff: the checkpoint's Adam moments and scheduler "
+                                  "(every checkpoint has them with --hp keep_optimizer=all) | fresh: new ones "
+                                  "(RL-Extra's restart)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
+) -> None:
+    """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
+    import json as _json
+    from pathlib import Path
+
+    from rlcast.training.continuation import continue_from
+
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RlcastError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            params[key] = _json.loads(value)
+        except _json.JSONDecodeError:
+            params[key] = value
+    if (params or target is not None) and method is None:
+        raise RlcastError("--target and --param go with --method")
+    path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,
+                         optimizer=optimizer, resume=resume)
+    acc = {c["step"]: c["accuracy"] for c in _json.loads((path / "run.json").read_text())["checkpoints"]}
+    plain = {c["step"]: c["accuracy"] for c in _json.loads((Path(run) / "run.json").read_text())["checkpoints"]}
+    end = max(acc)
+    console.print(f"[green]wrote[/] {path}: accuracy {acc[at]:.3f} at step {at} (start weights), {acc[end]:.3f} at "
+                  f"step {end}" + (f"; the plain run: {plain[end]:.3f} at step {end}" if end in plain else "")
+                  + f", {plain[max(plain)]:.3f} at step {max(plain)}", highlight=False)
 
 
 @app.command("analyze")

@@ -7,7 +7,8 @@ A run is described by one `TrainConfig` (typed, JSON-serialisable, stored in the
 
 run.json is rewritten atomically after every checkpoint (a TrainerCallback on_save evaluates the in-memory model
 greedily on the task's test split), so an interrupted run leaves its finished checkpoints and a valid manifest.
-Only the newest checkpoint keeps the optimizer and scheduler state: enough to resume, without tripling the disk.
+Only the newest checkpoint keeps the optimizer and scheduler state: enough to resume, without tripling the disk
+(`keep_optimizer="all"` keeps every checkpoint's, so any of them can be continued from: `training.continuation`).
 `algo="sft"` (TRL's SFTTrainer on the task's train split) gives the negative control of the rank-1 analysis: a run of
 the same size and layout whose updates are not low-rank.
 
@@ -84,6 +85,7 @@ class TrainConfig:
     beta: float = 0.0                       # KL to the reference model (0 = no reference model kept)
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
+    schedule_steps: int | None = None       # lr schedule length; None: steps (a continued run keeps its source's)
     weight_decay: float = 0.0
     lora_r: int = 16
     lora_alpha: int = 32
@@ -93,6 +95,7 @@ class TrainConfig:
     epsilon: float = 0.2                    # lower clip range of the policy ratio
     epsilon_high: float | None = None       # upper clip range; None: epsilon (dapo: 0.28)
     scale_rewards: str | None = None        # GRPO family only: group | batch | none (dr-grpo: none)
+    keep_optimizer: str = "last"            # optimizer + scheduler state in the newest checkpoint only, or in "all"
 
     def __post_init__(self):
         if self.algo not in ALGOS:
@@ -109,6 +112,10 @@ class TrainConfig:
             raise RlcastError(f"unknown loss_type {self.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
         if self.scale_rewards is not None and self.scale_rewards not in SCALE_REWARDS:
             raise RlcastError(f"unknown scale_rewards {self.scale_rewards!r}; known: {', '.join(SCALE_REWARDS)}")
+        if self.keep_optimizer not in ("last", "all"):
+            raise RlcastError(f"keep_optimizer {self.keep_optimizer!r}: expected last or all")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise RlcastError(f"schedule_steps must be >= 1 or None (got {self.schedule_steps})")
 
     @property
     def kind(self) -> str:
@@ -159,19 +166,21 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-def read_manifest(out: Path) -> tuple[dict, TrainConfig]:
-    """run.json of the run in `out` and its config; a missing, unreadable or older-format file is a one-line error."""
+def read_manifest(out: Path, action: str = "resume") -> tuple[dict, TrainConfig]:
+    """run.json of the run in `out` and its config; a missing, unreadable or older-format file is a one-line error
+    saying what cannot be done (`action`: resume, continue)."""
     path = Path(out) / "run.json"
     if not path.exists():
-        raise RlcastError(f"{out}: nothing to resume (no run.json)")
+        raise RlcastError(f"{out}: nothing to {action} (no run.json)")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RlcastError(f"{path}: unreadable ({err}); cannot resume this run") from None
+        raise RlcastError(f"{path}: unreadable ({err}); cannot {action} this run") from None
     found = manifest.get("format", 1) if isinstance(manifest, dict) else None
     if found != FORMAT_VERSION or not isinstance(manifest.get("config"), dict):
-        raise RlcastError(f"{path}: run.json format {found}, this rlcast resumes format {FORMAT_VERSION} only "
-                          f"(written by an older rlcast?); start a new run in another folder")
+        raise RlcastError(f"{path}: run.json format {found}, this rlcast {action}s format {FORMAT_VERSION} only "
+                          f"(written by an older rlcast?)" + ("; start a new run in another folder"
+                                                               if action == "resume" else ""))
     return manifest, config_from_dict(TrainConfig, manifest["config"], str(path))
 
 
@@ -180,11 +189,13 @@ def _checkpoints(out: Path) -> list[int]:
 
 
 class ManifestCallback(TrainerCallback):
-    """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states."""
+    """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states
+    (unless `keep_optimizer` is "all")."""
 
-    def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool):
+    def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool,
+                 keep_optimizer: str = "last"):
         self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
-        self.eval_prompts, self.progress = eval_prompts, progress
+        self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
 
     def on_save(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -198,7 +209,7 @@ class ManifestCallback(TrainerCallback):
         done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
         self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
         write_json_atomic(self.out / "run.json", self.manifest)
-        for older in _checkpoints(self.out):
+        for older in _checkpoints(self.out) if self.keep_optimizer == "last" else ():
             if older < step:
                 for name in ("optimizer.pt", "scheduler.pt"):
                     (self.out / f"checkpoint-{older}" / name).unlink(missing_ok=True)
@@ -213,12 +224,12 @@ class RichProgress(TrainerCallback):
     Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
     """
 
-    def __init__(self, bar: Progress, label: str, manifest: dict):
-        self.bar, self.label, self.manifest = bar, label, manifest
+    def __init__(self, bar: Progress, label: str, manifest: dict, total: int):
+        self.bar, self.label, self.manifest, self.total = bar, label, manifest, total
         self.job, self.metric = None, ""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.job = self.bar.add_task(self.label, total=state.max_steps, completed=state.global_step)
+        self.job = self.bar.add_task(self.label, total=self.total, completed=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.bar.update(self.job, completed=state.global_step, description=self.describe())
@@ -236,6 +247,17 @@ class RichProgress(TrainerCallback):
         done = self.manifest["checkpoints"]
         held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {self.manifest['base_accuracy']:.3f}"
         return " | ".join(x for x in (self.label, self.metric, held_out) if x)
+
+
+class StopAt(TrainerCallback):
+    """End training at `step`, with a checkpoint, before the Trainer's max_steps (the end of the lr schedule)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = control.should_save = True
 
 
 def _checkpointing_arg() -> str:
@@ -296,7 +318,10 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
     peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM") if config.lora else None
     cuda = torch.cuda.is_available()
-    common = dict(output_dir=str(out), max_steps=config.steps, save_strategy="steps", save_steps=config.save_every,
+    horizon = max(config.steps, config.schedule_steps or 0)  # the schedule's length; StopAt ends the run at steps
+    if horizon > config.steps:
+        callbacks = [*callbacks, StopAt(config.steps)]
+    common = dict(output_dir=str(out), max_steps=horizon, save_strategy="steps", save_steps=config.save_every,
                   learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
                   warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=config.seed,
                   data_seed=config.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
@@ -358,14 +383,16 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         write_json_atomic(out / "run.json", manifest)
 
     set_seed(config.seed)
-    manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress)
+    manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress,
+                                   config.keep_optimizer)
     trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks])
     # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
-    trainer.add_callback(RichProgress(bar, f"{config.algo.upper()}{' LoRA' if config.lora else ''}", manifest))
+    trainer.add_callback(RichProgress(bar, f"{config.algo.upper()}{' LoRA' if config.lora else ''}", manifest,
+                                      config.steps))
     done = _checkpoints(out)
     with bar, warnings.catch_warnings():
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
