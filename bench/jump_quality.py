@@ -1,0 +1,124 @@
+"""Do jumps buy the accuracy of the steps they skip? Extrapolation along plain runs, scored against the real future.
+
+On finished plain runs (e.g. bench/acceleration.py's `plain-SEED` folders: checkpoints every 10 steps, held-out
+accuracy recorded at each), at every `--every`-th step t: the callback's recipe offline. A window of `--window`
+checkpoints ending at t is the run, its first checkpoint the anchor (`load_run(base=..., checkpoints=...)`, as
+`rlcast.training.accelerate` does); each method is back-tested (fit without the last, predict it) and then fitted on
+the whole window to predict t + H. Against the real checkpoint at t + H:
+
+    backtest_error  ||P_last - W_last|| / ||W_last - W_prev||        (what the callback sees; < 1 beats standing still)
+    realised_error  ||P_t+H - W_t+H|| / ||W_t+H - W_t||              (what the jump really did, same scale)
+    bought          (acc(P_t+H) - acc(W_t)) / (acc(W_t+H) - acc(W_t))   summed over t (ratio of sums: a noisy
+                    denominator per t would explode): the share of the skipped steps' accuracy gain the jump buys
+
+accuracies on the same held-out prompts the run's manifest used (greedy, test split, its eval_prompts, seed 0).
+Last line, per method and horizon: `method=M H=N backtest=X realised=Y bought=Z gain_jump=A gain_real=B points=K`.
+
+    .venv/bin/python bench/jump_quality.py RUN [RUN ...] --horizons 10,30 --methods weight-linear,drift
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers.utils import logging as hf_logging
+
+from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import TensorReader, load_run
+from rlcast.io.writer import write_model
+from rlcast.methods import make_extrapolator
+
+
+def window_run(run: Path, steps: list[int]):
+    """The checkpoints at `steps` as a run whose base is the first (steps counted from it), as the callback sees."""
+    return load_run(base=run / f"checkpoint-{steps[0]}",
+                    checkpoints={s - steps[0]: run / f"checkpoint-{s}" for s in steps[1:]})
+
+
+def relative_error(stream, actual: TensorReader, before: TensorReader, tee: list | None = None) -> float:
+    """||P - A|| / ||A - B|| over the tensors that move; the stream's items are appended to `tee` when given."""
+    num = den = 0.0
+    for name, pred in stream:
+        a, b = actual.get(name, torch.float32), before.get(name, torch.float32)
+        num += float((pred.float() - a).double().pow(2).sum())
+        den += float((a - b).double().pow(2).sum())
+        if tee is not None:
+            tee.append((name, pred))
+    return math.sqrt(num / den) if den > 0 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished plain run folders")
+    parser.add_argument("--methods", default="weight-linear,drift,relex")
+    parser.add_argument("--horizons", default="10,30")
+    parser.add_argument("--window", type=int, default=6, help="checkpoints per window, the anchor included")
+    parser.add_argument("--every", type=int, default=30, help="steps between jump points")
+    parser.add_argument("--out", help="write jump_quality.json here (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    methods, horizons = args.methods.split(","), [int(h) for h in args.horizons.split(",")]
+    out = Path(args.out or tempfile.mkdtemp(prefix="rlcast-bench-jumps-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    plan = []
+    for run in map(Path, args.runs):
+        manifest = json.loads((run / "run.json").read_text())
+        acc = {c["step"]: c["accuracy"] for c in manifest["checkpoints"]}
+        steps = sorted(acc)
+        for i, t in enumerate(steps):
+            if i + 1 < args.window or t % args.every:
+                continue
+            plan += [(run, manifest, acc, steps[i + 1 - args.window:i + 1], h, m)
+                     for h in horizons if t + h in acc for m in methods]
+    tasks: dict[str, object] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        job = bar.add_task("jumps", total=len(plan))
+        for run, manifest, acc, window, h, method in plan:
+            t = window[-1]
+            key = json.dumps([manifest["task"], manifest["task_args"]])
+            task = tasks.setdefault(key, get_task(manifest["task"], manifest["task_args"] or None))
+            ex = make_extrapolator(method, selection="all").fit(window_run(run, window[:-1]))
+            backtest = relative_error(ex.predict(window[-1] - window[0]), TensorReader(run / f"checkpoint-{t}"),
+                                      TensorReader(run / f"checkpoint-{window[-2]}"))
+            ex = make_extrapolator(method, selection="all").fit(window_run(run, window))
+            predicted: list = []
+            realised = relative_error(ex.predict(t + h - window[0]), TensorReader(run / f"checkpoint-{t + h}"),
+                                      TensorReader(run / f"checkpoint-{t}"), tee=predicted)
+            folder = write_model(run / f"checkpoint-{t}", out / "prediction", predicted)
+            model, tok = load_model(folder)
+            accuracy = evaluate(model, task, n_prompts=manifest["config"]["eval_prompts"], tokenizer=tok,
+                                progress=False).accuracy
+            rows.append({"run": str(run), "t": t, "H": h, "method": method, "backtest_error": backtest,
+                         "realised_error": realised, "acc_t": acc[t], "acc_real": acc[t + h], "acc_jump": accuracy})
+            bar.console.print(f"{run.name} t={t} H={h} {method:13s} backtest {backtest:.2f} realised {realised:.2f} "
+                              f"acc W_t {acc[t]:.3f} W_t+H {acc[t + h]:.3f} P {accuracy:.3f}", highlight=False,
+                              soft_wrap=True)
+            bar.advance(job)
+            (out / "jump_quality.json").write_text(json.dumps(rows, indent=1))
+    print(f"rows in {out / 'jump_quality.json'}")
+    for method in methods:
+        for h in horizons:
+            sel = [r for r in rows if r["method"] == method and r["H"] == h]
+            if not sel:
+                continue
+            gain_jump = sum(r["acc_jump"] - r["acc_t"] for r in sel) / len(sel)
+            gain_real = sum(r["acc_real"] - r["acc_t"] for r in sel) / len(sel)
+            print(f"method={method} H={h} backtest={statistics.median(r['backtest_error'] for r in sel):.2f} "
+                  f"realised={statistics.median(r['realised_error'] for r in sel):.2f} "
+                  f"bought={gain_jump / gain_real if gain_real else float('nan'):.2f} gain_jump={gain_jump:+.4f} "
+                  f"gain_real={gain_real:+.4f} points={len(sel)}")
+
+
+if __name__ == "__main__":
+    main()
