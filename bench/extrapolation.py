@@ -84,6 +84,14 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
             if row is None or row.accuracy is None:
                 print(f"    {method:14s} failed: {row.reason if row else 'no row'}")
                 continue
+            r = {"seed": seed, "method": method, "cutoff": cutoff, "fraction": cutoff / target, "extra": extra,
+                 "target": target, "prediction": row.accuracy, "retained": row.accuracy / plain[target],
+                 "gain": row.gain, "continued": None, "plain_matched": plain.get(end), "plain_final": plain[target],
+                 "vs_matched": None, "vs_final": None}
+            rows.append(r)
+            if method not in args.continue_methods:
+                print(f"    {method:14s} pred={row.accuracy:.3f} retained={r['retained']:.3f} gain={row.gain:+.3f}")
+                continue
             began = time.perf_counter()
             continued = continue_from(root / f"seed{seed}" / f"{method}-{cutoff}", plain_dir, cutoff, end,
                                       weights=root / f"seed{seed}" / "predictions" / f"{method}-{cutoff}",
@@ -94,11 +102,8 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
                                  f"scored the prediction {row.accuracy}: not the same prompts")
             acc = scores[end]
             drop_optimizer_states(continued)
-            r = {"seed": seed, "method": method, "cutoff": cutoff, "fraction": cutoff / target, "extra": extra,
-                 "target": target, "prediction": row.accuracy, "retained": row.accuracy / plain[target],
-                 "gain": row.gain, "continued": acc, "plain_matched": plain.get(end), "plain_final": plain[target],
-                 "vs_matched": acc - plain[end] if end in plain else None, "vs_final": acc - plain[target]}
-            rows.append(r)
+            r.update(continued=acc, vs_matched=acc - plain[end] if end in plain else None,
+                     vs_final=acc - plain[target])
             matched = f"{plain[end]:.3f} ({r['vs_matched']:+.3f})" if end in plain else "- (no checkpoint there)"
             print(f"    {method:14s} pred={row.accuracy:.3f} retained={r['retained']:.3f} gain={row.gain:+.3f} | "
                   f"pred+{extra}={acc:.3f} plain@{end}={matched} plain@{target}={plain[target]:.3f} "
@@ -115,6 +120,8 @@ def main() -> None:
     parser.add_argument("--cutoffs", default="0.2,0.4", help="windows as fractions of the steps")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--n-prompts", type=int, default=1000, help="held-out prompts for every score")
+    parser.add_argument("--continue-methods", help="methods whose predictions are continued (default: all of "
+                                                       "--methods; each costs k RL steps per cutoff and seed)")
     parser.add_argument("--extra", type=int, default=None, help="RL steps after each prediction (default: the "
                                                                 "cutoff's steps, i.e. equal extra compute)")
     parser.add_argument("--optimizer", default="cutoff", choices=("cutoff", "fresh"),
@@ -122,6 +129,7 @@ def main() -> None:
     parser.add_argument("--out", help="keep the runs and results.json here (default: a temporary folder)")
     args = parser.parse_args()
     args.cutoffs = [float(x) for x in args.cutoffs.split(",")]
+    args.continue_methods = (args.continue_methods or args.methods).split(",")
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -148,11 +156,13 @@ def main() -> None:
         print(f"{method:14s} cutoff={fraction:.2f} median retained={fmt(med(group, 'retained'), '')} "
               f"gain={fmt(med(group, 'gain'))} continued={fmt(med(group, 'continued'), '')} "
               f"vs_matched={fmt(med(group, 'vs_matched'))} vs_final={fmt(med(group, 'vs_final'))} "
-              f"per seed vs_final={[round(r['vs_final'], 3) for r in group]}")
-    if not groups:
-        print("no method produced a prediction")
+              f"per seed retained={[round(r['retained'], 3) for r in group]} "
+              f"vs_final={[None if r['vs_final'] is None else round(r['vs_final'], 3) for r in group]}")
+    continued = {key: group for key, group in groups.items() if med(group, "vs_final") is not None}
+    if not continued:
+        print("no prediction was continued")
         return
-    (method, fraction), group = max(groups.items(), key=lambda item: med(item[1], "vs_final"))
+    (method, fraction), group = max(continued.items(), key=lambda item: med(item[1], "vs_final"))
     r = group[0]
     print(f"method={method} cutoff={fraction:.2f} retained={fmt(med(group, 'retained'), '')} "
           f"gain={fmt(med(group, 'gain'))} continued={fmt(med(group, 'continued'), '')} "

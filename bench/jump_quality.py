@@ -2,7 +2,7 @@
 
 On finished plain runs (e.g. bench/acceleration.py's `plain-SEED` folders: checkpoints every 10 steps, held-out
 accuracy recorded at each), at every `--every`-th step t: the callback's recipe offline. A window of `--window`
-checkpoints ending at t is the run, its first checkpoint the anchor (`load_run(base=..., checkpoints=...)`, as
+checkpoints ending at t (`--window 0`: every checkpoint from the base model on) is the run, its first the anchor (`load_run(base=..., checkpoints=...)`, as
 `rlcast.training.accelerate` does); each method is back-tested (fit without the last, predict it) and then fitted on
 the whole window to predict t + H. Against the real checkpoint at t + H:
 
@@ -37,10 +37,14 @@ from rlcast.io.writer import write_model
 from rlcast.methods import make_extrapolator
 
 
+def folder(run: Path, step: int) -> Path:
+    """The weights of `run` at `step` (0: its base model)."""
+    return Path(json.loads((run / "run.json").read_text())["base"]) if step == 0 else run / f"checkpoint-{step}"
+
+
 def window_run(run: Path, steps: list[int]):
     """The checkpoints at `steps` as a run whose base is the first (steps counted from it), as the callback sees."""
-    return load_run(base=run / f"checkpoint-{steps[0]}",
-                    checkpoints={s - steps[0]: run / f"checkpoint-{s}" for s in steps[1:]})
+    return load_run(base=folder(run, steps[0]), checkpoints={s - steps[0]: folder(run, s) for s in steps[1:]})
 
 
 def relative_error(stream, actual: TensorReader, before: TensorReader, tee: list | None = None) -> float:
@@ -60,7 +64,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="finished plain run folders")
     parser.add_argument("--methods", default="weight-linear,drift,relex")
     parser.add_argument("--horizons", default="10,30")
-    parser.add_argument("--window", type=int, default=6, help="checkpoints per window, the anchor included")
+    parser.add_argument("--window", type=int, default=6, help="checkpoints per window, the anchor included; 0: the "
+                                                                  "whole run so far, anchored at the base model")
     parser.add_argument("--every", type=int, default=30, help="steps between jump points")
     parser.add_argument("--out", help="write jump_quality.json here (default: a temporary folder)")
     args = parser.parse_args()
@@ -75,11 +80,13 @@ def main() -> None:
     for run in map(Path, args.runs):
         manifest = json.loads((run / "run.json").read_text())
         acc = {c["step"]: c["accuracy"] for c in manifest["checkpoints"]}
+        acc[0] = manifest["base_accuracy"]
         steps = sorted(acc)
         for i, t in enumerate(steps):
-            if i + 1 < args.window or t % args.every:
+            if i + 1 < max(args.window, 3) or t % args.every:
                 continue
-            plan += [(run, manifest, acc, steps[i + 1 - args.window:i + 1], h, m)
+            window = steps[:i + 1] if args.window == 0 else steps[i + 1 - args.window:i + 1]
+            plan += [(run, manifest, acc, window, h, m)
                      for h in horizons if t + h in acc for m in methods]
     tasks: dict[str, object] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
@@ -90,13 +97,13 @@ def main() -> None:
             task = tasks.setdefault(key, get_task(manifest["task"], manifest["task_args"] or None))
             ex = make_extrapolator(method, selection="all").fit(window_run(run, window[:-1]))
             backtest = relative_error(ex.predict(window[-1] - window[0]), TensorReader(run / f"checkpoint-{t}"),
-                                      TensorReader(run / f"checkpoint-{window[-2]}"))
+                                      TensorReader(folder(run, window[-2])))
             ex = make_extrapolator(method, selection="all").fit(window_run(run, window))
             predicted: list = []
             realised = relative_error(ex.predict(t + h - window[0]), TensorReader(run / f"checkpoint-{t + h}"),
                                       TensorReader(run / f"checkpoint-{t}"), tee=predicted)
-            folder = write_model(run / f"checkpoint-{t}", out / "prediction", predicted)
-            model, tok = load_model(folder)
+            written = write_model(run / f"checkpoint-{t}", out / "prediction", predicted)
+            model, tok = load_model(written)
             accuracy = evaluate(model, task, n_prompts=manifest["config"]["eval_prompts"], tokenizer=tok,
                                 progress=False).accuracy
             rows.append({"run": str(run), "t": t, "H": h, "method": method, "backtest_error": backtest,
