@@ -16,6 +16,7 @@ were chosen on seeds >= 100; the benchmark runs seeds 0..N-1.
 
     .venv/bin/python bench/acceleration.py --seeds 5 --save-every 10
     .venv/bin/python bench/acceleration.py --first-seed 100 --seeds 1 --accel every=20 --accel horizon=20
+    .venv/bin/python bench/acceleration.py --preset smollm2 --seeds 1 --parallel --accel eval_prompts=32 --accel every=20
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,6 +52,16 @@ def compare(plain: dict[int, float], accelerated: dict[int, float], overhead: fl
             "retained": accelerated[max(accelerated)] / plain[max(plain)]}
 
 
+def train_plain(plain_dir: Path, config) -> float:
+    """The plain run of one seed (resumed when interrupted, kept when finished); its wall time in seconds."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    manifest = plain_dir / "run.json"
+    if not manifest.exists() or json.loads(manifest.read_text())["status"] != "finished":
+        train(plain_dir, config, progress=False, resume=manifest.exists())
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="steady")
@@ -56,6 +69,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="benchmark: 0; tuning: >= 100")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint (and held-out score) every N steps")
     parser.add_argument("--accel", action="append", default=[], help="AccelerateConfig KEY=VALUE; repeatable")
+    parser.add_argument("--parallel", action="store_true", help="train each seed's plain run in a second process "
+                                                                     "while the accelerated one trains (2 cores)")
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summary of acceleration.json "
                                                                     "files (e.g. seeds run in parallel)")
@@ -74,17 +89,16 @@ def main() -> None:
     print(f"accelerate: {json.dumps(accel.to_json())}")
     rows = []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar, \
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         job = bar.add_task("seeds", total=2 * args.seeds)
         for seed in seeds:
             config = dataclasses.replace(base, seed=seed)
             plain_dir, accel_dir = root / f"plain-{seed}", root / f"accelerated-{seed}"
-            start = time.perf_counter()
-            if not (plain_dir / "run.json").exists() or json.loads((plain_dir / "run.json").read_text())[
-                    "status"] != "finished":
-                train(plain_dir, config, progress=False, resume=(plain_dir / "run.json").exists())
-            plain_seconds = time.perf_counter() - start
-            bar.advance(job)
+            plain = pool.submit(train_plain, plain_dir, config) if args.parallel else None
+            if plain is None:
+                plain_seconds = train_plain(plain_dir, config)
+                bar.advance(job)
             callback = AccelerateCallback(accel)
             start = time.perf_counter()
             if accel_dir.exists():  # an interrupted accelerated run restarts: its jumps depend on the whole history
@@ -92,6 +106,9 @@ def main() -> None:
             train(accel_dir, config, callbacks=[callback], progress=False)
             accel_seconds = time.perf_counter() - start
             bar.advance(job)
+            if plain is not None:
+                plain_seconds = plain.result()
+                bar.advance(job)
             summary = callback.summary()
             overhead = summary["cost_step_equivalents"] or 0.0
             result = compare(curve(plain_dir), curve(accel_dir), overhead)
