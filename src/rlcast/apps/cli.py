@@ -420,17 +420,10 @@ def continue_cmd(
     import json as _json
     from pathlib import Path
 
+    from rlcast.evaluation.tasks import parse_task_args
     from rlcast.training.continuation import continue_from
 
-    params = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RlcastError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            params[key] = _json.loads(value)
-        except _json.JSONDecodeError:
-            params[key] = value
+    params = parse_task_args(param, "--param")
     if (params or target is not None) and method is None:
         raise RlcastError("--target and --param go with --method")
     path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,

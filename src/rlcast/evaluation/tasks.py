@@ -226,13 +226,14 @@ def get_task(spec: str, args: dict | None = None) -> Task:
     raise RlcastError(f"unknown task {spec!r}; known: {', '.join(KNOWN_TASKS)}")
 
 
-def parse_task_args(pairs: list[str] | None) -> dict:
-    """['k=v', ...] -> dict, values parsed as JSON when they parse (numbers, booleans), else kept as strings."""
+def parse_task_args(pairs: list[str] | None, option: str = "--task-arg") -> dict:
+    """['k=v', ...] -> dict, values parsed as JSON when they parse (numbers, booleans), else kept as strings; a pair
+    without '=' is an error naming `option`."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise RlcastError(f"--task-arg {pair!r}: expected key=value")
+            raise RlcastError(f"{option} {pair!r}: expected key=value")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
