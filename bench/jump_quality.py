@@ -7,7 +7,8 @@ checkpoints ending at t (`--window 0`: every checkpoint from the base model on) 
 the whole window to predict t + H. Against the real checkpoint at t + H:
 
     backtest_error  ||P_last - W_last|| / ||W_last - W_prev||        (what the callback sees; < 1 beats standing still)
-    realised_error  ||P_t+H - W_t+H|| / ||W_t+H - W_t||              (what the jump really did, same scale)
+    realised_error  ||P_t+H - W_t+H|| / ||W_t+H - W_t||              (what the jump really did, same scale;
+                                                                       NaN at H = 0: a denoised point, no move)
     bought          (acc(P_t+H) - acc(W_t)) / (acc(W_t+H) - acc(W_t))   summed over t (ratio of sums: a noisy
                     denominator per t would explode): the share of the skipped steps' accuracy gain the jump buys
 
@@ -31,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers.utils import logging as hf_logging
 
 from rlcast.evaluation.generation import evaluate, load_model
-from rlcast.evaluation.tasks import get_task
+from rlcast.evaluation.tasks import get_task, parse_task_args
 from rlcast.io.checkpoints import TensorReader, load_run
 from rlcast.io.writer import write_model
 from rlcast.methods import make_extrapolator
@@ -62,7 +63,8 @@ def relative_error(stream, actual: TensorReader, before: TensorReader, tee: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished plain run folders")
-    parser.add_argument("--methods", default="weight-linear,drift,relex")
+    parser.add_argument("--methods", default="weight-linear,drift,relex", help="comma-separated; a method's "
+                        "parameters after a colon, separated by '+': drift:origin=fit+damping=0.5")
     parser.add_argument("--horizons", default="10,30")
     parser.add_argument("--window", type=int, default=6, help="checkpoints per window, the anchor included; 0: the "
                                                                   "whole run so far, anchored at the base model")
@@ -95,10 +97,12 @@ def main() -> None:
             t = window[-1]
             key = json.dumps([manifest["task"], manifest["task_args"]])
             task = tasks.setdefault(key, get_task(manifest["task"], manifest["task_args"] or None))
-            ex = make_extrapolator(method, selection="all").fit(window_run(run, window[:-1]))
+            name, _, spec = method.partition(":")  # METHOD[:key=value,...]
+            params = parse_task_args(spec.split("+") if spec else [], "--methods")
+            ex = make_extrapolator(name, selection="all", **params).fit(window_run(run, window[:-1]))
             backtest = relative_error(ex.predict(window[-1] - window[0]), TensorReader(run / f"checkpoint-{t}"),
                                       TensorReader(folder(run, window[-2])))
-            ex = make_extrapolator(method, selection="all").fit(window_run(run, window))
+            ex = make_extrapolator(name, selection="all", **params).fit(window_run(run, window))
             predicted: list = []
             realised = relative_error(ex.predict(t + h - window[0]), TensorReader(run / f"checkpoint-{t + h}"),
                                       TensorReader(run / f"checkpoint-{t}"), tee=predicted)

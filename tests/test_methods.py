@@ -79,7 +79,7 @@ def delta_error(ex, run: Run, target: int, names=None, stream=None) -> float:
 
 @pytest.mark.parametrize("method,params", [("weight-linear", {}), ("relex", {}), ("relex", {"rank": 2}),
                                            ("alpharl-step", {"selection": "all"}), ("drift", {}),
-                                           ("drift", {"include_base": False})])
+                                           ("drift", {"include_base": False}), ("drift", {"origin": "fit"})])
 def test_planted_linear_reproduced_from_30_percent(planted, method, params):
     ex = make_extrapolator(method, **params).fit(planted.window(30))
     assert ex.targets_ == RunReader(planted).names()
@@ -369,6 +369,15 @@ def test_drift_averages_the_noise_that_weight_linear_amplifies(tmp_path):
 
     # expected rms error ratio for 8 points + base, horizon 8: sqrt(2.85) / 2 = 0.84 (the last point's noise stays)
     assert error("drift") < 0.9 * error("weight-linear")
+    # origin="fit" also drops the last point's noise: at T = t the line's error is sqrt(1/9 + 16/60) = 0.61 of the
+    # last checkpoint's (which drift's default origin returns as is)
+    now = {n: reader.base(n) + 8 * drift[n] for n in truth}
+
+    def error_now(**params):
+        pred = dict(make_extrapolator("drift", **params).fit(run).predict(8))
+        return sum(float((pred[n] - now[n]).pow(2).sum()) for n in now) ** 0.5
+
+    assert error_now(origin="fit") < 0.7 * error_now()
 
 
 def test_rre_finds_the_fixed_point_of_a_geometric_sequence(tmp_path):

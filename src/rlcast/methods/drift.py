@@ -11,6 +11,13 @@ prediction keeps the last checkpoint and moves along the fitted velocity:
 a time). With two points (the base and one checkpoint) this is weight extrapolation from the last checkpoint; with
 more, the velocity averages the noise of every window point instead of amplifying the last one's. `damping` < 1
 shortens the move (the back-test of the live callback tells whether the drift holds over the horizon).
+
+`origin="fit"` also denoises the starting point: the prediction is the fitted line itself,
+
+    W(T) = W_mean + beta * (T - s_mean)      (W_mean, s_mean: the window's mean weights and mean step; base included)
+
+which at T = t is the window's least-squares estimate of where the drift stands now, without the last point's noise
+(an average of the window's iterates moved along the drift, as weight averaging does for noisy SGD).
 """
 
 from __future__ import annotations
@@ -37,11 +44,14 @@ class Drift(Extrapolator):
     min_checkpoints = 1
     anchor = "last"
 
-    def __init__(self, damping: float = 1.0, include_base: bool = True, selection: str = "all",
+    def __init__(self, damping: float = 1.0, include_base: bool = True, origin: str = "last", selection: str = "all",
                  progress: bool = False):
         super().__init__(selection, progress)
         if not damping > 0:
             raise RlcastError(f"drift: damping must be > 0, got {damping}")
+        if origin not in ("last", "fit"):
+            raise RlcastError(f"drift: origin must be last or fit, got {origin!r}")
+        self.origin = origin
         if not include_base:
             self.min_checkpoints = 2  # a line needs two points
         self.damping = damping
@@ -52,6 +62,8 @@ class Drift(Extrapolator):
             raise RlcastError(f"drift: a line without the base needs 2 checkpoints, the window has "
                               f"{len(self.run_.steps)}")
         self.coefficients_ = velocity_weights(self.run_.steps, self.include_base)
+        points = ([0] if self.include_base else []) + list(self.run_.steps)
+        self.mean_step_ = sum(points) / len(points)
 
     def velocity(self, name: str) -> torch.Tensor:
         """beta: the least-squares velocity of one tensor over the window (per step)."""
@@ -61,6 +73,17 @@ class Drift(Extrapolator):
             out = term if out is None else out.add_(term)
         return out
 
+    def mean_weight(self, name: str) -> torch.Tensor:
+        """W_mean: the average of the window's weights (the base counted when it is a point of the line)."""
+        total = None
+        for step in self.run_.steps:
+            term = dense(self.reader_.delta(step, name)).float()
+            total = term if total is None else total.add_(term)
+        points = len(self.run_.steps) + int(self.include_base)
+        return self.reader_.base(name) + total / points
+
     def _tensor(self, name: str, step: int) -> torch.Tensor:
+        if self.origin == "fit":
+            return self.mean_weight(name) + self.damping * (step - self.mean_step_) * self.velocity(name)
         move = self.damping * (step - self.last_)
         return self.reader_.weight(self.last_, name) + move * self.velocity(name)
