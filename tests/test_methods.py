@@ -399,3 +399,15 @@ def test_rre_finds_the_fixed_point_of_a_geometric_sequence(tmp_path):
     capped = make_extrapolator("rre", max_move=1e-4).fit(run)
     last_norm = sum(float(RunReader(run).weight(3, n).double().pow(2).sum()) for n in limit) ** 0.5
     assert capped.move_norm_ == pytest.approx(0.875 * 1e-4 * last_norm, rel=1e-6)
+
+
+def test_with_task_gives_next_the_task_target_and_budget_once():
+    from rlcast.methods.base import with_task
+
+    assert with_task("weight-linear", {}, "arith", None, 50, 4) == {}
+    assert with_task("next", {"epochs": 5}, "arith", {"ops": "+"}, 50, 4) == {
+        "epochs": 5, "task": "arith", "task_args": {"ops": "+"}, "target_step": 50, "max_new_tokens": 4}
+    assert with_task("next", {"task": "rg:leg_counting"}, "arith", None, 50, 4) == {"task": "rg:leg_counting"}
+    # an instance's own budget is kept: only what is missing is added
+    assert "max_new_tokens" not in with_task(make_extrapolator("next", max_new_tokens=8), {}, "arith", None, 50, 4)
+    assert with_task("next", {}, None, None, 50, 4) == {}

@@ -31,7 +31,7 @@ from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import Run, RunReader
 from rlcast.io.writer import atomic_file, write_json_atomic, write_model
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
-from rlcast.methods.base import parameters
+from rlcast.methods.base import with_task
 
 REFERENCE = "real"
 
@@ -151,11 +151,9 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     if not task:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
     target = resolve_target(run, target)
+    budget = (manifest.get("config") or {}).get("max_completion_length")  # the completions the run trained on
     for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
-        given = {**(spec.get_params() if isinstance(spec, Extrapolator) else {}), **params[label]}
-        accepted = parameters(type(spec) if isinstance(spec, Extrapolator) else METHODS[spec])
-        if "task" in accepted and given.get("task") is None:
-            params[label].update({"task": task, "task_args": task_args, "target_step": target})
+        params[label] = with_task(spec, params[label], task, task_args, target, budget)
     nominal = cutoff_steps(run, list(cutoffs), target)
     windows = list({w.steps[-1] if w.checkpoints else 0: w for w in map(run.window, nominal)}.items())
     used = [step for step, _ in windows]  # fractions that land on the same checkpoint are compared once

@@ -167,3 +167,18 @@ def make_extrapolator(spec: str | Extrapolator, **params) -> Extrapolator:
             raise RlcastError(f"method {cls.name or cls.__name__} has no parameter {key!r} "
                               f"(it takes {', '.join(sorted(accepted))})")
     return cls(**params)
+
+
+def with_task(spec: str | Extrapolator, params: dict, task: str | None, task_args: dict | None, target_step: int,
+              max_new_tokens: int | None = None) -> dict:
+    """`params` plus the task context for a method that scores candidates on a task (NExt chooses its scale c on the
+    train split, for `target_step`, at `max_new_tokens`: the run's completion budget) when none was given."""
+    given = {**(spec.get_params() if isinstance(spec, Extrapolator) else {}), **params}
+    accepted = parameters(type(spec) if isinstance(spec, Extrapolator) else METHODS[spec])
+    if task is None or "task" not in accepted or given.get("task") is not None:
+        return params
+    context = {"task": task, "task_args": task_args, "target_step": target_step}
+    if "max_new_tokens" in accepted and given.get("max_new_tokens") is None:
+        context["max_new_tokens"] = max_new_tokens
+    return {**params, **context}
+

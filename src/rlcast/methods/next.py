@@ -86,8 +86,11 @@ class NExt(Extrapolator):
     horizon: k in checkpoints (default half the window); training pairs are every i with i + k in the window.
     c: the predict-extend scale. When c is None and `task` is given, `fit` calls `select_c(target_step)` (default
     target: one horizon past the cutoff), which scores every c in `c_grid` on `n_val` prompts of the task's train
-    split and keeps the best (ties: closest to 1.5); without a task c = 1.5. Learns `k_`, `k_steps_`, `nets_`,
-    `update_` (the predicted s* u* v*^T factors per tensor), `c_` and, when chosen, `c_scores_`.
+    split and keeps the best (ties: closest to 1.5), generating at most `max_new_tokens` tokens (None: the task's
+    budget; compare and `rlcast continue` pass the run's training completion length, which the policy was trained to
+    answer within: on SmolLM2 the task's 256 tokens made the choice 6 x 64 long generations); without a task
+    c = 1.5. Learns `k_`, `k_steps_`, `nets_`, `update_` (the predicted s* u* v*^T factors per tensor), `c_` and,
+    when chosen, `c_scores_`.
     Deviations from the paper: features are scaled by one scalar per MLP, and the default lr is 1e-3 (2e-5 barely
     moves in a few hundred epochs).
     """
@@ -98,11 +101,11 @@ class NExt(Extrapolator):
     def __init__(self, horizon: int | None = None, epochs: int = 300, lr: float = 1e-3, c: float | None = None,
                  task: str | None = None, task_args: dict | None = None, target_step: int | None = None,
                  c_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 2.5), n_val: int = 64,
-                 selection: str = "all", seed: int = 0, progress: bool = False):
+                 max_new_tokens: int | None = None, selection: str = "all", seed: int = 0, progress: bool = False):
         super().__init__(selection, progress)
         self.horizon, self.epochs, self.lr, self.c = horizon, epochs, lr, c
         self.task, self.task_args, self.target_step = task, task_args, target_step
-        self.c_grid, self.n_val, self.seed = tuple(c_grid), n_val, seed
+        self.c_grid, self.n_val, self.max_new_tokens, self.seed = tuple(c_grid), n_val, max_new_tokens, seed
 
     def _fit(self) -> None:
         steps = self.run_.steps
@@ -208,7 +211,8 @@ class NExt(Extrapolator):
                 for name in self.targets_:
                     put(name, self._extend(name, step, c))
                 self.c_scores_[c] = evaluate(model, task, tokenizer=tokenizer, n_prompts=self.n_val, split="train",
-                                             seed=self.seed, progress=False).accuracy
+                                             seed=self.seed, max_new_tokens=self.max_new_tokens,
+                                             progress=False).accuracy
         self.c_ = max(self.c_grid, key=lambda c: (self.c_scores_[c], -abs(c - 1.5)))
         return self.c_
 

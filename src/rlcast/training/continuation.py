@@ -39,6 +39,7 @@ from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import Run, TensorReader, load_run
 from rlcast.io.writer import atomic_folder, base_layout, write_json_atomic, write_model
 from rlcast.methods import Extrapolator, make_extrapolator
+from rlcast.methods.base import with_task
 from rlcast.training.runs import FORMAT_VERSION, read_manifest, train
 
 OPTIMIZERS = ("cutoff", "fresh")
@@ -50,12 +51,11 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
                      device: torch.device | None = None, backend: Backend | None = None) -> Extrapolator:
     """Fit `method` on the checkpoints of `run` up to step `until`, write its weights for step `target` as the HF
     folder `out` and return the fitted extrapolator. A method that takes a task (NExt, to choose its scale c on the
-    train split) gets `task`, `task_args` and the target unless `params` sets them. `device` and `backend`: where the
+    train split) gets `task`, `task_args`, the target and the run's completion budget unless `params` sets them. `device` and `backend`: where the
     fit and the predicted tensors are computed (`Extrapolator.fit` / `predict`; default the CPU, one at a time)."""
-    ex = make_extrapolator(method, progress=progress, **(params or {}))
-    given = ex.get_params()
-    if task is not None and "task" in given and given["task"] is None:
-        ex = make_extrapolator(ex, task=task, task_args=task_args, target_step=target)
+    budget = ((run.manifest or {}).get("config") or {}).get("max_completion_length")
+    ex = make_extrapolator(method, progress=progress,
+                           **with_task(method, dict(params or {}), task, task_args, target, budget))
     ex.fit(run.window(until), device=device)
     stream = ex.predict(target) if backend is None else ex.predict(target, backend)
     console = Console(stderr=True)
