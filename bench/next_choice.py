@@ -1,0 +1,60 @@
+"""How long NExt's choice of c takes on a run, at the task's completion budget and at the run's, side by side.
+
+NExt (`rlcast.methods.next`) picks its predict-extend scale c in `fit` by scoring each candidate of `c_grid` on
+`n_val` train prompts; compare and `rlcast continue` pass the run's training completion length (`max_new_tokens`).
+For each cutoff this fits NExt twice on the same window, for the run's last step: once at the task's own budget (what
+compare did before; 256 tokens for reasoning-gym) and once at the run's, and prints the seconds of each fit, the
+chosen c and the candidates' scores. Last line (sums over cutoffs):
+
+    seconds_task_budget=X seconds_run_budget=Y speedup=Z same_c=K/N
+
+    .venv/bin/python bench/next_choice.py RUN --cutoffs 0.2,0.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from rlcast.apps.compare import cutoff_steps
+from rlcast.io.checkpoints import load_run
+from rlcast.methods import make_extrapolator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="an rlcast run folder (run.json names its task and completion budget)")
+    parser.add_argument("--cutoffs", default="0.2,0.4", help="fractions of the last step")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    run = load_run(args.run)
+    manifest = run.manifest or {}
+    budget = manifest["config"]["max_completion_length"]
+    target = run.steps[-1]
+    totals, same, cutoffs = {"task": 0.0, "run": 0.0}, 0, cutoff_steps(run, [float(x) for x in args.cutoffs.split(",")],
+                                                                          target)
+    for cutoff in cutoffs:
+        chosen = {}
+        for label, tokens in (("task", None), ("run", budget)):
+            start = time.perf_counter()
+            ex = make_extrapolator("next", task=manifest["task"], task_args=manifest.get("task_args") or None,
+                                   target_step=target, max_new_tokens=tokens).fit(run.window(cutoff))
+            seconds = time.perf_counter() - start
+            totals[label] += seconds
+            chosen[label] = ex.c_
+            scores = " ".join(f"{c}:{a:.3f}" for c, a in ex.c_scores_.items())
+            print(f"cutoff {cutoff}: {label} budget ({tokens or 'task default'} tokens) {seconds:.0f} s, c={ex.c_} "
+                  f"[{scores}]", flush=True)
+        same += chosen["task"] == chosen["run"]
+    print(f"seconds_task_budget={totals['task']:.0f} seconds_run_budget={totals['run']:.0f} "
+          f"speedup={totals['task'] / totals['run']:.2f} same_c={same}/{len(cutoffs)}")
+
+
+if __name__ == "__main__":
+    main()
