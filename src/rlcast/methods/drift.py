@@ -65,25 +65,22 @@ class Drift(Extrapolator):
         points = ([0] if self.include_base else []) + list(self.run_.steps)
         self.mean_step_ = sum(points) / len(points)
 
-    def velocity(self, name: str) -> torch.Tensor:
-        """beta: the least-squares velocity of one tensor over the window (per step)."""
+    def _combination(self, name: str, weights: list[float]) -> torch.Tensor:
+        """sum_i weights_i dW_i over the window's checkpoints, one delta read at a time."""
         out = None
-        for c, step in zip(self.coefficients_, self.run_.steps):
-            term = c * dense(self.reader_.delta(step, name)).float()
+        for w, step in zip(weights, self.run_.steps):
+            term = w * dense(self.reader_.delta(step, name)).float()
             out = term if out is None else out.add_(term)
         return out
 
-    def mean_weight(self, name: str) -> torch.Tensor:
-        """W_mean: the average of the window's weights (the base counted when it is a point of the line)."""
-        total = None
-        for step in self.run_.steps:
-            term = dense(self.reader_.delta(step, name)).float()
-            total = term if total is None else total.add_(term)
-        points = len(self.run_.steps) + int(self.include_base)
-        return self.reader_.base(name) + total / points
+    def velocity(self, name: str) -> torch.Tensor:
+        """beta: the least-squares velocity of one tensor over the window (per step)."""
+        return self._combination(name, self.coefficients_)
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:
-        if self.origin == "fit":
-            return self.mean_weight(name) + self.damping * (step - self.mean_step_) * self.velocity(name)
+        if self.origin == "fit":  # W_mean + beta (T - s_mean) = W0 + sum_i (1/n + damping c_i (T - s_mean)) dW_i
+            n = len(self.run_.steps) + int(self.include_base)
+            weights = [1 / n + self.damping * c * (step - self.mean_step_) for c in self.coefficients_]
+            return self.reader_.base(name) + self._combination(name, weights)
         move = self.damping * (step - self.last_)
         return self.reader_.weight(self.last_, name) + move * self.velocity(name)
