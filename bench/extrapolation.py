@@ -38,12 +38,6 @@ from pathlib import Path
 METHODS = "weight-linear,alpharl-step,relex,next,drift,rre"
 
 
-def accuracies(run: Path) -> dict[int, float]:
-    """{step: held-out accuracy} from a run's run.json (0: the base)."""
-    manifest = json.loads((run / "run.json").read_text())
-    return {0: manifest["base_accuracy"], **{c["step"]: c["accuracy"] for c in manifest["checkpoints"]}}
-
-
 def drop_optimizer_states(run: Path) -> None:
     """Delete a finished run's optimizer states (2/3 of a checkpoint's bytes): only continuing from it needs them."""
     for path in run.glob("checkpoint-*/optimizer.pt"):
@@ -53,6 +47,7 @@ def drop_optimizer_states(run: Path) -> None:
 def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
     """The plain run, every prediction and every continuation of one seed; prints them and returns the rows."""
     from rlcast.apps.compare import compare
+    from rlcast.apps.demo import curve as accuracies  # {step: held-out accuracy} from run.json (0: the base)
     from rlcast.io.checkpoints import load_run
     from rlcast.training.continuation import continue_from
     from rlcast.training.runs import preset, train
