@@ -17,6 +17,7 @@ were chosen on seeds >= 100; the benchmark runs seeds 0..N-1.
     .venv/bin/python bench/acceleration.py --seeds 5 --save-every 10
     .venv/bin/python bench/acceleration.py --first-seed 100 --seeds 1 --accel every=20 --accel horizon=20
     .venv/bin/python bench/acceleration.py --preset smollm2 --seeds 1 --parallel --accel eval_prompts=32 --accel every=20
+    .venv/bin/python bench/acceleration.py --hp learning_rate=1.2e-4   # on top of a better plain learning rate
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlcast.apps.demo import curve, steps_to
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
-from rlcast.training.runs import preset, train
+from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
 from rlcast.training.support import parse_overrides
 
 GOAL = 0.98
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="benchmark: 0; tuning: >= 100")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint (and held-out score) every N steps")
+    parser.add_argument("--hp", action="append", default=[], help="TrainConfig hyper-parameter KEY=VALUE for both "
+                                                                  "runs (e.g. the best plain learning rate); repeatable")
     parser.add_argument("--accel", action="append", default=[], help="AccelerateConfig KEY=VALUE; repeatable")
     parser.add_argument("--parallel", action="store_true", help="train each seed's plain run in a second process "
                                                                      "while the accelerated one trains (2 cores)")
@@ -80,7 +83,8 @@ def main() -> None:
         return
 
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
-    base = dataclasses.replace(preset(args.preset), save_every=args.save_every)
+    base = dataclasses.replace(preset(args.preset), save_every=args.save_every,
+                               **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
     accel = dataclasses.replace(AccelerateConfig(task=base.task, task_args=base.task_args or None, verbose=False),
                                 **parse_overrides(AccelerateConfig, args.accel,
                                                   [f.name for f in dataclasses.fields(AccelerateConfig)], "--accel"))

@@ -155,3 +155,25 @@ def test_cli_eval_writes_json(tmp_path):
     assert saved["n_prompts"] == 2 and len(saved["details"]) == 2 and saved["task"] == f"jsonl:{data}"
     bad = CliRunner().invoke(app, ["eval", "testbed", "--task", "nope"])
     assert isinstance(bad.exception, RlcastError) and "known: arith" in str(bad.exception)
+
+
+def test_shared_prompt_prefix_is_encoded_once_with_the_same_completions(tmp_path, monkeypatch):
+    """Greedy batches whose prompts share a long prefix (a chat template's system turn) encode it once; the
+    completions are those of the plain batched generation."""
+    import rlcast.evaluation.generation as generation
+
+    lines = [json.dumps({"question": f"Add the two numbers and give only the digits of the sum: {a}+{b}=",
+                         "answer": str(a + b)}) for a, b in [(12, 30), (5, 7), (48, 51), (3, 96), (60, 6), (77, 1)]]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    model, tok = load_model(base_model())
+    task = get_task(f"jsonl:{data}")
+    used = []
+    original = generation._with_shared_prefix
+    monkeypatch.setattr(generation, "_with_shared_prefix", lambda *a: used.append(original(*a)) or used[-1])
+    shared = evaluate(model, task, n_prompts=None, tokenizer=tok, max_new_tokens=6, progress=False)
+    assert used and used[0] is not None and used[0]["past_key_values"].get_seq_length() >= 16
+    monkeypatch.setattr(generation, "MIN_SHARED_PREFIX", 10**9)
+    plain = evaluate(model, task, n_prompts=None, tokenizer=tok, max_new_tokens=6, progress=False)
+    assert [d["completion"] for d in shared.details] == [d["completion"] for d in plain.details]
+    assert len(shared.details) == 6

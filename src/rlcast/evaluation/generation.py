@@ -7,6 +7,7 @@ vLLM backend is used instead when vLLM is installed, a GPU exists and the model 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from peft import PeftModel
 from rich.console import Console
 from rich.progress import Progress
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import bootstrap, wilson
@@ -22,6 +23,7 @@ from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a prompt prefix once saves less than it costs
 
 
 def load_model(path, dtype=None):
@@ -107,11 +109,12 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
             job = bar.add_task("generating", total=len(texts))
             for b in range(0, len(texts), per_batch):
                 chunk = texts[b:b + per_batch]
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                torch.manual_seed(seed + b)
                 kwargs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
                                                               "top_p": top_p, "top_k": 0}
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                enc = _with_shared_prefix(model, tokenizer, chunk, pad_id) if greedy and samples == 1 else None
+                enc = enc or tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                torch.manual_seed(seed + b)
+                gen = model.generate(**enc.to(device), max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                      pad_token_id=pad_id, **kwargs)
                 texts_out = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 out.extend(texts_out[i * samples:(i + 1) * samples] for i in range(len(chunk)))
@@ -121,6 +124,29 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
         if pad is None:
             tokenizer.pad_token = None
     return out
+
+
+def _with_shared_prefix(model, tokenizer, texts: list[str], pad_id: int) -> BatchEncoding | None:
+    """Inputs for `generate` that encode the prompts' common token prefix once (None when it is short or single).
+
+    Chat-templated prompts share their system turn (SmolLM2: 31 of ~73 tokens), which a batched prefill would encode
+    once per prompt. The prefix goes through the model once; its key/value cache, repeated for every prompt, is handed
+    to `generate` with the full inputs, laid out as prefix, left padding, own tokens (the attention mask hides the
+    padding; positions come from the mask, so each prompt's tokens sit exactly where they would without a cache).
+    """
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1)  # every prompt keeps a token of its own
+    if len(ids) < 2 or shared < MIN_SHARED_PREFIX:
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        cache = model(torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(ids))
+    width = max(map(len, ids)) - shared
+    rows = [ids[0][:shared] + [pad_id] * (width - len(x) + shared) + x[shared:] for x in ids]
+    mask = [[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in ids]
+    return BatchEncoding({"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask),
+                          "past_key_values": cache})
 
 
 def _generate_vllm(path: str, tokenizer, texts: list[str], samples: int, greedy: bool, seed: int,

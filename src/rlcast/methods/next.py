@@ -19,6 +19,7 @@ import torch
 from rich.progress import track
 from torch import nn
 
+from rlcast.core.backend import map_tensors
 from rlcast.core.numerics import dense, difference
 from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
@@ -58,23 +59,24 @@ def train_net(g: torch.Tensor, l: torch.Tensor, y: torch.Tensor, epochs: int, lr
     Returns (net, scale): predictions are net(g / scale, l / scale) * scale.
     """
     scale = float(y.abs().mean().clamp_min(1e-12))
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # not the global RNG: nets train concurrently in threads
     net = NExtNet(g.shape[1])
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Linear):  # nn.Linear's own initialisation, drawn from this net's generator
+                bound = 1 / module.in_features ** 0.5
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.uniform_(-bound, bound, generator=generator)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=0.1 * lr)
     loss_fn = nn.L1Loss()
     g, l, y = g / scale, l / scale, y / scale
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these nets are tiny: thread hand-offs cost more than the maths (10x on 2 cores)
-    try:
-        for _ in range(epochs):
-            opt.zero_grad()
-            loss = loss_fn(net(g, l), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = loss_fn(net(g, l), y)
+        loss.backward()
+        opt.step()
+        sched.step()
     net.eval()
     return net, scale
 
@@ -122,11 +124,13 @@ class NExt(Extrapolator):
         features: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         inputs = {name: self._features(name, features)
                   for name in track(self.targets_, description="next: rank-1 triplets", disable=not self.progress)}
-        self.nets_ = {}
-        for j, (key, f) in enumerate(sorted(features.items(), key=lambda kv: str(kv[0]))):
-            if f["g"]:
-                self.nets_[key] = train_net(torch.stack(f["g"]), torch.stack(f["l"]), torch.stack(f["y"]),
-                                            self.epochs, self.lr, self.seed + j)
+        ordered = sorted(features.items(), key=lambda kv: str(kv[0]))
+        jobs = [(key, self.seed + j, f) for j, (key, f) in enumerate(ordered) if f["g"]]
+        # one net per core at a time, one torch thread each (these nets are tiny: thread hand-offs inside one net
+        # cost more than its maths); every net has its own seed, so the result does not depend on the core count
+        nets = map_tensors(lambda job: train_net(torch.stack(job[2]["g"]), torch.stack(job[2]["l"]),
+                                                 torch.stack(job[2]["y"]), self.epochs, self.lr, job[1]), jobs)
+        self.nets_ = {key: net for (key, _, _), net in zip(jobs, nets)}
         with torch.no_grad():
             self.update_ = {name: [self._apply(key, g, l) for key, g, l in parts] for name, parts in inputs.items()}
         if self.c is not None:
