@@ -7,6 +7,7 @@ compare did before; 256 tokens for reasoning-gym) and once at the run's, and pri
 chosen c and the candidates' scores. Last line (sums over cutoffs):
 
     seconds_task_budget=X seconds_run_budget=Y speedup=Z same_c=K/N
+    seconds_run_budget=X seconds_per_cutoff=Y threads=T          (--budgets run: one fit per cutoff)
 
     .venv/bin/python bench/next_choice.py RUN --cutoffs 0.2,0.4
 """
@@ -28,7 +29,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="an rlcast run folder (run.json names its task and completion budget)")
     parser.add_argument("--cutoffs", default="0.2,0.4", help="fractions of the last step")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all "
+                                                                                   "cores, as rlcast compare)")
+    parser.add_argument("--budgets", default="task,run", help="which fits: task (the task's completion budget), "
+                                                              "run (the run's), or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
@@ -37,11 +41,13 @@ def main() -> None:
     manifest = run.manifest or {}
     budget = manifest["config"]["max_completion_length"]
     target = run.steps[-1]
-    totals, same, cutoffs = {"task": 0.0, "run": 0.0}, 0, cutoff_steps(run, [float(x) for x in args.cutoffs.split(",")],
-                                                                          target)
+    budgets = [(label, tokens) for label, tokens in (("task", None), ("run", budget))
+               if label in args.budgets.split(",")]
+    totals, same = {label: 0.0 for label, _ in budgets}, 0
+    cutoffs = cutoff_steps(run, [float(x) for x in args.cutoffs.split(",")], target)
     for cutoff in cutoffs:
         chosen = {}
-        for label, tokens in (("task", None), ("run", budget)):
+        for label, tokens in budgets:
             start = time.perf_counter()
             ex = make_extrapolator("next", task=manifest["task"], task_args=manifest.get("task_args") or None,
                                    target_step=target, max_new_tokens=tokens).fit(run.window(cutoff))
@@ -51,9 +57,14 @@ def main() -> None:
             scores = " ".join(f"{c}:{a:.3f}" for c, a in ex.c_scores_.items())
             print(f"cutoff {cutoff}: {label} budget ({tokens or 'task default'} tokens) {seconds:.0f} s, c={ex.c_} "
                   f"[{scores}]", flush=True)
-        same += chosen["task"] == chosen["run"]
-    print(f"seconds_task_budget={totals['task']:.0f} seconds_run_budget={totals['run']:.0f} "
-          f"speedup={totals['task'] / totals['run']:.2f} same_c={same}/{len(cutoffs)}")
+        same += len(set(chosen.values())) == 1
+    if len(budgets) == 2:
+        print(f"seconds_task_budget={totals['task']:.0f} seconds_run_budget={totals['run']:.0f} "
+              f"speedup={totals['task'] / totals['run']:.2f} same_c={same}/{len(cutoffs)}")
+    else:
+        label = budgets[0][0]
+        print(f"seconds_{label}_budget={totals[label]:.0f} seconds_per_cutoff={totals[label] / len(cutoffs):.0f} "
+              f"threads={args.threads}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ def test_every_rl_algorithm_sets_its_trl_loss_fields(tmp_path, algo, loss_type, 
     assert seen.args.epsilon == 0.2 and seen.args.epsilon_high == epsilon_high
     assert getattr(seen.args, "loss_type", None) == loss_type
     assert getattr(seen.args, "scale_rewards", None) == scale_rewards
+    assert seen.args.num_iterations == 1
+
+
+def test_rollouts_reused_num_iterations_times(tmp_path):
+    """num_iterations = 2: each generation batch serves two optimizer steps (4 steps, 2 generation rounds)."""
+    seen = RecordArgs()
+    out = train(tmp_path / "mu2", config(steps=4, save_every=4, num_iterations=2), callbacks=[seen], progress=False)
+    assert seen.args.num_iterations == 2
+    assert read_manifest(out)[1].num_iterations == 2
+    with pytest.raises(RlcastError, match="num_iterations 2: rollouts are reused by RL algorithms, not sft"):
+        TrainConfig(algo="sft", num_iterations=2)
+    with pytest.raises(RlcastError, match="num_iterations must be >= 1"):
+        TrainConfig(num_iterations=0)
 
 
 def test_lora_and_sft_runs(tmp_path):
@@ -103,7 +116,8 @@ def test_config_is_validated_and_overrides_are_typed():
     with pytest.raises(RlcastError, match="keep_optimizer 'first': expected last or all"):
         TrainConfig(keep_optimizer="first")
     # a format-2 run.json written before these fields existed still loads, with the old behaviour
-    older = {k: v for k, v in TrainConfig().to_json().items() if k not in ("keep_optimizer", "schedule_steps")}
+    older = {k: v for k, v in TrainConfig().to_json().items()
+             if k not in ("keep_optimizer", "schedule_steps", "num_iterations")}
     assert config_from_dict(TrainConfig, older, "run.json") == TrainConfig()
 
 

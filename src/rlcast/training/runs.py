@@ -83,6 +83,7 @@ class TrainConfig:
     temperature: float = 1.0                # rollout sampling temperature
     max_completion_length: int | None = None  # None: the task's own budget (arith: 6 tokens)
     beta: float = 0.0                       # KL to the reference model (0 = no reference model kept)
+    num_iterations: int = 1                 # RL: optimizer steps per generation batch (GRPO's mu; > 1 reuses rollouts)
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
     schedule_steps: int | None = None       # lr schedule length; None: steps (a continued run keeps its source's)
@@ -100,12 +101,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise RlcastError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGOS)}")
-        if min(self.steps, self.save_every, self.eval_prompts, self.batch_size) < 1:
-            raise RlcastError(f"steps, save_every, eval_prompts and batch_size must be >= 1 (got {self.steps}, "
-                              f"{self.save_every}, {self.eval_prompts}, {self.batch_size})")
+        if min(self.steps, self.save_every, self.eval_prompts, self.batch_size, self.num_iterations) < 1:
+            raise RlcastError(f"steps, save_every, eval_prompts, batch_size and num_iterations must be >= 1 (got "
+                              f"{self.steps}, {self.save_every}, {self.eval_prompts}, {self.batch_size}, "
+                              f"{self.num_iterations})")
         if self.algo != "sft" and (self.num_generations < 2 or self.batch_size % self.num_generations):
             raise RlcastError(f"batch_size {self.batch_size} must be a multiple of num_generations "
                               f"{self.num_generations} (>= 2)")
+        if self.algo == "sft" and self.num_iterations != 1:
+            raise RlcastError(f"num_iterations {self.num_iterations}: rollouts are reused by RL algorithms, not sft")
         if self.algo not in GRPO_FAMILY and (self.loss_type is not None or self.scale_rewards is not None):
             raise RlcastError(f"loss_type and scale_rewards apply to {', '.join(GRPO_FAMILY)}, not {self.algo}")
         if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
@@ -344,7 +348,7 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
 
     rl = dict(num_generations=config.num_generations, max_completion_length=config.max_completion_length,
               temperature=config.temperature, beta=config.beta, epsilon=config.epsilon,
-              epsilon_high=config.epsilon_high)
+              epsilon_high=config.epsilon_high, num_iterations=config.num_iterations)
     if config.algo == "rloo":
         args, trainer_cls = RLOOConfig(**common, **rl), RLOOTrainer
     else:
