@@ -2,6 +2,7 @@
 
 import json
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,8 @@ def test_next_c_in_memory_equals_written_models(run_dir):
     """The in-memory candidates score exactly like the models the old code wrote and re-loaded: same c chosen."""
     run = load_run(run_dir)
     grid = (0.25, 1.0, 4.0, 16.0)
-    ex = make_extrapolator("next", epochs=20, task="arith", n_val=16, c_grid=grid, target_step=50).fit(run.window(30))
+    ex = make_extrapolator("next", epochs=20, task="arith", n_val=16, c_grid=grid, c_search="grid",
+                           target_step=50).fit(run.window(30))
     written = {}
     with tempfile.TemporaryDirectory() as tmp:
         for c in grid:
@@ -119,6 +121,33 @@ def test_next_c_in_memory_equals_written_models(run_dir):
     assert ex.c_scores_ == written
     assert ex.c_ == max(grid, key=lambda c: (written[c], -abs(c - 1.5)))
     assert len(set(written.values())) > 1  # the candidates differ, so the choice is not a tie-break
+    local = make_extrapolator(ex, c_search="local").fit(run.window(30))
+    print("local search scored", local.c_scores_)
+    assert local.c_ == ex.c_ and local.c_scores_.items() <= ex.c_scores_.items() and len(local.c_scores_) < len(grid)
+
+
+def test_next_local_search_climbs_to_the_grid_choice_on_unimodal_scores(run_dir, monkeypatch):
+    """c_search="local" scores the candidate nearest 1.5 and its neighbours, and moves while one is strictly better:
+    on scores unimodal in c it picks what scoring the whole grid picks, from fewer candidates."""
+    grid = (0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+    window = load_run(run_dir).window(30)
+    candidate, extend = {}, next_module.NExt._extend
+
+    def tracking_extend(self, name, step, c):  # remembers which candidate the model holds
+        candidate["c"] = c
+        return extend(self, name, step, c)
+
+    monkeypatch.setattr(next_module.NExt, "_extend", tracking_extend)
+    for peak in grid:
+        scored = []
+
+        def unimodal(model, task, **kw):  # a candidate's score: minus its distance to the peak
+            scored.append(candidate["c"])
+            return types.SimpleNamespace(accuracy=-abs(candidate["c"] - peak))
+
+        monkeypatch.setattr(next_module, "evaluate", unimodal)
+        ex = make_extrapolator("next", epochs=2, task="arith", n_val=4, c_grid=grid, target_step=50).fit(window)
+        assert ex.c_ == peak and len(scored) == len(set(scored)) <= 3 + abs(grid.index(peak) - 3), (peak, scored)
 
 
 def test_cli_compare(run_dir, tmp_path):
