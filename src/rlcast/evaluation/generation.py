@@ -111,8 +111,9 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
                 chunk = texts[b:b + per_batch]
                 kwargs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
                                                               "top_p": top_p, "top_k": 0}
-                enc = _with_shared_prefix(model, tokenizer, chunk, pad_id) if greedy and samples == 1 else None
-                enc = enc or tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+                enc = _with_shared_prefix(model, ids, pad_id) if greedy and samples == 1 else None
+                enc = enc or tokenizer.pad({"input_ids": ids}, return_tensors="pt")
                 torch.manual_seed(seed + b)
                 gen = model.generate(**enc.to(device), max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                      pad_token_id=pad_id, **kwargs)
@@ -126,15 +127,14 @@ def _generate_hf(model, tokenizer, texts: list[str], samples: int, greedy: bool,
     return out
 
 
-def _with_shared_prefix(model, tokenizer, texts: list[str], pad_id: int) -> BatchEncoding | None:
-    """Inputs for `generate` that encode the prompts' common token prefix once (None when it is short or single).
+def _with_shared_prefix(model, ids: list[list[int]], pad_id: int) -> BatchEncoding | None:
+    """Inputs for `generate` that encode the prompts' (token ids') common prefix once (None: short, or one prompt).
 
     Chat-templated prompts share their system turn (SmolLM2: 31 of ~73 tokens), which a batched prefill would encode
     once per prompt. The prefix goes through the model once; its key/value cache, repeated for every prompt, is handed
     to `generate` with the full inputs, laid out as prefix, left padding, own tokens (the attention mask hides the
     padding; positions come from the mask, so each prompt's tokens sit exactly where they would without a cache).
     """
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1)  # every prompt keeps a token of its own
     if len(ids) < 2 or shared < MIN_SHARED_PREFIX:
         return None

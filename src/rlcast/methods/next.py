@@ -132,11 +132,11 @@ class NExt(Extrapolator):
         inputs = {name: self._features(name, features)
                   for name in track(self.targets_, description="next: rank-1 triplets", disable=not self.progress)}
         ordered = sorted(features.items(), key=lambda kv: str(kv[0]))
-        jobs = [(key, self.seed + j, f) for j, (key, f) in enumerate(ordered) if f["g"]]
+        jobs = [(key, [torch.stack(f[part]) for part in ("g", "l", "y")], self.seed + j)
+                for j, (key, f) in enumerate(ordered) if f["g"]]
         # one net per core at a time, one torch thread each (these nets are tiny: thread hand-offs inside one net
         # cost more than its maths); every net has its own seed, so the result does not depend on the core count
-        nets = map_tensors(lambda job: train_net(torch.stack(job[2]["g"]), torch.stack(job[2]["l"]),
-                                                 torch.stack(job[2]["y"]), self.epochs, self.lr, job[1]), jobs)
+        nets = map_tensors(lambda job: train_net(*job[1], self.epochs, self.lr, job[2]), jobs)
         self.nets_ = {key: net for (key, _, _), net in zip(jobs, nets)}
         with torch.no_grad():
             self.update_ = {name: [self._apply(key, g, l) for key, g, l in parts] for name, parts in inputs.items()}
