@@ -23,6 +23,9 @@ def test_steady_preset_resolves_to_a_shipped_base_and_disjoint_splits():
     assert len(test) == 1000 and len(train_split) == 90 * 90 - 1000
     assert not {e.prompt for e in test} & {e.prompt for e in train_split}
     assert all("+" in e.prompt and "-" not in e.prompt for e in test + train_split)
+    slow = preset("steady-slow")
+    assert slow.learning_rate == steady.learning_rate / 4
+    assert dataclasses.replace(slow, learning_rate=steady.learning_rate) == steady
     with pytest.raises(RlcastError, match="unknown preset"):
         preset("nope")
     with pytest.raises(RlcastError, match="ops"):
@@ -35,7 +38,7 @@ def test_steady_preset_smoke_run(tmp_path):
     out = train(tmp_path / "run", config, progress=False)
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["base"] == str(base_model("steady")) and manifest["task_args"] == {"ops": "+"}
-    assert manifest["config"]["learning_rate"] == 3e-5 and manifest["config"]["loss_type"] == "dapo"
+    assert manifest["config"]["learning_rate"] == 1.2e-4 and manifest["config"]["loss_type"] == "dapo"
     assert manifest["config"]["batch_size"] == 16 and [c["step"] for c in manifest["checkpoints"]] == [1, 2]
 
 
