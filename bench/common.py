@@ -72,7 +72,8 @@ def parse_seeds(text: str) -> list[int]:
 def add_seeds(parser: argparse.ArgumentParser, default: str | None, shown: str | None = None) -> None:
     """--seeds, parsed to a list of seeds; `shown` describes a default that depends on other options (then None)."""
     parser.add_argument("--seeds", type=parse_seeds, default=None if default is None else parse_seeds(default),
-                        help=f"a count N (seeds 0..N-1), a list 100,101 or a range 100-104 (default: {shown or default})")
+                        help=f"a count N (seeds 0..N-1), a list 100,101 or a range 100-104 "
+                             f"(default: {shown or default})")
 
 
 def add_out(parser: argparse.ArgumentParser, what: str = "the runs and the result file") -> None:
@@ -127,7 +128,8 @@ def plain_run(out: Path, config) -> Path:
     if finished(out):
         _, stored = read_manifest(out)
         wanted = config.resolve(get_task(config.task, config.task_args or None))
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(stored, f.name) != getattr(wanted, f.name)]
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if getattr(stored, f.name) != getattr(wanted, f.name)]
         if changed:
             raise RlcastError(f"{out}: a finished run with other settings ({', '.join(changed)}); use another --out")
         return out
@@ -184,7 +186,8 @@ def fmt(value, spec: str = ".3f") -> str:
 # ----------------------------------------------------------------------------- machine and 7B-shaped updates
 
 def machine() -> str:
-    """CPU model, BLAS / LAPACK and SIMD level of this torch build, and the 1-minute load: what the timings depend on."""
+    """CPU model, BLAS / LAPACK and SIMD level of this torch build, the GPU and the 1-minute load: what the timings
+    depend on."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -73,8 +73,9 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
     mismatch = [r.cutoff for r in result.rows if r.method == "real" and r.accuracy != plain[r.cutoff]]
     if mismatch:
         raise SystemExit(f"seed {seed}: compare and run.json disagree at steps {mismatch}: not the same prompts")
-    console.print(f"seed {seed}: plain {' '.join(f'@{s}={a:.3f}' for s, a in plain.items() if s in (0, *result.cutoffs))} "
-                  f"@{target}={plain[target]:.3f} (train {trained:.0f} s, compare {compared:.0f} s)")
+    shown = " ".join(f"@{s}={a:.3f}" for s, a in plain.items() if s in (0, *result.cutoffs))
+    console.print(f"seed {seed}: plain {shown} @{target}={plain[target]:.3f} (train {trained:.0f} s, compare "
+                  f"{compared:.0f} s)")
     rows = []
     for cutoff in result.cutoffs:
         if cutoff == 0:
@@ -82,7 +83,8 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
             continue
         extra = args.extra or cutoff
         end = cutoff + extra
-        console.print(f"  cutoff {cutoff} -> {target}, then {extra} RL steps ({args.optimizer} optimizer) to step {end}:")
+        console.print(f"  cutoff {cutoff} -> {target}, then {extra} RL steps ({args.optimizer} optimizer) to step "
+                      f"{end}:")
         for method in methods:
             row = result.row(method, cutoff)
             if row is None or row.accuracy is None:
@@ -109,9 +111,10 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
             r.update(continued=acc, vs_matched=acc - plain[end] if end in plain else None,
                      vs_final=acc - plain[target])
             matched = f"{plain[end]:.3f} ({r['vs_matched']:+.3f})" if end in plain else "- (no checkpoint there)"
-            console.print(f"    {method:14s} pred={row.accuracy:.3f} retained={r['retained']:.3f} gain={row.gain:+.3f} | "
-                          f"pred+{extra}={acc:.3f} plain@{end}={matched} plain@{target}={plain[target]:.3f} "
-                          f"({r['vs_final']:+.3f}) ({time.perf_counter() - began:.0f} s)")
+            console.print(f"    {method:14s} pred={row.accuracy:.3f} retained={r['retained']:.3f} "
+                          f"gain={row.gain:+.3f} | pred+{extra}={acc:.3f} plain@{end}={matched} "
+                          f"plain@{target}={plain[target]:.3f} ({r['vs_final']:+.3f}) "
+                          f"({time.perf_counter() - began:.0f} s)")
     drop_optimizer_states(plain_dir, keep=set(result.cutoffs))  # a rerun may still continue from the cutoffs
     return {"seed": seed, "plain": plain, "rows": rows, "seconds": time.perf_counter() - start}
 

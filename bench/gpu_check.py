@@ -53,6 +53,7 @@ from rlcast.apps.analysis import analyze
 from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import resolve_device
 from rlcast.core.spectra import top_k
+from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import TensorReader, load_run
@@ -62,7 +63,7 @@ from rlcast.methods import make_extrapolator
 from rlcast.training.runs import PRESETS, TrainConfig, train
 from rlcast.training.testbed import SMOLLM2_PACKAGE, base_model, smollm2_gguf
 
-DURATION = "< 8 min on one GPU with SmolLM2 (--quick on the CPU: ~15 s after the imports)"
+DURATION = "< 8 min on one GPU with SmolLM2 (--quick on the CPU: ~10 s after the imports)"
 METHODS = ("weight-linear", "alpharl-step", "relex", "drift", "rre")
 STEPS = (10, 20, 30, 40)  # planted checkpoints; the methods see the first 3 and predict step 60
 QUICK_SHAPES = {"a": (512, 256), "b": (256, 768)}
@@ -107,17 +108,21 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b) if b else abs(a - b)
 
 
+def tensor_difference(x: torch.Tensor, y: torch.Tensor) -> float:
+    """max |x - y| / max |y| (the absolute difference where y is 0)."""
+    x, y = x.double(), y.double()
+    if not y.numel():
+        return 0.0
+    diff, scale = float((x - y).abs().max()), float(y.abs().max())
+    return diff / scale if scale else diff
+
+
 def folder_difference(a: Path, b: Path) -> float:
-    """max over tensors of max |a - b| / max |b| between two model folders with the same tensors."""
+    """The largest `tensor_difference` between two model folders (inf when their tensors differ in name)."""
     ra, rb = TensorReader(a), TensorReader(b)
     if sorted(ra.names()) != sorted(rb.names()):
         return float("inf")
-    worst = 0.0
-    for name in rb.names():
-        x, y = ra.get(name, torch.float64), rb.get(name, torch.float64)
-        scale = float(y.abs().max()) if y.numel() else 0.0
-        worst = max(worst, float((x - y).abs().max()) / scale if scale else float((x - y).abs().max()))
-    return worst
+    return max(tensor_difference(ra.get(name), rb.get(name)) for name in rb.names())
 
 
 # ----------------------------------------------------------------------------- the paths
@@ -134,10 +139,8 @@ def check_spectra(device: torch.device, quick: bool) -> Check:
         cpu_s += seconds
         dev, seconds = timed(lambda: top_k(on_device, k=1), device)
         dev_s += seconds
-        u_dev, u_cpu = dev.u[:, 0].cpu(), cpu.u[:, 0]  # both with the sign convention (largest entry positive)
-        direction = float((u_dev - u_cpu).abs().max() / u_cpu.abs().max())
+        direction = tensor_difference(dev.u[:, 0].cpu(), cpu.u[:, 0])  # one sign convention: largest entry positive
         diff = max(diff, relative(float(dev.s[0]), float(cpu.s[0])), direction)
-        del on_device
     size = "small shapes" if quick else "one Llama-7B layer"
     return Check("spectra", "max rel (s1, u1)", diff, 1e-3, cpu_s, dev_s,
                  note=f"{len(shapes)} matrices ({size}), torch threads {torch.get_num_threads()}")
@@ -248,10 +251,10 @@ def check_trl(device: torch.device, quick: bool, work: Path) -> Check:
         cpu_s = in_child("trl", work, {"quick": quick}, hide_gpu=True)["seconds"]
     dev_s = trl_run(work / "trl-device", quick)
     (cpu_norm, cpu_w), (dev_norm, dev_w) = update_norm(work / "trl-cpu"), update_norm(work / "trl-device")
-    weights = max(float((dev_w[n] - w).abs().max() / w.abs().max()) for n, w in cpu_w.items())
+    weights = max(tensor_difference(dev_w[name], w) for name, w in cpu_w.items())
     config = trl_config(quick)
     return Check("trl", "rel update norm", relative(dev_norm, cpu_norm), 0.25, cpu_s, dev_s, exact=False,
-                 note=f"{config.steps} GRPO steps x {config.batch_size} completions: ||dW|| cpu {cpu_norm:.4f} "
+                 note=f"GRPO steps {config.steps}, {config.batch_size} completions each: ||dW|| cpu {cpu_norm:.4f} "
                       f"device {dev_norm:.4f}; max rel weight {weights:.1e}")
 
 
@@ -308,7 +311,7 @@ def warm_up(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> list[Check]:
     parser = new_parser(__doc__)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N or cpu")
-    parser.add_argument("--quick", action="store_true", help="small shapes, the testbed only, 2 GRPO steps")
+    parser.add_argument("--quick", action="store_true", help="small shapes, the testbed only, one GRPO step")
     add_out(parser, "the result file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -320,7 +323,10 @@ def main(argv: list[str] | None = None) -> list[Check]:
         (args.work / f"child-{args.child}.json").write_text(json.dumps(result))
         return []
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RlcastError as err:
+        raise SystemExit(f"gpu_check: {err}") from None
     results = Results(__file__, args, {"machine": machine(), "device": str(device)})
     console.print(results.settings["machine"])
     if device.type == "cpu":

@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--full-svd", type=int, default=1, help="matrices of each shape timed with the full SVD")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every phase (default 1: rlcast "
-                                                                "computes every tensor on one thread; 0: torch's default)")
+                        "computes every tensor on one thread; 0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     add_out(parser, "the result file")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
@@ -162,7 +162,8 @@ def main() -> None:
     for shape, secs in full_by_shape.items():
         idx = [i for i, n in enumerate(fast["names"]) if shapes[n] == shape]
         row = {"shape": list(shape), "matrices": len(idx), "full_svd_timed": len(secs),
-               "full_svd_seconds": sum(secs) / len(secs), "fast_seconds": sum(fast["seconds"][i] for i in idx) / len(idx),
+               "full_svd_seconds": sum(secs) / len(secs),
+               "fast_seconds": sum(fast["seconds"][i] for i in idx) / len(idx),
                "read_seconds": sum(read["seconds"][i] for i in idx) / len(idx),
                "agreement": {name: {"cos_u1": cos, "s1_rel_error": err} for name, (cos, err) in agreement.items()
                              if shapes[name] == shape}}
@@ -185,7 +186,8 @@ def main() -> None:
                "model_mb": model_mb, "iterations": [min(fast["iterations"]), max(fast["iterations"])],
                "methods": methods, "load_at_end": list(load)}
     results.finish(summary, f"speedup_vs_full_svd={full_total / fast_total:.1f} read_overhead="
-                            f"{fast_total / read_total:.2f} peak_rss_mb={fast['peak_rss_mb']:.0f} model_mb={model_mb:.0f}")
+                            f"{fast_total / read_total:.2f} peak_rss_mb={fast['peak_rss_mb']:.0f} "
+                            f"model_mb={model_mb:.0f}")
 
 
 if __name__ == "__main__":
