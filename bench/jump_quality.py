@@ -13,29 +13,30 @@ the whole window to predict t + H. Against the real checkpoint at t + H:
                     denominator per t would explode): the share of the skipped steps' accuracy gain the jump buys
 
 accuracies on the same held-out prompts the run's manifest used (greedy, test split, its eval_prompts, seed 0).
-Last line, per method and horizon: `method=M H=N backtest=X realised=Y bought=Z gain_jump=A gain_real=B points=K`.
+One row per jump goes to OUT/jump_quality.json; a line per method and horizon, the last one's:
+`method=M H=N backtest=X realised=Y bought=Z gain_jump=A gain_real=B points=K`.
 
     .venv/bin/python bench/jump_quality.py RUN [RUN ...] --horizons 10,30 --methods weight-linear,drift
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers.utils import logging as hf_logging
 
+from common import Results, add_out, new_parser, progress, quiet_transformers
+from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task, parse_task_args
 from rlcast.io.checkpoints import TensorReader, load_run
 from rlcast.io.writer import write_model
 from rlcast.methods import make_extrapolator
+
+DURATION = "~15 min per run on 2 CPU cores (steady: a checkpoint every 10 steps, 3 methods, 2 horizons)"
 
 
 def folder(run: Path, step: int) -> Path:
@@ -61,7 +62,7 @@ def relative_error(stream, actual: TensorReader, before: TensorReader, tee: list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     parser.add_argument("runs", nargs="+", help="finished plain run folders")
     parser.add_argument("--methods", default="weight-linear,drift,relex", help="comma-separated; a method's "
                         "parameters after a colon, separated by '+': drift:origin=fit+damping=0.5")
@@ -69,20 +70,16 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=6, help="checkpoints per window, the anchor included; 0: the "
                                                                   "whole run so far, anchored at the base model")
     parser.add_argument("--every", type=int, default=30, help="steps between jump points")
-    parser.add_argument("--out", help="write jump_quality.json here (default: a temporary folder)")
+    add_out(parser, "the last prediction and the result file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     methods, horizons = args.methods.split(","), [int(h) for h in args.horizons.split(",")]
-    out = Path(args.out or tempfile.mkdtemp(prefix="rlcast-bench-jumps-"))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    results = Results(__file__, args)
     plan = []
     for run in map(Path, args.runs):
         manifest = json.loads((run / "run.json").read_text())
-        acc = {c["step"]: c["accuracy"] for c in manifest["checkpoints"]}
-        acc[0] = manifest["base_accuracy"]
+        acc = curve(run)
         steps = sorted(acc)
         for i, t in enumerate(steps):
             if i + 1 < max(args.window, 3) or t % args.every:
@@ -91,7 +88,7 @@ def main() -> None:
             plan += [(run, manifest, acc, window, h, m)
                      for h in horizons if t + h in acc for m in methods]
     tasks: dict[str, object] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    with progress() as bar:
         job = bar.add_task("jumps", total=len(plan))
         for run, manifest, acc, window, h, method in plan:
             t = window[-1]
@@ -106,29 +103,34 @@ def main() -> None:
             predicted: list = []
             realised = relative_error(ex.predict(t + h - window[0]), TensorReader(run / f"checkpoint-{t + h}"),
                                       TensorReader(run / f"checkpoint-{t}"), tee=predicted)
-            written = write_model(run / f"checkpoint-{t}", out / "prediction", predicted)
+            written = write_model(run / f"checkpoint-{t}", results.out / "prediction", predicted)
             model, tok = load_model(written)
             accuracy = evaluate(model, task, n_prompts=manifest["config"]["eval_prompts"], tokenizer=tok,
                                 progress=False).accuracy
-            rows.append({"run": str(run), "t": t, "H": h, "method": method, "backtest_error": backtest,
+            results.add({"run": str(run), "t": t, "H": h, "method": method, "backtest_error": backtest,
                          "realised_error": realised, "acc_t": acc[t], "acc_real": acc[t + h], "acc_jump": accuracy})
             bar.console.print(f"{run.name} t={t} H={h} {method:13s} backtest {backtest:.2f} realised {realised:.2f} "
-                              f"acc W_t {acc[t]:.3f} W_t+H {acc[t + h]:.3f} P {accuracy:.3f}", highlight=False,
-                              soft_wrap=True)
+                              f"acc W_t {acc[t]:.3f} W_t+H {acc[t + h]:.3f} P {accuracy:.3f}")
             bar.advance(job)
-            (out / "jump_quality.json").write_text(json.dumps(rows, indent=1))
-    print(f"rows in {out / 'jump_quality.json'}")
+    summary, lines = {}, []
     for method in methods:
         for h in horizons:
-            sel = [r for r in rows if r["method"] == method and r["H"] == h]
+            sel = [r for r in results.rows if r["method"] == method and r["H"] == h]
             if not sel:
                 continue
             gain_jump = sum(r["acc_jump"] - r["acc_t"] for r in sel) / len(sel)
             gain_real = sum(r["acc_real"] - r["acc_t"] for r in sel) / len(sel)
-            print(f"method={method} H={h} backtest={statistics.median(r['backtest_error'] for r in sel):.2f} "
-                  f"realised={statistics.median(r['realised_error'] for r in sel):.2f} "
-                  f"bought={gain_jump / gain_real if gain_real else float('nan'):.2f} gain_jump={gain_jump:+.4f} "
-                  f"gain_real={gain_real:+.4f} points={len(sel)}")
+            entry = {"backtest": statistics.median(r["backtest_error"] for r in sel),
+                     "realised": statistics.median(r["realised_error"] for r in sel),
+                     "bought": gain_jump / gain_real if gain_real else float("nan"), "gain_jump": gain_jump,
+                     "gain_real": gain_real, "points": len(sel)}
+            summary[f"{method} H={h}"] = entry
+            lines.append(f"method={method} H={h} backtest={entry['backtest']:.2f} realised={entry['realised']:.2f} "
+                         f"bought={entry['bought']:.2f} gain_jump={gain_jump:+.4f} gain_real={gain_real:+.4f} "
+                         f"points={len(sel)}")
+    for line in lines[:-1]:
+        print(line)
+    results.finish(summary, lines[-1] if lines else "no jump point: the runs are shorter than a window plus a horizon")
 
 
 if __name__ == "__main__":

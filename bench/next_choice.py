@@ -2,9 +2,9 @@
 
 NExt (`rlcast.methods.next`) picks its predict-extend scale c in `fit` by scoring each candidate of `c_grid` on
 `n_val` train prompts; compare and `rlcast continue` pass the run's training completion length (`max_new_tokens`).
-For each cutoff this fits NExt twice on the same window, for the run's last step: once at the task's own budget (what
-compare did before; 256 tokens for reasoning-gym) and once at the run's, and prints the seconds of each fit, the
-chosen c and the candidates' scores. Last line (sums over cutoffs):
+For each cutoff this fits NExt twice on the same window, for the run's last step: once at the task's own budget (256
+tokens for reasoning-gym) and once at the run's, and prints the seconds of each fit, the chosen c and the candidates'
+scores. One row per fit goes to OUT/next_choice.json; the last line (sums over cutoffs):
 
     seconds_task_budget=X seconds_run_budget=Y speedup=Z same_c=K/N
     seconds_run_budget=X seconds_per_cutoff=Y threads=T          (--budgets run: one fit per cutoff)
@@ -14,29 +14,31 @@ chosen c and the candidates' scores. Last line (sums over cutoffs):
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from transformers.utils import logging as hf_logging
 
+from common import Results, add_out, new_parser, quiet_transformers
 from rlcast.apps.compare import cutoff_steps
 from rlcast.io.checkpoints import load_run
 from rlcast.methods import make_extrapolator
 
+DURATION = "~25 min per cutoff on 2 CPU cores (the smollm2 run, both budgets; the run's budget alone: ~2-4 min)"
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     parser.add_argument("run", help="an rlcast run folder (run.json names its task and completion budget)")
     parser.add_argument("--cutoffs", default="0.2,0.4", help="fractions of the last step")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all "
                                                                                    "cores, as rlcast compare)")
     parser.add_argument("--budgets", default="task,run", help="which fits: task (the task's completion budget), "
                                                               "run (the run's), or both")
+    add_out(parser, "the result file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
+    results = Results(__file__, args)
     run = load_run(args.run)
     manifest = run.manifest or {}
     budget = manifest["config"]["max_completion_length"]
@@ -54,17 +56,21 @@ def main() -> None:
             seconds = time.perf_counter() - start
             totals[label] += seconds
             chosen[label] = ex.c_
+            results.add({"cutoff": cutoff, "budget": label, "tokens": tokens, "seconds": seconds, "c": ex.c_,
+                         "scores": {str(c): a for c, a in ex.c_scores_.items()}})
             scores = " ".join(f"{c}:{a:.3f}" for c, a in ex.c_scores_.items())
             print(f"cutoff {cutoff}: {label} budget ({tokens or 'task default'} tokens) {seconds:.0f} s, c={ex.c_} "
                   f"[{scores}]", flush=True)
         same += len(set(chosen.values())) == 1
+    summary = {"seconds": totals, "same_c": same, "cutoffs": len(cutoffs), "threads": args.threads}
     if len(budgets) == 2:
-        print(f"seconds_task_budget={totals['task']:.0f} seconds_run_budget={totals['run']:.0f} "
-              f"speedup={totals['task'] / totals['run']:.2f} same_c={same}/{len(cutoffs)}")
+        line = (f"seconds_task_budget={totals['task']:.0f} seconds_run_budget={totals['run']:.0f} "
+                f"speedup={totals['task'] / totals['run']:.2f} same_c={same}/{len(cutoffs)}")
     else:
         label = budgets[0][0]
-        print(f"seconds_{label}_budget={totals[label]:.0f} seconds_per_cutoff={totals[label] / len(cutoffs):.0f} "
-              f"threads={args.threads}")
+        line = (f"seconds_{label}_budget={totals[label]:.0f} seconds_per_cutoff={totals[label] / len(cutoffs):.0f} "
+                f"threads={args.threads}")
+    results.finish(summary, line)
 
 
 if __name__ == "__main__":

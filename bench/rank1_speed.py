@@ -7,9 +7,9 @@ peak RSS is its own):
     (a) full  read both tensors, subtract, torch.linalg.svd (what the published code does)
     (b) fast  rlcast: RunReader.delta + linalg.top_k (randomized subspace iteration with its convergence check)
     (c) read  RunReader.delta only (read both tensors, subtract, NaN check)
-(a) runs on the first --full-svd matrices of each shape (default 1: the full SVD of a 4096x11008 matrix takes minutes
-on 2 shared cores); the model's full-SVD time is the per-shape mean times the number of matrices of that shape.
-(b) and (c) run on every matrix. The first line names the CPU, the BLAS torch was built with and the load; the last:
+(a) runs on the first --full-svd matrices of each shape (the full SVD is the slow part); the model's full-SVD time is
+the per-shape mean times the number of matrices of that shape. (b) and (c) run on every matrix. The first line names
+the CPU, the BLAS torch was built with and the load; one row per shape goes to OUT/rank1_speed.json; the last line:
     speedup_vs_full_svd=X read_overhead=Y peak_rss_mb=Z model_mb=W
 with X = (a) / (b), Y = (b) / (c), Z = peak RSS of the (b) process, W = size of one model file.
 
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -34,36 +31,10 @@ from pathlib import Path
 
 import torch
 
-HIDDEN, INTERMEDIATE = 4096, 11008
-SHAPES = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
-          "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
-          "mlp.gate_proj": (INTERMEDIATE, HIDDEN), "mlp.up_proj": (INTERMEDIATE, HIDDEN),
-          "mlp.down_proj": (HIDDEN, INTERMEDIATE)}
+from common import (HIDDEN_7B, Results, add_out, bf16_header, machine, names_and_shapes, new_parser,
+                    rl_like_delta)
 
-
-def names_and_shapes(layers: int) -> dict[str, tuple[int, int]]:
-    return {f"model.layers.{i}.{kind}.weight": shape for i in range(layers) for kind, shape in SHAPES.items()}
-
-
-def rl_like_delta(m: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    """||dW||_F ~ 2 (entries ~3e-4, a few bf16 ulps of 0.02-scale weights); s1^2 holds about half of it."""
-    k = 16
-    sig = torch.tensor([1.4] + [0.5 * 0.8 ** i for i in range(1, k)])
-    u = torch.randn(m, k, generator=gen) / math.sqrt(m)
-    v = torch.randn(n, k, generator=gen) / math.sqrt(n)
-    return (u * sig) @ v.T + 1.0 * torch.randn(m, n, generator=gen) / math.sqrt(m * n)
-
-
-def bf16_header(shapes: dict[str, tuple[int, int]]) -> bytes:
-    """The 8-byte length and JSON header of a safetensors file holding `shapes` in bf16, in order: the tensor bytes
-    can then be streamed after it one tensor at a time."""
-    header, offset = {}, 0
-    for name, (m, n) in shapes.items():
-        header[name] = {"dtype": "BF16", "shape": [m, n], "data_offsets": [offset, offset + 2 * m * n]}
-        offset += 2 * m * n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+DURATION = "~5 min (4 layers, 2 CPU cores; the full SVDs take most of it)"
 
 
 def write_models(folder: Path, layers: int, seed: int) -> None:
@@ -74,7 +45,7 @@ def write_models(folder: Path, layers: int, seed: int) -> None:
     files = {}
     for which in ("base", "ckpt"):
         (folder / which).mkdir(parents=True, exist_ok=True)
-        (folder / which / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": HIDDEN}))
+        (folder / which / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": HIDDEN_7B}))
         files[which] = open(folder / which / "model.safetensors", "wb")
         files[which].write(raw)
     for name, (m, n) in shapes.items():
@@ -84,23 +55,6 @@ def write_models(folder: Path, layers: int, seed: int) -> None:
         files["ckpt"].write(w1.view(torch.uint8).numpy().tobytes())
     for f in files.values():
         f.close()
-
-
-def machine() -> str:
-    """CPU model, BLAS / LAPACK and SIMD level of this torch build, and the 1-minute load: what the timings depend on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    config = torch.__config__.show()
-    blas = re.search(r"BLAS_INFO=(\w+)", config)
-    lib = re.search(r"(Intel\(R\) oneAPI Math Kernel Library Version [\w.]+|OpenBLAS [\w.]*)", config)
-    simd = re.search(r"CPU capability usage: (\w+)", config)
-    return (f"cpu: {cpu} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}); blas: "
-            f"{blas.group(1) if blas else '?'} ({lib.group(1) if lib else 'version unknown'}), "
-            f"{simd.group(1) if simd else '?'}; torch {torch.__version__}")
 
 
 def phase(folder: Path, which: str, layers: int, full_svd: int) -> dict:
@@ -159,13 +113,14 @@ def run_phase(folder: Path, which: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     parser.add_argument("--layers", type=int, default=4, help="Llama-7B-shaped layers (7 matrices each)")
     parser.add_argument("--full-svd", type=int, default=1, help="matrices of each shape timed with the full SVD")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every phase (default 1: rlcast computes "
-                                                               "every tensor on one thread; 0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every phase (default 1: rlcast "
+                        "computes every tensor on one thread; 0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    add_out(parser, "the result file")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -175,7 +130,8 @@ def main() -> None:
                                                                       args.full_svd)))
         return
 
-    print(machine())
+    results = Results(__file__, args, {"machine": machine()})
+    print(results.settings["machine"])
     folder = args.dir or Path(tempfile.mkdtemp(prefix="rlcast-bench-"))
     try:
         t0 = time.perf_counter()
@@ -196,26 +152,42 @@ def main() -> None:
         full_by_shape.setdefault(shapes[name], []).append(sec)
     full_total = sum(sum(full_by_shape[s]) / len(full_by_shape[s]) for s in shapes.values())
     fast_total, read_total = sum(fast["seconds"]), sum(read["seconds"])
-    for shape, secs in full_by_shape.items():
-        idx = [i for i, n in enumerate(fast["names"]) if shapes[n] == shape]
-        print(f"{shape[0]}x{shape[1]}: full SVD {sum(secs) / len(secs):.2f} s/matrix ({len(secs)} timed), "
-              f"fast {sum(fast['seconds'][i] for i in idx) / len(idx):.3f} s, "
-              f"read {sum(read['seconds'][i] for i in idx) / len(idx):.3f} s  (x{len(idx)} matrices)")
     fast_pos = {n: i for i, n in enumerate(fast["names"])}
+    agreement = {}
     for name, s1, u1 in zip(full["names"], full["s1"], full["u1"]):
         i = fast_pos[name]
         if fast["u1"][i] is not None:
-            cos = abs(torch.tensor(u1) @ torch.tensor(fast["u1"][i])).item()
-            print(f"  {name}: |cos(u1 fast, u1 full)| = {cos:.6f}, s1 rel. error {abs(fast['s1'][i] - s1) / s1:.1e}")
+            agreement[name] = (abs(torch.tensor(u1) @ torch.tensor(fast["u1"][i])).item(),
+                               abs(fast["s1"][i] - s1) / s1)
+    for shape, secs in full_by_shape.items():
+        idx = [i for i, n in enumerate(fast["names"]) if shapes[n] == shape]
+        row = {"shape": list(shape), "matrices": len(idx), "full_svd_timed": len(secs),
+               "full_svd_seconds": sum(secs) / len(secs),
+               "fast_seconds": sum(fast["seconds"][i] for i in idx) / len(idx),
+               "read_seconds": sum(read["seconds"][i] for i in idx) / len(idx),
+               "agreement": {name: {"cos_u1": cos, "s1_rel_error": err} for name, (cos, err) in agreement.items()
+                             if shapes[name] == shape}}
+        results.add(row)
+        print(f"{shape[0]}x{shape[1]}: full SVD {row['full_svd_seconds']:.2f} s/matrix ({len(secs)} timed), "
+              f"fast {row['fast_seconds']:.3f} s, read {row['read_seconds']:.3f} s  (x{len(idx)} matrices)")
+    for name, (cos, err) in agreement.items():
+        print(f"  {name}: |cos(u1 fast, u1 full)| = {cos:.6f}, s1 rel. error {err:.1e}")
     methods = {m: fast["method"].count(m) for m in sorted(set(fast["method"]))}
     print(f"fast path: iterations {min(fast['iterations'])}..{max(fast['iterations'])}, methods {methods}, "
           f"rank-1 energy {min(fast['energy']):.2f}..{max(fast['energy']):.2f}")
     print(f"model totals: full SVD {full_total:.1f} s (per-shape mean x matrices), fast {fast_total:.1f} s, "
           f"read+subtract {read_total:.1f} s; peak RSS read {read['peak_rss_mb']:.0f} MB, fast "
           f"{fast['peak_rss_mb']:.0f} MB, full SVD {full['peak_rss_mb']:.0f} MB")
-    print(f"load at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) on {os.cpu_count()} cores")
-    print(f"speedup_vs_full_svd={full_total / fast_total:.1f} read_overhead={fast_total / read_total:.2f} "
-          f"peak_rss_mb={fast['peak_rss_mb']:.0f} model_mb={model_mb:.0f}")
+    load = os.getloadavg()
+    print(f"load at the end: {' '.join(f'{x:.1f}' for x in load)} (1, 5, 15 min) on {os.cpu_count()} cores")
+    summary = {"speedup_vs_full_svd": full_total / fast_total, "read_overhead": fast_total / read_total,
+               "seconds": {"full_svd": full_total, "fast": fast_total, "read": read_total},
+               "peak_rss_mb": {"read": read["peak_rss_mb"], "fast": fast["peak_rss_mb"], "full": full["peak_rss_mb"]},
+               "model_mb": model_mb, "iterations": [min(fast["iterations"]), max(fast["iterations"])],
+               "methods": methods, "load_at_end": list(load)}
+    results.finish(summary, f"speedup_vs_full_svd={full_total / fast_total:.1f} read_overhead="
+                            f"{fast_total / read_total:.2f} peak_rss_mb={fast['peak_rss_mb']:.0f} "
+                            f"model_mb={model_mb:.0f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ cos: per module, the cosine of the flattened dW_T/5 and dW_T, median over module
 metric (--metric, default sampled) fills the last line, medians over seeds; seconds is the median wall time of one
 run with its checkpoint evaluations (cpu_seconds its process CPU time, which other jobs on the machine do not inflate;
 seconds_per_step the median of TRL's logged step_time). A finished run already in --out is measured, not retrained.
-`--model smollm2` runs the smollm2 preset (SmolLM2-135M-Instruct + LoRA, 100 steps, 1 seed, 100 prompts):
+`--model smollm2` runs the smollm2 preset (SmolLM2-135M-Instruct + LoRA, 100 steps, 1 seed, its 64 prompts). One row
+per seed goes to OUT/regime.json; the last line:
 
     early_share=X gain=Y late_gain=Z drift_exponent=A cos=B seconds=S seeds=N preset=NAME
 
@@ -20,24 +21,29 @@ seconds_per_step the median of TRL's logged step_time). A finished run already i
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from common import (Results, add_out, add_preset, add_seeds, finished, fmt, new_parser, plain_run,
+                    progress, quiet_transformers, spreads, train_config)
+from rlcast.core.numerics import inner
+from rlcast.evaluation.curves import curve
+from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import RunReader, load_run
+
+DURATION = "~5 min per seed on 2 CPU cores (steady, 3 seeds by default); --model smollm2: ~75 min"
 METRICS = ("greedy", "sampled")
 
 
 def drift(run: Path, steps: list[int], early: int) -> tuple[float, float]:
     """(median log-log slope of ||dW_t||_F over `steps`, median cos(dW_early, dW_last)) over the 2-D block weights
     the run changes (LoRA: the adapted modules, dW = s B A, inner products taken on the factors)."""
-    from rlcast.core.numerics import inner
-    from rlcast.io.checkpoints import RunReader, load_run
-
     reader = RunReader(load_run(run))
     names = reader.selected("blocks", two_d=True)
     logs = [math.log(s) for s in steps]
@@ -65,26 +71,20 @@ def criteria(acc: dict[int, float], early: int, mid: int, last: int) -> dict:
 
 
 def one_seed(args, seed: int, root: Path) -> dict:
-    import torch
-
-    from rlcast.evaluation.generation import evaluate, load_model
-    from rlcast.evaluation.tasks import get_task
-    from rlcast.training.runs import preset, train
-
     start, cpu = time.perf_counter(), time.process_time()
-    config = dataclasses.replace(preset(args.preset), steps=args.steps, eval_prompts=args.prompts, seed=seed)
+    config = train_config(args, steps=args.steps, save_every=args.save_every, eval_prompts=args.prompts, seed=seed)
     out = root / f"seed{seed}"
-    finished = (out / "run.json").exists() and json.loads((out / "run.json").read_text())["status"] == "finished"
-    run = out if finished else train(out, config, resume=(out / "run.json").exists(), progress=False)
+    reused = finished(out)
+    run = plain_run(out, config)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     manifest = json.loads((run / "run.json").read_text())
-    if finished:  # measured again, not retrained: its wall time from its manifest (base evaluation excluded)
+    if reused:  # measured again, not retrained: its wall time from its manifest (base evaluation excluded)
         stamp = lambda key: time.mktime(time.strptime(manifest[key], "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
         seconds, cpu_seconds = stamp("finished") - stamp("started"), float("nan")
     steps = [c["step"] for c in manifest["checkpoints"]]
     nearest = lambda target: min(steps, key=lambda s: abs(s - target))  # noqa: E731
     early, mid, last = nearest(args.steps / 5), nearest(args.steps / 2), steps[-1]
-    greedy = {0: manifest["base_accuracy"], **{c["step"]: c["accuracy"] for c in manifest["checkpoints"]}}
+    greedy = curve(run)
     task = get_task(manifest["task"], manifest["task_args"])
     sampled = {}
     for step in (0, early, mid, last):
@@ -105,62 +105,59 @@ def one_seed(args, seed: int, root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="steady")
+    parser = new_parser(__doc__)
+    add_preset(parser)
     parser.add_argument("--model", default="testbed", choices=("testbed", "smollm2"),
                         help="testbed: the preset's tiny base; smollm2: the smollm2 preset (SmolLM2-135M-Instruct + "
                              "LoRA on reasoning-gym letter counting, 100 steps, 1 seed by default)")
-    parser.add_argument("--seeds", type=int, help="default 3 (smollm2: 1)")
+    add_seeds(parser, None, shown="3; smollm2: 1")
     parser.add_argument("--steps", type=int, help="default: the preset's (steady 300, smollm2 100)")
+    parser.add_argument("--save-every", type=int, help="checkpoint (and held-out score) every N steps (default: the "
+                                                       "preset's)")
     parser.add_argument("--prompts", type=int, help="held-out prompts of every accuracy (default: the preset's "
-                                                    "eval_prompts, steady 1000, smollm2 100)")
+                                                    "eval_prompts, steady 1000, smollm2 64)")
     parser.add_argument("--samples", type=int, default=4, help="k of sampled avg@k")
     parser.add_argument("--metric", default="sampled", choices=METRICS, help="the declared accuracy metric")
-    parser.add_argument("--out", help="keep the runs and results.json here (default: a temporary folder)")
+    add_out(parser)
     args = parser.parse_args()
-
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from transformers.utils import logging as hf_logging
-
-    from rlcast.training.runs import preset
-
     if args.model == "smollm2":
         args.preset = "smollm2"
-    chosen = preset(args.preset)
-    args.seeds = args.seeds or (1 if args.model == "smollm2" else 3)
+    chosen = train_config(args)
+    args.seeds = args.seeds or ([0] if args.model == "smollm2" else [0, 1, 2])
     args.steps = args.steps or chosen.steps
     args.prompts = args.prompts or chosen.eval_prompts
+    args.save_every = args.save_every or chosen.save_every
     torch.set_num_threads(1)  # tiny models: one thread is faster and gives the same numbers run to run
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-regime-"))
-    root.mkdir(parents=True, exist_ok=True)
-    results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        job = bar.add_task(f"{args.preset}: seeds", total=args.seeds)
-        for seed in range(args.seeds):
-            r = one_seed(args, seed, root)
-            results.append(r)
+    quiet_transformers()
+    results = Results(__file__, args)
+    with progress() as bar:
+        job = bar.add_task(f"{args.preset}: seeds", total=len(args.seeds))
+        for seed in args.seeds:
+            r = one_seed(args, seed, results.out)
+            results.add(r)
             for metric in METRICS:
                 c = r[metric]
                 bar.console.print(f"seed {seed} {metric:7s} acc {' -> '.join(f'{v:.3f}' for v in c['acc'].values())}"
                                   f" (steps 0, {', '.join(map(str, r['steps']))}): early_share={c['early_share']:.2f}"
-                                  f" gain={c['gain']:+.3f} late_gain={c['late_gain']:+.3f}", highlight=False)
+                                  f" gain={c['gain']:+.3f} late_gain={c['late_gain']:+.3f}")
             bar.console.print(f"seed {seed} drift_exponent={r['drift_exponent']:.2f} cos={r['cos']:.2f} "
                               f"seconds={r['seconds']:.0f} cpu_seconds={r['cpu_seconds']:.0f} "
-                              f"seconds_per_step={r['seconds_per_step']:.2f}", highlight=False)
-            bar.update(job, advance=1)
-    (root / "results.json").write_text(json.dumps({"args": vars(args), "seeds": results}, indent=2) + "\n")
-    med = lambda key, metric=None: statistics.median(r[metric][key] if metric else r[key] for r in results)  # noqa
+                              f"seconds_per_step={r['seconds_per_step']:.2f}")
+            bar.advance(job)
+    rows = results.rows
+    summary = {metric: spreads([r[metric] for r in rows], ("early_share", "gain", "late_gain")) for metric in METRICS}
+    summary |= spreads(rows, ("drift_exponent", "cos", "seconds", "cpu_seconds", "seconds_per_step"))
+    med = lambda key, metric=None: (summary[metric] if metric else summary)[key]["median"]  # noqa: E731
     for metric in METRICS:
-        print(f"{metric}: early_share={med('early_share', metric):.2f} gain={med('gain', metric):.3f} "
-              f"late_gain={med('late_gain', metric):.3f} (medians over {len(results)} seeds)")
-    print(f"runs in {root}; cpu_seconds={med('cpu_seconds'):.0f}")
-    print(f"early_share={med('early_share', args.metric):.2f} gain={med('gain', args.metric):.3f} "
-          f"late_gain={med('late_gain', args.metric):.3f} drift_exponent={med('drift_exponent'):.2f} "
-          f"cos={med('cos'):.2f} seconds={med('seconds'):.0f} seeds={len(results)} preset={args.preset}")
-
+        gain = summary[metric]["gain"]
+        print(f"{metric}: early_share={fmt(med('early_share', metric), '.2f')} gain={fmt(med('gain', metric))} "
+              f"late_gain={fmt(med('late_gain', metric))} (medians over {len(rows)} seeds; gain {fmt(gain['min'])}.."
+              f"{fmt(gain['max'])})")
+    print(f"runs in {results.out}; cpu_seconds={fmt(med('cpu_seconds'), '.0f')}")
+    results.finish(summary, f"early_share={fmt(med('early_share', args.metric), '.2f')} "
+                            f"gain={fmt(med('gain', args.metric))} late_gain={fmt(med('late_gain', args.metric))} "
+                            f"drift_exponent={fmt(med('drift_exponent'), '.2f')} cos={fmt(med('cos'), '.2f')} "
+                            f"seconds={fmt(med('seconds'), '.0f')} seeds={len(rows)} preset={args.preset}")
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""The demo's accounting (steps to 98 % of plain's final accuracy, speedup, retained) and its CLI entry points.
+"""The demo's acceleration section and its CLI entry points (the accounting itself: tests/test_curves.py).
 
 The real `--quick` budget takes minutes; the success path runs `rlcast demo --quick` with an even smaller budget.
 """
@@ -13,34 +13,9 @@ from typer.testing import CliRunner
 
 from rlcast.apps import demo
 from rlcast.apps.cli import app, main
-from rlcast.apps.demo import DemoConfig, acceleration_section, curve, outcome, steps_to
+from rlcast.apps.demo import DemoConfig, acceleration_section
+from rlcast.evaluation.curves import outcome
 from rlcast.training.accelerate import AccelerateConfig
-
-
-def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
-    acc = {0: 0.40, 5: 0.50, 10: 0.58, 15: 0.55, 20: 0.60}
-    assert steps_to(acc, 0.58) == 10       # the first crossing, not the last
-    assert steps_to(acc, 0.40) == 0
-    assert steps_to(acc, 0.61) is None
-
-
-def test_outcome_speedup_and_retained():
-    plain = {0: 0.40, 10: 0.45, 20: 0.50, 30: 0.55, 40: 0.60}
-    accelerated = {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.61, 40: 0.59}
-    result = outcome(plain, accelerated)
-    assert result["target"] == pytest.approx(0.98 * 0.60)
-    assert result["plain"] == {"final_accuracy": 0.60, "steps": 40, "steps_to_98": 40}
-    assert result["accelerated"]["steps_to_98"] == 10 and result["accelerated"]["final_accuracy"] == 0.59
-    assert result["speedup"] == pytest.approx(4.0)
-    assert result["retained"] == pytest.approx(0.59 / 0.60)
-    never = outcome(plain, {0: 0.40, 10: 0.41, 40: 0.42})
-    assert never["speedup"] is None and never["accelerated"]["steps_to_98"] is None
-
-
-def test_curve_reads_the_run_manifest(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
-        {"step": 5, "path": "checkpoint-5", "accuracy": 0.5}, {"step": 10, "path": "checkpoint-10", "accuracy": 0.6}]}))
-    assert curve(tmp_path) == {0: 0.4, 5: 0.5, 10: 0.6}
 
 
 def test_acceleration_section_lists_every_jump():

@@ -31,12 +31,13 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
+# steps_to is not used here: bench/acceleration.py still imports it from here until it adopts bench/common.py
+from rlcast.evaluation.curves import TARGET, curve, outcome, steps_to  # noqa: F401
 from rlcast.io.checkpoints import load_run
 from rlcast.io.writer import write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.runs import preset, train
 
-TARGET = 0.98  # fraction of the plain run's final held-out accuracy that counts as "reached"
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -58,31 +59,6 @@ class DemoConfig:
 QUICK = DemoConfig(steps=40, save_every=5, eval_prompts=300, accelerate=AccelerateConfig(every=5, horizon=5),
                    compare_methods=("weight-linear", "alpharl-step", "relex"), compare_cutoffs=(0.5,),
                    dominance_ranks=(1,))
-
-
-def steps_to(accuracy: dict[int, float], target: float) -> int | None:
-    """First evaluated step whose held-out accuracy reaches `target` (None: never within the run)."""
-    return next((step for step in sorted(accuracy) if accuracy[step] >= target), None)
-
-
-def curve(run_dir: Path) -> dict[int, float]:
-    """{0: base accuracy, step: accuracy, ...} from a run's manifest."""
-    manifest = json.loads((Path(run_dir) / "run.json").read_text())
-    out = {0: manifest["base_accuracy"]}
-    out.update({c["step"]: c["accuracy"] for c in manifest["checkpoints"]})
-    return out
-
-
-def outcome(plain: dict[int, float], accelerated: dict[int, float], target: float = TARGET) -> dict:
-    """Steps to `target` x plain's final accuracy for both runs, the speedup and the retained accuracy."""
-    last = max(plain)
-    goal = target * plain[last]
-    n_plain, n_acc = steps_to(plain, goal), steps_to(accelerated, goal)
-    final_acc = accelerated[max(accelerated)]
-    return {"target": goal, "plain": {"final_accuracy": plain[last], "steps": last, "steps_to_98": n_plain},
-            "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc},
-            "speedup": (n_plain / n_acc) if n_plain and n_acc else None,
-            "retained": final_acc / plain[last] if plain[last] else None}
 
 
 def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float],

@@ -1,0 +1,42 @@
+"""Held-out accuracy curves of runs, and what two of them say about speed: steps to a goal, speedup, retained accuracy.
+
+A curve is `{step: accuracy}` with step 0 the base, as a run's run.json records it (greedy, test split, the same
+prompts at every checkpoint). The goal is a fraction (`TARGET`) of the reference run's final accuracy; a run reaches
+it at the first evaluated step whose accuracy is at least the goal. `rlcast demo`, `rlcast continue` and the
+benchmarks all count speed this way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TARGET = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
+
+
+def curve(run_dir: str | Path) -> dict[int, float]:
+    """{0: base accuracy, step: accuracy, ...} from a run's manifest (run.json)."""
+    manifest = json.loads((Path(run_dir) / "run.json").read_text())
+    out = {0: manifest["base_accuracy"]}
+    out.update({c["step"]: c["accuracy"] for c in manifest["checkpoints"]})
+    return out
+
+
+def steps_to(accuracy: dict[int, float], target: float) -> int | None:
+    """First evaluated step whose held-out accuracy reaches `target` (None: never within the run)."""
+    return next((step for step in sorted(accuracy) if accuracy[step] >= target), None)
+
+
+def outcome(plain: dict[int, float], accelerated: dict[int, float], target: float = TARGET) -> dict:
+    """Steps to `target` x plain's final accuracy for both runs, the speedup and the retained accuracy.
+
+    speedup = plain's steps / accelerated's steps to the goal (None when either never reaches it);
+    retained = accelerated's final accuracy / plain's."""
+    last = max(plain)
+    goal = target * plain[last]
+    n_plain, n_acc = steps_to(plain, goal), steps_to(accelerated, goal)
+    final_acc = accelerated[max(accelerated)]
+    return {"target": goal, "plain": {"final_accuracy": plain[last], "steps": last, "steps_to_98": n_plain},
+            "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc},
+            "speedup": (n_plain / n_acc) if n_plain and n_acc else None,
+            "retained": final_acc / plain[last] if plain[last] else None}

@@ -1,0 +1,85 @@
+"""The benchmark suite's seams: bench/run.py lists every script, bench/common.py's conventions and metrics, and
+bench/gpu_check.py --quick on the CPU against itself (every path agrees exactly, the last line has its format)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture()
+def bench_modules(monkeypatch):
+    """bench/ on sys.path, as when a script runs (the scripts import bench/common.py)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+def test_run_list_names_every_bench_script_with_its_docstring():
+    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--list"], capture_output=True, text=True,
+                         check=True).stdout
+    listed = {line.split()[0]: line for line in out.splitlines() if line and not line[0].isspace()}
+    scripts = {p.stem for p in BENCH.glob("*.py")} - {"common", "run"}
+    assert set(listed) == scripts and "gpu_check" in scripts
+    for name, line in listed.items():
+        first = (BENCH / f"{name}.py").read_text().split('"""')[1].strip().splitlines()[0]
+        assert first in line
+    assert "[< 8 min on one GPU" in out  # a declared duration, on the line under its script
+
+
+def test_run_refuses_an_unknown_bench_in_one_line():
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "no_such_bench"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no benchmark 'no_such_bench'" in proc.stderr and "gpu_check" in proc.stderr
+
+
+def test_seeds_counts_lists_and_ranges(bench_modules):
+    from common import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("100,101") == [100, 101]
+    assert parse_seeds("100-102,7") == [100, 101, 102, 7]
+    assert parse_seeds("5-5") == [5]
+    for bad in ("1,1", "a", "3-x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_seeds(bad)
+
+
+def test_goal_metrics_on_the_generation_batch_axis_and_their_spread(bench_modules):
+    from common import goal_metrics, per_batch, spread
+
+    reference = {0: 0.40, 10: 0.45, 20: 0.50, 30: 0.55, 40: 0.60}
+    reused = per_batch({0: 0.40, 20: 0.59, 40: 0.60, 60: 0.61, 80: 0.62}, mu=2)  # 2 optimizer steps per batch
+    assert reused == {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.61, 40: 0.62}
+    result = goal_metrics(reference, reused, overhead=10.0)
+    assert result["reference_steps"] == 40 and result["steps"] == 10
+    assert result["speedup"] == pytest.approx(4.0) and result["effective_speedup"] == pytest.approx(2.0)
+    assert result["retained"] == pytest.approx(0.62 / 0.60)
+    never = goal_metrics(reference, {0: 0.40, 40: 0.41})
+    assert never["speedup"] == 0.0 and never["steps"] is None  # never reaching the goal counts as speedup 0
+    assert spread([3.0, None, 1.0, float("nan"), 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+def test_gpu_check_quick_on_the_cpu_agrees_with_itself(bench_modules, monkeypatch, capsys, tmp_path,
+                                                         torch_single_thread):
+    import gpu_check
+
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    checks = gpu_check.main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    found = re.fullmatch(r"gpu_paths_ok=(\d+)/(\d+) max_rel_diff=(\S+) spectra_speedup=(\S+)", lines[-1])
+    assert found, lines[-1]
+    ok, paths, worst = int(found[1]), int(found[2]), float(found[3])
+    assert ok == paths == len(checks) >= 5 and worst == 0.0
+    assert {c.path.split()[0] for c in checks} >= {"spectra", "analyze", "extrapolation", "writer", "trl"}
+    assert all(c.diff == 0.0 for c in checks)  # the CPU against itself: every path, the GRPO steps too, is exact
+    assert any("--device cpu: every path runs on the CPU against itself" in line for line in lines)
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(record) == {"bench", "argv", "settings", "rows", "summary", "line", "seconds"}
+    assert record["bench"] == "gpu_check" and record["line"] == lines[-1] and len(record["rows"]) == paths
+    assert record["summary"]["ok"] == paths and record["settings"]["device"] == "cpu"
