@@ -18,7 +18,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.methods import WeightLinear
+from rlcast.methods import METHODS, WeightLinear, register
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.testbed import char_tokenizer
 
@@ -168,7 +168,8 @@ def test_forced_rollbacks_restore_the_exact_run(tmp_path):
     accelerated.train()
     assert [j["kept"] for j in cb.jumps] == [False, False, False]
     assert all(j["rolled_back"] for j in cb.jumps)
-    assert cb.jumps[0]["reason"] == "non-finite weights"
+    assert cb.jumps[0]["reason"] == "rejected: lm_head.weight has non-finite weights (in torch.float32)"
+    assert cb.jumps[0]["rejected"] and not any(j["rejected"] for j in cb.jumps[1:])
     assert "dropped" in cb.jumps[1]["reason"] and cb.jumps[1]["reward_after"] == 0.0
     assert "collapsed (0.0800 -> 0.0300)" in cb.jumps[2]["reason"]
     assert cb.offset == 0 and cb.current_horizon == 1  # 3 -> 1 -> 1 -> 1 after the rollbacks
@@ -205,6 +206,75 @@ def test_an_exception_inside_apply_restores_the_exact_weights_and_training_goes_
     logged = [h for h in accelerated.state.log_history if "accelerate/rolled_back" in h]
     assert [h["accelerate/rolled_back"] for h in logged] == [1.0, 1.0]
     _same_as_plain(tmp_path, accelerated, steps=9)
+
+
+class Faulty(WeightLinear):
+    """A user's extrapolator gone wrong: the true weight-linear jump, with one fault at its fourth tensor (the first
+    three, in the snapshot's sorted order, are in the model by then: a half-applied jump if nothing catches it)."""
+
+    def __init__(self, fault: str = "shape", selection: str = "all", progress: bool = False):
+        super().__init__(selection, progress)
+        self.fault = fault
+
+    def predict(self, step, backend=None):
+        stream = list(super().predict(step))
+        (first, first_tensor), (name, tensor) = stream[0], stream[3]
+        bad = {"shape": [(name, tensor[:1])],  # (1, 32) for (16, 32): broadcastable
+               "name": [(name + ".extra", tensor)],
+               "dtype": [(name, tensor.round().long())],
+               "inf": [(name, tensor.index_fill(1, torch.tensor([3]), float("inf")))],
+               "array": [(name, tensor.numpy())],
+               "twice": [(first, first_tensor), (name, tensor * float("nan"))],  # then a failure: restore from where?
+               }
+        if self.fault == "raise":
+            raise RuntimeError("no prediction [/oops]")  # rich markup in a message must not crash the printed line
+        return iter(stream[:3] + bad[self.fault] + stream[4:])
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The weights of a plain 9-step run, to compare rejected runs with bit for bit."""
+    trainer = _trainer(tmp_path_factory.mktemp("plain") / "run", [], steps=9)
+    trainer.train()
+    return _weights(trainer.model)
+
+
+@pytest.fixture
+def registered_faulty():
+    register("faulty")(Faulty)
+    yield "faulty"
+    del METHODS["faulty"]
+
+
+DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("shape", f"rejected: {DOWN} predicted with shape (1, 64), the parameter has (32, 64)"),
+    ("name", f"rejected: {DOWN}.extra is not a trainable parameter"),
+    ("dtype", f"rejected: {DOWN} predicted as torch.int64, not a floating-point tensor"),
+    ("inf", f"rejected: {DOWN} has non-finite weights (in torch.float32)"),
+    ("array", f"rejected: {DOWN} predicted as a ndarray, not a tensor"),
+    ("twice", "rejected: lm_head.weight predicted twice"),
+    ("raise", "failed: RuntimeError: no prediction [/oops]"),
+    ("registered", f"rejected: {DOWN} predicted with shape (1, 64), the parameter has (32, 64)"),
+])
+def test_a_faulty_user_extrapolator_never_changes_the_run(tmp_path, capsys, plain_run, registered_faulty, fault,
+                                                           reason):
+    method = registered_faulty if fault == "registered" else Faulty(fault)
+    cb = AccelerateCallback(_config(method=method, verbose=True))  # tolerance 1: the check would keep any jump
+    trainer = _trainer(tmp_path / "run", [cb], steps=9)
+    trainer.train()
+    assert trainer.state.global_step == 9
+    assert [j["reason"] for j in cb.jumps] == [reason] * 2
+    assert all(j["rolled_back"] and not j["kept"] for j in cb.jumps)
+    key = "accelerate/failed" if fault == "raise" else "accelerate/rejected"
+    logged = [h for h in trainer.state.log_history if "accelerate/kept" in h]
+    assert [(h[key], h["accelerate/kept"], h["accelerate/rolled_back"]) for h in logged] == [(1.0, 0.0, 1.0)] * 2
+    printed = capsys.readouterr().err
+    assert printed.count(f"rolled back ({reason})") == 2
+    for name, weight in _weights(trainer.model).items():  # as if no jump had been tried: bit for bit
+        assert torch.equal(weight, plain_run[name]), name
 
 
 def test_auto_picks_the_best_back_test_survives_failures_and_skips_useless_jumps(monkeypatch):

@@ -9,13 +9,15 @@ steps it
    so an error >= 1 means "no better than standing still"). The jump is skipped when the best error is
    >= `max_backtest_error` (default 1.0; a fixed method is back-tested too unless it is None);
 2. scores the model on the check prompts (greedy, `rlcast.evaluation.generation.evaluate`): reward before;
-3. fits that extrapolator on the window and copies its prediction for step `t + H` into the parameters in place;
-4. scores again (reward after) and keeps the jump, or restores the exact pre-jump weights when the weights are not
-   finite, when the reward drops by more than `tolerance`, or when it collapses (relative drop larger than
+3. fits that extrapolator on the window and copies its prediction for step `t + H` into the parameters in place,
+   one tensor at a time, each checked first (a trainable parameter predicted once, a floating-point tensor of its
+   shape, finite in its dtype): a bad tensor rejects the jump;
+4. scores again (reward after) and keeps the jump, or restores the exact pre-jump weights when the prediction was
+   rejected, when the reward drops by more than `tolerance`, or when it collapses (relative drop larger than
    `collapse`). H grows by `grow` after a kept jump and shrinks by `shrink` after a rollback.
 
 Settings travel as one `AccelerateConfig` (frozen, JSON-serialisable, validated at construction). A method is a name
-(`LIVE_METHODS`) or your own `Extrapolator` instance (copied unfitted before every fit, so fits never share state).
+(any registered in `rlcast.methods.METHODS` but alpharl) or your own `Extrapolator` instance (copied unfitted before every fit, so fits never share state).
 
 Design choices (each deliberate, each tested):
 - The extrapolators are `rlcast.methods`' (module selection "all": every trainable tensor moves), fed through
@@ -80,6 +82,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import TrainerCallback
@@ -96,8 +99,6 @@ from rlcast.training.support import config_from_dict, preserved_rng
 log = logging.getLogger("rlcast.accelerate")
 
 SNAPSHOT_FILE = "model.safetensors"
-# alpharl inverts an accuracy regression: it needs an evaluated accuracy for every snapshot, which a live run lacks
-LIVE_METHODS = ("weight-linear", "alpharl-step", "relex", "next", "drift", "rre")
 # auto's default candidates, chosen on tuning seeds (100, 101) of the steady preset: alpharl-step and rre back-tested
 # at 2-5x the error of standing still on every attempt (never chosen), next retrains its MLPs at every fit
 AUTO_METHODS = ("weight-linear", "drift", "relex")
@@ -126,15 +127,16 @@ def _check_method(method) -> None:
     if method == "alpharl":
         raise RlcastError("accelerate: alpharl needs an evaluated accuracy for every snapshot, which a live run "
                           "does not have; use alpharl-step (the same rank-1 path, extrapolated in the step)")
-    if method not in LIVE_METHODS:
-        raise RlcastError(f"accelerate: unknown method {method!r}; known: auto, {', '.join(LIVE_METHODS)}")
+    if method not in METHODS:
+        known = ", ".join(m for m in METHODS if m != "alpharl")
+        raise RlcastError(f"accelerate: unknown method {method!r}; known: auto, {known}")
 
 
 @dataclass(frozen=True)
 class AccelerateConfig:
     """Settings of `AccelerateCallback`. A method is a name or an Extrapolator instance; the rest is JSON.
 
-    method: "auto" or one of LIVE_METHODS or an Extrapolator; every: steps between jump attempts; horizon: first jump
+    method: "auto", a registered method (not alpharl) or an Extrapolator; every: steps between jump attempts; horizon: first jump
     length H (then grown by `grow` / shrunk by `shrink`, capped at `max_horizon`, default 8 H); window: snapshots
     kept (the anchor included), taken every `snapshot_every` steps (default every // (window - 1)); tolerance:
     largest held-out reward drop kept; collapse: relative drop always rolled back; task / task_args / eval_prompts /
@@ -407,20 +409,31 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ the jump
 
-    def _apply(self, predictions, model, backup: dict[str, torch.Tensor]) -> bool:
-        """Copy predictions into the trainable parameters one tensor at a time, each one's current value first
-        copied into `backup` (CPU); False, with nothing more written, at the first non-finite prediction."""
+    def _apply(self, predictions, model, backup: dict[str, torch.Tensor]) -> str | None:
+        """Copy predictions into the trainable parameters one tensor at a time: each one checked first (a trainable
+        parameter not predicted before, a floating-point tensor of its shape, finite in its dtype), then the
+        parameter's current value copied into `backup` (CPU), then the new value written. At the first bad tensor:
+        why, with nothing more written (the caller restores `backup`)."""
         params = self._trainable(model)
         with torch.no_grad():
             for name, tensor in predictions:
                 param = params.get(name)
                 if param is None:
-                    continue
-                if not torch.isfinite(tensor).all():
-                    return False
+                    return f"{name} is not a trainable parameter"
+                if name in backup:
+                    return f"{name} predicted twice"
+                if not isinstance(tensor, torch.Tensor):
+                    return f"{name} predicted as a {type(tensor).__name__}, not a tensor"
+                if not tensor.is_floating_point():
+                    return f"{name} predicted as {tensor.dtype}, not a floating-point tensor"
+                if tensor.shape != param.shape:
+                    return f"{name} predicted with shape {tuple(tensor.shape)}, the parameter has {tuple(param.shape)}"
+                value = tensor.to(param.dtype)
+                if not torch.isfinite(value).all():
+                    return f"{name} has non-finite weights (in {param.dtype})"
                 backup[name] = param.detach().to("cpu", copy=True)
-                param.copy_(tensor.to(param.dtype))
-        return True
+                param.copy_(value)
+        return None
 
     def _rollback(self, model, backup: dict[str, torch.Tensor]) -> None:
         """The exact pre-jump weights: every overwritten tensor copied back from its backup (same dtype: bitwise)."""
@@ -454,8 +467,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         horizon = int(self.current_horizon)
         entry = {"step": step, "virtual_step": virtual, "horizon": horizon, "method": None, "backtest_error": None,
                  "backtest": {}, "backtest_failed": {}, "reward_before": None, "reward_after": None, "check_se": None,
-                 "kept": False,
-                 "rolled_back": False, "reason": ""}
+                 "kept": False, "rolled_back": False, "rejected": False, "failed": False, "reason": ""}
         backup: dict[str, torch.Tensor] = {}
         try:
             start = _clock()
@@ -467,10 +479,11 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             scores_before = self._reward(model, tokenizer)
             entry["reward_before"] = before = float(scores_before.mean())
             start = _clock()
-            finite = self._apply(self.predict(method, virtual + horizon, args), model, backup)
+            problem = self._apply(self.predict(method, virtual + horizon, args), model, backup)
             self.seconds["jump"] += _clock() - start
-            if not finite:
-                entry["reason"] = "non-finite weights"
+            if problem:
+                entry["rejected"], entry["reason"] = True, f"rejected: {problem}"
+                log.warning("accelerate: jump at step %d rolled back: %s", step, entry["reason"])
             else:
                 scores_after = self._reward(model, tokenizer)
                 entry["reward_after"] = after = float(scores_after.mean())
@@ -485,7 +498,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
                     self._keep(args, state, model, optimizer, horizon)
                     entry["kept"], entry["reason"] = True, "held-out reward within tolerance"
         except Exception as err:  # noqa: BLE001 - the user's training must survive any failure of ours
-            entry["reason"] = f"failed: {type(err).__name__}: {err}"
+            entry["failed"], entry["reason"] = True, f"failed: {type(err).__name__}: {err}"
             log.warning("accelerate: jump at step %d failed and was rolled back: %s", step, entry["reason"])
         finally:  # also on KeyboardInterrupt: never leave a half-applied jump behind
             if not entry["kept"] and entry["method"] is not None:
@@ -578,6 +591,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
     def _metrics(self, entry: dict) -> dict:
         """The attempt as numbers for the trainer's loggers (strings and None are left to `jumps`)."""
         values = {"kept": float(entry["kept"]), "rolled_back": float(entry["rolled_back"]),
+                  "rejected": float(entry["rejected"]), "failed": float(entry["failed"]),
                   "horizon": entry["horizon"], "steps_gained": self.offset, "backtest_error": entry["backtest_error"],
                   "reward_before": entry["reward_before"], "reward_after": entry["reward_after"]}
         values |= {f"backtest/{name}": error for name, error in entry["backtest"].items()}
@@ -593,12 +607,12 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def _print(self, entry: dict) -> None:
         if entry["method"] is None:
-            text = f"step {entry['step']}: no jump ({entry['reason']})"
+            text = f"step {entry['step']}: no jump ({escape(entry['reason'])})"
         else:
             after = "n/a" if entry["reward_after"] is None else f"{entry['reward_after']:.3f}"
             before = "n/a" if entry["reward_before"] is None else f"{entry['reward_before']:.3f}"
-            verdict = "[green]kept[/]" if entry["kept"] else f"[red]rolled back[/] ({entry['reason']})"
-            text = (f"step {entry['step']}: jump +{entry['horizon']} with {entry['method']} "
+            verdict = "[green]kept[/]" if entry["kept"] else f"[red]rolled back[/] ({escape(entry['reason'])})"
+            text = (f"step {entry['step']}: jump +{entry['horizon']} with {escape(entry['method'])} "
                     f"reward {before} -> {after}: {verdict}")
         Console(stderr=True).print(f"[bold]accelerate[/] {text}", highlight=False, soft_wrap=True)
 
