@@ -27,7 +27,7 @@ from rich.progress import track
 
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.training.accelerate import AccelerateConfig, _CheckSet
+from rlcast.training.accelerate import AccelerateConfig, CheckSet
 
 
 def per_prompt(path: Path, task, n: int, split: str) -> torch.Tensor:
@@ -50,7 +50,7 @@ def main() -> None:
     manifest = json.loads((run / "run.json").read_text())
     task = get_task(manifest["task"], manifest["task_args"] or None)
     sizes = [int(x) for x in args.sizes.split(",")]
-    check = _CheckSet(task, max(sizes))
+    check = CheckSet(task, max(sizes))
     steps = [0] + [c["step"] for c in manifest["checkpoints"]]
     folders = {s: Path(manifest["base"]) if s == 0 else run / f"checkpoint-{s}" for s in steps}
     test, checked = {}, {}

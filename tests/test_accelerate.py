@@ -19,7 +19,9 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
 from rlcast.methods import METHODS, WeightLinear, register
-from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig, CheckSet, backtest
+from rlcast.training.accelerate.jumps import apply, restore
+from rlcast.training.accelerate.snapshots import SnapshotWindow
 from rlcast.training.testbed import char_tokenizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -73,12 +75,12 @@ def _weights(model) -> dict[str, torch.Tensor]:
 class Recording(AccelerateCallback):
     """Records weights and Adam moments around every jump attempt."""
 
-    def jump(self, args, state, model, tokenizer, optimizer=None):
+    def jump(self, step, model, tokenizer, optimizer=None):
         inner = optimizer.optimizer
         moments = lambda: {id(p): {k: v.clone() for k, v in inner.state[p].items()}
                            for p in model.parameters() if p in inner.state}
         self.before = getattr(self, "before", []) + [(_weights(model), moments())]
-        entry = super().jump(args, state, model, tokenizer, optimizer)
+        entry = super().jump(step, model, tokenizer, optimizer)
         self.after = getattr(self, "after", []) + [(_weights(model), moments())]
         return entry
 
@@ -149,9 +151,9 @@ def test_optimizer_reset_clears_adam_moments_after_a_kept_jump(tmp_path):
 class BadPrediction(AccelerateCallback):
     """Injects broken jumps: NaN weights, then finite garbage with a reward drop, then a collapse within tolerance."""
 
-    def predict(self, method, target, args):
+    def predict(self, method, target):
         bad = float("nan") if len(self.jumps) == 0 else 50.0
-        for name, tensor in super().predict(method, target, args):
+        for name, tensor in super().predict(method, target):
             yield name, torch.full_like(tensor, bad)
 
     def _reward(self, model, tokenizer):
@@ -187,8 +189,8 @@ def _same_as_plain(tmp_path, accelerated, steps):
 class FailingApply(Recording):
     """The prediction stream raises after two tensors have been written into the model: a half-applied jump."""
 
-    def predict(self, method, target, args):
-        for i, item in enumerate(super().predict(method, target, args)):
+    def predict(self, method, target):
+        for i, item in enumerate(super().predict(method, target)):
             if i == 2:
                 raise RuntimeError("injected failure")
             yield item
@@ -277,27 +279,43 @@ def test_a_faulty_user_extrapolator_never_changes_the_run(tmp_path, capsys, plai
         assert torch.equal(weight, plain_run[name]), name
 
 
+def test_a_prediction_is_checked_in_the_parameters_dtype_and_restored_bit_for_bit():
+    params = {"a": torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float16).reshape(2, 3)),
+              "b": torch.nn.Parameter(torch.full((3,), 0.1))}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    backup = {}
+    # 7e4 is finite in float32 and inf in float16: the check must look at the value the parameter would hold
+    stream = [("b", torch.full((3,), 2.0)), ("a", torch.full((2, 3), 7e4)), ("b", torch.full((3,), 3.0))]
+    assert apply(iter(stream), params, backup) == "a has non-finite weights (in torch.float16)"
+    assert torch.equal(params["b"], torch.full((3,), 2.0)) and torch.equal(params["a"], before["a"])
+    assert set(backup) == {"b"} and torch.equal(backup["b"], before["b"])  # nothing after the bad tensor
+    restore(params, backup)
+    assert all(torch.equal(params[n], before[n]) for n in params)
+
+
 def test_auto_picks_the_best_back_test_survives_failures_and_skips_useless_jumps(monkeypatch):
-    cb = AccelerateCallback(_config(method="auto", methods=["weight-linear", "alpharl-step", "relex"], window=4))
-    cb.snapshots = [[s, s] for s in range(4)]
+    config = _config(method="auto", methods=["weight-linear", "alpharl-step", "relex"], window=4)
+    methods = {m: m for m in config.candidates}
+    window = SnapshotWindow(4)
+    window.steps = [[s, s] for s in range(4)]
     errors = {"weight-linear": 0.8, "alpharl-step": ValueError("no trajectory"), "relex": 0.4}
 
-    def backtest(name, args):
-        if isinstance(errors[name], Exception):
-            raise errors[name]
-        return errors[name]
+    def backtest_error(method, window, method_params):
+        if isinstance(errors[method], Exception):
+            raise errors[method]
+        return errors[method]
 
-    monkeypatch.setattr(cb, "backtest", backtest)
+    monkeypatch.setattr(backtest, "backtest_error", backtest_error)
     entry = {"backtest": {}, "backtest_failed": {}, "backtest_error": None, "reason": ""}
-    assert cb._choose(None, entry) == "relex" and entry["backtest_error"] == 0.4
+    assert backtest.choose(methods, window, config, entry) == "relex" and entry["backtest_error"] == 0.4
     assert entry["backtest"] == {"weight-linear": 0.8, "relex": 0.4}
     assert entry["backtest_failed"] == {"alpharl-step": "ValueError: no trajectory"}
-    cb.config = _config(method="auto", window=4, max_backtest_error=1.0)
+    config = _config(method="auto", window=4, max_backtest_error=1.0)
     errors.update({"weight-linear": 1.3, "relex": 1.0})  # no better than standing still
-    assert cb._choose(None, entry) is None
+    assert backtest.choose(methods, window, config, entry) is None
     assert entry["reason"] == "best back-test error 1.000 (relex) >= max_backtest_error 1.0"
     errors.update({"weight-linear": TypeError("x"), "relex": KeyError("y")})
-    assert cb._choose(None, entry) is None and entry["reason"] == "every back-test failed"
+    assert backtest.choose(methods, window, config, entry) is None and entry["reason"] == "every back-test failed"
 
 
 class Reporter(TrainerCallback):
@@ -363,12 +381,9 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
 
 
 def test_check_prompts_come_from_the_train_split_only():
-    from rlcast.evaluation.tasks import get_task
-    from rlcast.training.accelerate import _CheckSet
-
     task = get_task("arith", {"ops": "+"})
-    check = _CheckSet(task, 500)
+    check = CheckSet(task, 500)
     test = {e.prompt for e in task.examples("test", None)}
     assert len({e.prompt for e in check.pool}) == 500 and not test & {e.prompt for e in check.pool}
     with pytest.raises(RlcastError, match="train split"):
-        _CheckSet(task, 10**6)
+        CheckSet(task, 10**6)
