@@ -145,7 +145,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
                                           self.config.collapse)
                 if entry["reason"] is None:
                     self._keep(step, model, optimizer, horizon)
-                    entry["kept"], entry["reason"] = True, "held-out reward within tolerance"
+                    entry["kept"], entry["reason"] = True, "check reward (train prompts) within tolerance"
         except Exception as err:  # noqa: BLE001 - the user's training must survive any failure of ours
             entry["failed"], entry["reason"] = True, f"failed: {type(err).__name__}: {err}"
             log.warning("accelerate: jump at step %d failed and was rolled back: %s", step, entry["reason"])

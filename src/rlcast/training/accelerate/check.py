@@ -48,7 +48,7 @@ def verdict(before: float, after: float, tolerance: float, collapse: float) -> s
     """Why the jump from mean reward `before` to `after` is rolled back (a drop beyond `tolerance`, or a relative
     drop beyond `collapse`); None: keep it."""
     if after < before - tolerance:
-        return f"held-out reward dropped by {before - after:.4f} > tolerance {tolerance}"
+        return f"check reward (train prompts) dropped by {before - after:.4f} > tolerance {tolerance}"
     if before > 0 and after < (1 - collapse) * before:
-        return f"held-out reward collapsed ({before:.4f} -> {after:.4f})"
+        return f"check reward (train prompts) collapsed ({before:.4f} -> {after:.4f})"
     return None

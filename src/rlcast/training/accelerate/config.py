@@ -45,9 +45,9 @@ class AccelerateConfig:
     method: "auto", a registered method (not alpharl) or an Extrapolator; every: steps between jump attempts;
     horizon: first jump length H (then grown by `grow` / shrunk by `shrink`, capped at `max_horizon`, default 8 H);
     window: snapshots kept (the anchor included), taken every `snapshot_every` steps (default every // (window - 1));
-    tolerance: largest held-out reward drop kept; collapse: relative drop always rolled back; task / task_args /
-    eval_prompts / eval_batch_size: the held-out check; optimizer_state: "keep" or "reset" Adam's moments after a
-    kept jump; methods: auto's candidates (default AUTO_METHODS); method_params: {name: {param: value}} for
+    tolerance: largest drop of the check reward (train prompts) kept; collapse: relative drop always rolled back;
+    task / task_args / eval_prompts / eval_batch_size: the check; optimizer_state: "keep" or "reset" Adam's moments
+    after a kept jump; methods: auto's candidates (default AUTO_METHODS); method_params: {name: {param: value}} for
     `make_extrapolator`; max_backtest_error: skip the jump when the best back-test error is >= this (None: no
     back-test of a fixed method, no limit for auto); snapshot_dir: default OUTPUT_DIR/.rlcast-accelerate.
     """

@@ -17,7 +17,8 @@ def metrics(entry: dict, steps_gained: int) -> dict:
 
 
 def print_attempt(entry: dict) -> None:
-    """One line on stderr: the jump, the rewards before and after, kept or rolled back and why."""
+    """One line on stderr: the jump, the check reward (train prompts) before and after, kept or rolled back and
+    why."""
     if entry["method"] is None:
         text = f"step {entry['step']}: no jump ({escape(entry['reason'])})"
     else:
@@ -25,7 +26,7 @@ def print_attempt(entry: dict) -> None:
         before = "n/a" if entry["reward_before"] is None else f"{entry['reward_before']:.3f}"
         verdict = "[green]kept[/]" if entry["kept"] else f"[red]rolled back[/] ({escape(entry['reason'])})"
         text = (f"step {entry['step']}: jump +{entry['horizon']} with {escape(entry['method'])} "
-                f"reward {before} -> {after}: {verdict}")
+                f"check reward {before} -> {after}: {verdict}")
     Console(stderr=True).print(f"[bold]accelerate[/] {text}", highlight=False, soft_wrap=True)
 
 
