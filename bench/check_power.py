@@ -27,7 +27,7 @@ import torch
 from common import Results, add_out, new_parser, progress
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.training.accelerate import AccelerateConfig, _CheckSet
+from rlcast.training.accelerate import AccelerateConfig, CheckSet
 
 DURATION = "~10 min per run on 2 CPU cores (steady: 31 checkpoints, 1000 test and 512 check prompts each)"
 
@@ -54,7 +54,7 @@ def main() -> None:
     manifest = json.loads((run / "run.json").read_text())
     task = get_task(manifest["task"], manifest["task_args"] or None)
     sizes = [int(x) for x in args.sizes.split(",")]
-    check = _CheckSet(task, max(sizes))
+    check = CheckSet(task, max(sizes))
     steps = [0] + [c["step"] for c in manifest["checkpoints"]]
     folders = {s: Path(manifest["base"]) if s == 0 else run / f"checkpoint-{s}" for s in steps}
     test, checked = {}, {}

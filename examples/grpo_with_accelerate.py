@@ -48,9 +48,10 @@ def main() -> None:
                         loss_type="grpo", use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none",
                         save_strategy="no", logging_steps=6,
                         activation_checkpointing=False)  # TRL turns it on by default
-    # every 6 steps: back-test weight-linear / alpharl-step / relex on the last 4 snapshots, jump 6 steps ahead with
-    # the best (skipped when even the best back-tests no better than standing still), check on 100 held-out arith
-    # prompts, keep the jump or roll it back; any failure inside a jump restores the exact pre-jump weights
+    # every 6 steps: back-test weight-linear / drift / relex on the last 4 snapshots, jump 6 steps ahead with the
+    # best (skipped when even the best back-tests no better than standing still), check the reward on 100 arith train
+    # prompts (the test split stays out of the decision), keep the jump or roll it back; a bad predicted tensor or
+    # any failure inside a jump restores the exact pre-jump weights (docs/JUMPS.md)
     accelerate = AccelerateCallback(AccelerateConfig(method="auto", every=6, horizon=6, window=4, tolerance=0.0,
                                                      task="arith", eval_prompts=100))
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,

@@ -18,8 +18,10 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.methods import WeightLinear
-from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.methods import METHODS, WeightLinear, register
+from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig, CheckSet, backtest
+from rlcast.training.accelerate.jumps import apply, restore
+from rlcast.training.accelerate.snapshots import SnapshotWindow
 from rlcast.training.testbed import char_tokenizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -73,12 +75,12 @@ def _weights(model) -> dict[str, torch.Tensor]:
 class Recording(AccelerateCallback):
     """Records weights and Adam moments around every jump attempt."""
 
-    def jump(self, args, state, model, tokenizer, optimizer=None):
+    def jump(self, step, model, tokenizer, optimizer=None):
         inner = optimizer.optimizer
         moments = lambda: {id(p): {k: v.clone() for k, v in inner.state[p].items()}
                            for p in model.parameters() if p in inner.state}
         self.before = getattr(self, "before", []) + [(_weights(model), moments())]
-        entry = super().jump(args, state, model, tokenizer, optimizer)
+        entry = super().jump(step, model, tokenizer, optimizer)
         self.after = getattr(self, "after", []) + [(_weights(model), moments())]
         return entry
 
@@ -149,9 +151,9 @@ def test_optimizer_reset_clears_adam_moments_after_a_kept_jump(tmp_path):
 class BadPrediction(AccelerateCallback):
     """Injects broken jumps: NaN weights, then finite garbage with a reward drop, then a collapse within tolerance."""
 
-    def predict(self, method, target, args):
+    def predict(self, method, target):
         bad = float("nan") if len(self.jumps) == 0 else 50.0
-        for name, tensor in super().predict(method, target, args):
+        for name, tensor in super().predict(method, target):
             yield name, torch.full_like(tensor, bad)
 
     def _reward(self, model, tokenizer):
@@ -168,7 +170,8 @@ def test_forced_rollbacks_restore_the_exact_run(tmp_path):
     accelerated.train()
     assert [j["kept"] for j in cb.jumps] == [False, False, False]
     assert all(j["rolled_back"] for j in cb.jumps)
-    assert cb.jumps[0]["reason"] == "non-finite weights"
+    assert cb.jumps[0]["reason"] == "rejected: lm_head.weight has non-finite weights (in torch.float32)"
+    assert cb.jumps[0]["rejected"] and not any(j["rejected"] for j in cb.jumps[1:])
     assert "dropped" in cb.jumps[1]["reason"] and cb.jumps[1]["reward_after"] == 0.0
     assert "collapsed (0.0800 -> 0.0300)" in cb.jumps[2]["reason"]
     assert cb.offset == 0 and cb.current_horizon == 1  # 3 -> 1 -> 1 -> 1 after the rollbacks
@@ -186,8 +189,8 @@ def _same_as_plain(tmp_path, accelerated, steps):
 class FailingApply(Recording):
     """The prediction stream raises after two tensors have been written into the model: a half-applied jump."""
 
-    def predict(self, method, target, args):
-        for i, item in enumerate(super().predict(method, target, args)):
+    def predict(self, method, target):
+        for i, item in enumerate(super().predict(method, target)):
             if i == 2:
                 raise RuntimeError("injected failure")
             yield item
@@ -207,27 +210,112 @@ def test_an_exception_inside_apply_restores_the_exact_weights_and_training_goes_
     _same_as_plain(tmp_path, accelerated, steps=9)
 
 
+class Faulty(WeightLinear):
+    """A user's extrapolator gone wrong: the true weight-linear jump, with one fault at its fourth tensor (the first
+    three, in the snapshot's sorted order, are in the model by then: a half-applied jump if nothing catches it)."""
+
+    def __init__(self, fault: str = "shape", selection: str = "all", progress: bool = False):
+        super().__init__(selection, progress)
+        self.fault = fault
+
+    def predict(self, step, backend=None):
+        stream = list(super().predict(step))
+        (first, first_tensor), (name, tensor) = stream[0], stream[3]
+        bad = {"shape": [(name, tensor[:1])],  # (1, 32) for (16, 32): broadcastable
+               "name": [(name + ".extra", tensor)],
+               "dtype": [(name, tensor.round().long())],
+               "inf": [(name, tensor.index_fill(1, torch.tensor([3]), float("inf")))],
+               "array": [(name, tensor.numpy())],
+               "twice": [(first, first_tensor), (name, tensor * float("nan"))],  # then a failure: restore from where?
+               }
+        if self.fault == "raise":
+            raise RuntimeError("no prediction [/oops]")  # rich markup in a message must not crash the printed line
+        return iter(stream[:3] + bad[self.fault] + stream[4:])
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The weights of a plain 9-step run, to compare rejected runs with bit for bit."""
+    trainer = _trainer(tmp_path_factory.mktemp("plain") / "run", [], steps=9)
+    trainer.train()
+    return _weights(trainer.model)
+
+
+@pytest.fixture
+def registered_faulty():
+    register("faulty")(Faulty)
+    yield "faulty"
+    del METHODS["faulty"]
+
+
+DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("shape", f"rejected: {DOWN} predicted with shape (1, 64), the parameter has (32, 64)"),
+    ("name", f"rejected: {DOWN}.extra is not a trainable parameter"),
+    ("dtype", f"rejected: {DOWN} predicted as torch.int64, not a floating-point tensor"),
+    ("inf", f"rejected: {DOWN} has non-finite weights (in torch.float32)"),
+    ("array", f"rejected: {DOWN} predicted as a ndarray, not a tensor"),
+    ("twice", "rejected: lm_head.weight predicted twice"),
+    ("raise", "failed: RuntimeError: no prediction [/oops]"),
+    ("registered", f"rejected: {DOWN} predicted with shape (1, 64), the parameter has (32, 64)"),
+])
+def test_a_faulty_user_extrapolator_never_changes_the_run(tmp_path, capsys, plain_run, registered_faulty, fault,
+                                                           reason):
+    method = registered_faulty if fault == "registered" else Faulty(fault)
+    cb = AccelerateCallback(_config(method=method, verbose=True))  # tolerance 1: the check would keep any jump
+    trainer = _trainer(tmp_path / "run", [cb], steps=9)
+    trainer.train()
+    assert trainer.state.global_step == 9
+    assert [j["reason"] for j in cb.jumps] == [reason] * 2
+    assert all(j["rolled_back"] and not j["kept"] for j in cb.jumps)
+    key = "accelerate/failed" if fault == "raise" else "accelerate/rejected"
+    logged = [h for h in trainer.state.log_history if "accelerate/kept" in h]
+    assert [(h[key], h["accelerate/kept"], h["accelerate/rolled_back"]) for h in logged] == [(1.0, 0.0, 1.0)] * 2
+    printed = capsys.readouterr().err
+    assert printed.count(f"rolled back ({reason})") == 2
+    for name, weight in _weights(trainer.model).items():  # as if no jump had been tried: bit for bit
+        assert torch.equal(weight, plain_run[name]), name
+
+
+def test_a_prediction_is_checked_in_the_parameters_dtype_and_restored_bit_for_bit():
+    params = {"a": torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float16).reshape(2, 3)),
+              "b": torch.nn.Parameter(torch.full((3,), 0.1))}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    backup = {}
+    # 7e4 is finite in float32 and inf in float16: the check must look at the value the parameter would hold
+    stream = [("b", torch.full((3,), 2.0)), ("a", torch.full((2, 3), 7e4)), ("b", torch.full((3,), 3.0))]
+    assert apply(iter(stream), params, backup) == "a has non-finite weights (in torch.float16)"
+    assert torch.equal(params["b"], torch.full((3,), 2.0)) and torch.equal(params["a"], before["a"])
+    assert set(backup) == {"b"} and torch.equal(backup["b"], before["b"])  # nothing after the bad tensor
+    restore(params, backup)
+    assert all(torch.equal(params[n], before[n]) for n in params)
+
+
 def test_auto_picks_the_best_back_test_survives_failures_and_skips_useless_jumps(monkeypatch):
-    cb = AccelerateCallback(_config(method="auto", methods=["weight-linear", "alpharl-step", "relex"], window=4))
-    cb.snapshots = [[s, s] for s in range(4)]
+    config = _config(method="auto", methods=["weight-linear", "alpharl-step", "relex"], window=4)
+    methods = {m: m for m in config.candidates}
+    window = SnapshotWindow(4)
+    window.steps = [[s, s] for s in range(4)]
     errors = {"weight-linear": 0.8, "alpharl-step": ValueError("no trajectory"), "relex": 0.4}
 
-    def backtest(name, args):
-        if isinstance(errors[name], Exception):
-            raise errors[name]
-        return errors[name]
+    def backtest_error(method, window, method_params):
+        if isinstance(errors[method], Exception):
+            raise errors[method]
+        return errors[method]
 
-    monkeypatch.setattr(cb, "backtest", backtest)
+    monkeypatch.setattr(backtest, "backtest_error", backtest_error)
     entry = {"backtest": {}, "backtest_failed": {}, "backtest_error": None, "reason": ""}
-    assert cb._choose(None, entry) == "relex" and entry["backtest_error"] == 0.4
+    assert backtest.choose(methods, window, config, entry) == "relex" and entry["backtest_error"] == 0.4
     assert entry["backtest"] == {"weight-linear": 0.8, "relex": 0.4}
     assert entry["backtest_failed"] == {"alpharl-step": "ValueError: no trajectory"}
-    cb.config = _config(method="auto", window=4, max_backtest_error=1.0)
+    config = _config(method="auto", window=4, max_backtest_error=1.0)
     errors.update({"weight-linear": 1.3, "relex": 1.0})  # no better than standing still
-    assert cb._choose(None, entry) is None
+    assert backtest.choose(methods, window, config, entry) is None
     assert entry["reason"] == "best back-test error 1.000 (relex) >= max_backtest_error 1.0"
     errors.update({"weight-linear": TypeError("x"), "relex": KeyError("y")})
-    assert cb._choose(None, entry) is None and entry["reason"] == "every back-test failed"
+    assert backtest.choose(methods, window, config, entry) is None and entry["reason"] == "every back-test failed"
 
 
 class Reporter(TrainerCallback):
@@ -293,12 +381,9 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
 
 
 def test_check_prompts_come_from_the_train_split_only():
-    from rlcast.evaluation.tasks import get_task
-    from rlcast.training.accelerate import _CheckSet
-
     task = get_task("arith", {"ops": "+"})
-    check = _CheckSet(task, 500)
+    check = CheckSet(task, 500)
     test = {e.prompt for e in task.examples("test", None)}
     assert len({e.prompt for e in check.pool}) == 500 and not test & {e.prompt for e in check.pool}
     with pytest.raises(RlcastError, match="train split"):
-        _CheckSet(task, 10**6)
+        CheckSet(task, 10**6)

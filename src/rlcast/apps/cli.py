@@ -347,7 +347,7 @@ def train_cmd(
                                         "batch_size, beta, loss_type, epsilon_high, keep_optimizer, ...); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
     accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
-                                                                "extrapolator, checked on held-out prompts."),
+                                                                "extrapolator, checked on a sample of train prompts."),
     accel: list[str] | None = typer.Option(None, "--accel", help="AccelerateCallback setting KEY=VALUE; repeatable "
                                            "(method, every, horizon, window, tolerance, eval_prompts, "
                                            "optimizer_state, max_backtest_error, ...: rlcast.training.accelerate)."),

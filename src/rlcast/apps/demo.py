@@ -85,10 +85,12 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
              "steps to 98 %": result["plain"]["steps_to_98"]},
             {"run": "accelerated", "final accuracy": result["accelerated"]["final_accuracy"],
              "steps to 98 %": result["accelerated"]["steps_to_98"]}]
-    log = [{k: j[k] for k in ("step", "virtual_step", "method", "horizon", "backtest_error", "reward_before",
-                              "reward_after", "kept", "reason")} for j in jumps]
+    shown = {"reward_before": "check reward before", "reward_after": "check reward after"}  # on train prompts
+    log = [{shown.get(k, k): j[k] for k in ("step", "virtual_step", "method", "horizon", "backtest_error",
+                                            "reward_before", "reward_after", "kept", "reason")} for j in jumps]
     note = (f"<p class=note>speedup {_fmt(result['speedup'])}x, retained {_fmt(result['retained'])}; the checks "
-            f"and back-tests cost {_fmt(result.get('cost_step_equivalents'))} step-equivalents.</p>")
+            f"(reward on train prompts) and back-tests cost {_fmt(result.get('cost_step_equivalents'))} "
+            f"step-equivalents.</p>")
     return (table(rows) + note + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
 
 
@@ -111,7 +113,7 @@ def print_outcome(result: dict, console=None) -> None:
     (console or Console()).print(t)
     cost = result.get("cost_step_equivalents")
     if cost is not None:
-        (console or Console(soft_wrap=True)).print(f"acceleration overhead (held-out checks + back-tests + jumps): "
+        (console or Console(soft_wrap=True)).print(f"acceleration overhead (checks + back-tests + jumps): "
                                      f"{cost:.1f} step-equivalents over {len(result.get('jumps', []))} attempts")
 
 
