@@ -27,7 +27,9 @@ counts as speedup 0):
     speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
 
 Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run
-as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>.json, which --report merges.
+as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>.json, which --report merges. Wall
+times compare only side by side: a row whose best plain run was not trained next to the method's run (reused, or
+without --parallel) says so; its cpu_speedup still holds (one torch thread per process).
 
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method rank1 --accel boost=3 --seeds 100,101 \
         --out runs/accel
@@ -102,14 +104,15 @@ class Budget(TrainerCallback):
 
 def run(out: Path, config: TrainConfig, method: str | None = None, settings: dict | None = None,
         every: int = 10, budget: int = 300) -> dict:
-    """Train one run into `out` unless it is finished; the method's summary (none for a plain run)."""
+    """Train one run into `out` unless it is finished; the method's summary (none for a plain run), `trained`: whether
+    this call trained it."""
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     manifest, summary = out / "run.json", out / "method.json"
     if manifest.exists() and json.loads(manifest.read_text())["status"] == "finished":
-        return json.loads(summary.read_text()) if summary.exists() else {}
+        return (json.loads(summary.read_text()) if summary.exists() else {}) | {"trained": False}
     if method is None:
         train(out, config, callbacks=[Clock(out)], progress=False, resume=manifest.exists())
-        return {}
+        return {"trained": True}
     shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
     if method == "jumps":
         callback = AccelerateCallback(AccelerateConfig(**{"task": config.task, "task_args": config.task_args or None,
@@ -122,7 +125,7 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
         result = {"repositions": callback.repositions_, "failed": callback.failed_, "gate_off_at": callback.off_at_,
                   "generation_batches": callback.batches_}
     write_json_atomic(summary, result)
-    return result
+    return result | {"trained": True}
 
 
 def points(out: Path, mu: int) -> list[dict]:
@@ -211,14 +214,14 @@ def main() -> None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             side = [pool.submit(run, runs[k][0], runs[k][1]) for k in ("best", "preset")] if args.parallel else []
             summary = run(runs["method"][0], mine, args.method, settings, every, budget)
-            for job in side:
-                job.result()
+            trained = [job.result()["trained"] for job in side]
         if not args.parallel:
             for k in ("best", "preset"):
                 run(runs[k][0], runs[k][1])
         curves = {k: points(path, m) for k, (path, _, m) in runs.items()}
         row = {"seed": seed, "method": args.method, "settings": settings, "best_plain": [lr, mu],
-               "side_by_side": args.parallel, "summary": summary, "curves": curves,
+               "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary,
+               "curves": curves,
                "vs_best": compare(curves["method"], curves["best"]),
                "vs_preset": compare(curves["method"], curves["preset"])}
         write_json_atomic(folder / f"seed{seed}.json", row)

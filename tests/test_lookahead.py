@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from typer.testing import CliRunner
 
@@ -20,6 +20,7 @@ from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
 from rlcast.training.lookahead import GXPO, SFPO, Rank1Boost, gxpo_point, gxpo_scale, sfpo_point, zscore
+from rlcast.training.runs import TrainConfig, train
 from rlcast.training.testbed import char_tokenizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -194,3 +195,25 @@ def test_cli_train_with_a_lookahead_method_records_generation_batches(tmp_path):
                             "--accelerate rank1 takes 2 optimizer steps per generation batch; --hp num_iterations=3")]:
         bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "bad"), *common, *extra])
         assert bad.exit_code == 1 and message in str(bad.exception) and "\n" not in str(bad.exception)
+
+
+class Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_keeps_the_gate_and_the_generation_count(tmp_path):
+    """The gate fired before the checkpoint: the resumed run goes on as plain GRPO (one batch per step), and run.json
+    counts the batches across the interruption as an uninterrupted run does."""
+    config = TrainConfig(eval_prompts=16, batch_size=16, num_generations=4, steps=8, save_every=2, num_iterations=2)
+    gated = dict(K=1, gate_window=2, gate_threshold=-1e9)
+    straight = train(tmp_path / "straight", config, callbacks=[SFPO(**gated)], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", config, callbacks=[SFPO(**gated), Crash()], progress=False)
+    resumed = SFPO(**gated)
+    train(tmp_path / "resumed", config, callbacks=[resumed], resume=True, progress=False)
+    assert (resumed.on_, resumed.off_at_, resumed.repositions_, resumed.batches_) == (False, 2, 2, 6)
+    counts = [[(c["step"], c["generation_batches"]) for c in json.loads((run / "run.json").read_text())["checkpoints"]]
+              for run in (straight, tmp_path / "resumed")]
+    assert counts[0] == counts[1] == [(2, 1), (4, 2), (6, 4), (8, 6)]

@@ -173,9 +173,10 @@ class _PreClipNorm:
 class Lookahead(TrainerCallback, ExportableState):
     """What every method shares: batch bookkeeping, the safe in-place reposition, the gate, metrics, resume state.
 
-    A method sets `fast_steps` (optimizer steps before the reposition), `name`, and implements `_targets()` (the
-    reposition: (parameter, float32 target) pairs, computed lazily); optionally `_capture(step)` (gradients of the
-    fast steps) and `_gate_value()` (None: no gate).
+    A method sets `fast_steps` (optimizer steps before the reposition) and `name`, and implements `_targets()` (the
+    reposition: (name, parameter, target) triples, computed one at a time); optionally `_capture(step)` (what it
+    needs from the gradients of a step) and `_gate_value()` / `_gate_z()` (the gate's observation and its z-score;
+    None: no gate) with a `gate_threshold`.
     """
 
     name = ""
@@ -271,7 +272,6 @@ class Lookahead(TrainerCallback, ExportableState):
         if not self.on_:
             self.trainer_._buffered_inputs = None  # TRL generates a batch for every step: one step per batch
         metrics["lookahead/on"].append(float(self.on_))
-        metrics["lookahead/generation_batches"].append(float(self.batches_))
 
     # ------------------------------------------------------------------ the reposition
 
