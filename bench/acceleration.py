@@ -95,10 +95,11 @@ class Budget(TrainerCallback):
         self.method, self.every, self.budget = method, every, budget
 
     def on_step_end(self, args, state, control, **kwargs):
-        done = self.method.batches_ >= self.budget
-        if self.method.batch_done and (self.method.batches_ % self.every == 0 or done):
+        if not self.method.batch_done:
+            return
+        if self.method.batches_ % self.every == 0 or self.method.batches_ >= self.budget:
             control.should_save = True
-        if done:
+        if self.method.batches_ >= self.budget:
             control.should_training_stop = True
 
 
