@@ -265,7 +265,8 @@ def summarize(rows: list[dict]) -> None:
               f"wall {[r[part]['wall_speedup'] and round(r[part]['wall_speedup'], 2) for r in rows]} retained "
               f"{[round(r[part]['retained'], 3) for r in rows]}")
     print(f"vs preset plain: speedup={med('vs_preset', 'speedup'):.2f} retained={med('vs_preset', 'retained'):.3f} "
-          f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}")
+          f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}; wall clocked side by side on "
+          f"{sum(r['side_by_side'] for r in rows)} of {len(rows)} seeds")
     first = rows[0]
     print(f"speedup_vs_best_plain={med('vs_best', 'speedup'):.2f} retained={med('vs_best', 'retained'):.3f} "
           f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
