@@ -1,1 +1,1 @@
-"""Layer 5, training: the tiny testbed, RL runs through TRL, the live acceleration callback, optimizer-side lookahead."""
+"""Layer 5, training: the tiny testbed, RL runs through TRL, live acceleration, optimizer-side lookahead."""
