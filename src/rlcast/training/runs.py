@@ -198,8 +198,8 @@ class ManifestCallback(TrainerCallback):
 
     RL checkpoints also record `generation_batches`, the rollout batches generated so far (the cost a run pays for):
     `count_generation` is called once per generation batch (by the reward function, which TRL calls once per batch).
-    With rollout reuse it is not steps / num_iterations when an accelerator regenerates early
-    (`rlcast.training.lookahead`); `generation_batches=None` for SFT.
+    It is ceil(steps / num_iterations) unless a callback makes TRL generate early (`rlcast.training.lookahead` after
+    its gate); `generation_batches=None` for SFT.
     """
 
     def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool,
