@@ -1,23 +1,40 @@
-"""Plain vs accelerated RL on a preset (default: steady): same seed, hyper-parameters and step budget, several seeds.
+"""An accelerator against the best plain run, counted in generation batches (the rollouts a run pays for) and wall time.
 
-For each seed: a plain run (`rlcast.training.runs.train` on the preset, whose hyper-parameters are the plain runs'
-best, fixed before any acceleration was tuned) and an accelerated run (the same config plus `AccelerateCallback` with
-the given settings). Both are scored greedily on the same held-out test prompts (the preset's `eval_prompts`, 1000 for
-steady) at every checkpoint; the callback's own check uses train-split prompts, never these. Per seed:
+For each seed, on a preset (default: steady), every run with the same budget of generation batches (the preset's
+steps: 300 on steady) and scored on the same held-out prompts every `--save-every` batches:
 
-    speedup            plain steps / accelerated steps to reach 98 % of plain's final held-out accuracy
-    effective_speedup  the same with the callback's cost added to the accelerated steps, in step-equivalents
-                       (its checks, back-tests, jumps and snapshots over the mean optimizer-step time)
-    retained           accelerated final accuracy / plain final accuracy
+    method       `--method` jumps | sfpo | gxpo | rank1 with its settings (`--accel KEY=VALUE`, chosen on tuning
+                 seeds >= 100) at the best plain learning rate (`--hp` overrides the method run's config); jumps
+                 runs `AccelerateCallback` on top of the best plain setting, a lookahead method sets its own
+                 num_iterations (rlcast.training.lookahead)
+    best plain   `--best-plain LR,MU`: learning rate and rollout reuse (TRL num_iterations), chosen by
+                 bench/baselines.py on the tuning seeds; with `--parallel` trained in a second process side by side
+                 with the method's run, so both see the same load on the shared cores
+    preset       the preset's own plain run (its learning rate, one step per batch)
 
-Last line: `speedup=X retained=Y seeds=N overhead=Z effective_speedup=W` (medians over seeds; a run that never
-reaches the goal counts as speedup 0). Tuning seeds and benchmark seeds are kept apart with --first-seed: defaults
-were chosen on seeds >= 100; the benchmark runs seeds 0..N-1.
+The generation batches of every checkpoint come from run.json (`generation_batches`); training seconds (wall and
+this process's CPU time, summed over the optimizer steps: rollouts, backward passes, repositions and jump checks,
+not the held-out scoring at checkpoints) are clocked per checkpoint into OUT/.../seconds.json. Per seed:
 
-    .venv/bin/python bench/acceleration.py --seeds 5 --save-every 10
-    .venv/bin/python bench/acceleration.py --first-seed 100 --seeds 1 --accel every=20 --accel horizon=20
-    .venv/bin/python bench/acceleration.py --preset smollm2 --seeds 1 --parallel --accel eval_prompts=32 --accel every=20
-    .venv/bin/python bench/acceleration.py --hp learning_rate=1.2e-4   # on top of a better plain learning rate
+    goal            98 % of the best plain run's final held-out accuracy
+    speedup         best plain's generation batches to the goal / the method's
+    wall_speedup    best plain's training seconds to the goal / the method's (wall clock; cpu_speedup: CPU time)
+    retained        the method's final accuracy / best plain's
+
+and the same against the preset's run (its own 98 % goal). The last line (medians over seeds; never reaching the goal
+counts as speedup 0):
+
+    speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
+
+Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run
+as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>.json, which --report merges. Wall
+times compare only side by side: a row whose best plain run was not trained next to the method's run (reused, or
+without --parallel) says so; its cpu_speedup still holds (one torch thread per process).
+
+    .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method rank1 --accel boost=3 --seeds 100,101 \
+        --out runs/accel
+    .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method sfpo --seeds 0 --parallel --out runs/accel
+    .venv/bin/python bench/acceleration.py --report runs/accel/sfpo/seed*.json
 """
 
 from __future__ import annotations
@@ -28,122 +45,233 @@ import json
 import multiprocessing
 import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import TrainerCallback
 
-from rlcast.apps.demo import curve, steps_to
+from rlcast.apps.demo import steps_to
+from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
 from rlcast.training.support import parse_overrides
 
 GOAL = 0.98
+METHODS = ("jumps", *LOOKAHEAD)
 
 
-def compare(plain: dict[int, float], accelerated: dict[int, float], overhead: float) -> dict:
-    goal = GOAL * plain[max(plain)]
-    n_plain, n_acc = steps_to(plain, goal), steps_to(accelerated, goal)
-    return {"goal": goal, "plain_steps": n_plain, "accelerated_steps": n_acc,
-            "speedup": n_plain / n_acc if n_plain and n_acc else 0.0,
-            "effective_speedup": n_plain / (n_acc + overhead) if n_plain and n_acc else 0.0,
-            "retained": accelerated[max(accelerated)] / plain[max(plain)]}
+class Clock(TrainerCallback):
+    """Training seconds [wall, CPU] at every checkpoint, in OUT/seconds.json: the time between each optimizer step's
+    on_step_begin and on_step_end (last in the callback list, so after a jump made in on_step_end)."""
+
+    def __init__(self, out: Path):
+        self.path, self.seconds, self.total, self.started = out / "seconds.json", {}, [0.0, 0.0], None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.seconds = {step: s for step, s in saved.items() if int(step) <= state.global_step}  # resumed: go on
+        self.total = list(self.seconds.get(str(state.global_step), [0.0, 0.0]))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.total = [self.total[0] + time.perf_counter() - self.started[0],
+                      self.total[1] + time.process_time() - self.started[1]]
+
+    def on_save(self, args, state, control, **kwargs):
+        self.seconds[str(state.global_step)] = self.total
+        write_json_atomic(self.path, self.seconds)
 
 
-def train_plain(plain_dir: Path, config) -> float:
-    """The plain run of one seed (resumed when interrupted, kept when finished); its wall time in seconds."""
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    manifest = plain_dir / "run.json"
-    if not manifest.exists() or json.loads(manifest.read_text())["status"] != "finished":
-        train(plain_dir, config, progress=False, resume=manifest.exists())
-    return time.perf_counter() - start
+class Budget(TrainerCallback):
+    """A lookahead run's steps per generation batch vary (one after SFPO's or GXPO's gate): checkpoint every `every`
+    batches, stop after `budget` (after the method in the callback list, which counts the batches)."""
+
+    def __init__(self, method, every: int, budget: int):
+        self.method, self.every, self.budget = method, every, budget
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.method.batch_done:
+            return
+        if self.method.batches_ % self.every == 0 or self.method.batches_ >= self.budget:
+            control.should_save = True
+        if self.method.batches_ >= self.budget:
+            control.should_training_stop = True
+
+
+def run(out: Path, config: TrainConfig, method: str | None = None, settings: dict | None = None,
+        every: int = 10, budget: int = 300) -> dict:
+    """Train one run into `out` unless it is finished; the method's summary (none for a plain run), `trained`: whether
+    this call trained it."""
+    torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
+    manifest, summary = out / "run.json", out / "method.json"
+    if manifest.exists() and json.loads(manifest.read_text())["status"] == "finished":
+        return (json.loads(summary.read_text()) if summary.exists() else {}) | {"trained": False}
+    if method is None:
+        train(out, config, callbacks=[Clock(out)], progress=False, resume=manifest.exists())
+        return {"trained": True}
+    shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
+    if method == "jumps":
+        callback = AccelerateCallback(AccelerateConfig(**{"task": config.task, "task_args": config.task_args or None,
+                                                          "verbose": False, **settings}))
+        train(out, config, callbacks=[callback, Clock(out)], progress=False)
+        result = {"summary": callback.summary(), "jumps": callback.jumps}
+    else:
+        callback = LOOKAHEAD[method](**settings)
+        train(out, config, callbacks=[callback, Budget(callback, every, budget), Clock(out)], progress=False)
+        result = {"repositions": callback.repositions_, "failed": callback.failed_, "gate_off_at": callback.off_at_,
+                  "generation_batches": callback.batches_}
+    write_json_atomic(summary, result)
+    return result | {"trained": True}
+
+
+def points(out: Path, mu: int) -> list[dict]:
+    """Per checkpoint (and the base, at 0): generation batches, held-out accuracy, training seconds (wall, CPU) when
+    clocked. Runs from before run.json counted generation batches: step // mu."""
+    manifest = json.loads((out / "run.json").read_text())
+    seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
+    rows = [{"batches": 0, "accuracy": manifest["base_accuracy"], "wall": 0.0, "cpu": 0.0}]
+    for c in manifest["checkpoints"]:
+        wall, cpu = seconds.get(str(c["step"]), [None, None])
+        rows.append({"batches": c.get("generation_batches", c["step"] // mu), "accuracy": c["accuracy"],
+                     "wall": wall, "cpu": cpu})
+    return rows
+
+
+def reach(rows: list[dict], goal: float) -> dict:
+    """The first checkpoint at or above `goal`: its generation batches and seconds (None: never)."""
+    hit = steps_to({r["batches"]: r["accuracy"] for r in rows}, goal)
+    row = next((r for r in rows if r["batches"] == hit), {})
+    return {"batches": hit, "wall": row.get("wall"), "cpu": row.get("cpu")}
+
+
+def ratio(a, b) -> float | None:
+    """a / b for "reference cost / method cost": 0 when the method never got there, None when unmeasured."""
+    if a is None:
+        return None
+    if b is None:
+        return 0.0
+    return a / b if b else float("inf")  # b = 0: the method's base already meets the goal
+
+
+def compare(method: list[dict], reference: list[dict]) -> dict:
+    """The method against a reference run, on the reference's 98 % goal."""
+    goal = GOAL * reference[-1]["accuracy"]
+    ref, got = reach(reference, goal), reach(method, goal)
+    return {"goal": goal, "reference": ref, "method": got, "speedup": ratio(ref["batches"], got["batches"]) or 0.0,
+            "wall_speedup": ratio(ref["wall"], got["wall"]), "cpu_speedup": ratio(ref["cpu"], got["cpu"]),
+            "retained": method[-1]["accuracy"] / reference[-1]["accuracy"]}
+
+
+def tag(method: str, settings: list[str]) -> str:
+    return ",".join([method, *sorted(settings)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=METHODS)
+    parser.add_argument("--accel", action="append", default=[], help="the method's setting KEY=VALUE; repeatable")
+    parser.add_argument("--best-plain", help="LR,MU: the best plain learning rate and rollout reuse")
     parser.add_argument("--preset", default="steady")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--first-seed", type=int, default=0, help="benchmark: 0; tuning: >= 100")
-    parser.add_argument("--save-every", type=int, default=10, help="checkpoint (and held-out score) every N steps")
-    parser.add_argument("--hp", action="append", default=[], help="TrainConfig hyper-parameter KEY=VALUE for both "
-                                                                  "runs (e.g. the best plain learning rate); repeatable")
-    parser.add_argument("--accel", action="append", default=[], help="AccelerateConfig KEY=VALUE; repeatable")
-    parser.add_argument("--parallel", action="store_true", help="train each seed's plain run in a second process "
-                                                                     "while the accelerated one trains (2 cores)")
-    parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summary of acceleration.json "
-                                                                    "files (e.g. seeds run in parallel)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="benchmark seeds (tuning: >= 100)")
+    parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N generation batches")
+    parser.add_argument("--budget", type=int, help="generation batches per run (default: the preset's steps)")
+    parser.add_argument("--hp", action="append", default=[], help="TrainConfig KEY=VALUE for the method's run")
+    parser.add_argument("--parallel", action="store_true", help="train the plain runs in a second process while the "
+                                                                "method's run trains (side by side on 2 cores)")
+    parser.add_argument("--out", default="runs/accel")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="only summarise these per-seed JSON files")
     args = parser.parse_args()
     if args.report:
-        summarize([row for path in args.report for row in json.loads(Path(path).read_text())])
+        summarize([json.loads(Path(path).read_text()) for path in args.report])
         return
+    if not (args.method and args.best_plain):
+        parser.error("--method and --best-plain are needed (or --report)")
+    lr, mu = float(args.best_plain.split(",")[0]), int(args.best_plain.split(",")[1])
+    cls = AccelerateConfig if args.method == "jumps" else LOOKAHEAD[args.method]
+    settings = parse_overrides(cls, args.accel, [f.name for f in dataclasses.fields(cls)], "--accel")
+    cls(**settings)  # bad settings fail now, before any training
+    base = preset(args.preset)
+    budget, every = args.budget or base.steps, args.save_every
+    root, folder = Path(args.out), Path(args.out) / tag(args.method, args.accel)
+    torch.set_num_threads(1)
 
-    torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
-    base = dataclasses.replace(preset(args.preset), save_every=args.save_every,
-                               **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
-    accel = dataclasses.replace(AccelerateConfig(task=base.task, task_args=base.task_args or None, verbose=False),
-                                **parse_overrides(AccelerateConfig, args.accel,
-                                                  [f.name for f in dataclasses.fields(AccelerateConfig)], "--accel"))
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-accel-"))
-    print(f"preset {args.preset}: {json.dumps(base.to_json())}")
-    print(f"accelerate: {json.dumps(accel.to_json())}")
-    rows = []
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar, \
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        job = bar.add_task("seeds", total=2 * args.seeds)
-        for seed in seeds:
-            config = dataclasses.replace(base, seed=seed)
-            plain_dir, accel_dir = root / f"plain-{seed}", root / f"accelerated-{seed}"
-            plain = pool.submit(train_plain, plain_dir, config) if args.parallel else None
-            if plain is None:
-                plain_seconds = train_plain(plain_dir, config)
-                bar.advance(job)
-            callback = AccelerateCallback(accel)
-            start = time.perf_counter()
-            if accel_dir.exists():  # an interrupted accelerated run restarts: its jumps depend on the whole history
-                shutil.rmtree(accel_dir)
-            train(accel_dir, config, callbacks=[callback], progress=False)
-            accel_seconds = time.perf_counter() - start
-            bar.advance(job)
-            if plain is not None:
-                plain_seconds = plain.result()
-                bar.advance(job)
-            summary = callback.summary()
-            overhead = summary["cost_step_equivalents"] or 0.0
-            result = compare(curve(plain_dir), curve(accel_dir), overhead)
-            rows.append(result | {"seed": seed, "overhead": overhead, "summary": summary, "jumps": callback.jumps,
-                                  "plain_curve": curve(plain_dir), "accelerated_curve": curve(accel_dir),
-                                  "seconds": {"plain": plain_seconds, "accelerated": accel_seconds}})
-            jumps = " ".join(f"{j['step']}:{j['method']}+{j['horizon']}{'K' if j['kept'] else 'R'}"
-                             f"(bt {j['backtest_error'] if j['backtest_error'] is None else round(j['backtest_error'], 2)}"
-                             f", d {None if j['reward_after'] is None else round(j['reward_after'] - j['reward_before'], 3)}"
-                             f" se {None if j.get('check_se') is None else round(j['check_se'], 3)})"
-                             for j in callback.jumps if j["method"])
-            bar.console.print(
-                f"seed {seed}: plain final {result['goal'] / GOAL:.3f} (98 % at step {result['plain_steps']}), "
-                f"accelerated final {curve(accel_dir)[max(curve(accel_dir))]:.3f} (98 % at step "
-                f"{result['accelerated_steps']}); speedup {result['speedup']:.2f} effective "
-                f"{result['effective_speedup']:.2f} retained {result['retained']:.3f}; jumps kept "
-                f"{summary['kept']}/{summary['attempts']} (+{summary['steps_gained']} steps) [{jumps}]; overhead "
-                f"{overhead:.1f} step-equivalents; wall {plain_seconds:.0f} s / {accel_seconds:.0f} s", highlight=False)
-            (root / "acceleration.json").write_text(json.dumps(rows, indent=2, default=str))
-    summarize(rows)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        plain = dataclasses.replace(base, seed=seed, steps=budget, save_every=every)
+        best = dataclasses.replace(plain, learning_rate=lr, num_iterations=mu, steps=budget * mu,
+                                   save_every=every * mu)
+        mine = dataclasses.replace(best, **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
+        if args.method != "jumps":  # steps: an upper bound, Budget stops at the budget of generation batches
+            steps = budget * cls(**settings).num_iterations
+            mine = dataclasses.replace(mine, num_iterations=cls(**settings).num_iterations, steps=steps,
+                                       save_every=steps)
+        runs = {"best": (root / f"plain-seed{seed}-lr{lr:g}-mu{mu}", best, mu),
+                "preset": (root / f"plain-seed{seed}-lr{plain.learning_rate:g}-mu1", plain, 1),
+                "method": (folder / f"seed{seed}", mine, mine.num_iterations)}
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            side = [pool.submit(run, runs[k][0], runs[k][1]) for k in ("best", "preset")] if args.parallel else []
+            summary = run(runs["method"][0], mine, args.method, settings, every, budget)
+            trained = [job.result()["trained"] for job in side]
+        if not args.parallel:
+            for k in ("best", "preset"):
+                run(runs[k][0], runs[k][1])
+        curves = {k: points(path, m) for k, (path, _, m) in runs.items()}
+        row = {"seed": seed, "method": args.method, "settings": settings, "best_plain": [lr, mu],
+               "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary,
+               "curves": curves,
+               "vs_best": compare(curves["method"], curves["best"]),
+               "vs_preset": compare(curves["method"], curves["preset"])}
+        write_json_atomic(folder / f"seed{seed}.json", row)
+        show(row)
+    summarize([json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))])
+
+
+def per_batch(rows: list[dict], clock: str = "wall") -> float | None:
+    """Training seconds (wall or cpu) per generation batch over the whole run."""
+    last = rows[-1]
+    return last[clock] / last["batches"] if last[clock] is not None and last["batches"] else None
+
+
+def show(row: dict) -> None:
+    best, pre, c = row["vs_best"], row["vs_preset"], row["curves"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    extra = {k: v for k, v in row["summary"].items() if k in ("repositions", "failed", "gate_off_at")}
+    if "summary" in row["summary"]:
+        extra = {k: row["summary"]["summary"][k] for k in ("attempts", "kept", "steps_gained")}
+    print(f"seed {row['seed']}: final {c['method'][-1]['accuracy']:.3f} (best plain {c['best'][-1]['accuracy']:.3f}, "
+          f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']} "
+          f"vs {best['reference']['batches']}: speedup {best['speedup']:.2f} wall {fmt(best['wall_speedup'])} cpu "
+          f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
+          f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
+          f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "
+          f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; {extra}",
+          flush=True)
 
 
 def summarize(rows: list[dict]) -> None:
-    """Per-seed figures and the last line (medians over seeds)."""
+    """Per-seed figures, the medians against the preset's run, and the last line (medians against the best plain)."""
     rows = sorted(rows, key=lambda r: r["seed"])
-    med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
-    print(f"seeds {[r['seed'] for r in rows]}: speedup {[round(r['speedup'], 2) for r in rows]} effective "
-          f"{[round(r['effective_speedup'], 2) for r in rows]} retained {[round(r['retained'], 3) for r in rows]} "
-          f"steps gained {[r['summary']['steps_gained'] for r in rows]}")
-    print(f"speedup={med('speedup'):.2f} retained={med('retained'):.3f} seeds={len(rows)} "
-          f"overhead={med('overhead'):.1f} effective_speedup={med('effective_speedup'):.2f}")
+
+    def med(part: str, key: str) -> float:
+        values = [r[part][key] for r in rows if r[part][key] is not None]
+        return statistics.median(values) if values else float("nan")
+
+    for part in ("vs_best", "vs_preset"):
+        print(f"{part}: seeds {[r['seed'] for r in rows]} speedup {[round(r[part]['speedup'], 2) for r in rows]} "
+              f"wall {[r[part]['wall_speedup'] and round(r[part]['wall_speedup'], 2) for r in rows]} retained "
+              f"{[round(r[part]['retained'], 3) for r in rows]}")
+    print(f"vs preset plain: speedup={med('vs_preset', 'speedup'):.2f} retained={med('vs_preset', 'retained'):.3f} "
+          f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}; wall clocked side by side on "
+          f"{sum(r['side_by_side'] for r in rows)} of {len(rows)} seeds")
+    first = rows[0]
+    print(f"speedup_vs_best_plain={med('vs_best', 'speedup'):.2f} retained={med('vs_best', 'retained'):.3f} "
+          f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
+          f"best_plain={first['best_plain'][0]:g},{first['best_plain'][1]} "
+          f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Your own TRL GRPO script, accelerated by rlcast: add one callback.
 
-This is what `rlcast train --accelerate` does, written out for a user who builds the trainer themselves. It runs on
-the tiny testbed that ships with rlcast (CPU, well under a minute); swap in your model, dataset and reward function.
+This is what `rlcast train --accelerate jumps` does, written out for a user who builds the trainer themselves. It runs
+on the tiny testbed that ships with rlcast (CPU, well under a minute); swap in your model, dataset and reward function.
 
     .venv/bin/python examples/grpo_with_accelerate.py --steps 24 --out /tmp/grpo-accel
 """

@@ -73,11 +73,14 @@ def test_every_rl_algorithm_sets_its_trl_loss_fields(tmp_path, algo, loss_type, 
 
 
 def test_rollouts_reused_num_iterations_times(tmp_path):
-    """num_iterations = 2: each generation batch serves two optimizer steps (4 steps, 2 generation rounds)."""
+    """num_iterations = 2: each generation batch serves two optimizer steps (4 steps, 2 generation rounds, counted in
+    run.json)."""
     seen = RecordArgs()
-    out = train(tmp_path / "mu2", config(steps=4, save_every=4, num_iterations=2), callbacks=[seen], progress=False)
+    out = train(tmp_path / "mu2", config(steps=4, save_every=2, num_iterations=2), callbacks=[seen], progress=False)
     assert seen.args.num_iterations == 2
-    assert read_manifest(out)[1].num_iterations == 2
+    manifest, stored = read_manifest(out)
+    assert stored.num_iterations == 2
+    assert [(c["step"], c["generation_batches"]) for c in manifest["checkpoints"]] == [(2, 1), (4, 2)]
     with pytest.raises(RlcastError, match="num_iterations 2: rollouts are reused by RL algorithms, not sft"):
         TrainConfig(algo="sft", num_iterations=2)
     with pytest.raises(RlcastError, match="num_iterations must be >= 1"):
@@ -168,7 +171,7 @@ def test_cli_train_with_preset_hp_and_accelerate(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--preset", "default", "--algo", "dapo", "--steps", "4", "--save-every", "2",
             "--eval-prompts", "16", "--hp", "batch_size=16", "--hp", "num_generations=4", "--hp",
-            "learning_rate=1e-3", "--accelerate", "--accel", "method=weight-linear", "--accel", "every=2",
+            "learning_rate=1e-3", "--accelerate", "jumps", "--accel", "method=weight-linear", "--accel", "every=2",
             "--accel", "horizon=2", "--accel", "window=3", "--accel", "snapshot_every=1", "--accel",
             "eval_prompts=8", "--accel", "max_backtest_error=none", "--accel", "verbose=false"]
     result = CliRunner().invoke(app, args)

@@ -346,11 +346,14 @@ def train_cmd(
                                         "rlcast.training.runs.TrainConfig (learning_rate, num_generations, "
                                         "batch_size, beta, loss_type, epsilon_high, keep_optimizer, ...); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
-    accelerate: bool = typer.Option(False, "--accelerate", help="Jump the weights ahead during RL with an "
-                                                                "extrapolator, checked on a sample of train prompts."),
-    accel: list[str] | None = typer.Option(None, "--accel", help="AccelerateCallback setting KEY=VALUE; repeatable "
-                                           "(method, every, horizon, window, tolerance, eval_prompts, "
-                                           "optimizer_state, max_backtest_error, ...: rlcast.training.accelerate)."),
+    accelerate: str | None = typer.Option(None, "--accelerate", help="Accelerate RL: jumps (extrapolate the "
+                                          "weights ahead, checked on a sample of train prompts: rlcast.training.accelerate) | "
+                                          "sfpo | gxpo | rank1 (optimizer-side lookahead on every rollout batch; sets "
+                                          "num_iterations: rlcast.training.lookahead)."),
+    accel: list[str] | None = typer.Option(None, "--accel", help="Setting KEY=VALUE of the --accelerate method; "
+                                           "repeatable (jumps: method, every, horizon, window, tolerance, "
+                                           "eval_prompts, ...; sfpo: K, alpha, gate_window, gate_threshold; gxpo: K, "
+                                           "alpha, tau, gate_window; rank1: fast_steps, boost, rank)."),
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     import dataclasses
@@ -377,7 +380,7 @@ def train_cmd(
     else:
         config = dataclasses.replace(named_preset(preset), **given)
     callbacks = []
-    if accelerate:
+    if accelerate == "jumps":
         if config.algo == "sft":
             raise RlcastError("--accelerate works with RL runs, not sft")
         from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
@@ -385,6 +388,20 @@ def train_cmd(
         settings = {"task": config.task, "task_args": config.task_args} | parse_overrides(
             AccelerateConfig, accel or [], [f.name for f in dataclasses.fields(AccelerateConfig)], "--accel")
         callbacks.append(AccelerateCallback(AccelerateConfig(**settings)))
+    elif accelerate is not None:
+        from rlcast.training.lookahead import LOOKAHEAD
+
+        if accelerate not in LOOKAHEAD:
+            raise RlcastError(f"--accelerate {accelerate!r}: known: jumps, {', '.join(LOOKAHEAD)}")
+        if config.algo == "sft":
+            raise RlcastError("--accelerate works with RL runs, not sft")
+        cls = LOOKAHEAD[accelerate]
+        method = cls(**parse_overrides(cls, accel or [], [f.name for f in dataclasses.fields(cls)], "--accel"))
+        if given.get("num_iterations", method.num_iterations) != method.num_iterations:
+            raise RlcastError(f"--accelerate {accelerate} takes {method.num_iterations} optimizer steps per generation "
+                              f"batch; --hp num_iterations={given['num_iterations']} contradicts it")
+        config = dataclasses.replace(config, num_iterations=method.num_iterations)
+        callbacks.append(method)
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
     path = train(out, config, callbacks=callbacks, resume=resume)
@@ -392,10 +409,15 @@ def train_cmd(
     last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
     console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
                   + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
-    if callbacks:
+    if accelerate == "jumps":
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
                       f"steps, overhead {summary['cost_step_equivalents'] or 0:.1f} step-equivalents", highlight=False)
+    elif callbacks:
+        method = callbacks[0]
+        console.print(f"lookahead {method.name}: {method.repositions_} repositions ({method.failed_} failed) over "
+                      f"{method.batches_} generation batches; "
+                      + ("on to the end" if method.on_ else "the gate switched it off"), highlight=False)
 
 
 @app.command("continue")

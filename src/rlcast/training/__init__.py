@@ -1,1 +1,1 @@
-"""Layer 5, training: the tiny testbed, RL runs through TRL, and the live acceleration callback."""
+"""Layer 5, training: the tiny testbed, RL runs through TRL, live acceleration, optimizer-side lookahead."""

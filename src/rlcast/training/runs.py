@@ -202,12 +202,22 @@ def _checkpoints(out: Path) -> list[int]:
 
 class ManifestCallback(TrainerCallback):
     """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states
-    (unless `keep_optimizer` is "all")."""
+    (unless `keep_optimizer` is "all").
+
+    RL checkpoints also record `generation_batches`, the rollout batches generated so far (the cost a run pays for):
+    `count_generation` is called once per generation batch (by the reward function, which TRL calls once per batch).
+    It is ceil(steps / num_iterations) unless a callback makes TRL generate early (`rlcast.training.lookahead` after
+    its gate); `generation_batches=None` for SFT.
+    """
 
     def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool,
-                 keep_optimizer: str = "last"):
+                 keep_optimizer: str = "last", generation_batches: int | None = None):
         self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
         self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
+        self.generation_batches = generation_batches
+
+    def count_generation(self) -> None:
+        self.generation_batches += 1
 
     def on_save(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -218,6 +228,8 @@ class ManifestCallback(TrainerCallback):
                  "ci": [result.ci_low, result.ci_high]}
         if rewards:
             entry["train_reward"] = rewards[-1]
+        if self.generation_batches is not None:
+            entry["generation_batches"] = self.generation_batches
         done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
         self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
         write_json_atomic(self.out / "run.json", self.manifest)
@@ -319,8 +331,9 @@ def _start(out: Path, config: TrainConfig | None, resume: bool):
     return None, config.resolve(task), task
 
 
-def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: list):
-    """TRL's GRPO / RLOO / SFT trainer for `config` on the task's train split."""
+def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: list, on_generation=None):
+    """TRL's GRPO / RLOO / SFT trainer for `config` on the task's train split; RL calls `on_generation()` once per
+    generation batch."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     examples = task.examples("train", None, seed=config.seed)
 
@@ -351,6 +364,8 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
     data = Dataset.from_dict({"prompt": [as_prompt(ex) for ex in examples], "idx": list(range(len(examples)))})
 
     def reward(prompts, completions, idx, **_):
+        if on_generation is not None:
+            on_generation()
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [task.score(t, examples[i]) for t, i in zip(texts, idx)]
 
@@ -364,6 +379,17 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
         trainer_cls = GRPOTrainer
     return trainer_cls(model=net, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer,
                        callbacks=callbacks, peft_config=peft_config)
+
+
+def _generations_before(manifest: dict, config: TrainConfig, done: list[int], resume: bool) -> int | None:
+    """Generation batches before this (RL) training starts: 0, or on resume the count recorded at the checkpoint it
+    resumes from (a plain run's ceil(step / num_iterations) when that entry predates the count)."""
+    if config.kind != "rl":
+        return None
+    if not (resume and done):
+        return 0
+    entry = next((c for c in manifest["checkpoints"] if c["step"] == done[-1]), {})
+    return entry.get("generation_batches", -(-done[-1] // config.num_iterations))
 
 
 def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
@@ -395,9 +421,11 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         write_json_atomic(out / "run.json", manifest)
 
     set_seed(config.seed)
+    done = _checkpoints(out)
     manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress,
-                                   config.keep_optimizer)
-    trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks])
+                                   config.keep_optimizer, _generations_before(manifest, config, done, resume))
+    trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks],
+                       on_generation=manifest_cb.count_generation if config.kind == "rl" else None)
     # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -405,7 +433,6 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
     trainer.add_callback(RichProgress(bar, f"{config.algo.upper()}{' LoRA' if config.lora else ''}", manifest,
                                       config.steps))
-    done = _checkpoints(out)
     with bar, warnings.catch_warnings():
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
