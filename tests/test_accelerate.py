@@ -246,6 +246,7 @@ def registered_faulty():
     register("faulty")(Faulty)
     yield "faulty"
     del METHODS["faulty"]
+    Faulty.name = ""
 
 
 DOWN = "model.layers.0.mlp.down_proj.weight"
