@@ -159,7 +159,8 @@ def test_cli_compare(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "real @ 30" in res.output and "weight-linear" in res.output and "30/50 (60%)" in res.output
     assert (out / "compare.json").exists() and (out / "compare.png").exists()
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["real-0", "real-30", "real-50", "weight-linear-30"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == [".rlcast-output", "real-0", "real-30", "real-50",
+                                                                  "weight-linear-30"]
     assert json.loads((out / "compare.json").read_text())["params"] == {"weight-linear": {"selection": "all"}}
     bad = runner.invoke(app, ["compare", str(run_dir), "--cutoffs", "1.5", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "strictly between 0 and 1" in str(bad.exception)

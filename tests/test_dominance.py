@@ -115,7 +115,7 @@ def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
     assert rank2.per_prompt == result.full.per_prompt  # planted rank 2, selection all: the same model
     r2 = result.recovery[1]
     assert r2.recovery == 1.0 and r2.recovery_ci == (1.0, 1.0) and r2.gain_recovery == 1.0
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["checkpoint-10", "rank1-step10",
-                                                                      "rank2-step10"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".rlcast-output", "checkpoint-10",
+                                                                      "rank1-step10", "rank2-step10"]
     saved = result.save(tmp_path / "dominance.json")
     assert '"gain_recovery_ci"' in saved.read_text()

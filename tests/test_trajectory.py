@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlcast.core import spectra as linalg
+from rlcast.core import trajectory
 from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_deltas, planted_run, schedule
 from rlcast.core.trajectory import build_trajectory, default_cache_dir
@@ -124,7 +125,7 @@ def test_corrupt_cache_is_recomputed(run_copy, monkeypatch):
 def test_default_cache_dir(run_copy, tmp_path, monkeypatch):
     run = load_run(run_copy)
     assert default_cache_dir(run) == run_copy / ".rlcast-cache"
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only run folder
+    monkeypatch.setattr(trajectory, "is_writable", lambda folder: False)  # a read-only run folder
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     folder = default_cache_dir(run)
     assert folder.parent == tmp_path / "home" / ".cache" / "rlcast" and len(folder.name) == 16

@@ -25,7 +25,7 @@ from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajector
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import Run, RunReader, check_selection, parse_name
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import atomic_folder, json_safe, write_json_atomic
+from rlcast.io.writer import atomic_folder, json_safe, output_record, write_json_atomic
 
 RESULTS = "rlcast"  # default output folder inside the run: RUN/rlcast/analysis.json
 
@@ -52,6 +52,7 @@ class Analysis:
     modules: dict[str, dict]  # the analysis.json "modules" entries
     summary: list[SummaryRow]
     run: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the JSON
 
     def to_dict(self) -> dict:
         methods: dict[str, int] = {}
@@ -64,7 +65,13 @@ class Analysis:
 
     def save(self, out: str | Path) -> Path:
         """Write OUT/analysis.json atomically (temp file renamed into place); returns its path."""
-        return write_json_atomic(Path(out) / "analysis.json", self.to_dict(), indent=1)
+        return write_json_atomic(Path(out) / "analysis.json", self.to_dict(), indent=1,
+                                 record=output_record("analyze", self.settings))
+
+
+def settings(run: Run, rank: int = 1, exact: bool = False, selection: str = "blocks", seed: int = 0) -> dict:
+    """What an analysis depends on (not where it ran): a saved one with other settings is not replaced silently."""
+    return {"run": str(run.root or run.base), "rank": rank, "exact": exact, "selection": selection, "seed": seed}
 
 
 def _top_direction(mt: ModuleTrajectory) -> torch.Tensor:
@@ -136,7 +143,8 @@ def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "bloc
             "checkpoints": {str(c.step): str(c.path) for c in run.checkpoints},
             "kind": sorted({c.kind for c in run.checkpoints}), "accuracy": {str(k): v for k, v in
                                                                            traj.accuracy.items()}}
-    return Analysis(traj.steps, selection, rank, exact, modules, summarize(modules), info)
+    return Analysis(traj.steps, selection, rank, exact, modules, summarize(modules), info,
+                    settings(run, rank, exact, selection, seed))
 
 
 def print_summary(analysis: Analysis, console) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -48,6 +49,8 @@ def _quiet_libraries() -> None:
 # options shared by the commands with per-tensor backends (analyze, dominance, extrapolate, compare)
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | ray://HOST:PORT "
                                                        "(default: a local instance).")
+FORCE = typer.Option(False, "--force", help="Replace an existing output that this command did not write, or a result "
+                                          "computed with other settings (never an input).")
 WORKERS = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and in memory): local "
                                                "threads or the local Ray instance's CPUs (default: torch's thread "
                                                "count / all cores).")
@@ -79,6 +82,7 @@ def extrapolate_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    force: bool = FORCE,
 ) -> None:
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
     from rlcast.core.backend import connect, resolve_device
@@ -91,7 +95,7 @@ def extrapolate_cmd(
     full = load_run(run, base=base)
     with connect(backend, ray_address, workers) as pool:  # settings checked before the (possibly long) fit
         ex = write_prediction(full, method, until, target, out, {k: v for k, v in params.items() if v is not None},
-                              task=task, progress=True, device=where, backend=pool)
+                              task=task, progress=True, device=where, backend=pool, force=force)
     console.print(f"[green]wrote[/] {out} ({method}, steps <= {ex.last_} -> step {target}, "
                   f"selection {ex.selection})", highlight=False)
 
@@ -116,13 +120,15 @@ def compare_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    force: bool = FORCE,
 ) -> None:
     """Predict the target step with every method from every cutoff and compare on the same held-out prompts."""
     import json as _json
     from pathlib import Path
 
     from rlcast.io.checkpoints import load_run
-    from rlcast.apps.compare import compare, print_table, save
+    from rlcast.io.writer import check_output
+    from rlcast.apps.compare import compare, print_table, save, settings
 
     params: dict[str, dict] = {}
     for item in param or []:
@@ -143,9 +149,12 @@ def compare_cmd(
     full = load_run(run, base=base)
     out = Path(out) if out else Path(full.root or ".") / "compare"
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    given = settings(full, fractions, target, task, names, n_prompts, seed, params)
+    check_output(out / "compare.json", "compare", settings=given, run=full, force=force)
+    check_output(out / "compare.png", "compare", run=full, force=force)
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
                      params=params, keep=out / "models" if keep else None, device=device, backend=backend,
-                     ray_address=ray_address, workers=workers)
+                     ray_address=ray_address, workers=workers, force=force)
     print_table(result, Console())
     save(result, out)
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
@@ -187,23 +196,28 @@ def dominance_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor)."),
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    force: bool = FORCE,
 ) -> None:
     """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
     from pathlib import Path
 
     from rich.table import Table
 
-    from rlcast.apps.dominance import dominance
+    from rlcast.apps.dominance import dominance, settings
     from rlcast.apps.report import results_dir
     from rlcast.io.checkpoints import check_selection, load_run
+    from rlcast.io.writer import check_output
 
     check_selection(selection)
     rank_list = _ranks(ranks)
     full = load_run(run, base=base)
+    json_path = check_output(Path(json_out) if json_out else results_dir(full) / "dominance.json", "dominance",
+                             settings=settings(full, step, rank_list, task, n_prompts, selection, not no_rescale,
+                                               exact, seed), run=full, force=force, option="--json FILE")
     result = dominance(full, step=step, ranks=rank_list, task=task, n_prompts=n_prompts, selection=selection,
                        rescale=not no_rescale, exact=exact, seed=seed,
                        models_dir=Path(keep_models) if keep_models else None, device=device, backend=backend,
-                       ray_address=ray_address, workers=workers)
+                       ray_address=ray_address, workers=workers, force=force)
     table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "
                         f"selection {selection}, rescale {not no_rescale})")
     for col in ("model", "accuracy [95% CI]", "acc_k / acc_full [95% CI]", "gain recovery [95% CI]"):
@@ -215,7 +229,7 @@ def dominance_cmd(
         table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
                       ci(r.gain_recovery, r.gain_recovery_ci))
     _wide_console().print(table)
-    path = result.save(Path(json_out) if json_out else results_dir(full) / "dominance.json")
+    path = result.save(json_path)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
@@ -228,6 +242,7 @@ def dynamics_cmd(
     selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
     json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dynamics.json)."),
     base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    force: bool = FORCE,
 ) -> None:
     """Per-module rank-1 dynamics: R^2 of s1*u1 vs step (in-sample, held-out), PLS R^2, cosines, RELEX share."""
     from pathlib import Path
@@ -235,10 +250,14 @@ def dynamics_cmd(
     from rich.table import Table
 
     from rlcast.io.checkpoints import load_run
-    from rlcast.apps.dynamics import SCALARS, analyze_dynamics
+    from rlcast.io.writer import check_output
+    from rlcast.apps.dynamics import SCALARS, analyze_dynamics, settings
     from rlcast.apps.report import results_dir
 
     full = load_run(run, base=base)
+    json_path = check_output(Path(json_out) if json_out else results_dir(full) / "dynamics.json", "dynamics",
+                             settings=settings(full, task, n_prompts, selection), run=full, force=force,
+                             option="--json FILE")
     result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection)
     table = Table(title=f"rank-1 dynamics by module type ({len(result.modules)} modules, {len(result.steps)} "
                         f"checkpoints, held-out fits on the first {result.holdout_fit})")
@@ -253,7 +272,7 @@ def dynamics_cmd(
     out.print(table)
     for key, value in result.summary["overall"].items():
         out.print(f"{key:32s} {fmt(value)}", highlight=False)
-    path = result.save(Path(json_out) if json_out else results_dir(full) / "dynamics.json")
+    path = result.save(json_path)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
@@ -266,12 +285,13 @@ def report_cmd(
     selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
     rank: int = typer.Option(8, "--rank", help="Singular values per module for the spectra."),
     base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    force: bool = FORCE,
 ) -> None:
     """One self-contained HTML report (tables + inlined PNG plots); reuses RUN/rlcast/*.json when present."""
     from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report
 
-    path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank)
+    path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank, force=force)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
@@ -291,14 +311,15 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of sampling."),
     backend: str = typer.Option("auto", "--backend", help="auto | transformers | vllm"),
     json_out: str | None = typer.Option(None, "--json", help="Write the result (with every completion) here."),
+    force: bool = FORCE,
 ) -> None:
     """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval."""
     import json as _json
     from pathlib import Path
 
     from rlcast.evaluation.generation import evaluate
-
     from rlcast.evaluation.tasks import get_task, parse_task_args
+    from rlcast.io.writer import check_output, output_record, write_json_atomic
 
     if model == "testbed" or model.startswith("testbed:"):
         from rlcast.training.testbed import base_model
@@ -306,7 +327,15 @@ def eval_cmd(
         model = str(base_model(model.partition(":")[2] or "arith"))
     if not Path(model).exists():
         raise RlcastError(f"{model}: no such model folder or file")
-    task_obj = get_task(task, parse_task_args(task_arg))
+    task_args = parse_task_args(task_arg)
+    task_obj = get_task(task, task_args)
+    record = output_record("eval", {"model": str(Path(model).resolve()), "task": task_obj.name, "task_args": task_args,
+                                    "n_prompts": n_prompts, "samples": samples, "split": split, "seed": seed,
+                                    "temperature": temperature if samples > 1 else None,
+                                    "max_new_tokens": max_new_tokens})
+    if json_out:
+        check_output(Path(json_out), "eval", settings=record["settings"], inputs={"the model": Path(model)},
+                     force=force, option="--json FILE")
     result = evaluate(model, task_obj, n_prompts=n_prompts, samples=samples, greedy=samples == 1, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, split=split, temperature=temperature,
                       backend=backend)
@@ -315,10 +344,8 @@ def eval_cmd(
                   f"sample(s)", highlight=False, soft_wrap=True)
     print(_json.dumps(result.to_dict(with_details=False)))
     if json_out:
-        from rlcast.io.writer import write_text_atomic
-
-        path = write_text_atomic(Path(json_out), _json.dumps({"model": model, "task": task_obj.name,
-                                                               **result.to_dict()}, indent=2))
+        path = write_json_atomic(Path(json_out), {"model": model, "task": task_obj.name, **result.to_dict()},
+                                 record=record)
         console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
@@ -479,12 +506,14 @@ def analyze_cmd(
     backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor and checkpoint)."),
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    force: bool = FORCE,
 ) -> None:
     """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
     from pathlib import Path
 
-    from rlcast.apps.analysis import analyze, default_out, example_run, print_summary
+    from rlcast.apps.analysis import analyze, default_out, example_run, print_summary, settings
     from rlcast.io.checkpoints import load_run
+    from rlcast.io.writer import check_output
 
     if example:
         if run or checkpoint:
@@ -502,10 +531,15 @@ def analyze_cmd(
     if run is None and not explicit:
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
     full = load_run(run, base=base, checkpoints=explicit or None)
+    folder = Path(out) if out else default_out(full)
+    check_output(folder / "analysis.json", "analyze", settings=settings(full, rank, exact, selection, seed), run=full,
+                 force=force)
+    if cache_dir:
+        check_output(Path(cache_dir), "analyze", folder=True, run=full, replaces=False, option="--cache-dir DIR")
     result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed, device=device,
                      backend=backend, ray_address=ray_address, workers=workers)
     print_summary(result, Console())
-    path = result.save(Path(out) if out else default_out(full))
+    path = result.save(folder)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
@@ -520,18 +554,31 @@ def demo_cmd(
     run_demo(out, quick=quick)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds the command like Ctrl-C (every temporary removed on the way out); a second one ends it at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _state["signal"] = signal.SIGTERM
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 1 (tracebacks only with --debug)."""
+    """Entry point: user errors become one line on stderr and exit code 1 (tracebacks only with --debug).
+
+    SIGTERM and SIGINT unwind the command (its temporaries removed), then exit with 143 and 130 as a shell expects.
+    """
     try:
-        app(standalone_mode=False)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals to the caller
+        previous = None
+    try:
+        code = app(standalone_mode=False)  # typer turns an interrupt into the return value 130
     except RlcastError as err:
         if _state["debug"] or "--debug" in sys.argv:
             raise
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        code = 130
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except Exception as err:  # click usage errors carry their own exit codes
@@ -541,6 +588,13 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code == 130 or "signal" in _state:
+        terminated = _state.pop("signal", None) == signal.SIGTERM
+        console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]")
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 if __name__ == "__main__":

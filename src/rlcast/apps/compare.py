@@ -13,8 +13,8 @@ or one Ray task per tensor), as `rlcast extrapolate` does; the evaluation is the
 
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +29,8 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import Run, RunReader
-from rlcast.io.writer import atomic_file, write_json_atomic, write_model
+from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
+                              write_json_atomic, write_model)
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
 from rlcast.methods.base import with_task
 
@@ -65,9 +66,11 @@ class Comparison:
     cutoffs: list[int]
     params: dict[str, dict]
     rows: list[Row] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the outputs
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        del out["settings"]
         for row, d in zip(self.rows, out["rows"]):
             d["fraction"] = row.fraction
         return out
@@ -106,7 +109,8 @@ class _Evaluator:
 
     def __call__(self, label: str, stream, metadata: dict) -> tuple[object, float]:
         start = time.perf_counter()
-        folder = write_model(self.run.base, (self.keep or self.work) / label, stream, metadata=metadata)
+        folder = write_model(self.run.base, (self.keep or self.work) / label, stream, metadata=metadata,
+                             record=output_record("compare"))
         seconds = time.perf_counter() - start
         try:
             result = evaluate(folder, self.task, n_prompts=self.n_prompts, seed=self.seed, progress=False)
@@ -129,20 +133,31 @@ def method_specs(methods: list[str | Extrapolator] | None) -> dict[str, str | Ex
     return specs
 
 
+def settings(run: Run, cutoffs=(0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
+             methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
+             params: dict[str, dict] | None = None) -> dict:
+    """What a comparison depends on (not where it ran): a saved one with other settings is not replaced silently."""
+    return {"run": str(run.root or run.base), "cutoffs": list(cutoffs), "target": str(target), "task": task,
+            "methods": list(method_specs(methods)), "n_prompts": n_prompts, "seed": seed, "params": params or {}}
+
+
 def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
             methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
             params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True,
             device: str = "auto", backend: str = "local", ray_address: str | None = None,
-            workers: int | None = None) -> Comparison:
+            workers: int | None = None, force: bool = False) -> Comparison:
     """Run every method at every cutoff; returns the Comparison (rows: real references first, then methods).
 
     `methods`: registered names or Extrapolator instances (default: every registered method). `params` maps a method
     (its name, or an instance's `label()`) to hyper-parameters, set on top of an instance's own. `keep`: a folder to
-    write the evaluated models into (kept; otherwise they are deleted after their evaluation). `device`, `backend`
-    (with `ray_address`, `workers`): where the methods fit and predict (`rlcast.core.backend`); bad settings fail
-    before anything is evaluated.
+    write the evaluated models into (kept; otherwise they are deleted after their evaluation); one that rlcast
+    compare did not write is refused unless `force`. `device`, `backend` (with `ray_address`, `workers`): where the
+    methods fit and predict (`rlcast.core.backend`); bad settings fail before anything is evaluated.
     """
     where = resolve_device(device)
+    given = settings(run, cutoffs, target, task, methods, n_prompts, seed, params)
+    if keep is not None:
+        check_output(keep, "compare", folder=True, run=run, force=force)
     specs = method_specs(methods)
     params = {m: dict((params or {}).get(m, {})) for m in specs}
     manifest = run.manifest or {}
@@ -159,34 +174,31 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     used = [step for step, _ in windows]  # fractions that land on the same checkpoint are compared once
     windows = [w for _, w in windows]
     result = Comparison(run=str(run.root or run.base), task=str(task), target=target, n_prompts=n_prompts, seed=seed,
-                        cutoffs=used, params=params)
+                        cutoffs=used, params=params, settings=given)
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
-    with connect(backend, ray_address, workers) as pool:  # before anything is evaluated: bad settings fail first
-        work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
+    # connect before anything is evaluated: bad settings fail first
+    with connect(backend, ray_address, workers) as pool, scratch_dir("compare") as work:
         if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
+            claim_folder(keep, output_record("compare"))
         evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
         real_steps = sorted(set([0] + used + [target]))
-        try:
-            console = Console(stderr=True)  # transient bar: nothing left behind in a log file
-            with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
-                job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
-                real: dict[int, Row] = {}
-                for step in real_steps:
-                    bar.update(job, description=f"real checkpoint @ {step}")
-                    stream = ((name, reader.weight(step, name)) for name in reader.names())
-                    res, seconds = evaluator(f"real-{step}", stream, {"rlcast": f"real step {step}"})
-                    real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
+        console = Console(stderr=True)  # transient bar: nothing left behind in a log file
+        with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
+            job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
+            real: dict[int, Row] = {}
+            for step in real_steps:
+                bar.update(job, description=f"real checkpoint @ {step}")
+                stream = ((name, reader.weight(step, name)) for name in reader.names())
+                res, seconds = evaluator(f"real-{step}", stream, {"rlcast": f"real step {step}"})
+                real[step] = Row(REFERENCE, step, target, res.accuracy, res.ci_low, res.ci_high, seconds=seconds)
+                bar.advance(job)
+            for cutoff, window in zip(used, windows):
+                for label, spec in specs.items():
+                    bar.update(job, description=f"{label} @ {cutoff} -> {target}")
+                    result.rows.append(_method_row(label, spec, params[label], window, cutoff, target,
+                                                   evaluator, where, pool))
                     bar.advance(job)
-                for cutoff, window in zip(used, windows):
-                    for label, spec in specs.items():
-                        bar.update(job, description=f"{label} @ {cutoff} -> {target}")
-                        result.rows.append(_method_row(label, spec, params[label], window, cutoff, target,
-                                                       evaluator, where, pool))
-                        bar.advance(job)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     result.rows = [real[s] for s in real_steps] + result.rows
     top = real[target].accuracy
     for row in result.rows:
@@ -238,7 +250,7 @@ def table(result: Comparison) -> Table:
     return t
 
 
-def plot(result: Comparison, path: Path) -> None:
+def plot(result: Comparison, path: Path, record: dict | None = None) -> None:
     """Accuracy against the fraction of the target's steps: the real checkpoints and one line per method."""
     import matplotlib  # heavy optional dependency: only for the plot
 
@@ -259,16 +271,17 @@ def plot(result: Comparison, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
+    fig.savefig(path, dpi=120, format="png", metadata={STAMP: json.dumps(record)} if record else None)
     plt.close(fig)
 
 
 def save(result: Comparison, out: Path) -> Path:
     """Write compare.json and compare.png into `out`, each atomically (`out` may also hold the kept models)."""
     out = Path(out)
-    write_json_atomic(out / "compare.json", result.to_dict())
+    record = output_record("compare", result.settings)
+    write_json_atomic(out / "compare.json", result.to_dict(), record=record)
     with atomic_file(out / "compare.png") as tmp:
-        plot(result, tmp)
+        plot(result, tmp, record)
     return out
 
 

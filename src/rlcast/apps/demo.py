@@ -34,7 +34,7 @@ from rlcast.errors import RlcastError
 # steps_to is not used here: bench/acceleration.py still imports it from here until it adopts bench/common.py
 from rlcast.evaluation.curves import TARGET, curve, outcome, steps_to  # noqa: F401
 from rlcast.io.checkpoints import load_run
-from rlcast.io.writer import write_text_atomic
+from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.runs import preset, train
 
@@ -122,7 +122,9 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RlcastError(f"{out}: exists and is not empty (choose another --out)")
+    check_output(out, "demo", folder=True, replaces=False)
     cfg = config or (QUICK if quick else DemoConfig())
+    claim_folder(out, output_record("demo"))
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     console = Console(stderr=True)
     started = time.perf_counter()

@@ -16,7 +16,6 @@ Ray tasks reading their own tensors); the weights written are byte-identical eit
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -30,7 +29,7 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
 from rlcast.io.checkpoints import RunReader, check_selection
-from rlcast.io.writer import write_json_atomic, write_model
+from rlcast.io.writer import check_output, claim_folder, output_record, scratch_dir, write_json_atomic, write_model
 
 
 # --- rank-k models ---
@@ -64,13 +63,15 @@ def rank_k_tensors(reader: RunReader, step: int, k: int, rescale: bool = True, s
 def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, selection: str = "blocks",
                  exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None, backend: Backend = LOCAL,
                  device: torch.device | None = None) -> Path:
-    """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time)."""
+    """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time); it
+    replaces only an earlier output of rlcast (`io.writer.atomic_folder`)."""
     run.checkpoint(step)  # RlcastError naming the step if absent
     how = {"method": "rank-k", "step": step, "k": k, "rescale": rescale, "selection": selection, "exact": exact,
            "seed": seed, "run": str(run.root or run.base)}
     tensors = rank_k_tensors(RunReader(run), step, k, rescale=rescale, selection=selection, exact=exact, seed=seed,
                              backend=backend, device=device)
-    return write_model(run.base, out, tensors, dtype=dtype, metadata={"rlcast": how})
+    return write_model(run.base, out, tensors, dtype=dtype, metadata={"rlcast": how},
+                       record=output_record("dominance", how))
 
 
 @dataclass
@@ -112,21 +113,33 @@ class DominanceResult:
     full: Score
     ranks: list[Score]
     recovery: list[Recovery] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the JSON
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def save(self, path: Path) -> Path:
-        return write_json_atomic(Path(path), self.to_json())
+        body = self.to_json()
+        return write_json_atomic(Path(path), body, record=output_record("dominance", body.pop("settings")))
+
+
+def settings(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
+             selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0) -> dict:
+    """What a dominance result depends on (not where it ran): a saved one with other settings is not replaced
+    silently."""
+    return {"run": str(run.root or run.base), "step": run.steps[-1] if step is None and run.checkpoints else step,
+            "ranks": list(ranks), "task": getattr(task, "name", task), "n_prompts": n_prompts,
+            "selection": selection, "rescale": rescale, "exact": exact, "seed": seed}
 
 
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
               models_dir: Path | None = None, progress: bool = True, device: str = "auto", backend: str = "local",
-              ray_address: str | None = None, workers: int | None = None) -> DominanceResult:
+              ray_address: str | None = None, workers: int | None = None, force: bool = False) -> DominanceResult:
     """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
 
-    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written.
+    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written;
+    so does a `models_dir` that rlcast dominance did not write (unless `force`) or that holds an input.
     """
     check_selection(selection)
     where = resolve_device(device)
@@ -136,9 +149,12 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
+    given = settings(run, step, ranks, task, n_prompts, selection, rescale, exact, seed)
+    if models_dir is not None:
+        check_output(models_dir, "dominance", folder=True, run=run, force=force, option="--keep-models DIR")
+    with connect(backend, ray_address, workers) as workers, scratch_dir("dominance") as tmp:
         task = run_task(run, task)
-        work = Path(models_dir) if models_dir else Path(tmp)
+        work = claim_folder(models_dir, output_record("dominance")) if models_dir else tmp
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)
         scores = []
@@ -148,4 +164,5 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
             scores.append(score(folder, task, f"rank-{k}", k, n_prompts, seed, progress))
     return DominanceResult(run=str(run.root or run.base), step=step, task=task.name, n_prompts=len(base.per_prompt),
                            selection=selection, rescale=rescale, seed=seed, base=base, full=full, ranks=scores,
-                           recovery=[recovery(base, full, s, seed=seed) for s in scores])
+                           recovery=[recovery(base, full, s, seed=seed) for s in scores],
+                           settings=given)

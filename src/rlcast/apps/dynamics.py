@@ -30,7 +30,7 @@ from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
 from rlcast.io.checkpoints import RunReader, parse_name
-from rlcast.io.writer import write_json_atomic
+from rlcast.io.writer import output_record, write_json_atomic
 from rlcast.methods.alpharl import pls_r2, rank1_path
 from rlcast.methods.relex import temporal_explained
 
@@ -93,12 +93,21 @@ class DynamicsResult:
     holdout_fit: int               # checkpoints used by the held-out fits
     modules: list[ModuleDynamics]
     summary: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the JSON
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def save(self, path: Path) -> Path:
-        return write_json_atomic(Path(path), self.to_json())
+        body = self.to_json()
+        return write_json_atomic(Path(path), body, record=output_record("dynamics", body.pop("settings")))
+
+
+def settings(run, task: str | None = None, n_prompts: int = 200, selection: str = "blocks", relex: bool = True,
+             seed: int = 0) -> dict:
+    """What a dynamics result depends on: a saved one with other settings is not replaced silently."""
+    return {"run": str(run.root or run.base), "task": task, "n_prompts": n_prompts if task else None,
+            "selection": selection, "relex": relex, "seed": seed if task else None}
 
 
 def module_dynamics(mt, accuracy: dict[int, float], g: torch.Tensor | None) -> ModuleDynamics:
@@ -191,7 +200,8 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
             bar.update(job, advance=1)
     return DynamicsResult(steps=list(trajectory.steps), accuracy_steps=[s for s in trajectory.steps if s in accuracy],
                           accuracy_source=source, selection=selection, holdout_fit=split(len(trajectory.steps)),
-                          modules=modules, summary=summarize(modules))
+                          modules=modules, summary=summarize(modules),
+                          settings=settings(run, task, n_prompts, selection, relex, seed))
 
 
 def dynamics_names(reader, selection: str) -> list[str]:

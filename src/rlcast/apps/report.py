@@ -22,7 +22,7 @@ from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import RunReader, parse_name
-from rlcast.io.writer import json_safe, write_text_atomic
+from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
 
@@ -223,13 +223,15 @@ def _ci(ci) -> str:
 
 
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
-                 progress: bool = True, cache_dir: Path | None = None) -> Path:
-    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path."""
+                 progress: bool = True, cache_dir: Path | None = None, force: bool = False) -> Path:
+    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path; an existing
+    `out` that rlcast report did not write is refused before any work, unless `force`."""
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
     folder = results_dir(run)
-    out = Path(out) if out else folder / "report.html"
+    out = check_output(Path(out) if out else folder / "report.html", "report", run=run, force=force,
+                       option="--out FILE")
     names = dynamics_names(RunReader(run), selection)
     if not names:
         raise RlcastError(f"{run.root or run.base}: no 2-D tensors changed in selection {selection!r}")
@@ -241,6 +243,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
                                       progress=progress).to_json())
         dyn_note = "computed for this report"
     dom = load_json(folder / "dominance.json")
+    dom_note = f"read from {folder / 'dominance.json'}: " if dom else ""
     modules = [m for m in dyn["modules"] if m["name"] in traj.modules]
     accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
 
@@ -266,7 +269,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
     sections = [
         ("Run", table(info)),
-        ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>step {dom['step']}, task "
+        ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>{html.escape(dom_note)}"
+                              f"step {dom['step']}, task "
                               f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
                               f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
                               "paired bootstrap over prompts.</p>") if dom else
@@ -291,7 +295,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f"<h2>{html.escape(title)}</h2>\n{content}\n" for title, content in sections)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rlcast report</title><style>{STYLE}</style>"
+    page = (f"<!doctype html>\n{html_record(output_record('report'))}\n<html><head><meta charset='utf-8'>"
+            f"<title>rlcast report</title><style>{STYLE}</style>"
             f"</head><body><h1>rlcast report</h1><p class=note>{html.escape(str(run.root or run.base))} &middot; "
             f"{stamp}</p>\n{body}</body></html>")
     return write_text_atomic(out, page)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,7 +27,7 @@ from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
-from rlcast.io.writer import atomic_file, write_text_atomic
+from rlcast.io.writer import atomic_file, is_writable, write_text_atomic
 
 CACHE_VERSION = 1
 
@@ -100,8 +99,9 @@ def fingerprint(folder: Path) -> list[list]:
 
 
 def default_cache_dir(run: Run) -> Path:
-    """RUN/.rlcast-cache when the run folder is writable, else ~/.cache/rlcast/<hash of the run's paths>."""
-    if run.root is not None and os.access(run.root, os.W_OK):
+    """RUN/.rlcast-cache when the run folder is writable (tried for real), else ~/.cache/rlcast/<hash of the run's
+    paths>."""
+    if run.root is not None and is_writable(run.root):
         return run.root / ".rlcast-cache"
     ident = str(run.root) if run.root is not None else json.dumps([str(run.base)] + [str(c.path) for c in
                                                                                      run.checkpoints])

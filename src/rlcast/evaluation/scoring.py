@@ -6,7 +6,6 @@ Per-prompt results let callers compute paired intervals (`rlcast.evaluation.inte
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import TOKENIZER_FILES, evaluate
 from rlcast.evaluation.tasks import Task, get_task
 from rlcast.io.checkpoints import Run, RunReader
-from rlcast.io.writer import write_model
+from rlcast.io.writer import scratch_dir, write_model
 
 
 @dataclass
@@ -64,11 +63,11 @@ def checkpoint_folder(run: Run, step: int, workdir: Path) -> Path:
 def checkpoint_accuracies(run: Run, task: Task, n_prompts: int = 200, seed: int = 0,
                           progress: bool = True) -> dict[int, float]:
     """{0: base accuracy, step: accuracy, ...} of every checkpoint of `run` on `task` (same prompts for all)."""
-    with tempfile.TemporaryDirectory(prefix="rlcast-acc-") as tmp:
+    with scratch_dir("scores") as tmp:
         acc = {0: score(run.base, task, "base", None, n_prompts, seed, progress).accuracy}
         for step in run.steps:
-            folder = checkpoint_folder(run, step, Path(tmp))
+            folder = checkpoint_folder(run, step, tmp)
             acc[step] = score(folder, task, "full", None, n_prompts, seed, progress).accuracy
-            if folder.parent == Path(tmp):  # a merged copy: only one on disk at a time
+            if folder.parent == tmp:  # a merged copy: only one on disk at a time
                 shutil.rmtree(folder)
     return acc

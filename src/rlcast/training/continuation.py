@@ -37,7 +37,7 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import Run, TensorReader, load_run
-from rlcast.io.writer import atomic_folder, base_layout, write_json_atomic, write_model
+from rlcast.io.writer import atomic_folder, base_layout, check_output, output_record, write_json_atomic, write_model
 from rlcast.methods import Extrapolator, make_extrapolator
 from rlcast.methods.base import with_task
 from rlcast.training.runs import FORMAT_VERSION, read_manifest, train
@@ -48,11 +48,18 @@ OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
 
 def write_prediction(run: Run, method: str | Extrapolator, until: int, target: int, out, params: dict | None = None,
                      task: str | None = None, task_args: dict | None = None, progress: bool = False,
-                     device: torch.device | None = None, backend: Backend | None = None) -> Extrapolator:
+                     device: torch.device | None = None, backend: Backend | None = None,
+                     force: bool = False) -> Extrapolator:
     """Fit `method` on the checkpoints of `run` up to step `until`, write its weights for step `target` as the HF
     folder `out` and return the fitted extrapolator. A method that takes a task (NExt, to choose its scale c on the
     train split) gets `task`, `task_args`, the target and the run's completion budget unless `params` sets them. `device` and `backend`: where the
-    fit and the predicted tensors are computed (`Extrapolator.fit` / `predict`; default the CPU, one at a time)."""
+    fit and the predicted tensors are computed (`Extrapolator.fit` / `predict`; default the CPU, one at a time).
+    `out` is checked before the fit (`io.writer.check_output`): never an input of the run, and an existing folder
+    only when rlcast extrapolate wrote it, unless `force`."""
+    label = method if isinstance(method, str) else method.label()
+    record = output_record("extrapolate", {"run": str(run.root or run.base), "method": label, "until": until,
+                                           "target": target, "params": params or {}})
+    check_output(out, "extrapolate", folder=True, run=run, force=force)
     budget = ((run.manifest or {}).get("config") or {}).get("max_completion_length")
     ex = make_extrapolator(method, progress=progress,
                            **with_task(method, dict(params or {}), task, task_args, target, budget))
@@ -68,7 +75,7 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
                 bar.advance(job)
 
         write_model(run.base, out, counted(), metadata={"rlcast": f"{ex.label()} from step {ex.last_} to step {target}",
-                                                        "selection": ex.selection})
+                                                        "selection": ex.selection}, record=record, force=force)
     return ex
 
 
@@ -118,9 +125,11 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
         make_extrapolator(method, **(params or {}))  # unknown methods and parameters fail now, before any fit
         record = {"prediction": {"method": method if isinstance(method, str) else method.label(), "target": target,
                                  "params": dict(params or {})}}
+    check_output(out, "continue", folder=True, inputs={"the source run": run, "its base": base, "the start weights":
+                                                       weights}, replaces=False)
     task = get_task(config.task, config.task_args or None)
 
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, output_record("continue", {"run": str(run.resolve()), "step": step, **record})) as tmp:
         start = tmp / cutoff.name
         if weights is not None:
             start.mkdir()

@@ -40,7 +40,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFT
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import atomic_folder, write_json_atomic
+from rlcast.io.writer import atomic_folder, check_output, claim_folder, output_record, write_json_atomic
 from rlcast.training.support import config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
 
@@ -401,7 +401,9 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
     """
     out = Path(out)
     manifest, config, task = _start(out, config, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    model = Path(config.model) if config.model and Path(config.model).exists() else None
+    check_output(out, "train", folder=True, inputs={"the base model": model}, replaces=False)
+    claim_folder(out, output_record("train"))
     base = _prepare_base(config.model, out, progress)
     net, tokenizer = load_model(base)
     if tokenizer.pad_token is None:

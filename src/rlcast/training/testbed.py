@@ -167,7 +167,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
             "eval_prompts": result.n_prompts, "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - start, 1), "config": asdict(config),
             "fingerprint": config.fingerprint(), "torch": torch.__version__}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, force=True) as tmp:  # its own cache or asset folder, rebuilt
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -193,7 +193,7 @@ def base_model(name: str = "arith", cache_dir: str | Path | None = None, progres
         return target
     shipped = asset_dir(name) / "testbed.json"
     if not rebuild and shipped.exists() and json.loads(shipped.read_text()).get("fingerprint") == config.fingerprint():
-        with atomic_folder(target) as tmp:
+        with atomic_folder(target, force=True) as tmp:  # a half-copied cache folder is replaced
             shutil.copytree(shipped.parent, tmp, dirs_exist_ok=True)
         return target
     return build(target, config, progress=progress)
