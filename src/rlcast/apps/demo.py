@@ -4,7 +4,8 @@
 2. plain GRPO and accelerated GRPO (`AccelerateCallback` with its default settings, the ones `bench/acceleration.py`
    measures), same seed, same hyper-parameters, same step budget,
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
-4. the HTML report (DIR/report.html) with an acceleration section added,
+4. the HTML report (DIR/report.html): the acceleration verdict in its opening paragraph, the plain-vs-accelerated
+   section right after it,
 5. the table: steps to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and the ratio,
    every figure with its 95 % interval, the ratio also counting the overhead, and a verdict in words ("no
    measurable speed-up" when the difference is inside the noise), on the terminal, in the report and in
@@ -262,11 +263,10 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     result.update(jumps=callback.jumps,
                   acceleration=summary, accelerate_config=accelerate.to_json(), config=asdict(cfg),
                   curves={"plain": plain, "accelerated": accelerated})
-    report = build_report(run, out=out / "report.html", progress=progress)
-    page = report.read_text()
-    extra = "<h2>Live acceleration (plain vs accelerated GRPO)</h2>\n" + acceleration_section(
-        result, plain, accelerated, callback.jumps)
-    write_text_atomic(report, page.replace("</body>", extra + "</body>"))
+    report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
+        "Live acceleration, plain vs accelerated GRPO with the same seed and budget: " + result["verdict"]],
+        lead=[("Live acceleration (plain vs accelerated GRPO)",
+               acceleration_section(result, plain, accelerated, callback.jumps))])
     t = stage("report", t)
 
     result["rank1"] = {"recovery": [asdict(r) if hasattr(r, "__dataclass_fields__") else r
