@@ -93,7 +93,8 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
                                             "reward_before", "reward_after", "kept", "reason")} for j in jumps]
     note = (f"<p class=note>speedup {_ratio(result)}; the checks (reward on train prompts) and back-tests cost "
             f"{_fmt(result.get('cost_step_equivalents'))} step-equivalents; retained {_fmt(result['retained'])}.</p>")
-    return (f"<p><b>{html.escape(result['verdict'])}</b></p>" + table(rows) + note + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
+    return (f"<p><b>{html.escape(result['verdict'])}</b></p>" + table(rows) + note
+            + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
 
 
 def _fmt(value) -> str:
@@ -186,7 +187,8 @@ def _ratio(result: dict) -> str:
     if result["speedup"] is None:
         return "n/a (goal not reached)"
     low, high = result["speedup_range"]
-    text = f"{result['speedup']:.2f}x (by checkpoint spacing {low:.2f}-" + ("?" if high is None else f"{high:.2f}") + "x)"
+    text = (f"{result['speedup']:.2f}x (by checkpoint spacing {low:.2f}-"
+            + ("?" if high is None else f"{high:.2f}") + "x)")
     if result.get("effective_speedup") is not None:
         text += f", {result['effective_speedup']:.2f}x counting the overhead"
     return text
