@@ -40,8 +40,18 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
     assert len(images) == 5  # accuracy, spectra, rank-1 energy, R^2 heat maps, u1 projection
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
-    assert "step_r2_heldout" in page and "model.layers.1.mlp.down_proj" in page
+    assert "model.layers.1.mlp.down_proj" in page and "R^2 held out" in page
+    assert "share_step_r2_heldout_lt_0" not in page and "held-out step R^2 &lt; 0" in page  # labels, not keys
     assert "rlcast dominance RUN" in page  # no dominance.json yet: the report says how to get it
+    # the story first: a title naming the run, the verdict in words, then plots, tables last
+    assert "<h1>rlcast: grpo on arith, steps 10-60</h1>" in page
+    order = [page.index(f"<h2>{h}</h2>") for h in ("What this run shows", "Accuracy against the step",
+                                                    "Rank-1 linear dynamics: R^2 heat maps", "Summary", "Per module")]
+    assert order == sorted(order)
+    story = page[page.index("What this run shows"):page.index("<h2>Accuracy against the step")]
+    assert "from 0.300 at step 0 to 0.540 at step 60" in story and "held-out R^2" in story
+    assert "more than half (NExt)" in story  # next to the published figure
+    assert page.count("<div class=scroll><table>") >= 4  # wide tables scroll instead of being cut off
     assert not list(tmp_path.glob(".report.html.tmp-*"))
 
 
@@ -69,6 +79,37 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
     assert f"{rec.recovery:.3f}" in page and f"{rec.gain_recovery:.3f}" in page
     assert f"[{rec.gain_recovery_ci[0]:.3f}, {rec.gain_recovery_ci[1]:.3f}]" in page
     assert "rlcast dominance RUN" not in page
+    story = page[page.index("What this run shows"):page.index("<h2>Accuracy against the step")]
+    assert f"{rec.recovery:.0%} of the full model's accuracy" in story and "0.992 (AlphaRL)" in story
+
+
+def test_report_places_lead_sections_and_notes_after_the_verdict(run_root, cache, tmp_path):
+    from rlcast.io.checkpoints import load_run
+    from rlcast.apps.report import build_report
+
+    page = build_report(load_run(run_root), out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache,
+                        verdict_notes=["no measurable speed-up <here>"],
+                        lead=[("Live acceleration", "<p>LEAD</p>")]).read_text()
+    assert "no measurable speed-up &lt;here&gt;" in page
+    assert page.index("What this run shows") < page.index("<h2>Live acceleration</h2>") < page.index(
+        "<h2>Accuracy against the step")
+
+
+def test_r2_heat_map_colours_keep_outliers_apart():
+    import matplotlib
+    import numpy as np
+    from rlcast.apps.report import _split_scale, heatmaps
+
+    matplotlib.use("Agg")
+    forward, inverse = _split_scale(-1.0, 1.0)
+    x = np.array([-37.0, -5.0, -1.0, 0.0, 1.0])
+    y = forward(x)
+    assert np.all(np.diff(y) > 0) and y[2:].tolist() == [-1.0, 0.0, 1.0]  # linear on [-1, 1], distinct below
+    assert np.allclose(inverse(y), x)
+    modules = [{"layer": 0, "kind": "q", "step_r2_heldout": -37.0}, {"layer": 0, "kind": "k", "step_r2_heldout": 0.5},
+               {"layer": 1, "kind": "q", "step_r2_heldout": -1.0}, {"layer": 1, "kind": "k", "step_r2_heldout": 0.9}]
+    png = base64.b64decode(heatmaps(modules, [("step_r2_heldout", "held out")], -1, 1, "RdYlGn", spread_below=True))
+    assert png.startswith(b"\x89PNG")
 
 
 def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):

@@ -4,9 +4,12 @@
 2. plain GRPO and accelerated GRPO (`AccelerateCallback` with its default settings, the ones `bench/acceleration.py`
    measures), same seed, same hyper-parameters, same step budget,
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
-4. the HTML report (DIR/report.html) with an acceleration section added,
+4. the HTML report (DIR/report.html): the acceleration verdict in its opening paragraph, the plain-vs-accelerated
+   section right after it,
 5. the table: steps to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and the ratio,
-   also written to DIR/summary.json.
+   every figure with its 95 % interval, the ratio also counting the overhead, and a verdict in words ("no
+   measurable speed-up" when the difference is inside the noise), on the terminal, in the report and in
+   DIR/summary.json.
 
 Steps are optimizer steps; both runs are scored by `rlcast train` on the same held-out prompts at every checkpoint.
 The accelerated run's checks and back-tests cost compute that is not an optimizer step: it is reported beside the
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
 # steps_to is not used here: bench/acceleration.py still imports it from here until it adopts bench/common.py
 from rlcast.evaluation.curves import TARGET, curve, outcome, steps_to  # noqa: F401
+from rlcast.evaluation.intervals import wilson
 from rlcast.io.checkpoints import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
@@ -81,40 +86,133 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
     ax.set_ylabel("held-out accuracy")
     ax.legend()
     ax.set_title("green: kept jumps, red: rolled back")
-    rows = [{"run": "plain", "final accuracy": result["plain"]["final_accuracy"],
-             "steps to 98 %": result["plain"]["steps_to_98"]},
-            {"run": "accelerated", "final accuracy": result["accelerated"]["final_accuracy"],
-             "steps to 98 %": result["accelerated"]["steps_to_98"]}]
+    rows = [{"run": name, "final accuracy": _acc(result[name]),
+             "steps to 98 %": result[name]["steps_to_98"]} for name in ("plain", "accelerated")]
     shown = {"reward_before": "check reward before", "reward_after": "check reward after"}  # on train prompts
     log = [{shown.get(k, k): j[k] for k in ("step", "virtual_step", "method", "horizon", "backtest_error",
                                             "reward_before", "reward_after", "kept", "reason")} for j in jumps]
-    note = (f"<p class=note>speedup {_fmt(result['speedup'])}x, retained {_fmt(result['retained'])}; the checks "
-            f"(reward on train prompts) and back-tests cost {_fmt(result.get('cost_step_equivalents'))} "
-            f"step-equivalents.</p>")
-    return (table(rows) + note + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
+    note = (f"<p class=note>speedup {_ratio(result)}; the checks (reward on train prompts) and back-tests cost "
+            f"{_fmt(result.get('cost_step_equivalents'))} step-equivalents; retained {_fmt(result['retained'])}.</p>")
+    return (f"<p><b>{html.escape(result['verdict'])}</b></p>" + table(rows) + note
+            + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _difference(a: float, b: float, n: int) -> tuple[float, float, float]:
+    """a - b and its 95 % interval (Newcombe's hybrid of the two Wilson intervals; unpaired, so conservative for two
+    runs scored on the same prompts: run.json keeps accuracies, not per-prompt results)."""
+    (la, ua), (lb, ub) = wilson(a * n, n), wilson(b * n, n)
+    d = a - b
+    return d, d - math.hypot(a - la, ub - b), d + math.hypot(ua - a, b - lb)
+
+
+def _spacing(curve_: dict[int, float], step: int) -> int:
+    """Steps between `step` and the evaluated step before it: how precisely a goal crossing at `step` is known."""
+    earlier = [s for s in curve_ if s < step]
+    return step - max(earlier) if earlier else step
+
+
+def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_prompts: int,
+                   cost: float | None = None, target: float = TARGET) -> dict:
+    """`outcome` with its noise: Wilson 95 % intervals of both final accuracies and of their difference, the
+    accuracy difference where the accelerated run reaches the goal, the speedup's range from the checkpoint spacing,
+    the speedup counting `cost` step-equivalents of overhead, and a verdict in words.
+
+    A speed-up is measurable only when the accelerated run reaches the goal more than one checkpoint earlier AND is
+    ahead of the plain run at that step by more than the 95 % interval of the difference; otherwise the verdict says
+    "no measurable speed-up"."""
+    result = outcome(plain, accelerated, target)
+    for name, acc in (("plain", plain), ("accelerated", accelerated)):
+        final = acc[max(acc)]
+        result[name]["final_ci"] = list(wilson(final * n_prompts, n_prompts))
+    d, lo, hi = _difference(result["accelerated"]["final_accuracy"], result["plain"]["final_accuracy"], n_prompts)
+    result["final_difference"] = {"value": d, "ci": [lo, hi], "significant": lo > 0 or hi < 0}
+    result["n_prompts"] = n_prompts
+    result["cost_step_equivalents"] = cost
+    n_plain, n_acc = result["plain"]["steps_to_98"], result["accelerated"]["steps_to_98"]
+    result["goal_difference"] = result["speedup_range"] = result["effective_speedup"] = None
+    measurable, why = False, None
+    if n_plain and n_acc:
+        gap_plain, gap_acc = _spacing(plain, n_plain), _spacing(accelerated, n_acc)
+        result["speedup_range"] = [(n_plain - gap_plain) / n_acc,
+                                   n_plain / (n_acc - gap_acc) if n_acc > gap_acc else None]
+        if cost is not None:
+            result["effective_speedup"] = n_plain / (n_acc + cost)
+        within = abs(n_plain - n_acc) <= max(gap_plain, gap_acc)
+        if n_acc in plain:
+            g, glo, ghi = _difference(accelerated[n_acc], plain[n_acc], n_prompts)
+            result["goal_difference"] = {"step": n_acc, "value": g, "ci": [glo, ghi], "significant": glo > 0 or ghi < 0}
+        ahead = result["goal_difference"] is not None and result["goal_difference"]["ci"][0] > 0
+        measurable = n_acc < n_plain and not within and ahead
+        why = (f"goal reached at step {n_acc} vs {n_plain}"
+               + (f", within one checkpoint ({max(gap_plain, gap_acc)} steps)" if within else "")
+               + (f"; accuracy there {_signed(result['goal_difference'])}" if result["goal_difference"] else ""))
+    result["speedup_measurable"] = measurable
+    result["verdict"] = _verdict(result, measurable, why)
+    return result
+
+
+def _signed(diff: dict) -> str:
+    return f"{diff['value']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]"
+
+
+def _verdict(result: dict, measurable: bool, why: str | None) -> str:
+    """The demo's headline in words, every figure with its interval or its significance."""
+    speedup, effective, cost = result["speedup"], result["effective_speedup"], result["cost_step_equivalents"]
+    if speedup is None:
+        head = ("no measurable speed-up: " + ("the accelerated run never reached" if result["plain"]["steps_to_98"]
+                                              else "the plain run itself never reached") + " the goal")
+    else:
+        head = (("a measurable speed-up" if measurable else "no measurable speed-up")
+                + f": {speedup:.2f}x in optimizer steps ({why})")
+        if effective is not None:
+            head += f", {effective:.2f}x counting the overhead of {cost:.1f} step-equivalents"
+    final = result["final_difference"]
+    tail = (f"final accuracy {result['accelerated']['final_accuracy']:.3f} vs {result['plain']['final_accuracy']:.3f}, "
+            f"difference {_signed(final)}, " + ("outside" if final["significant"] else "inside") + " the noise")
+    return (f"{head}; {tail} (95 % intervals: Wilson, {result['n_prompts']} held-out prompts per checkpoint, "
+            "unpaired, so conservative).")
+
+
+def _acc(run: dict) -> str:
+    low, high = run["final_ci"]
+    return f"{run['final_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _ratio(result: dict) -> str:
+    """The raw speedup with its checkpoint-spacing range, next to the one counting the overhead."""
+    if result["speedup"] is None:
+        return "n/a (goal not reached)"
+    low, high = result["speedup_range"]
+    text = (f"{result['speedup']:.2f}x (by checkpoint spacing {low:.2f}-"
+            + ("?" if high is None else f"{high:.2f}") + "x)")
+    if result.get("effective_speedup") is not None:
+        text += f", {result['effective_speedup']:.2f}x counting the overhead"
+    return text
+
+
 def print_outcome(result: dict, console=None) -> None:
-    """The final table: steps to 98 % of plain's final accuracy, plain vs accelerated, and the ratio."""
+    """The final table (steps to 98 % of plain's final accuracy, plain vs accelerated, with intervals) and the
+    verdict in words."""
+    console = console or Console(soft_wrap=True)
     t = Table(title=f"steps to reach {TARGET:.0%} of plain GRPO's final held-out accuracy "
                     f"({result['plain']['final_accuracy']:.3f} -> target {result['target']:.3f})")
-    for col in ("run", "final accuracy", "steps to 98 %"):
+    for col in ("run", "final accuracy [95 % CI]", "steps to 98 %"):
         t.add_column(col, justify="right" if col != "run" else "left")
     for name in ("plain", "accelerated"):
         r = result[name]
-        t.add_row(name, f"{r['final_accuracy']:.3f}", str(r["steps_to_98"] if r["steps_to_98"] is not None else
-                                                          f"not reached in {r['steps']}"))
-    speed = "n/a" if result["speedup"] is None else f"{result['speedup']:.2f}x"
-    t.add_row("ratio (plain / accelerated)", f"retained {result['retained']:.3f}", speed)
-    (console or Console()).print(t)
+        t.add_row(name, _acc(r), str(r["steps_to_98"] if r["steps_to_98"] is not None else
+                                     f"not reached in {r['steps']}"))
+    t.add_row("ratio (plain / accelerated)", f"difference {_signed(result['final_difference'])}", _ratio(result))
+    console.print(t)
     cost = result.get("cost_step_equivalents")
     if cost is not None:
-        (console or Console(soft_wrap=True)).print(f"acceleration overhead (checks + back-tests + jumps): "
-                                     f"{cost:.1f} step-equivalents over {len(result.get('jumps', []))} attempts")
+        console.print(f"acceleration overhead (checks + back-tests + jumps): {cost:.1f} step-equivalents over "
+                      f"{len(result.get('jumps', []))} attempts")
+    console.print(result["verdict"], highlight=False)
 
 
 def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = None, progress: bool = True) -> dict:
@@ -164,16 +262,15 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     t = stage("compare", t)
 
     plain, accelerated = curve(out / "plain"), curve(out / "accelerated")
-    result = outcome(plain, accelerated)
     summary = callback.summary()
-    result.update(cost_step_equivalents=summary["cost_step_equivalents"], jumps=callback.jumps,
+    result = judged_outcome(plain, accelerated, cfg.eval_prompts, summary["cost_step_equivalents"])
+    result.update(jumps=callback.jumps,
                   acceleration=summary, accelerate_config=accelerate.to_json(), config=asdict(cfg),
                   curves={"plain": plain, "accelerated": accelerated})
-    report = build_report(run, out=out / "report.html", progress=progress)
-    page = report.read_text()
-    extra = "<h2>Live acceleration (plain vs accelerated GRPO)</h2>\n" + acceleration_section(
-        result, plain, accelerated, callback.jumps)
-    write_text_atomic(report, page.replace("</body>", extra + "</body>"))
+    report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
+        "Live acceleration, plain vs accelerated GRPO with the same seed and budget: " + result["verdict"]],
+        lead=[("Live acceleration (plain vs accelerated GRPO)",
+               acceleration_section(result, plain, accelerated, callback.jumps))])
     t = stage("report", t)
 
     result["rank1"] = {"recovery": [asdict(r) if hasattr(r, "__dataclass_fields__") else r

@@ -1,6 +1,6 @@
 """Rank-1 dominance: does the top-k part of the RL update recover the full checkpoint's accuracy?
 
-Rank-k model of checkpoint t, per selected 2-D tensor (AlphaRL, see METHODS.md section 1):
+Rank-k model of checkpoint t, per selected 2-D tensor (AlphaRL, arXiv 2510.00553):
 
     W = W0 + a * dW_(k),   dW_(k) = sum_{i<=k} s_i u_i v_i^T,   a = ||dW||_F / ||dW_(k)||_F  (or a = 1, no rescale)
 

@@ -1,4 +1,5 @@
-"""One self-contained HTML report of a run: spectra, rank-1 energy, R^2 heat maps, accuracy, u1 trajectories.
+"""One self-contained HTML report of a run: what it shows in words first, then the plots (accuracy, spectra, rank-1
+energy, R^2 heat maps, u1 trajectories), then the tables.
 
 Plots are matplotlib PNGs (Agg backend) inlined as base64, so the file opens offline and can be mailed around.
 Results already saved in the run's output folder (RUN/rlcast/dynamics.json, dominance.json) are reused; what is
@@ -12,9 +13,11 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
@@ -63,26 +66,54 @@ def _grid(modules: list[dict], key: str) -> tuple[list, list[str], torch.Tensor]
     return layers, kinds, grid
 
 
-def heatmaps(modules: list[dict], panels: list[tuple[str, str]], vmin: float, vmax: float, cmap: str) -> str:
-    """Side-by-side layer x module-type heat maps, one per (key, title), values written in the cells."""
+def heatmaps(modules: list[dict], panels: list[tuple[str, str]], vmin: float, vmax: float, cmap: str,
+             spread_below: bool = False) -> str:
+    """Side-by-side layer x module-type heat maps, one per (key, title), the true values written in the cells.
+
+    `spread_below`: values under `vmin` (a held-out R^2 of -37) keep distinct colours on a log scale below `vmin`
+    down to the panel's minimum, instead of all looking like `vmin`."""
     import matplotlib.pyplot as plt  # heavy: imported only when plotting
+    from matplotlib.colors import FuncNorm  # heavy: imported only when plotting
 
     n_layers = len({m["layer"] for m in modules})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.4 * n_layers + 2.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 0.55 * n_layers + 2.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         layers, kinds, grid = _grid(modules, key)
-        image = ax.imshow(grid.clamp(vmin, vmax).numpy(), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
-        ax.set_xticks(range(len(kinds)), kinds, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+        low = min([vmin] + [v for _, v in _cells(grid)]) if spread_below else vmin
+        norm = FuncNorm(_split_scale(vmin, vmax), vmin=low, vmax=vmax) if low < vmin else None
+        image = ax.imshow(grid.clamp(low, vmax).numpy(), cmap=cmap, aspect="auto", norm=norm,
+                          **({} if norm else {"vmin": vmin, "vmax": vmax}))
+        ax.set_xticks(range(len(kinds)), kinds, rotation=60, ha="right", fontsize=9)
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=9)
         ax.set_ylabel("layer")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=11)
         if grid.numel() <= 200:
             for (i, j), value in _cells(grid):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < vmin + 0.35 * (vmax - vmin) else "black")
+                r, g, b, _ = image.cmap(image.norm(min(max(value, low), vmax)))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on dark cells
+                ax.text(j, i, f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}", ha="center", va="center",
+                        fontsize=9, color="white" if dark else "black")
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return _png(fig)
+
+
+def _split_scale(vmin: float, vmax: float):
+    """Colour scale for FuncNorm (numpy in, numpy out): linear on [vmin, vmax], logarithmic below vmin, so outliers
+    stay distinguishable."""
+    span = vmax - vmin
+
+    def forward(x):
+        x = np.asarray(x, dtype=float)
+        below = vmin - span * np.log10(1 + (vmin - np.minimum(x, vmin)) / span)
+        return np.where(x >= vmin, x, below)
+
+    def inverse(y):
+        y = np.asarray(y, dtype=float)
+        below = vmin - span * (10 ** ((vmin - np.minimum(y, vmin)) / span) - 1)
+        return np.where(y >= vmin, y, below)
+
+    return forward, inverse
 
 
 def _cells(grid: torch.Tensor):
@@ -187,13 +218,44 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def table(rows: list[dict], columns: list[str] | None = None) -> str:
+LABELS = {  # column and summary keys of dynamics.json, in words
+    "n": "modules", "n_modules": "modules", "fro_last": "update norm (last)",
+    "rank1_energy_last": "rank-1 energy (last)", "step_r2": "R^2 s1u1 vs step", "step_r2_heldout": "R^2 held out",
+    "step_relerr_heldout": "rel. error held out", "pls_r2": "PLS R^2", "pls_r2_heldout": "PLS R^2 held out",
+    "pls_mae_heldout": "PLS abs. error held out", "relex_explained": "RELEX explained",
+    "cos_u_first": "cos u1 first-last",
+    "cos_v_first": "cos v1 first-last", "well_defined": "s1/s2 >= 1.01 share",
+    "mean_step_r2": "mean R^2 of s1 u1 against the step (in sample)",
+    "mean_step_r2_heldout": "mean R^2 of s1 u1 against the step (held out)",
+    "mean_step_relerr_heldout": "mean relative error of s1 u1 (held out)",
+    "mean_pls_r2": "mean PLS R^2 against accuracy (in sample)",
+    "mean_pls_r2_heldout": "mean PLS R^2 against accuracy (held out)",
+    "mean_relex_explained": "mean RELEX explained variance (top temporal direction)",
+    "mean_rank1_energy_last": "mean rank-1 energy at the last checkpoint",
+    "mean_fro_last": "mean update norm at the last checkpoint",
+    "share_step_r2_heldout_gt_0.9": "share of modules with held-out step R^2 > 0.9",
+    "share_step_r2_heldout_lt_0": "share of modules with held-out step R^2 < 0 (worse than a constant)",
+    "share_step_r2_gt_0.9": "share of modules with in-sample step R^2 > 0.9",
+    "share_pls_r2_gt_0.9": "share of modules with in-sample PLS R^2 > 0.9",
+    "share_pls_r2_heldout_gt_0.9": "share of modules with held-out PLS R^2 > 0.9",
+    "mean_cos_u_first_to_last": "mean |cos| of u1, first to last checkpoint",
+    "mean_cos_v_first_to_last": "mean |cos| of v1, first to last checkpoint",
+    "mean_well_defined": "share of checkpoints with a well-defined top direction (s1/s2 >= 1.01)",
+}
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def table(rows: list[dict], columns: list[str] | None = None, labels: dict | None = None) -> str:
+    """An HTML table in a box that scrolls sideways when it is wider than the page; `labels` renames headers."""
     if not rows:
         return "<p>(none)</p>"
     columns = columns or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape((labels or {}).get(c, c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _img(b64: str | None, alt: str) -> str:
@@ -203,6 +265,7 @@ def _img(b64: str | None, alt: str) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}.verdict{font-size:15px;line-height:1.5}
 .note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
 
 
@@ -222,10 +285,67 @@ def _ci(ci) -> str:
     return "" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+# published figures the verdict sets this run against (AlphaRL arXiv 2510.00553, NExt arXiv 2604.11446)
+PUBLISHED = {"rank1_accuracy": ("AlphaRL", 0.992), "pls_r2": ("AlphaRL", 0.914),
+             "share_step_r2_heldout_lt_0": ("NExt", "more than half")}
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def verdict(overall: dict, dom: dict | None, accuracy: dict[int, float]) -> tuple[list[str], list[dict]]:
+    """What the run shows, in words, from the numbers: the gain, the rank-1 share of it, whether the rank-1
+    trajectories stay linear out of sample; and the table of this run's figures next to the papers'."""
+    said, rows = [], []
+    if len(accuracy) >= 2:
+        first, last = min(accuracy), max(accuracy)
+        said.append(f"Held-out accuracy went from {accuracy[first]:.3f} at step {first} to {accuracy[last]:.3f} at "
+                    f"step {last}.")
+    rank1 = next(((s, r) for s, r in zip(dom["ranks"], dom["recovery"]) if s.get("k") == 1), None) if dom else None
+    if rank1:
+        score, rec = rank1
+        said.append(f"Keeping only the top singular direction of every update (rank 1) keeps {rec['recovery']:.0%} "
+                    f"of the full model's accuracy {_ci(rec['recovery_ci'])} and {rec['gain_recovery']:.0%} of the "
+                    f"gain over the base {_ci(rec['gain_recovery_ci'])} (step {dom['step']}, {dom['n_prompts']} "
+                    f"prompts, paired bootstrap 95 %).")
+        rows.append({"measure": "rank-1 model / full model accuracy", "this run": rec["recovery"],
+                     "published": f"{PUBLISHED['rank1_accuracy'][1]} ({PUBLISHED['rank1_accuracy'][0]})"})
+    else:
+        said.append("The rank-1 share of the gain is not measured yet: run <code>rlcast dominance RUN</code>.")
+    energy = _number(overall.get("mean_rank1_energy_last"))
+    if energy is not None:
+        said.append(f"At the last checkpoint the top direction holds {energy:.0%} of an update's energy on average.")
+    step_in, step_out = _number(overall.get("mean_step_r2")), _number(overall.get("mean_step_r2_heldout"))
+    below = _number(overall.get("share_step_r2_heldout_lt_0"))
+    if step_in is not None and step_out is not None:
+        linear_in = "linear in the step in sample" if step_in >= 0.5 else "not linear in the step even in sample"
+        holds = ("and the line holds on later checkpoints" if step_out >= 0.5 else
+                 "but the line does not hold on later checkpoints" if step_out < 0 else
+                 "and the line only partly holds on later checkpoints")
+        said.append(f"The rank-1 trajectories s1 u1 are {linear_in} (mean R^2 {step_in:.2f}), {holds} (held-out R^2 "
+                    f"{step_out:.2f}" + (f"; {below:.0%} of modules below 0" if below is not None else "") + ").")
+    if below is not None:
+        rows.append({"measure": "share of modules with held-out step R^2 < 0", "this run": below,
+                     "published": f"{PUBLISHED['share_step_r2_heldout_lt_0'][1]} "
+                                  f"({PUBLISHED['share_step_r2_heldout_lt_0'][0]})"})
+    pls_in, pls_out = _number(overall.get("mean_pls_r2")), _number(overall.get("mean_pls_r2_heldout"))
+    if pls_in is not None:
+        said.append(f"Accuracy is predicted from the rank-1 trajectory (PLS) with R^2 {pls_in:.2f} in sample"
+                    + (f" and {pls_out:.2f} held out." if pls_out is not None else "."))
+        rows.append({"measure": "PLS R^2 of accuracy on s1 u1 (in sample)", "this run": pls_in,
+                     "published": f"{PUBLISHED['pls_r2'][1]} ({PUBLISHED['pls_r2'][0]})"})
+    return said, rows
+
+
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
-                 progress: bool = True, cache_dir: Path | None = None, force: bool = False) -> Path:
-    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path; an existing
-    `out` that rlcast report did not write is refused before any work, unless `force`."""
+                 progress: bool = True, cache_dir: Path | None = None, verdict_notes: Sequence[str] = (),
+                 lead: Sequence[tuple[str, str]] = (), force: bool = False) -> Path:
+    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path.
+
+    Order: the verdict in words (plus `verdict_notes`, e.g. the demo's acceleration verdict) next to the papers'
+    figures; the `lead` sections (title, HTML), e.g. the demo's plain-vs-accelerated comparison; the plots; the
+    tables last."""
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
@@ -248,17 +368,18 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
 
     manifest = run.manifest or {}
+    algo, task_name = manifest.get("algo", "?"), manifest.get("task", task or "?")
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
-            {"field": "algorithm", "value": manifest.get("algo", "?")},
+            {"field": "algorithm", "value": algo},
             {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
-            {"field": "task", "value": manifest.get("task", task or "?")},
+            {"field": "task", "value": task_name},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},
             {"field": "accuracies for PLS", "value": dyn["accuracy_source"]}]
-    overall = [{"measure": k, "value": v} for k, v in dyn["summary"]["overall"].items()]
-    group_cols = ["group", "n", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout", "step_relerr_heldout", "pls_r2",
-                  "pls_r2_heldout", "relex_explained"]
+    overall = [{"measure": label(k), "value": v} for k, v in dyn["summary"]["overall"].items()]
+    group_cols = ["group", "n", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout", "step_relerr_heldout",
+                  "pls_r2", "pls_r2_heldout", "relex_explained"]
     by_kind = [{"group": g, **v} for g, v in dyn["summary"]["by_kind"].items()]
     by_layer = [{"group": g, **v} for g, v in dyn["summary"]["by_layer"].items()]
     per_module = [{**m, "cos_u_first": m["cos_u_last"][0], "cos_v_first": m["cos_v_last"][0]} for m in modules]
@@ -267,36 +388,45 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
                  ("step_r2_heldout", f"held-out R^2 (fit on first {dyn['holdout_fit']} ckpts)")]
     if any(m["pls_r2"] is not None for m in modules):
         r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
-    sections = [
-        ("Run", table(info)),
+    said, published = verdict(dyn["summary"]["overall"], dom, accuracy)
+    said += [html.escape(note) for note in verdict_notes]
+    story = ("<p class=verdict>" + " ".join(said) + "</p>"
+             + (table(published) + "<p class=note>published: AlphaRL (arXiv 2510.00553), NExt (arXiv 2604.11446), "
+                "on 7B-scale runs.</p>" if published else ""))
+    sections = [("What this run shows", story), *lead]
+    sections += [  # plots
+        ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
+        ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")
+         + _img(heatmaps(modules, [("rank1_energy_last", f"rank-1 energy at step {traj.steps[-1]}")], 0, 1,
+                         "viridis"), "rank-1 energy")),
+        ("Rank-1 linear dynamics: R^2 heat maps",
+         _img(heatmaps(modules, r2_panels, -1, 1, "RdYlGn", spread_below=True), "R^2 heat maps")
+         + "<p class=note>R^2 = 1 - SSE/SST over all coordinates of the scored vectors, SST around their own mean; "
+           "held-out scores use only the later checkpoints. PLS: one component, then OLS of accuracy on its score, "
+           "over the checkpoints (not the base). Cells show the true values; colours are linear on [-1, 1] and "
+           "logarithmic below -1, so a held-out R^2 of -37 looks different from -1.</p>"),
+        ("2-D projection of the u1 trajectories", _img(u1_projection_plot(traj, modules), "u1 PCA")),
+    ]
+    sections += [  # tables
         ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>{html.escape(dom_note)}"
                               f"step {dom['step']}, task "
                               f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
                               f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
                               "paired bootstrap over prompts.</p>") if dom else
          "<p class=note>not computed: run <code>rlcast dominance RUN</code> to add it.</p>"),
-        ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
-        ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")
-         + _img(heatmaps(modules, [("rank1_energy_last", f"rank-1 energy at step {traj.steps[-1]}")], 0, 1,
-                         "viridis"), "rank-1 energy")),
-        ("Rank-1 linear dynamics: R^2 heat maps",
-         _img(heatmaps(modules, r2_panels, -1, 1, "RdYlGn"), "R^2 heat maps")
-         + "<p class=note>R^2 = 1 - SSE/SST over all coordinates of the scored vectors, SST around their own mean; "
-           "held-out scores use only the later checkpoints. PLS: one component, then OLS of accuracy on its score, "
-           "over the checkpoints (not the base). Colours are clipped to [-1, 1].</p>"),
         ("Summary", table(overall)),
-        ("By module type", table(by_kind, group_cols)),
-        ("By layer", table(by_layer, group_cols)),
-        ("2-D projection of the u1 trajectories", _img(u1_projection_plot(traj, modules), "u1 PCA")),
+        ("By module type", table(by_kind, group_cols, LABELS)),
+        ("By layer", table(by_layer, group_cols, LABELS)),
         ("Per module", table(per_module, ["name", "fro_last", "rank1_energy_last", "step_r2", "step_r2_heldout",
-                                          "step_relerr_heldout", "pls_r2",
-                                          "pls_r2_heldout", "pls_mae_heldout", "relex_explained", "cos_u_first",
-                                          "cos_v_first", "well_defined"])),
+                                          "step_relerr_heldout", "pls_r2", "pls_r2_heldout", "pls_mae_heldout",
+                                          "relex_explained", "cos_u_first", "cos_v_first", "well_defined"], LABELS)),
+        ("Run", table(info)),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(f"<h2>{html.escape(title)}</h2>\n{content}\n" for title, content in sections)
+    title = f"{algo} on {task_name}, steps {traj.steps[0]}-{traj.steps[-1]}"
+    body = "".join(f"<h2>{html.escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (f"<!doctype html>\n{html_record(output_record('report'))}\n<html><head><meta charset='utf-8'>"
-            f"<title>rlcast report</title><style>{STYLE}</style>"
-            f"</head><body><h1>rlcast report</h1><p class=note>{html.escape(str(run.root or run.base))} &middot; "
-            f"{stamp}</p>\n{body}</body></html>")
+            f"<title>rlcast: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>rlcast: {html.escape(title)}</h1><p class=note>"
+            f"{html.escape(str(run.root or run.base))} &middot; {stamp}</p>\n{body}</body></html>")
     return write_text_atomic(out, page)

@@ -12,7 +12,7 @@ per-tensor arithmetic of `fit` and of `_tensor` runs there; what `fit` learns is
 this process, or one Ray task per tensor with the fitted estimator pickled once): every tensor is computed on one
 torch thread and comes back on the CPU, so every backend streams bit-identical tensors.
 
-Notation (METHODS.md): W0 base, W_t weights after step t, dW_t = W_t - W0, t the last window step, T the target step.
+Notation: W0 base, W_t weights after step t, dW_t = W_t - W0, t the last window step, T the target step.
 Tensors outside the method's module selection, or that no checkpoint changes, are returned at the anchor (the base,
 or the last window checkpoint for anchor="last").
 
