@@ -42,7 +42,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
     assert "step_r2_heldout" in page and "model.layers.1.mlp.down_proj" in page
     assert "rlcast dominance RUN" in page  # no dominance.json yet: the report says how to get it
-    assert not list(tmp_path.glob(".report.html.tmp-*"))
+    assert not list(tmp_path.glob(".report.html.rlcast-*"))
 
 
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
