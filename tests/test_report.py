@@ -68,7 +68,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
         (folder / "dominance.json").unlink()
     assert f"{rec.recovery:.3f}" in page and f"{rec.gain_recovery:.3f}" in page
     assert f"[{rec.gain_recovery_ci[0]:.3f}, {rec.gain_recovery_ci[1]:.3f}]" in page
-    assert "rlcast dominance RUN" not in page
+    assert "rlcast dominance RUN" not in page and f"read from {folder / 'dominance.json'}" in page
 
 
 def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):
