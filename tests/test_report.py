@@ -52,7 +52,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
     assert "from 0.300 at step 0 to 0.540 at step 60" in story and "held-out R^2" in story
     assert "more than half (NExt)" in story  # next to the published figure
     assert page.count("<div class=scroll><table>") >= 4  # wide tables scroll instead of being cut off
-    assert not list(tmp_path.glob(".report.html.tmp-*"))
+    assert not list(tmp_path.glob(".report.html.rlcast-*"))
 
 
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
@@ -78,7 +78,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
         (folder / "dominance.json").unlink()
     assert f"{rec.recovery:.3f}" in page and f"{rec.gain_recovery:.3f}" in page
     assert f"[{rec.gain_recovery_ci[0]:.3f}, {rec.gain_recovery_ci[1]:.3f}]" in page
-    assert "rlcast dominance RUN" not in page
+    assert "rlcast dominance RUN" not in page and f"read from {folder / 'dominance.json'}" in page
     story = page[page.index("What this run shows"):page.index("<h2>Accuracy against the step")]
     assert f"{rec.recovery:.0%} of the full model's accuracy" in story and "0.992 (AlphaRL)" in story
 

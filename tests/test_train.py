@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
+from rlcast.io import writer
 from rlcast.io.checkpoints import load_run
 from rlcast.training import continuation, runs
 from rlcast.training.continuation import continue_from
@@ -212,6 +213,8 @@ def weights(folder):
 
 def test_continuing_from_the_cutoffs_own_weights_reproduces_the_run(source, tmp_path):
     assert (source / "checkpoint-2" / "optimizer.pt").exists()  # keep_optimizer="all"
+    mask = writer._umask()  # the Trainer's safetensors are 0600: rlcast gives them the umask's mode
+    assert (source / "checkpoint-2" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     before = files(source)
     # stop at 3 (before the source's schedule ends), then resume to 4: still the source run, bit for bit
     out = continue_from(tmp_path / "cutoff", source, 2, 3, weights=source / "checkpoint-2", progress=False)

@@ -60,7 +60,7 @@ def test_round_trip_sharded_loads_and_generates(base, tmp_path):
     ids = tokenizer("1+2=", return_tensors="pt").input_ids
     generated = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert generated.shape == (1, ids.shape[1] + 3)
-    assert not list(tmp_path.glob(".out.tmp-*"))
+    assert not list(tmp_path.glob(".out.rlcast-*"))
 
 
 def test_single_shard_in_base_dtype_and_override(tmp_path):

@@ -555,7 +555,7 @@ def demo_cmd(
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM unwinds the command like Ctrl-C (every temporary removed on the way out); a second one ends it at once."""
+    """SIGTERM unwinds the command like Ctrl-C (its temporaries removed on the way out); a second one ends it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _state["signal"] = signal.SIGTERM
     raise KeyboardInterrupt

@@ -65,7 +65,7 @@ def atomic_folder(out: Path, record: dict | None = None, force: bool = False):
     try:
         yield tmp
         (tmp / MARKER).write_text(json.dumps(record or output_record(None)) + "\n")
-        _follow_umask(tmp)
+        follow_umask(tmp)
         _replace(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +175,7 @@ def atomic_file(path: Path):
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     try:
         yield tmp
-        _follow_umask(tmp)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -192,7 +192,7 @@ def _umask() -> int:
         return mask
 
 
-def _follow_umask(path: Path) -> None:
+def follow_umask(path: Path) -> None:
     """Give `path` (and, for a folder, everything in it) the mode a new file or folder gets under the umask, as
     the user expects of an output: mkstemp and safetensors create 0600 files whatever it says. Hard-linked files
     (continue_from links its source's) are shared with an input and keep theirs."""

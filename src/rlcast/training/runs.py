@@ -40,7 +40,8 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFT
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import atomic_folder, check_output, claim_folder, output_record, write_json_atomic
+from rlcast.io.writer import (atomic_folder, check_output, claim_folder, follow_umask, output_record,
+                              write_json_atomic)
 from rlcast.training.support import config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
 
@@ -230,6 +231,7 @@ class ManifestCallback(TrainerCallback):
             entry["train_reward"] = rewards[-1]
         if self.generation_batches is not None:
             entry["generation_batches"] = self.generation_batches
+        follow_umask(self.out / entry["path"])  # the Trainer's safetensors are 0600 whatever the umask
         done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
         self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
         write_json_atomic(self.out / "run.json", self.manifest)
