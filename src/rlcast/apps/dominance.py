@@ -10,8 +10,8 @@ rank-k model are scored on the same prompts, so the recovery figures get paired 
 
     recovery = acc_k / acc_full            gain recovery = (acc_k - acc_base) / (acc_full - acc_base)
 
-The rank-k models are computed one tensor per task on `device` (auto: CUDA when present) and `backend` (local, or
-Ray tasks reading their own tensors); the weights written are byte-identical either way.
+The rank-k models are computed one tensor per task on the `compute` device (auto: CUDA when present) and backend
+(local, or Ray tasks reading their own tensors); the weights written are byte-identical either way.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-from rlcast.core.backend import LOCAL, Backend, connect, map_tensors, resolve_device
+from rlcast.core.backend import LOCAL, Backend, Compute, map_tensors
 from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
+from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
+from rlcast.evaluation.tasks import task_variant
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
 from rlcast.io.checkpoints import RunReader, check_selection
 from rlcast.io.writer import write_json_atomic, write_model
@@ -112,6 +114,11 @@ class DominanceResult:
     full: Score
     ranks: list[Score]
     recovery: list[Recovery] = field(default_factory=list)
+    task_args: dict = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        return task_variant(self.task, self.task_args)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -122,22 +129,24 @@ class DominanceResult:
 
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
-              models_dir: Path | None = None, progress: bool = True, device: str = "auto", backend: str = "local",
-              ray_address: str | None = None, workers: int | None = None) -> DominanceResult:
-    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
+              models_dir: Path | None = None, progress: bool = True, compute: Compute = Compute(),
+              task_args: dict | None = None) -> DominanceResult:
+    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts: the run's
+    task unless `task` / `task_args` say otherwise.
 
-    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written.
+    Bad settings (selection, ranks, prompts, task, device, an unreachable Ray cluster) fail before anything is scored
+    or written.
     """
     check_selection(selection)
-    where = resolve_device(device)
+    check_prompts(n_prompts)
     if any(k < 1 for k in ranks):
         raise RlcastError(f"ranks must be >= 1 (got {', '.join(map(str, ranks))})")
     if not run.checkpoints:
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
-        task = run_task(run, task)
+    task = run_task(run, task, task_args)
+    with compute.open() as (where, workers), tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
         work = Path(models_dir) if models_dir else Path(tmp)
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)
@@ -148,4 +157,4 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
             scores.append(score(folder, task, f"rank-{k}", k, n_prompts, seed, progress))
     return DominanceResult(run=str(run.root or run.base), step=step, task=task.name, n_prompts=len(base.per_prompt),
                            selection=selection, rescale=rescale, seed=seed, base=base, full=full, ranks=scores,
-                           recovery=[recovery(base, full, s, seed=seed) for s in scores])
+                           recovery=[recovery(base, full, s, seed=seed) for s in scores], task_args=dict(task.args))
