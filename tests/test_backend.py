@@ -153,7 +153,6 @@ def test_ray_task_errors_are_one_line(planted, ray_cluster):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--backend", "ray", "--ray-address", UNREACHABLE], f"--ray-address {UNREACHABLE}: no Ray cluster reachable"),
-    (["--backend", "spark"], "--backend 'spark': expected local or ray"),
     (["--device", "cuda"], "--device cuda: no CUDA device here"),
 ])
 def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_cli, args, fragment):
@@ -168,3 +167,8 @@ def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
         assert not any(tmp_path.iterdir())
+
+
+def test_cli_backend_name_is_a_usage_error(planted, run_cli):
+    code, _, err = run_cli("analyze", planted, "--backend", "spark")
+    assert code == 2 and "'spark' is not one of 'local', 'ray'" in err and "Usage:" in err
