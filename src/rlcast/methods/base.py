@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from functools import partial
 
 import torch
-
 from rich.console import Console
 from rich.progress import Progress
 

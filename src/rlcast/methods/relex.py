@@ -57,7 +57,7 @@ class Relex(Extrapolator):
     def __init__(self, rank: int = 1, selection: str = "all", chunk_mb: int = 256, progress: bool = False):
         super().__init__(selection, progress)
         self.rank = check_int(rank, "relex: rank", 1)
-        self.chunk_mb = check_int(chunk_mb, "relex: chunk_mb", 1)
+        self.chunk_mb = check_int(chunk_mb, "relex: chunk_mb", 0)  # 0: one row per chunk
 
     def _fit(self) -> None:
         steps = self.run_.steps
