@@ -125,5 +125,5 @@ def test_cli_bad_input_one_line(kind, tmp_path, run_cli):
 def test_cli_usage_errors(planted, run_cli):
     code, _, err = run_cli("analyze", planted, "--checkpoint", "ten")
     assert code == 1 and "expected STEP=PATH" in err
-    code, _, err = run_cli("analyze", planted, "--selection", "attention")
-    assert code == 1 and "unknown module selection 'attention'" in err
+    code, _, err = run_cli("analyze", planted, "--selection", "attention")  # a name: checked while parsing
+    assert code == 2 and "'attention' is not one of 'blocks', 'all-2d', 'all'" in err and "Usage:" in err

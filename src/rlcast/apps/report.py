@@ -21,6 +21,7 @@ from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
 from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.evaluation.tasks import task_variant
 from rlcast.io.checkpoints import RunReader, parse_name
 from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
@@ -223,9 +224,11 @@ def _ci(ci) -> str:
 
 
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
-                 progress: bool = True, cache_dir: Path | None = None, force: bool = False) -> Path:
-    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path; an existing
-    `out` that rlcast report did not write is refused before any work, unless `force`."""
+                 progress: bool = True, cache_dir: Path | None = None, task_args: dict | None = None,
+                 force: bool = False) -> Path:
+    """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path (`task`,
+    `task_args`: what to score the checkpoints on when the dynamics must be computed); an existing `out` that rlcast
+    report did not write is refused before any work, unless `force`."""
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
@@ -239,8 +242,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     dyn = load_json(folder / "dynamics.json")
     dyn_note = f"read from {folder / 'dynamics.json'}"
     if dyn is None or not set(names) <= {m["name"] for m in dyn["modules"]}:
-        dyn = json_safe(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
-                                      progress=progress).to_json())
+        dyn = json_safe(analyze_dynamics(run, trajectory=traj, task=task, selection=selection, progress=progress,
+                                         task_args=task_args).to_json())
         dyn_note = "computed for this report"
     dom = load_json(folder / "dominance.json")
     dom_note = f"read from {folder / 'dominance.json'}: " if dom else ""
@@ -251,7 +254,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
             {"field": "algorithm", "value": manifest.get("algo", "?")},
             {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
-            {"field": "task", "value": manifest.get("task", task or "?")},
+            {"field": "task", "value": task_variant(manifest["task"], manifest.get("task_args"))
+             if manifest.get("task") else task or "?"},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},
@@ -271,9 +275,10 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Run", table(info)),
         ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>{html.escape(dom_note)}"
                               f"step {dom['step']}, task "
-                              f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
-                              f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
-                              "paired bootstrap over prompts.</p>") if dom else
+                              f"{html.escape(task_variant(dom['task'], dom.get('task_args')))}, "
+                              f"{dom['n_prompts']} prompts (the same for every model), selection "
+                              f"{dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a paired bootstrap "
+                              "over prompts.</p>") if dom else
          "<p class=note>not computed: run <code>rlcast dominance RUN</code> to add it.</p>"),
         ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
         ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")

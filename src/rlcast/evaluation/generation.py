@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.intervals import bootstrap, wilson
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
@@ -61,6 +61,12 @@ def load_model(path, dtype=None):
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval(), tok
+
+
+def check_prompts(n_prompts: int | None) -> None:
+    """n_prompts: None (the whole split) or >= 1 (a negative count would slice the split from its end)."""
+    if n_prompts is not None:
+        check_int(n_prompts, "n_prompts", 1)
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
@@ -174,8 +180,13 @@ def evaluate(model, task, n_prompts: int | None = 200, samples: int = 1, greedy:
     backend: "auto" (vLLM when installed, a GPU exists and `model` is a path), "transformers" or "vllm".
     """
     task = get_task(task) if isinstance(task, str) else task
-    if samples < 1:
-        raise RlcastError(f"samples must be >= 1 (got {samples})")
+    check_prompts(n_prompts)
+    check_int(samples, "samples", 1)
+    check_int(batch_size, "batch_size", 1)
+    if max_new_tokens is not None:
+        check_int(max_new_tokens, "max_new_tokens", 1)
+    check_number(temperature, "temperature", 0, above=True)
+    check_number(top_p, "top_p", 0, 1, above=True)
     greedy = greedy and samples == 1
     examples = task.examples(split, n_prompts, seed=seed)
     if not examples:

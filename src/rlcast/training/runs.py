@@ -33,11 +33,11 @@ from datasets import Dataset
 from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import SchedulerType, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.writer import atomic_folder, check_output, claim_folder, output_record, write_json_atomic
@@ -58,6 +58,7 @@ ALGOS: dict[str, dict] = {
 GRPO_FAMILY = ("grpo", "dr-grpo", "dapo", "bnpo")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.x GRPOConfig.loss_type
 SCALE_REWARDS = ("group", "batch", "none")
+SCHEDULERS = tuple(s.value for s in SchedulerType)  # transformers' lr_scheduler_type names
 # learning rate when none is given: (RL or SFT, LoRA) -> lr, from an lr sweep of 300-step GRPO on the testbed
 # (full: 3e-6 .. 1e-3, LoRA: 3e-5 .. 1e-3); full fine-tuning at >= 1e-4 and LoRA at 1e-3 fell below the base
 DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("sft", True): 1e-3}
@@ -101,10 +102,24 @@ class TrainConfig:
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise RlcastError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGOS)}")
-        if min(self.steps, self.save_every, self.eval_prompts, self.batch_size, self.num_iterations) < 1:
-            raise RlcastError(f"steps, save_every, eval_prompts, batch_size and num_iterations must be >= 1 (got "
-                              f"{self.steps}, {self.save_every}, {self.eval_prompts}, {self.batch_size}, "
-                              f"{self.num_iterations})")
+        for name in ("steps", "save_every", "eval_prompts", "batch_size", "num_generations", "num_iterations",
+                     "lora_r"):
+            check_int(getattr(self, name), name, 1)
+        for name in ("seed", "warmup_steps"):
+            check_int(getattr(self, name), name, 0)
+        for name in ("max_completion_length", "schedule_steps"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        for name in ("learning_rate", "epsilon_high"):
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), name, 0, above=True)
+        for name in ("temperature", "epsilon", "lora_alpha"):
+            check_number(getattr(self, name), name, 0, above=True)
+        for name in ("beta", "weight_decay"):
+            check_number(getattr(self, name), name, 0)
+        check_number(self.lora_dropout, "lora_dropout", 0, 1)
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise RlcastError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r}; known: {', '.join(SCHEDULERS)}")
         if self.algo != "sft" and (self.num_generations < 2 or self.batch_size % self.num_generations):
             raise RlcastError(f"batch_size {self.batch_size} must be a multiple of num_generations "
                               f"{self.num_generations} (>= 2)")
@@ -118,8 +133,6 @@ class TrainConfig:
             raise RlcastError(f"unknown scale_rewards {self.scale_rewards!r}; known: {', '.join(SCALE_REWARDS)}")
         if self.keep_optimizer not in ("last", "all"):
             raise RlcastError(f"keep_optimizer {self.keep_optimizer!r}: expected last or all")
-        if self.schedule_steps is not None and self.schedule_steps < 1:
-            raise RlcastError(f"schedule_steps must be >= 1 or None (got {self.schedule_steps})")
 
     @property
     def kind(self) -> str:
@@ -130,8 +143,9 @@ class TrainConfig:
         loss = ALGOS[self.algo]
         return dataclasses.replace(
             self,
-            learning_rate=self.learning_rate or DEFAULT_LR[(self.kind, self.lora)],
-            max_completion_length=self.max_completion_length or task.max_new_tokens,
+            learning_rate=DEFAULT_LR[(self.kind, self.lora)] if self.learning_rate is None else self.learning_rate,
+            max_completion_length=(task.max_new_tokens if self.max_completion_length is None
+                                   else self.max_completion_length),
             loss_type=self.loss_type or loss.get("loss_type"),
             scale_rewards=self.scale_rewards or loss.get("scale_rewards"),
             epsilon_high=self.epsilon_high if self.epsilon_high is not None else loss.get("epsilon_high",
@@ -245,18 +259,22 @@ class ManifestCallback(TrainerCallback):
 class RichProgress(TrainerCallback):
     """One rich bar for the run: optimizer steps, the latest train reward (loss for SFT) and held-out accuracy.
 
-    Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
+    The bar counts the steps this invocation runs (a resumed or continued run starts at its checkpoint's step, named
+    in the label). Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
     """
 
     def __init__(self, bar: Progress, label: str, manifest: dict, total: int):
         self.bar, self.label, self.manifest, self.total = bar, label, manifest, total
-        self.job, self.metric = None, ""
+        self.job, self.metric, self.start = None, "", 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.job = self.bar.add_task(self.label, total=self.total, completed=state.global_step)
+        self.start = state.global_step
+        if self.start:
+            self.label = f"{self.label} steps {self.start}-{self.total}"
+        self.job = self.bar.add_task(self.describe(), total=max(self.total - self.start, 0))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(self.job, completed=state.global_step, description=self.describe())
+        self.bar.update(self.job, completed=state.global_step - self.start, description=self.describe())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         key = next((k for k in ("reward", "loss") if isinstance((logs or {}).get(k), (int, float))), None)
@@ -413,8 +431,8 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         manifest.update(status="running", config=config.to_json())
     else:
         if progress:
-            Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.name} prompts",
-                                       highlight=False)
+            Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.variant} "
+                                       f"prompts", highlight=False)
         base_result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=progress)
         manifest = {"format": FORMAT_VERSION, "config": config.to_json(), "base": str(base), "task": task.name,
                     "task_args": dict(config.task_args), "algo": config.algo, "eval": "greedy, test split",
