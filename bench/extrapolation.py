@@ -48,7 +48,7 @@ def one_seed(args, seed: int, root: Path, methods: list[str]) -> dict:
     """The plain run, every prediction and every continuation of one seed; prints them and returns the rows."""
     from rlcast.apps.compare import compare
     from rlcast.apps.demo import curve as accuracies  # {step: held-out accuracy} from run.json (0: the base)
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.training.continuation import continue_from
     from rlcast.training.runs import preset, train
 

@@ -21,7 +21,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from rlcast.apps.compare import cutoff_steps
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.methods import make_extrapolator
 
 

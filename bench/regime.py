@@ -36,7 +36,8 @@ def drift(run: Path, steps: list[int], early: int) -> tuple[float, float]:
     """(median log-log slope of ||dW_t||_F over `steps`, median cos(dW_early, dW_last)) over the 2-D block weights
     the run changes (LoRA: the adapted modules, dW = s B A, inner products taken on the factors)."""
     from rlcast.core.numerics import inner
-    from rlcast.io.checkpoints import RunReader, load_run
+    from rlcast.io.reader import RunReader
+    from rlcast.io.runs import load_run
 
     reader = RunReader(load_run(run))
     names = reader.selected("blocks", two_d=True)

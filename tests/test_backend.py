@@ -17,7 +17,8 @@ from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Backend, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.methods import METHODS, make_extrapolator
 from rlcast.training.testbed import base_model

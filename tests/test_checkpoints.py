@@ -8,7 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlcast.io.checkpoints import (LowRankDelta, RunReader, TensorReader, layer_of, load_run, select_names)
+from rlcast.io.lora import LowRankDelta
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
+from rlcast.io.selections import layer_of, select_names
+from rlcast.io.tensors import TensorReader
 from rlcast.errors import RlcastError
 from rlcast.io.synthetic import planted_run, tiny_llama
 

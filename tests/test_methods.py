@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from rlcast.io.checkpoints import Run, RunReader, load_run, select_names
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run, load_run
+from rlcast.io.selections import select_names
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.core.numerics import row_chunks
@@ -313,7 +315,7 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.core.backend import Backend
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.methods import make_extrapolator
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.training import continuation, runs
 from rlcast.training.continuation import continue_from
 from rlcast.training.runs import ALGOS, FORMAT_VERSION, HYPERPARAMETERS, TrainConfig, read_manifest, train

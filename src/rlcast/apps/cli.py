@@ -82,7 +82,7 @@ def extrapolate_cmd(
 ) -> None:
     """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
     from rlcast.core.backend import connect, resolve_device
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.training.continuation import write_prediction
 
     params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
@@ -121,7 +121,7 @@ def compare_cmd(
     import json as _json
     from pathlib import Path
 
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.compare import compare, print_table, save
 
     params: dict[str, dict] = {}
@@ -195,7 +195,8 @@ def dominance_cmd(
 
     from rlcast.apps.dominance import dominance
     from rlcast.apps.report import results_dir
-    from rlcast.io.checkpoints import check_selection, load_run
+    from rlcast.io.runs import load_run
+    from rlcast.io.selections import check_selection
 
     check_selection(selection)
     rank_list = _ranks(ranks)
@@ -234,7 +235,7 @@ def dynamics_cmd(
 
     from rich.table import Table
 
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.dynamics import SCALARS, analyze_dynamics
     from rlcast.apps.report import results_dir
 
@@ -268,7 +269,7 @@ def report_cmd(
     base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
 ) -> None:
     """One self-contained HTML report (tables + inlined PNG plots); reuses RUN/rlcast/*.json when present."""
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report
 
     path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank)
@@ -462,7 +463,7 @@ def analyze_cmd(
     from pathlib import Path
 
     from rlcast.apps.analysis import analyze, default_out, example_run, print_summary
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
 
     if example:
         if run or checkpoint:

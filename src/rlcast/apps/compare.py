@@ -28,7 +28,8 @@ from rlcast.core.backend import Backend, connect, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import Run, RunReader
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
 from rlcast.io.writer import atomic_file, write_json_atomic, write_model
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
 from rlcast.methods.base import with_task

@@ -31,7 +31,7 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.io.writer import write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.runs import preset, train

@@ -29,7 +29,8 @@ from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
-from rlcast.io.checkpoints import RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import check_selection
 from rlcast.io.writer import write_json_atomic, write_model
 
 

@@ -29,7 +29,8 @@ from rlcast.core.numerics import gram, line_fit, r2
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import write_json_atomic
 from rlcast.methods.alpharl import pls_r2, rank1_path
 from rlcast.methods.relex import temporal_explained

@@ -21,7 +21,8 @@ from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
 from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import json_safe, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/

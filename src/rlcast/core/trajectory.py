@@ -27,7 +27,9 @@ from safetensors.torch import load_file, save_file
 from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.tensors import NOT_WEIGHTS
 from rlcast.io.writer import atomic_file, write_text_atomic
 
 CACHE_VERSION = 1

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import bootstrap, wilson
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
+from rlcast.io.lora import read_adapter_config
+from rlcast.io.tensors import WEIGHT_FILES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a prompt prefix once saves less than it costs

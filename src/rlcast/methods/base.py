@@ -31,7 +31,9 @@ import torch
 
 from rlcast.core.backend import Backend, map_tensors, resolve_device
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import Run, RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.selections import check_selection
 
 CPU = torch.device("cpu")
 ONE_AT_A_TIME = Backend(workers=1)  # predict's default: one tensor in memory at a time, whatever the core count

@@ -19,7 +19,7 @@ Settings travel as one `AccelerateConfig` (frozen, JSON-serialisable, validated 
 
 Design choices (each deliberate, each tested):
 - The extrapolators are `rlcast.methods`' (module selection "all": every trainable tensor moves), fed through
-  `rlcast.io.checkpoints.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
+  `rlcast.io.runs.load_run(base=..., checkpoints=...)`: the snapshot folders are presented as a run whose "model"
   is the set of trainable tensors and whose *base is the window's first snapshot*, with steps counted from it. The
   methods then extrapolate the recent segment of the trajectory (weight-linear becomes the line through the anchor
   and the last snapshot) instead of scaling the whole update since the start of training, which also scales up all
@@ -88,7 +88,7 @@ from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.io.writer import atomic_folder, json_safe
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
 from rlcast.training.support import config_from_dict, preserved_rng

@@ -36,7 +36,8 @@ from rlcast.core.backend import Backend
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import Run, TensorReader, load_run
+from rlcast.io.runs import Run, load_run
+from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import atomic_folder, base_layout, write_json_atomic, write_model
 from rlcast.methods import Extrapolator, make_extrapolator
 from rlcast.methods.base import with_task
