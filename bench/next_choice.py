@@ -38,8 +38,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     run = load_run(args.run)
-    manifest = run.manifest or {}
-    budget = manifest["config"]["max_completion_length"]
+    task, task_args = run.manifest.task_spec()
+    budget = run.manifest.completion_budget
     target = run.steps[-1]
     budgets = [(label, tokens) for label, tokens in (("task", None), ("run", budget))
                if label in args.budgets.split(",")]
@@ -49,7 +49,7 @@ def main() -> None:
         chosen = {}
         for label, tokens in budgets:
             start = time.perf_counter()
-            ex = make_extrapolator("next", task=manifest["task"], task_args=manifest.get("task_args") or None,
+            ex = make_extrapolator("next", task=task, task_args=task_args,
                                    target_step=target, max_new_tokens=tokens).fit(run.window(cutoff))
             seconds = time.perf_counter() - start
             totals[label] += seconds

@@ -110,7 +110,7 @@ def test_manifest(trl_run, tmp_path):
     run = load_run(root)
     assert run.steps == [20, 40]  # the manifest lists the run, checkpoint-100 is not part of it
     assert run.accuracy == {0: 0.1, 20: 0.2, 40: 0.3}
-    assert run.manifest["base_accuracy"] == 0.1
+    assert run.manifest.base_accuracy == 0.1 and run.manifest.format == 1
 
 
 def test_sharded_half_precision_and_bin(tmp_path):

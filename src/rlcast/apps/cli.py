@@ -355,10 +355,10 @@ def train_cmd(
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     import dataclasses
-    import json as _json
     from pathlib import Path
 
     from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.io.manifest import Manifest
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
     from rlcast.training.runs import preset as named_preset
     from rlcast.training.support import parse_overrides
@@ -389,10 +389,10 @@ def train_cmd(
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
     path = train(out, config, callbacks=callbacks, resume=resume)
-    manifest = _json.loads((path / "run.json").read_text())
-    last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
-    console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
-                  + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+    manifest = Manifest.read(path / "run.json")
+    last = manifest.checkpoints[-1] if manifest.checkpoints else None
+    console.print(f"[green]wrote[/] {path}: base accuracy {manifest.base_accuracy:.3f}"
+                  + (f", step {last.step} accuracy {last.accuracy:.3f}" if last else ""), highlight=False)
     if callbacks:
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "

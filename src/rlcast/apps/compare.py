@@ -27,6 +27,7 @@ from rich.table import Table
 from rlcast.core.backend import Backend, connect, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
+from rlcast.evaluation.scoring import task_spec
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
@@ -146,13 +147,9 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     where = resolve_device(device)
     specs = method_specs(methods)
     params = {m: dict((params or {}).get(m, {})) for m in specs}
-    manifest = run.manifest or {}
-    task_args = manifest.get("task_args") if task is None else None
-    task = task or manifest.get("task")
-    if not task:
-        raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
+    task, task_args = task_spec(run, task)
     target = resolve_target(run, target)
-    budget = (manifest.get("config") or {}).get("max_completion_length")  # the completions the run trained on
+    budget = run.manifest.completion_budget if run.manifest else None  # the completions the run trained on
     for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
         params[label] = with_task(spec, params[label], task, task_args, target, budget)
     nominal = cutoff_steps(run, list(cutoffs), target)
@@ -163,12 +160,12 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
                         cutoffs=used, params=params)
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
+    real_steps = sorted(set([0] + used + [target]))
     with connect(backend, ray_address, workers) as pool:  # before anything is evaluated: bad settings fail first
         work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
         evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
-        real_steps = sorted(set([0] + used + [target]))
         try:
             console = Console(stderr=True)  # transient bar: nothing left behind in a log file
             with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:

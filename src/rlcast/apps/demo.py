@@ -31,6 +31,7 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
+from rlcast.io.manifest import Manifest
 from rlcast.io.runs import load_run
 from rlcast.io.writer import write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
@@ -67,10 +68,7 @@ def steps_to(accuracy: dict[int, float], target: float) -> int | None:
 
 def curve(run_dir: Path) -> dict[int, float]:
     """{0: base accuracy, step: accuracy, ...} from a run's manifest."""
-    manifest = json.loads((Path(run_dir) / "run.json").read_text())
-    out = {0: manifest["base_accuracy"]}
-    out.update({c["step"]: c["accuracy"] for c in manifest["checkpoints"]})
-    return out
+    return Manifest.read(Path(run_dir) / "run.json").accuracy
 
 
 def outcome(plain: dict[int, float], accelerated: dict[int, float], target: float = TARGET) -> dict:

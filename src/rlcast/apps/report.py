@@ -21,6 +21,7 @@ from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
 from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.selections import parse_name
 from rlcast.io.writer import json_safe, write_text_atomic
@@ -245,11 +246,12 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     modules = [m for m in dyn["modules"] if m["name"] in traj.modules]
     accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
 
-    manifest = run.manifest or {}
+    manifest = run.manifest or Manifest()
+    lora = manifest.lora if manifest.lora is not None else any(c.kind == "lora" for c in run.checkpoints)
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
-            {"field": "algorithm", "value": manifest.get("algo", "?")},
-            {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
-            {"field": "task", "value": manifest.get("task", task or "?")},
+            {"field": "algorithm", "value": manifest.algo or "?"},
+            {"field": "LoRA", "value": lora},
+            {"field": "task", "value": manifest.task or task or "?"},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},

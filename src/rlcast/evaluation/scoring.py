@@ -38,16 +38,19 @@ def score(path: Path, task: Task, label: str, k: int | None, n_prompts: int, see
                  [sum(v) / len(v) for _, v in sorted(per_prompt.items())])
 
 
+def task_spec(run: Run, task: str | None = None) -> tuple[str, dict | None]:
+    """(spec, task arguments) of the task to score with: `task` as given, else the run manifest's with its
+    task_args."""
+    if task:
+        return task, None
+    if run.manifest is None:
+        raise RlcastError(f"{run.root or run.base}: no run manifest (run.json) names the task; pass --task")
+    return run.manifest.task_spec()
+
+
 def run_task(run: Run, task: Task | str | None = None) -> Task:
     """The Task to score with: the one given (spec or Task), else the run manifest's (with its task_args)."""
-    if isinstance(task, Task):
-        return task
-    if task:
-        return get_task(task)
-    manifest = run.manifest or {}
-    if not manifest.get("task"):
-        raise RlcastError(f"{run.root or run.base}: no task in the run manifest (run.json); pass --task")
-    return get_task(manifest["task"], manifest.get("task_args") or None)
+    return task if isinstance(task, Task) else get_task(*task_spec(run, task))
 
 
 def checkpoint_folder(run: Run, step: int, workdir: Path) -> Path:

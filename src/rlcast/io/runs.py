@@ -15,7 +15,6 @@ step-0 folder (checkpoint-0, global_step_0, global_step0_hf), else ROOT/base.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Mapping, Sequence
 
 from rlcast.errors import RlcastError
 from rlcast.io.lora import ADAPTER_FILES, read_adapter_config
+from rlcast.io.manifest import Manifest
 from rlcast.io.tensors import NOT_WEIGHTS, WEIGHT_FILES
 from rlcast.io.verl import VerlShards, lora_config, shard_files
 
@@ -39,7 +39,7 @@ class Run:
     base: Path
     checkpoints: list[Checkpoint]
     root: Path | None = None
-    manifest: dict | None = None
+    manifest: Manifest | None = None  # run.json, when the run has one
 
     @property
     def steps(self) -> list[int]:
@@ -58,15 +58,7 @@ class Run:
     @property
     def accuracy(self) -> dict[int, float]:
         """{0: base accuracy, step: accuracy, ...} from the run.json manifest; {} without one."""
-        if not self.manifest:
-            return {}
-        acc = {}
-        if self.manifest.get("base_accuracy") is not None:
-            acc[0] = float(self.manifest["base_accuracy"])
-        for entry in self.manifest.get("checkpoints", []):
-            if entry.get("accuracy") is not None:
-                acc[int(entry["step"])] = float(entry["accuracy"])
-        return acc
+        return self.manifest.accuracy if self.manifest else {}
 
 
 _STEP_PATTERNS = [  # (step folder directly under ROOT, sub-folders holding the weights): TRL, verl, OpenRLHF
@@ -161,18 +153,14 @@ def load_run(path: str | Path | None = None, base: str | Path | None = None,
     manifest = None
     folders: dict[int, Path] = {}
     if root is not None and (root / "run.json").is_file():
-        try:
-            manifest = json.loads((root / "run.json").read_text())
-            entries = manifest.get("checkpoints", [])
-            for entry in entries:
-                step = _parse_step(entry["step"], f"{root / 'run.json'}")
-                if step in folders:
-                    raise RlcastError(f"{root / 'run.json'}: duplicate step {step}")
-                folders[step] = _resolve(entry["path"], root)
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise RlcastError(f"{root / 'run.json'}: unreadable run manifest ({err})") from None
-        if base is None and manifest.get("base"):
-            base = _resolve(manifest["base"], root)
+        manifest = Manifest.read(root / "run.json")
+        for i, entry in enumerate(manifest.checkpoints):
+            if entry.path is None:
+                raise RlcastError(f"{manifest.path}: checkpoints[{i}].path is missing (the folder of step "
+                                  f"{entry.step})")
+            folders[entry.step] = _resolve(entry.path, root)
+        if base is None and manifest.base:
+            base = _resolve(manifest.base, root)
     elif root is not None:
         folders = _discover(root)
     for step, p in (checkpoints or {}).items():
