@@ -149,6 +149,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     params = {m: dict((params or {}).get(m, {})) for m in specs}
     task, task_args = task_spec(run, task)
     target = resolve_target(run, target)
+    run.base_config()  # every model evaluated copies it: a base without one fails now, named
     budget = run.manifest.completion_budget if run.manifest else None  # the completions the run trained on
     for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
         params[label] = with_task(spec, params[label], task, task_args, target, budget)
@@ -161,6 +162,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
     real_steps = sorted(set([0] + used + [target]))
+    reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
     with connect(backend, ray_address, workers) as pool:  # before anything is evaluated: bad settings fail first
         work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
         if keep is not None:

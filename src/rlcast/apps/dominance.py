@@ -127,7 +127,8 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
               ray_address: str | None = None, workers: int | None = None) -> DominanceResult:
     """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
 
-    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written.
+    Bad settings (selection, ranks, device, an unreachable Ray cluster) and bad inputs (a base without config.json,
+    corrupt files, NaN/Inf in the base or the checkpoint) fail before anything is scored or written.
     """
     check_selection(selection)
     where = resolve_device(device)
@@ -137,8 +138,10 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
+    task = run_task(run, task)
+    run.base_config()  # the rank-k models copy it: a base without one fails now, named
+    RunReader(run).check([step])  # a corrupt file or NaN/Inf is named now, not scored without a word
     with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
-        task = run_task(run, task)
         work = Path(models_dir) if models_dir else Path(tmp)
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)

@@ -184,6 +184,7 @@ def build_trajectory(run: Run, rank: int = 1, exact: bool = False, cache_dir: st
         caches[step] = _StepCache(cache_dir, step, _cache_key(run, step, rank, exact, seed))
         todo += [(step, n) for n in names if n not in caches[step].entries]
     if todo:
+        reader.open(dict.fromkeys(step for step, _ in todo))  # a bad file fails before the first spectrum
         task = partial(spectrum_entry, reader, rank=rank, exact=exact, seed=seed, device=device)
         _compute(map_tensors(task, todo, backend, device), todo, caches, progress)
     return _assemble(run, names, caches)

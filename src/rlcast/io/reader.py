@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -25,6 +26,11 @@ def _tied(folder: Path) -> bool:
         return bool(json.loads((folder / "config.json").read_text()).get("tie_word_embeddings"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN/Inf in `tensor`: they propagate through a float64 sum, without a mask the size of the tensor."""
+    return not tensor.dtype.is_floating_point or math.isfinite(tensor.sum(dtype=torch.float64).item())
 
 
 def _subtract(out: torch.Tensor, other: torch.Tensor, chunk: int = 1 << 20) -> None:
@@ -118,19 +124,39 @@ class RunReader:
                 return reader.low_rank(name, device)
             if name in reader.full:
                 delta = reader.reader.get(reader.full[name], torch.float32, device) - self.base(name, device)
-                return self._finite(delta, reader.reader.file(reader.full[name]), name, step)
+                return self._checked(delta, reader.reader.file(reader.full[name]), name, step)
             return torch.zeros(self.shape(name), device=device)
         src = self._source_name(reader, name, self._tied[step])
         delta = reader.get(src, torch.float32, device)
         base = self.base_reader.view(name)
         _subtract(delta, base if delta.device == base.device else base.to(delta.device))
-        return self._finite(delta, reader.file(src), name, step)
+        return self._checked(delta, reader.file(src), name, step)
 
-    @staticmethod
-    def _finite(delta: torch.Tensor, file: Path, name: str, step: int) -> torch.Tensor:
-        if not math.isfinite(delta.sum().item()):  # NaN/Inf propagate through the sum, without a mask allocation
-            raise RlcastError(f"{file}: NaN/Inf in the delta of tensor {name} at step {step}")
+    def _checked(self, delta: torch.Tensor, file: Path, name: str, step: int) -> torch.Tensor:
+        if not _finite(delta):
+            self._finite_base(name)  # the base's NaN/Inf, named as such
+            raise RlcastError(f"{file}: NaN/Inf in tensor {name} at step {step}")
         return delta
+
+    def _finite_base(self, name: str) -> None:
+        if not _finite(self.base_reader.view(name)):
+            raise RlcastError(f"{self.base_reader.file(name)}: NaN/Inf in tensor {name} of the base")
+
+    def open(self, steps: Iterable[int]) -> None:
+        """Open the checkpoints `steps`: their headers, tensor names, shapes and dtypes checked against the base
+        (no tensor data read), so a bad file fails before the work that reads them."""
+        for step in steps:
+            self.reader(step)
+
+    def check(self, steps: Iterable[int]) -> None:
+        """Read every tensor of the base and of the checkpoints `steps` once, before expensive work on them (scoring
+        a model): a corrupt file, or NaN/Inf in any weight, is a one-line error naming the file, tensor and step."""
+        steps = list(steps)
+        self.open(steps)
+        for name in self.names():
+            self._finite_base(name)
+            for step in steps:
+                self.delta(step, name)
 
     def weight(self, step: int, name: str, device: torch.device | None = None) -> torch.Tensor:
         """The float32 weight at a step (0 = base), on `device`."""

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 from rlcast.errors import RlcastError
 from rlcast.io.lora import ADAPTER_FILES, read_adapter_config
 from rlcast.io.manifest import Manifest
-from rlcast.io.tensors import NOT_WEIGHTS, WEIGHT_FILES
+from rlcast.io.tensors import NOT_WEIGHTS, WEIGHT_FILES, read_model_config
 from rlcast.io.verl import VerlShards, lora_config, shard_files
 
 
@@ -54,6 +54,11 @@ class Run:
     def window(self, until: int) -> "Run":
         """The same run cut to the checkpoints with step <= until."""
         return Run(self.base, [c for c in self.checkpoints if c.step <= until], self.root, self.manifest)
+
+    def base_config(self) -> dict:
+        """The base's config.json, which every model written from the run copies (predictions, rank-k models):
+        commands that write models read it before any work, so a base without one fails naming the base."""
+        return read_model_config(self.base)
 
     @property
     def accuracy(self) -> dict[int, float]:

@@ -11,6 +11,8 @@ import json
 import math
 import mmap
 import re
+import reprlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+MAX_HEADER = 100_000_000  # bytes: the safetensors library refuses longer headers
 NOT_WEIGHTS = re.compile(r"^(optimizer|scheduler|rng_state.*|training_args|model_world_size_.*|scaler|"
                           r"extra_state.*)\.(pt|pth|bin)$")
 
@@ -34,32 +37,61 @@ class _SafetensorsFile:
     entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: Path) -> "_SafetensorsFile":
+    def open(cls, path: Path) -> _SafetensorsFile:
+        """Read and check the header: a JSON object of tensors whose byte ranges tile the data exactly (as the
+        safetensors library requires), so that anything this accepts, transformers loads."""
         size = path.stat().st_size
         try:
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
-                if size < 8 or n <= 0 or 8 + n > size:
-                    raise ValueError("truncated header")
+                if size < 8 or n < 2 or 8 + n > size:
+                    raise ValueError(f"header length {n} does not fit the file's {size} bytes")
+                if n > MAX_HEADER:
+                    raise ValueError(f"header length {n} is above the safetensors limit of {MAX_HEADER}")
                 header = json.loads(f.read(n))
-        except (OSError, ValueError, UnicodeDecodeError) as err:
-            raise RlcastError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
+            reason = "header nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+            raise RlcastError(f"{path}: corrupt or truncated safetensors file ({reason})") from None
+        if not isinstance(header, dict):
+            raise RlcastError(f"{path}: corrupt safetensors file (the header is a JSON {type(header).__name__}, not "
+                              "an object)")
         entries = {}
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            try:
-                dtype = _ST_DTYPES[info["dtype"]]
-                shape = tuple(int(d) for d in info["shape"])
-                begin, end = (8 + n + int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise RlcastError(f"{path}: corrupt safetensors header entry for tensor {name}") from None
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            if end > size or end - begin != nbytes:
-                raise RlcastError(f"{path}: tensor {name} is truncated or corrupt ({end} > file size {size} or "
-                                  f"{end - begin} bytes for {nbytes})")
-            entries[name] = (dtype, shape, begin, end)
+            entries[name] = cls._entry(path, name, info, 8 + n)
+        at = 8 + n  # the data must be tiled without gaps or overlaps, up to the end of the file
+        for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+            if begin != at:
+                raise RlcastError(f"{path}: tensor {name} starts at byte {begin - 8 - n} of the data, expected "
+                                  f"{at - 8 - n} (overlapping or corrupt header)")
+            if end > size:
+                raise RlcastError(f"{path}: tensor {name} is truncated (it ends at byte {end}, the file has {size})")
+            at = end
+        if at != size:
+            raise RlcastError(f"{path}: truncated or corrupt safetensors file (the header describes "
+                              f"{at - 8 - n} bytes of data, the file holds {size - 8 - n})")
         return cls(path, entries)
+
+    @staticmethod
+    def _entry(path: Path, name: str, info, data: int) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+        """(dtype, shape, begin, end) of one header entry, checked: known dtype, shape and offsets of the right
+        size."""
+        def whole(values, length=None) -> bool:
+            return isinstance(values, list) and (length is None or len(values) == length) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+        if not (isinstance(info, dict) and info.get("dtype") in _ST_DTYPES and whole(info.get("shape"))
+                and whole(info.get("data_offsets"), 2) and info["data_offsets"][0] <= info["data_offsets"][1]):
+            raise RlcastError(f"{path}: corrupt safetensors header entry for tensor {name} "
+                              f"({reprlib.repr(info)})")
+        dtype, shape = _ST_DTYPES[info["dtype"]], tuple(info["shape"])
+        begin, end = (data + o for o in info["data_offsets"])
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != nbytes:
+            raise RlcastError(f"{path}: tensor {name} is corrupt ({end - begin} bytes for shape {list(shape)} "
+                              f"{info['dtype']}, which needs {nbytes})")
+        return dtype, shape, begin, end
 
     def view(self, name: str) -> torch.Tensor:
         """The tensor as a view of its own mapped pages (copy-on-write: the file is never modified).
@@ -75,6 +107,33 @@ class _SafetensorsFile:
             mm = mmap.mmap(f.fileno(), end - start, access=mmap.ACCESS_COPY, offset=start)
         return torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=begin - start).view(dtype).reshape(
             shape)
+
+
+def read_model_config(folder: Path) -> dict:
+    """The config.json of a Hugging Face model folder: missing or unreadable is a one-line error naming the folder
+    (transformers cannot load the folder, nor a model written from it, without one)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise RlcastError(f"{folder}: no config.json (not a Hugging Face model folder: transformers cannot load it, "
+                          "nor a model written from it)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+        raise RlcastError(f"{path}: unreadable model config ({reason})") from None
+    if not isinstance(config, dict):
+        raise RlcastError(f"{path}: unreadable model config (a JSON {type(config).__name__}, not an object)")
+    return config
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of a torch.load failure (weights_only=True names the refused global or opcode after a
+    paragraph of advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return f"refused a non-tensor object ({lines[i + 1]}); rlcast never unpickles code"
+    return lines[0][:200] if lines else type(err).__name__
 
 
 class TensorReader:
@@ -106,8 +165,11 @@ class TensorReader:
             if index.is_file():
                 try:
                     weight_map = json.loads(index.read_text())["weight_map"]
-                except (OSError, ValueError, KeyError, TypeError) as err:
-                    raise RlcastError(f"{index}: unreadable shard index ({err})") from None
+                    if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+                        raise ValueError("weight_map is not an object of file names")
+                except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+                    reason = "nested too deeply" if isinstance(err, RecursionError) else err
+                    raise RlcastError(f"{index}: unreadable shard index ({reason})") from None
                 files = list(dict.fromkeys(weight_map.values()))
                 missing = [f for f in files if not (self.folder / f).is_file()]
                 if missing:
@@ -131,18 +193,20 @@ class TensorReader:
     def _load_pickle(self, path: Path) -> dict:
         if path not in self._pickles:
             try:
-                try:
-                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as err:  # legacy (non-zip) pickles cannot be memory-mapped
-                    if "mmap" not in str(err):
-                        raise
-                    state = torch.load(path, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # a refused pickle also warns about its protocol: one line only
+                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                    try:
+                        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError as err:  # legacy (non-zip) pickles cannot be memory-mapped
+                        if "mmap" not in str(err):
+                            raise
+                        state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad input file
-                raise RlcastError(f"{path}: cannot load with torch.load(weights_only=True): "
-                                  f"{str(err).splitlines()[0]}") from None
+                raise RlcastError(f"{path}: cannot load with torch.load(weights_only=True): {_reason(err)}") from None
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items()):
                 raise RlcastError(f"{path}: not a state dict of tensors")
             self._pickles[path] = state
         return self._pickles[path]

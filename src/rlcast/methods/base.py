@@ -72,6 +72,7 @@ class Extrapolator:
                               f"has {n}")
         self.run_ = run
         self.reader_ = RunReader(run, None if device is None else resolve_device(device))
+        self.reader_.open(run.steps)  # a bad file of the window fails before the fit
         self.last_ = run.steps[-1]
         self.targets_ = self.reader_.selected(self.selection)
         self._fit()

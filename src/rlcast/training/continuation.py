@@ -55,6 +55,7 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
     folder `out` and return the fitted extrapolator. A method that takes a task (NExt, to choose its scale c on the
     train split) gets `task`, `task_args`, the target and the run's completion budget unless `params` sets them. `device` and `backend`: where the
     fit and the predicted tensors are computed (`Extrapolator.fit` / `predict`; default the CPU, one at a time)."""
+    run.base_config()  # the prediction copies it: a base without one fails now, named
     budget = run.manifest.completion_budget if run.manifest else None
     ex = make_extrapolator(method, progress=progress,
                            **with_task(method, dict(params or {}), task, task_args, target, budget))
