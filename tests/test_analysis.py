@@ -97,7 +97,7 @@ def _corrupt(kind: str, tmp_path):
     if kind == "nan":
         state[q][0, 0] = float("inf")
         save_file(state, ckpt / "model.safetensors")
-        return [tmp_path / "run", "--base", base], f"NaN/Inf in the delta of tensor {q} at step 10"
+        return [tmp_path / "run", "--base", base], f"NaN/Inf in tensor {q} at step 10"
     if kind == "truncated":
         save_file(state, ckpt / "model.safetensors")
         data = (ckpt / "model.safetensors").read_bytes()

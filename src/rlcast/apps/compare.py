@@ -162,8 +162,8 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
     real_steps = sorted(set([0] + used + [target]))
-    reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
     with connect(backend, ray_address, workers) as pool:  # before anything is evaluated: bad settings fail first
+        reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
         work = Path(tempfile.mkdtemp(prefix="rlcast-compare-"))
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)

@@ -138,10 +138,10 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    task = run_task(run, task)
-    run.base_config()  # the rank-k models copy it: a base without one fails now, named
-    RunReader(run).check([step])  # a corrupt file or NaN/Inf is named now, not scored without a word
     with connect(backend, ray_address, workers) as workers, tempfile.TemporaryDirectory(prefix="rlcast-dominance-") as tmp:
+        task = run_task(run, task)
+        run.base_config()  # the rank-k models copy it: a base without one fails now, named
+        RunReader(run).check([step])  # a corrupt file or NaN/Inf is named now, not scored without a word
         work = Path(models_dir) if models_dir else Path(tmp)
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)
