@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlcast.apps.analysis import analyze
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run, schedule, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -97,7 +97,7 @@ def _corrupt(kind: str, tmp_path):
     if kind == "nan":
         state[q][0, 0] = float("inf")
         save_file(state, ckpt / "model.safetensors")
-        return [tmp_path / "run", "--base", base], f"NaN/Inf in the delta of tensor {q} at step 10"
+        return [tmp_path / "run", "--base", base], f"NaN/Inf in tensor {q} at step 10"
     if kind == "truncated":
         save_file(state, ckpt / "model.safetensors")
         data = (ckpt / "model.safetensors").read_bytes()

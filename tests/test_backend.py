@@ -17,7 +17,9 @@ from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Backend, Compute, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.manifest import Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.methods import METHODS, make_extrapolator
 from rlcast.training.testbed import base_model
@@ -110,7 +112,8 @@ FAST = {"next": {"epochs": 5}}  # a few epochs: the MLPs' quality is not what is
 def test_every_method_predicts_the_same_tensors_on_ray(planted, method, ray_cluster):
     """The fitted estimator pickles to the Ray tasks (its fitted state with it) and they compute the local tensors."""
     run = load_run(planted)
-    run.manifest = {"base_accuracy": 0.2, "checkpoints": [{"step": s, "accuracy": 0.2 + 0.005 * s} for s in run.steps]}
+    run.manifest = Manifest.parse({"base_accuracy": 0.2,
+                                   "checkpoints": [{"step": s, "accuracy": 0.2 + 0.005 * s} for s in run.steps]})
     ex = make_extrapolator(method, **FAST.get(method, {})).fit(run, device="cpu")
     with connect("local", workers=2) as workers:
         local = list(ex.predict(40, workers))
@@ -134,7 +137,7 @@ def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster):
     """compare passes its backend to the methods' predictions: the models it evaluates are the local ones."""
     base = base_model(progress=False)
     run = load_run(planted_run(tmp_path / "run", steps=[10, 20], base=base), base=base)
-    run.manifest = {"task": "arith"}
+    run.manifest = Manifest(task="arith")
     rows = {}
     for backend in ("local", "ray"):
         result = compare(run, [0.5], methods=["weight-linear", "drift"], n_prompts=2, progress=False,

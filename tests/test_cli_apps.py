@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.writer import write_model
 from rlcast.training.testbed import base_model
 

@@ -74,7 +74,7 @@ def test_cli_names_are_the_registries(tmp_path):
     from typing import get_args
 
     from rlcast.core.backend import BACKENDS
-    from rlcast.io.checkpoints import SELECTIONS
+    from rlcast.io.selections import SELECTIONS
     from rlcast.methods import METHODS
     from rlcast.training.accelerate import AccelerateConfig
     from rlcast.training.continuation import OPTIMIZERS
@@ -202,7 +202,7 @@ def plus_run(tmp_path_factory):
     (run / "checkpoint-1").mkdir(parents=True)
     for f in base.iterdir():
         (run / "checkpoint-1" / f.name).symlink_to(f)
-    (run / "run.json").write_text(json.dumps({"format": 2, "base": str(base), "task": "arith",
+    (run / "run.json").write_text(json.dumps({"format": 2, "config": {}, "base": str(base), "task": "arith",
                                               "task_args": {"ops": "+"}, "checkpoints": [{"step": 1}]}))
     return run
 
@@ -228,8 +228,9 @@ def test_every_scoring_command_takes_task_arguments():
 
 def test_run_task_spec_keeps_the_runs_arguments_unless_told_otherwise():
     from rlcast.evaluation.tasks import run_task_spec, task_variant
+    from rlcast.io.manifest import Manifest
 
-    manifest = {"task": "arith", "task_args": {"ops": "+"}}
+    manifest = Manifest(task="arith", task_args={"ops": "+"})
     assert run_task_spec(manifest) == run_task_spec(manifest, "arith") == ("arith", {"ops": "+"})
     assert run_task_spec(manifest, None, {"ops": "-"}) == ("arith", {"ops": "-"})
     assert run_task_spec(manifest, "rg:chain_sum") == ("rg:chain_sum", {})
@@ -256,10 +257,11 @@ def test_continue_without_optimizer_state_names_the_fresh_optimizer(run_cli, tmp
 def test_progress_counts_the_steps_this_invocation_runs():
     from transformers import TrainerState
 
+    from rlcast.io.manifest import Manifest
     from rlcast.training.runs import RichProgress
 
     bar = Progress(disable=True)
-    progress = RichProgress(bar, "GRPO", {"checkpoints": [], "base_accuracy": 0.5}, total=70)
+    progress = RichProgress(bar, "GRPO", Manifest(base_accuracy=0.5), total=70)
     progress.on_train_begin(None, TrainerState(global_step=60), None)
     progress.on_step_end(None, TrainerState(global_step=63), None)
     task = bar.tasks[0]

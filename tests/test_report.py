@@ -31,7 +31,7 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path):
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report
 
     out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False, cache_dir=cache)
@@ -46,7 +46,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
 
 
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report, results_dir
 
     from rlcast.apps.dominance import DominanceResult, recovery

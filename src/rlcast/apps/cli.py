@@ -132,7 +132,7 @@ def _unknown_method(name: str, option: str) -> typer.BadParameter:
 
 def _open_run(run: Path | None, base: Path | None = None, checkpoints: dict | None = None):
     """`load_run`; when a folder holds no run, its error also names the runs inside it or the run it belongs to."""
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
 
     try:
         return load_run(run, base=base, checkpoints=checkpoints)
@@ -145,7 +145,7 @@ def _open_run(run: Path | None, base: Path | None = None, checkpoints: dict | No
 
 def _runs_near(folder: Path, base: Path | None) -> str | None:
     """Where the runs are, when `folder` is not one: the run whose checkpoint it is, or the runs inside it."""
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
 
     def run_at(path: Path):
         try:
@@ -166,17 +166,18 @@ def _runs_near(folder: Path, base: Path | None) -> str | None:
     return None
 
 
-def _manifest_near(model: Path) -> tuple[Path | None, dict | None]:
-    """(run folder, its run.json) when `model` is a folder inside an rlcast run; (None, None) otherwise."""
+def _manifest_near(model: Path):
+    """(run folder, its Manifest) when `model` is a folder inside an rlcast run; (None, None) otherwise."""
+    from rlcast.io.manifest import Manifest
+
     run = model.resolve().parent
     path = run / "run.json"
     if not path.is_file():
         return None, None
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise RlcastError(f"{path}: unreadable run manifest ({err}); pass --task and --task-arg") from None
-    return run, manifest if isinstance(manifest, dict) else None
+        return run, Manifest.read(path)
+    except RlcastError as err:
+        raise RlcastError(f"{err}; pass --task and --task-arg") from None
 
 
 # --- commands (each owns its section; keep heavy imports inside the function) ---
@@ -414,10 +415,10 @@ def dynamics_cmd(
                              settings=settings(full, task, n_prompts, selection, task_args=task_args), run=full, force=force,
                              option="--json FILE")
     result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection, task_args=task_args)
-    manifest = full.manifest or {}
+    manifest = full.manifest
     source = result.accuracy_source
     if source == "manifest":
-        source = f"run.json ({task_variant(manifest['task'], manifest.get('task_args'))})" if manifest.get("task") \
+        source = f"run.json ({task_variant(manifest.task, manifest.task_args)})" if manifest and manifest.task \
             else "run.json"
     table = Table(title=f"rank-1 dynamics by module type ({len(result.modules)} modules, {len(result.steps)} "
                         f"checkpoints, held-out fits on the first {result.holdout_fit}; accuracies: {source})")
@@ -489,8 +490,9 @@ def eval_cmd(
         if not model.exists():
             raise RlcastError(f"{model}: no such model folder or file")
         if (model / "run.json").is_file():
-            steps = [f"checkpoint-{c['step']}" for c in json.loads((model / "run.json").read_text()).get(
-                "checkpoints", []) if isinstance(c, dict) and "step" in c]
+            from rlcast.io.manifest import Manifest
+
+            steps = [f"checkpoint-{c.step}" for c in Manifest.read(model / "run.json").checkpoints]
             raise RlcastError(f"{model}: a run folder; eval scores one model: give one of its checkpoints "
                               f"({', '.join(steps) or 'none recorded yet'})")
         run, manifest = _manifest_near(model)
@@ -505,7 +507,7 @@ def eval_cmd(
         model = base_model(str(model).partition(":")[2] or "arith")
     given_args = _task_args(task_arg)
     spec, args = run_task_spec(manifest, task, given_args)
-    inherited = manifest is not None and spec == manifest.get("task") and given_args is None
+    inherited = manifest is not None and spec == manifest.task and given_args is None
     task_obj = get_task(spec or "arith", args)
     record = output_record("eval", {"model": str(Path(model).resolve()), "task": task_obj.name,
                                     "task_args": task_obj.args, "n_prompts": n_prompts, "samples": samples,
@@ -576,6 +578,7 @@ def train_cmd(
     import dataclasses
 
     from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.io.manifest import Manifest
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
     from rlcast.training.runs import preset as named_preset
     from rlcast.training.support import parse_overrides
@@ -620,10 +623,10 @@ def train_cmd(
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
     path = train(out, config, callbacks=callbacks, resume=resume)
-    manifest = json.loads((path / "run.json").read_text())
-    last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
-    console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
-                  + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+    manifest = Manifest.read(path / "run.json")
+    last = manifest.checkpoints[-1] if manifest.checkpoints else None
+    console.print(f"[green]wrote[/] {path}: base accuracy {manifest.base_accuracy:.3f}"
+                  + (f", step {last.step} accuracy {last.accuracy:.3f}" if last else ""), highlight=False)
     if accelerate == "jumps":
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
@@ -658,8 +661,9 @@ def continue_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
-    from rlcast.apps.demo import curve
+    from rlcast.evaluation.curves import curve
     from rlcast.evaluation.tasks import parse_task_args, task_variant
+    from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from
 
     params = parse_task_args(param, "--param")
@@ -668,9 +672,9 @@ def continue_cmd(
     path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,
                          optimizer=optimizer, resume=resume)
     acc, plain = curve(path), curve(Path(run))
-    manifest = json.loads((path / "run.json").read_text())
+    manifest = Manifest.read(path / "run.json")
     end = max(acc)
-    console.print(f"[green]wrote[/] {path}: {task_variant(manifest['task'], manifest.get('task_args'))} accuracy "
+    console.print(f"[green]wrote[/] {path}: {task_variant(manifest.task, manifest.task_args)} accuracy "
                   f"{acc[at]:.3f} at step {at} (start weights), {acc[end]:.3f} at step {end}"
                   + (f"; the plain run: {plain[end]:.3f} at step {end}" if end in plain else "")
                   + f", {plain[max(plain)]:.3f} at step {max(plain)}", highlight=False)

@@ -28,7 +28,8 @@ from rlcast.core.backend import Backend, Compute
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts, evaluate
 from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
-from rlcast.io.checkpoints import Run, RunReader
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
 from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
                               write_json_atomic, write_model)
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
@@ -171,12 +172,12 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
         raise RlcastError(f"parameters for {', '.join(map(repr, stray))}: not among the compared methods "
                           f"({', '.join(specs)})")
     params = {m: dict((params or {}).get(m, {})) for m in specs}
-    manifest = run.manifest or {}
-    task, task_args = run_task_spec(manifest, task, task_args)
+    task, task_args = run_task_spec(run.manifest, task, task_args)
     if not task:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
     target = resolve_target(run, target)
-    budget = (manifest.get("config") or {}).get("max_completion_length")  # the completions the run trained on
+    run.base_config()  # every model evaluated copies it: a base without one fails now, named
+    budget = run.manifest.completion_budget if run.manifest else None  # the completions the run trained on
     for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
         params[label] = with_task(spec, params[label], task, task_args, target, budget)
         make_extrapolator(spec, **params[label])  # unknown or bad parameters fail now, not inside a row
@@ -188,12 +189,13 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
                         cutoffs=used, params=params, task_args=task_args, settings=given)
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
+    real_steps = sorted(set([0] + used + [target]))
     # before anything is evaluated: bad settings fail first
     with compute.open() as (where, pool), scratch_dir("compare") as work:
+        reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
         if keep is not None:
             claim_folder(keep, output_record("compare"))
         evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
-        real_steps = sorted(set([0] + used + [target]))
         console = Console(stderr=True)  # transient bar: nothing left behind in a log file
         with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
             job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))

@@ -30,7 +30,8 @@ from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
 from rlcast.evaluation.tasks import task_variant
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
-from rlcast.io.checkpoints import RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import check_selection
 from rlcast.io.writer import check_output, claim_folder, output_record, scratch_dir, write_json_atomic, write_model
 
 
@@ -148,7 +149,8 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
     task unless `task` / `task_args` say otherwise.
 
     Bad settings (selection, ranks, prompts, task, device, an unreachable Ray cluster) fail before anything is scored
-    or written; so does a `models_dir` that rlcast dominance did not write (unless `force`) or that holds an input.
+    or written; so do bad inputs (a base without config.json, corrupt files, NaN/Inf in the base or the checkpoint)
+    and a `models_dir` that rlcast dominance did not write (unless `force`) or that holds an input.
     """
     check_selection(selection)
     check_prompts(n_prompts)
@@ -163,6 +165,8 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
         check_output(models_dir, "dominance", folder=True, run=run, force=force, option="--keep-models DIR")
     task = run_task(run, task, task_args)
     with compute.open() as (where, workers), scratch_dir("dominance") as tmp:
+        run.base_config()  # the rank-k models copy it: a base without one fails now, named
+        RunReader(run).check([step])  # a corrupt file or NaN/Inf is named now, not scored without a word
         work = claim_folder(models_dir, output_record("dominance")) if models_dir else tmp
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)

@@ -30,7 +30,8 @@ from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import output_record, write_json_atomic
 from rlcast.methods.alpharl import pls_r2, rank1_path
 from rlcast.methods.relex import temporal_explained

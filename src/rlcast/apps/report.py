@@ -22,7 +22,9 @@ from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import task_variant
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.manifest import Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
@@ -250,12 +252,12 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     modules = [m for m in dyn["modules"] if m["name"] in traj.modules]
     accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
 
-    manifest = run.manifest or {}
+    manifest = run.manifest or Manifest()
+    lora = manifest.lora if manifest.lora is not None else any(c.kind == "lora" for c in run.checkpoints)
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
-            {"field": "algorithm", "value": manifest.get("algo", "?")},
-            {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
-            {"field": "task", "value": task_variant(manifest["task"], manifest.get("task_args"))
-             if manifest.get("task") else task or "?"},
+            {"field": "algorithm", "value": manifest.algo or "?"},
+            {"field": "LoRA", "value": lora},
+            {"field": "task", "value": task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},

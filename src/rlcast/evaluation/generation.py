@@ -20,14 +20,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.intervals import bootstrap, wilson
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
+from rlcast.io.lora import read_adapter_config
+from rlcast.io.tensors import WEIGHT_FILES, TensorReader, read_model_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a prompt prefix once saves less than it costs
 
 
 def load_model(path, dtype=None):
-    """(model, tokenizer) from an HF folder, a PEFT adapter folder (merged onto its base) or a .gguf file."""
+    """(model, tokenizer) from an HF folder, a PEFT adapter folder (merged onto its base) or a .gguf file.
+
+    A folder's config and weight files are checked by rlcast's own reader first (headers, sizes, pickles with
+    weights_only=True), so a corrupt or hostile file is a one-line error naming it, not a library traceback."""
     path = Path(path)
     dtype = dtype or torch.float32
     if path.suffix == ".gguf":
@@ -50,14 +54,15 @@ def load_model(path, dtype=None):
                               "loaded without its base model")
         base = Path(name).expanduser()
         base = base if base.is_absolute() or base.exists() else path / base
+        TensorReader(path)
         model, tok = load_model(base, dtype)
         return PeftModel.from_pretrained(model, path).merge_and_unload().eval(), tok
-    if not (path / "config.json").exists():
-        raise RlcastError(f"{path}: no config.json (not a Hugging Face model folder)")
+    read_model_config(path)
     if not any((path / f).exists() for f in WEIGHT_FILES):
         raise RlcastError(f"{path}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         raise RlcastError(f"{path}: no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
+    TensorReader(path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval(), tok

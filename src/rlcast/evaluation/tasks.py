@@ -21,6 +21,7 @@ from math_verify import parse, verify
 from reasoning_gym.factory import DATASETS
 
 from rlcast.errors import RlcastError
+from rlcast.io.manifest import Manifest
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -241,14 +242,14 @@ def task_variant(spec: str, args: dict | None) -> str:
     return f"{spec} ({shown})" if shown else spec
 
 
-def run_task_spec(manifest: dict | None, task: str | None = None, args: dict | None = None) -> tuple[str | None, dict]:
+def run_task_spec(manifest: Manifest | None, task: str | None = None,
+                  args: dict | None = None) -> tuple[str | None, dict]:
     """(task, arguments) to score a run's models on: the run's own (its run.json `manifest`) unless told otherwise.
 
     No `task`: the run's task, with `args` when given, else the run's arguments. The run's task named again: its
     arguments unless `args` are given. Another task: `args` (or none). (None, {}) when neither names a task.
     """
-    manifest = manifest or {}
-    own, own_args = manifest.get("task"), dict(manifest.get("task_args") or {})
+    own, own_args = (manifest.task, dict(manifest.task_args)) if manifest is not None else (None, {})
     if task is None or task == own:
         return own, dict(args) if args is not None else own_args
     return task, dict(args or {})

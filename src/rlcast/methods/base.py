@@ -34,7 +34,9 @@ from rich.progress import Progress
 
 from rlcast.core.backend import Backend, Compute, map_tensors, resolve_device
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import Run, RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.selections import check_selection
 from rlcast.io.writer import check_output, output_record, write_model
 
 CPU = torch.device("cpu")
@@ -75,6 +77,7 @@ class Extrapolator:
                               f"has {n}")
         self.run_ = run
         self.reader_ = RunReader(run, None if device is None else resolve_device(device))
+        self.reader_.open(run.steps)  # a bad file of the window fails before the fit
         self.last_ = run.steps[-1]
         self.targets_ = self.reader_.selected(self.selection)
         self._fit()
@@ -209,7 +212,8 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
     label = method if isinstance(method, str) else method.label()
     record = output_record("extrapolate", {"run": str(run.root or run.base), "method": label, "until": until,
                                            "target": target, "params": params or {}})
-    budget = ((run.manifest or {}).get("config") or {}).get("max_completion_length")
+    run.base_config()  # the prediction copies it: a base without one fails now, named
+    budget = run.manifest.completion_budget if run.manifest else None
     ex = make_extrapolator(method, progress=progress,
                            **with_task(method, dict(params or {}), task, task_args, target, budget))
     check_output(out, "extrapolate", folder=True, run=run, force=force)

@@ -21,7 +21,6 @@ length (the GRPO paper), `dr-grpo` by a constant and without dividing advantages
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
 import warnings
@@ -40,11 +39,10 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFT
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import atomic_folder, check_output, claim_folder, output_record, write_json_atomic
+from rlcast.io.manifest import FORMAT, Entry, Manifest
+from rlcast.io.writer import atomic_folder, check_output, claim_folder, output_record
 from rlcast.training.support import config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
-
-FORMAT_VERSION = 2  # run.json layout; 1 (no "format" key) stored loose "hparams" instead of the config
 
 # algorithm -> the TRL loss fields it sets (GRPOConfig for the GRPO family)
 ALGOS: dict[str, dict] = {
@@ -192,22 +190,18 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-def read_manifest(out: Path, action: str = "resume") -> tuple[dict, TrainConfig]:
+def read_manifest(out: Path, action: str = "resume") -> tuple[Manifest, TrainConfig]:
     """run.json of the run in `out` and its config; a missing, unreadable or older-format file is a one-line error
     saying what cannot be done (`action`: resume, continue)."""
     path = Path(out) / "run.json"
     if not path.exists():
         raise RlcastError(f"{out}: nothing to {action} (no run.json)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RlcastError(f"{path}: unreadable ({err}); cannot {action} this run") from None
-    found = manifest.get("format", 1) if isinstance(manifest, dict) else None
-    if found != FORMAT_VERSION or not isinstance(manifest.get("config"), dict):
-        raise RlcastError(f"{path}: run.json format {found}, this rlcast {action}s format {FORMAT_VERSION} only "
+    manifest = Manifest.read(path)
+    if manifest.format != FORMAT:
+        raise RlcastError(f"{path}: run.json format {manifest.format}, this rlcast {action}s format {FORMAT} only "
                           f"(written by an older rlcast?)" + ("; start a new run in another folder"
                                                                if action == "resume" else ""))
-    return manifest, config_from_dict(TrainConfig, manifest["config"], str(path))
+    return manifest, config_from_dict(TrainConfig, manifest.config, str(path))
 
 
 def _checkpoints(out: Path) -> list[int]:
@@ -224,7 +218,7 @@ class ManifestCallback(TrainerCallback):
     its gate); `generation_batches=None` for SFT.
     """
 
-    def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool,
+    def __init__(self, out: Path, manifest: Manifest, task, tokenizer, eval_prompts: int, progress: bool,
                  keep_optimizer: str = "last", generation_batches: int | None = None):
         self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
         self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
@@ -238,15 +232,9 @@ class ManifestCallback(TrainerCallback):
         with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
             result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
         rewards = [h["reward"] for h in state.log_history if "reward" in h]
-        entry = {"step": step, "path": f"checkpoint-{step}", "accuracy": result.accuracy,
-                 "ci": [result.ci_low, result.ci_high]}
-        if rewards:
-            entry["train_reward"] = rewards[-1]
-        if self.generation_batches is not None:
-            entry["generation_batches"] = self.generation_batches
-        done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
-        self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
-        write_json_atomic(self.out / "run.json", self.manifest)
+        self.manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
+                                   rewards[-1] if rewards else None, self.generation_batches))
+        self.manifest.write(self.out / "run.json")
         for older in _checkpoints(self.out) if self.keep_optimizer == "last" else ():
             if older < step:
                 for name in ("optimizer.pt", "scheduler.pt"):
@@ -263,7 +251,7 @@ class RichProgress(TrainerCallback):
     in the label). Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
     """
 
-    def __init__(self, bar: Progress, label: str, manifest: dict, total: int):
+    def __init__(self, bar: Progress, label: str, manifest: Manifest, total: int):
         self.bar, self.label, self.manifest, self.total = bar, label, manifest, total
         self.job, self.metric, self.start = None, "", 0
 
@@ -286,8 +274,8 @@ class RichProgress(TrainerCallback):
         self.bar.update(self.job, description=self.describe())
 
     def describe(self) -> str:
-        done = self.manifest["checkpoints"]
-        held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {self.manifest['base_accuracy']:.3f}"
+        done = self.manifest.checkpoints
+        held_out = f"held-out {done[-1].accuracy:.3f}" if done else f"base {self.manifest.base_accuracy:.3f}"
         return " | ".join(x for x in (self.label, self.metric, held_out) if x)
 
 
@@ -399,15 +387,16 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
                        callbacks=callbacks, peft_config=peft_config)
 
 
-def _generations_before(manifest: dict, config: TrainConfig, done: list[int], resume: bool) -> int | None:
+def _generations_before(manifest: Manifest | None, config: TrainConfig, done: list[int], resume: bool) -> int | None:
     """Generation batches before this (RL) training starts: 0, or on resume the count recorded at the checkpoint it
     resumes from (a plain run's ceil(step / num_iterations) when that entry predates the count)."""
     if config.kind != "rl":
         return None
     if not (resume and done):
         return 0
-    entry = next((c for c in manifest["checkpoints"] if c["step"] == done[-1]), {})
-    return entry.get("generation_batches", -(-done[-1] // config.num_iterations))
+    entry = next((c for c in manifest.checkpoints if c.step == done[-1]), None)
+    recorded = entry.generation_batches if entry is not None else None
+    return recorded if recorded is not None else -(-done[-1] // config.num_iterations)
 
 
 def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
@@ -428,17 +417,17 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         tokenizer.pad_token = tokenizer.eos_token
 
     if manifest is not None:
-        manifest.update(status="running", config=config.to_json())
+        manifest.status, manifest.config = "running", config.to_json()
     else:
         if progress:
             Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.variant} "
                                        f"prompts", highlight=False)
         base_result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=progress)
-        manifest = {"format": FORMAT_VERSION, "config": config.to_json(), "base": str(base), "task": task.name,
-                    "task_args": dict(config.task_args), "algo": config.algo, "eval": "greedy, test split",
-                    "base_accuracy": base_result.accuracy, "base_ci": [base_result.ci_low, base_result.ci_high],
-                    "checkpoints": [], "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(out / "run.json", manifest)
+        manifest = Manifest(config=config.to_json(), base=str(base), task=task.name, task_args=dict(config.task_args),
+                            algo=config.algo, eval="greedy, test split", base_accuracy=base_result.accuracy,
+                            base_ci=[base_result.ci_low, base_result.ci_high], status="running",
+                            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.write(out / "run.json")
 
     set_seed(config.seed)
     done = _checkpoints(out)
@@ -457,6 +446,6 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{done[-1]}") if resume and done else None)
-    manifest.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json_atomic(out / "run.json", manifest)
+    manifest.status, manifest.finished = "finished", time.strftime("%Y-%m-%dT%H:%M:%S")
+    manifest.write(out / "run.json")
     return out
