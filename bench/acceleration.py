@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from rlcast.apps.demo import steps_to
+from rlcast.evaluation.curves import steps_to
 from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.lookahead import LOOKAHEAD

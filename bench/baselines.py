@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlcast.apps.demo import curve, outcome
+from rlcast.evaluation.curves import curve, outcome
 from rlcast.training.runs import preset, train
 
 

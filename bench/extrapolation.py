@@ -35,7 +35,7 @@ from common import (Results, add_out, add_preset, add_seeds, console, finished, 
                     quiet_transformers, spread, train_config)
 from rlcast.apps.compare import compare
 from rlcast.evaluation.curves import curve
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.training.continuation import continue_from
 
 DURATION = "~30-40 min per seed on 2 CPU cores (steady: 300 steps, 6 methods x 2 cutoffs, each continued)"

@@ -56,7 +56,8 @@ from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import TensorReader, load_run
+from rlcast.io.runs import load_run
+from rlcast.io.tensors import TensorReader
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import atomic_folder, write_model
 from rlcast.methods import make_extrapolator

@@ -32,7 +32,8 @@ from common import Results, add_out, new_parser, progress, quiet_transformers
 from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task, parse_task_args
-from rlcast.io.checkpoints import TensorReader, load_run
+from rlcast.io.runs import load_run
+from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import write_model
 from rlcast.methods import make_extrapolator
 

@@ -20,7 +20,7 @@ import torch
 
 from common import Results, add_out, new_parser, quiet_transformers
 from rlcast.apps.compare import cutoff_steps
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.methods import make_extrapolator
 
 DURATION = "~25 min per cutoff on 2 CPU cores (the smollm2 run, both budgets; the run's budget alone: ~2-4 min)"
@@ -40,8 +40,8 @@ def main() -> None:
     quiet_transformers()
     results = Results(__file__, args)
     run = load_run(args.run)
-    manifest = run.manifest or {}
-    budget = manifest["config"]["max_completion_length"]
+    task, task_args = run.manifest.task_spec()
+    budget = run.manifest.completion_budget
     target = run.steps[-1]
     budgets = [(label, tokens) for label, tokens in (("task", None), ("run", budget))
                if label in args.budgets.split(",")]
@@ -51,7 +51,7 @@ def main() -> None:
         chosen = {}
         for label, tokens in budgets:
             start = time.perf_counter()
-            ex = make_extrapolator("next", task=manifest["task"], task_args=manifest.get("task_args") or None,
+            ex = make_extrapolator("next", task=task, task_args=task_args,
                                    target_step=target, max_new_tokens=tokens).fit(run.window(cutoff))
             seconds = time.perf_counter() - start
             totals[label] += seconds

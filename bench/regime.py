@@ -35,7 +35,8 @@ from rlcast.core.numerics import inner
 from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 
 DURATION = "~5 min per seed on 2 CPU cores (steady, 3 seeds by default); --model smollm2: ~75 min"
 METRICS = ("greedy", "sampled")

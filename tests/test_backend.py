@@ -14,10 +14,12 @@ from safetensors import safe_open
 from rlcast.apps.analysis import analyze
 from rlcast.apps.compare import compare
 from rlcast.apps.dominance import write_rank_k
-from rlcast.core.backend import Backend, connect, map_tensors, resolve_device
+from rlcast.core.backend import Backend, Compute, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.manifest import Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.methods import METHODS, make_extrapolator
 from rlcast.training.testbed import base_model
@@ -91,9 +93,10 @@ def test_run_reader_pickles_as_its_run(planted):
 
 def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
     run = load_run(planted)
-    local = analyze(run, rank=2, selection="all", cache_dir=tmp_path / "local", progress=False, device="cpu")
-    remote = analyze(run, rank=2, selection="all", cache_dir=tmp_path / "ray", progress=False, device="cpu",
-                     backend="ray")
+    local = analyze(run, rank=2, selection="all", cache_dir=tmp_path / "local", progress=False,
+                    compute=Compute(device="cpu"))
+    remote = analyze(run, rank=2, selection="all", cache_dir=tmp_path / "ray", progress=False,
+                     compute=Compute(device="cpu", backend="ray"))
     assert {e["method"] for m in local.modules.values() for e in m["steps"].values()} >= {"fast", "vector"}
     assert json.dumps(remote.to_dict()) == json.dumps(local.to_dict())
     for backend in ("local", "ray"):
@@ -109,7 +112,8 @@ FAST = {"next": {"epochs": 5}}  # a few epochs: the MLPs' quality is not what is
 def test_every_method_predicts_the_same_tensors_on_ray(planted, method, ray_cluster):
     """The fitted estimator pickles to the Ray tasks (its fitted state with it) and they compute the local tensors."""
     run = load_run(planted)
-    run.manifest = {"base_accuracy": 0.2, "checkpoints": [{"step": s, "accuracy": 0.2 + 0.005 * s} for s in run.steps]}
+    run.manifest = Manifest.parse({"base_accuracy": 0.2,
+                                   "checkpoints": [{"step": s, "accuracy": 0.2 + 0.005 * s} for s in run.steps]})
     ex = make_extrapolator(method, **FAST.get(method, {})).fit(run, device="cpu")
     with connect("local", workers=2) as workers:
         local = list(ex.predict(40, workers))
@@ -133,11 +137,11 @@ def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster):
     """compare passes its backend to the methods' predictions: the models it evaluates are the local ones."""
     base = base_model(progress=False)
     run = load_run(planted_run(tmp_path / "run", steps=[10, 20], base=base), base=base)
-    run.manifest = {"task": "arith"}
+    run.manifest = Manifest(task="arith")
     rows = {}
     for backend in ("local", "ray"):
         result = compare(run, [0.5], methods=["weight-linear", "drift"], n_prompts=2, progress=False,
-                         keep=tmp_path / backend, device="cpu", backend=backend)
+                         keep=tmp_path / backend, compute=Compute(device="cpu", backend=backend))
         rows[backend] = [(r.method, r.cutoff, r.accuracy, r.reason) for r in result.rows]
     assert rows["ray"] == rows["local"] and all(reason is None for *_, reason in rows["local"])
     for model in ("weight-linear-10", "drift-10"):
@@ -153,14 +157,14 @@ def test_ray_task_errors_are_one_line(planted, ray_cluster):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--backend", "ray", "--ray-address", UNREACHABLE], f"--ray-address {UNREACHABLE}: no Ray cluster reachable"),
-    (["--backend", "spark"], "--backend 'spark': expected local or ray"),
     (["--device", "cuda"], "--device cuda: no CUDA device here"),
 ])
 def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_cli, args, fragment):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
     for command in (["analyze", planted, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"],
-                    ["dominance", planted, "--json", tmp_path / "out" / "d.json", "--keep-models", tmp_path / "m"],
+                    ["dominance", planted, "--task", "arith", "--json", tmp_path / "out" / "d.json", "--keep-models",
+                     tmp_path / "m"],
                     ["extrapolate", planted, "--method", "relex", "--until", "20", "--target", "40", "--out",
                      tmp_path / "out"],
                     ["compare", planted, "--task", "arith", "--out", tmp_path / "out", "--keep"]):
@@ -168,3 +172,8 @@ def test_cli_settings_fail_in_one_line_before_any_output(planted, tmp_path, run_
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
         assert not any(tmp_path.iterdir())
+
+
+def test_cli_backend_name_is_a_usage_error(planted, run_cli):
+    code, _, err = run_cli("analyze", planted, "--backend", "spark")
+    assert code == 2 and "'spark' is not one of 'local', 'ray'" in err and "Usage:" in err

@@ -8,7 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlcast.io.checkpoints import (LowRankDelta, RunReader, TensorReader, layer_of, load_run, select_names)
+from rlcast.io.lora import LowRankDelta
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
+from rlcast.io.selections import layer_of, select_names
+from rlcast.io.tensors import TensorReader
 from rlcast.errors import RlcastError
 from rlcast.io.synthetic import planted_run, tiny_llama
 
@@ -106,7 +110,7 @@ def test_manifest(trl_run, tmp_path):
     run = load_run(root)
     assert run.steps == [20, 40]  # the manifest lists the run, checkpoint-100 is not part of it
     assert run.accuracy == {0: 0.1, 20: 0.2, 40: 0.3}
-    assert run.manifest["base_accuracy"] == 0.1
+    assert run.manifest.base_accuracy == 0.1 and run.manifest.format == 1
 
 
 def test_sharded_half_precision_and_bin(tmp_path):
@@ -257,7 +261,7 @@ def test_nan_delta(one_ckpt):
     save_file(state, ckpt / "model.safetensors")
     reader = RunReader(load_run(ckpt.parent, base=base))
     reader.delta(10, Q)  # other tensors are fine
-    with pytest.raises(RlcastError, match=f"checkpoint-10/model.safetensors: NaN/Inf in the delta of tensor {UP}"):
+    with pytest.raises(RlcastError, match=f"checkpoint-10/model.safetensors: NaN/Inf in tensor {UP} at step 10"):
         reader.delta(10, UP)
 
 
@@ -266,7 +270,7 @@ def test_truncated_and_corrupt_safetensors(one_ckpt):
     save_file(state, ckpt / "model.safetensors")
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[:-100])
-    with pytest.raises(RlcastError, match="model.safetensors: tensor .* is truncated or corrupt"):
+    with pytest.raises(RlcastError, match="model.safetensors: tensor .* is truncated"):
         TensorReader(ckpt)
     (ckpt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(RlcastError, match="model.safetensors: corrupt or truncated safetensors file"):
@@ -309,3 +313,63 @@ def test_select_names():
     assert select_names(names, shapes, "all") == names
     with pytest.raises(RlcastError, match="unknown module selection 'attn'"):
         select_names(names, shapes, "attn")
+
+
+def _header(path: Path, header, data: bytes = b"", length: int | None = None) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes((len(raw) if length is None else length).to_bytes(8, "little") + raw + data)
+
+
+@pytest.mark.parametrize("header, data, message", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(12),
+     "the header describes 8 bytes of data, the file holds 12"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8), "overlapping or corrupt header"),
+    ({"a": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}}, bytes(8),
+     "corrupt safetensors header entry for tensor a"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [8, 0]}}, b"", "corrupt safetensors header entry"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), "corrupt safetensors header entry"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8),
+     "tensor a is corrupt (8 bytes for shape [3] F32, which needs 12)"),
+    ({"a": [1]}, b"", "corrupt safetensors header entry for tensor a"),
+])
+def test_safetensors_headers_must_tile_the_file(tmp_path, header, data, message):
+    """What the safetensors library refuses, rlcast refuses first, naming the file (and the tensor)."""
+    path = tmp_path / "model.safetensors"
+    _header(path, header, data)
+    with pytest.raises(RlcastError) as err:
+        TensorReader(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_a_header_above_the_safetensors_limit_is_not_read(tmp_path):
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as f:  # sparse: 300 MB on paper, nothing on disk
+        f.write((200_000_000).to_bytes(8, "little"))
+        f.truncate(300_000_000)
+    with pytest.raises(RlcastError, match="header length 200000000 is above the safetensors limit"):
+        TensorReader(path)
+
+
+def test_bad_shard_index_and_pickles(one_ckpt):
+    base, ckpt, state = one_ckpt
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    with pytest.raises(RlcastError, match="index.json: unreadable shard index .weight_map is not an object"):
+        TensorReader(ckpt)
+    (ckpt / "model.safetensors.index.json").unlink()
+    torch.save({1: torch.ones(2)}, ckpt / "pytorch_model.bin")
+    with pytest.raises(RlcastError, match="pytorch_model.bin: not a state dict of tensors"):
+        TensorReader(ckpt)
+
+
+def test_check_reads_every_tensor_and_names_the_culprit(one_ckpt):
+    base, ckpt, state = one_ckpt
+    save_file(state, ckpt / "model.safetensors")
+    RunReader(load_run(ckpt.parent, base=base)).check([10])  # finite: no error
+    bad = dict(state)
+    bad["model.norm.weight"] = state["model.norm.weight"].clone()
+    bad["model.norm.weight"][0] = float("-inf")
+    save_file(bad, ckpt / "model.safetensors")
+    with pytest.raises(RlcastError, match="checkpoint-10/model.safetensors: NaN/Inf in tensor model.norm.weight at "
+                                          "step 10"):
+        RunReader(load_run(ckpt.parent, base=base)).check([10])

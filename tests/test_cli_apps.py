@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from rlcast.io.checkpoints import RunReader, load_run
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.writer import write_model
 from rlcast.training.testbed import base_model
 
@@ -56,10 +57,11 @@ def _one_line_error(result, *words):
 
 def test_dominance_then_report_through_the_cli(run_root, tmp_path):
     out = tmp_path / "dominance.json"
-    done = _run("dominance", run_root, "--ranks", "1", "--n-prompts", "24", "--json", out)
+    done = _run("dominance", run_root, "--ranks", "1", "--n-prompts", "24", "--json", out, "--task-arg", "ops=+")
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
     assert [r["k"] for r in data["recovery"]] == [1] and data["n_prompts"] == 24
+    assert data["task_args"] == {"ops": "+"} and "arith (ops=+)" in done.stdout  # the variant scored, named
     assert len(data["base"]["per_prompt"]) == 24 and "rank-1" in done.stdout
     # the report reads the saved dominance.json from RUN/rlcast/
     (run_root / "rlcast").mkdir(exist_ok=True)
@@ -74,7 +76,8 @@ def test_dominance_then_report_through_the_cli(run_root, tmp_path):
 def test_bad_selection_fails_before_any_evaluation(run_root, tmp_path):
     start = time.time()
     bad = _run("dominance", run_root, "--selection", "typo", "--json", tmp_path / "d.json")
-    _one_line_error(bad, "typo", "blocks")
+    assert bad.returncode == 2 and "Usage:" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert "'typo' is not one of" in bad.stderr and "'blocks'" in bad.stderr
     assert not (tmp_path / "d.json").exists() and time.time() - start < 30
 
 
@@ -96,3 +99,10 @@ def test_adapter_without_base_name_is_one_line(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     _one_line_error(_run("analyze", tmp_path / "run"), "base model not found", "--base")
     _one_line_error(_run("eval", adapter, "-n", "2"), "base_model_name_or_path")
+
+
+def test_dynamics_scores_the_task_variant_it_is_given(run_root, tmp_path):
+    out = tmp_path / "dynamics.json"
+    done = _run("dynamics", run_root, "--task-arg", "ops=-", "--n-prompts", "4", "--json", out)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["accuracy_source"] == "task:arith (ops=-)" and "arith (ops=-)" in done.stdout

@@ -9,9 +9,11 @@ from safetensors.torch import load_file
 
 from rlcast.apps.analysis import analyze
 from rlcast.apps.dominance import write_rank_k
-from rlcast.core.backend import resolve_device
+from rlcast.core.backend import Compute, resolve_device
 from rlcast.core.spectra import top_k
-from rlcast.io.checkpoints import LowRankDelta, RunReader, load_run
+from rlcast.io.lora import LowRankDelta
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -55,7 +57,8 @@ def test_spectra_on_cuda_match_the_cpu(shape, sigmas):
 
 def test_analysis_and_rank_k_on_cuda_match_the_cpu(planted, tmp_path):
     run = load_run(planted)
-    results = {d: analyze(run, rank=2, selection="all", cache_dir=tmp_path / d, progress=False, device=d).to_dict()
+    results = {d: analyze(run, rank=2, selection="all", cache_dir=tmp_path / d, progress=False,
+                         compute=Compute(device=d)).to_dict()
                for d in ("cpu", "cuda")}
     for name, mod in results["cpu"]["modules"].items():
         for step, entry in mod["steps"].items():

@@ -11,7 +11,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from rlcast.io.checkpoints import Run, RunReader, load_run, select_names
+from rlcast.io.manifest import Entry, Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run, load_run
+from rlcast.io.selections import select_names
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.core.numerics import row_chunks
@@ -22,9 +25,9 @@ from rlcast.io.synthetic import planted_run, tiny_llama
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
 
-def accuracy_manifest(steps, a0=0.2, slope=0.005) -> dict:
+def accuracy_manifest(steps, a0=0.2, slope=0.005) -> Manifest:
     """A run.json-style manifest whose accuracy is exactly linear in the step (like the planted deltas)."""
-    return {"base_accuracy": a0, "checkpoints": [{"step": s, "accuracy": a0 + slope * s} for s in steps]}
+    return Manifest(base_accuracy=a0, checkpoints=[Entry(s, accuracy=a0 + slope * s) for s in steps])
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +316,7 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.core.backend import Backend
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.methods import make_extrapolator
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlcast.io.checkpoints import LowRankDelta
+from rlcast.io.lora import LowRankDelta
 from rlcast.core.spectra import svd_exact, top_k
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

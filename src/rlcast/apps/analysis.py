@@ -7,7 +7,7 @@ Per tensor and checkpoint t (dW_t = W_t - W_0, top-k SVD from rlcast.core.trajec
     cos_last      |cos(u1(t), u1(T))|             (to the last checkpoint)
 The summary averages these per (layer, module type) and per module type over all layers. 1-D tensors (selection
 "all") are plain vectors: their "u1" is the normalised delta and their rank-1 energy is 1.
-The spectra run on `device` (auto: CUDA when present) and on `backend` (local, or one Ray task per tensor and
+The spectra run on the `compute` device (auto: CUDA when present) and backend (local, or one Ray task per tensor and
 checkpoint); analysis.json holds the same numbers either way.
 """
 
@@ -20,10 +20,12 @@ import torch
 from rich import box
 from rich.table import Table
 
-from rlcast.core.backend import connect, resolve_device
+from rlcast.core.backend import Compute
 from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajectory
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import Run, RunReader, check_selection, parse_name
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.selections import check_selection, parse_name
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import atomic_folder, json_safe, output_record, write_json_atomic
 
@@ -124,18 +126,17 @@ def summarize(modules: dict[str, dict]) -> list[SummaryRow]:
 
 
 def analyze(run: Run, rank: int = 1, exact: bool = False, selection: str = "blocks",
-            cache_dir: str | Path | None = None, progress: bool = True, seed: int = 0, device: str = "auto",
-            backend: str = "local", ray_address: str | None = None, workers: int | None = None) -> Analysis:
+            cache_dir: str | Path | None = None, progress: bool = True, seed: int = 0,
+            compute: Compute = Compute()) -> Analysis:
     """Spectra of the selected tensors at every checkpoint (cached), per-tensor entries and the summary table.
 
     Bad settings (selection, device, an unreachable Ray cluster) fail before anything is computed or cached.
     """
     check_selection(selection)
-    where = resolve_device(device)
     chosen = RunReader(run).selected(selection)
     if not chosen:
         raise RlcastError(f"{run.root or run.base}: no tensors to analyse with selection {selection!r}")
-    with connect(backend, ray_address, workers) as workers:
+    with compute.open() as (where, workers):
         traj: Trajectory = build_trajectory(run, rank=rank, exact=exact, cache_dir=cache_dir, progress=progress,
                                             names=chosen, seed=seed, backend=workers, device=where)
     modules = {name: module_entry(traj.modules[name]) for name in chosen}

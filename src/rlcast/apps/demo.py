@@ -35,10 +35,9 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-# steps_to is not used here: bench/acceleration.py still imports it from here until it adopts bench/common.py
-from rlcast.evaluation.curves import TARGET, curve, outcome, steps_to  # noqa: F401
+from rlcast.evaluation.curves import TARGET, curve, outcome
 from rlcast.evaluation.intervals import wilson
-from rlcast.io.checkpoints import load_run
+from rlcast.io.runs import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.runs import preset, train

@@ -10,8 +10,8 @@ rank-k model are scored on the same prompts, so the recovery figures get paired 
 
     recovery = acc_k / acc_full            gain recovery = (acc_k - acc_base) / (acc_full - acc_base)
 
-The rank-k models are computed one tensor per task on `device` (auto: CUDA when present) and `backend` (local, or
-Ray tasks reading their own tensors); the weights written are byte-identical either way.
+The rank-k models are computed one tensor per task on the `compute` device (auto: CUDA when present) and backend
+(local, or Ray tasks reading their own tensors); the weights written are byte-identical either way.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from pathlib import Path
 
 import torch
 
-from rlcast.core.backend import LOCAL, Backend, connect, map_tensors, resolve_device
+from rlcast.core.backend import LOCAL, Backend, Compute, map_tensors
 from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
+from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.intervals import RESAMPLES, percentile_interval, resampled_means
+from rlcast.evaluation.tasks import task_variant
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
-from rlcast.io.checkpoints import RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import check_selection
 from rlcast.io.writer import check_output, claim_folder, output_record, scratch_dir, write_json_atomic, write_model
 
 
@@ -113,7 +116,12 @@ class DominanceResult:
     full: Score
     ranks: list[Score]
     recovery: list[Recovery] = field(default_factory=list)
+    task_args: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the JSON
+
+    @property
+    def variant(self) -> str:
+        return task_variant(self.task, self.task_args)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -124,36 +132,41 @@ class DominanceResult:
 
 
 def settings(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
-             selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0) -> dict:
+             selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
+             task_args: dict | None = None) -> dict:
     """What a dominance result depends on (not where it ran): a saved one with other settings is not replaced
     silently."""
     return {"run": str(run.root or run.base), "step": run.steps[-1] if step is None and run.checkpoints else step,
-            "ranks": list(ranks), "task": getattr(task, "name", task), "n_prompts": n_prompts,
-            "selection": selection, "rescale": rescale, "exact": exact, "seed": seed}
+            "ranks": list(ranks), "task": getattr(task, "name", task), "task_args": task_args or {},
+            "n_prompts": n_prompts, "selection": selection, "rescale": rescale, "exact": exact, "seed": seed}
 
 
 def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompts: int = 200,
               selection: str = "blocks", rescale: bool = True, exact: bool = False, seed: int = 0,
-              models_dir: Path | None = None, progress: bool = True, device: str = "auto", backend: str = "local",
-              ray_address: str | None = None, workers: int | None = None, force: bool = False) -> DominanceResult:
-    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts.
+              models_dir: Path | None = None, progress: bool = True, compute: Compute = Compute(),
+              task_args: dict | None = None, force: bool = False) -> DominanceResult:
+    """Score base, full checkpoint and each rank-k model of `step` (default: the last) on the same prompts: the run's
+    task unless `task` / `task_args` say otherwise.
 
-    Bad settings (selection, ranks, device, an unreachable Ray cluster) fail before anything is scored or written;
-    so does a `models_dir` that rlcast dominance did not write (unless `force`) or that holds an input.
+    Bad settings (selection, ranks, prompts, task, device, an unreachable Ray cluster) fail before anything is scored
+    or written; so do bad inputs (a base without config.json, corrupt files, NaN/Inf in the base or the checkpoint)
+    and a `models_dir` that rlcast dominance did not write (unless `force`) or that holds an input.
     """
     check_selection(selection)
-    where = resolve_device(device)
+    check_prompts(n_prompts)
     if any(k < 1 for k in ranks):
         raise RlcastError(f"ranks must be >= 1 (got {', '.join(map(str, ranks))})")
     if not run.checkpoints:
         raise RlcastError(f"{run.root or run.base}: the run has no checkpoints")
     step = run.steps[-1] if step is None else step
     run.checkpoint(step)
-    given = settings(run, step, ranks, task, n_prompts, selection, rescale, exact, seed)
+    given = settings(run, step, ranks, task, n_prompts, selection, rescale, exact, seed, task_args)
     if models_dir is not None:
         check_output(models_dir, "dominance", folder=True, run=run, force=force, option="--keep-models DIR")
-    with connect(backend, ray_address, workers) as workers, scratch_dir("dominance") as tmp:
-        task = run_task(run, task)
+    task = run_task(run, task, task_args)
+    with compute.open() as (where, workers), scratch_dir("dominance") as tmp:
+        run.base_config()  # the rank-k models copy it: a base without one fails now, named
+        RunReader(run).check([step])  # a corrupt file or NaN/Inf is named now, not scored without a word
         work = claim_folder(models_dir, output_record("dominance")) if models_dir else tmp
         base = score(run.base, task, "base", None, n_prompts, seed, progress)
         full = score(checkpoint_folder(run, step, work), task, "full", None, n_prompts, seed, progress)
@@ -164,5 +177,5 @@ def dominance(run, step: int | None = None, ranks=(1, 2, 4), task=None, n_prompt
             scores.append(score(folder, task, f"rank-{k}", k, n_prompts, seed, progress))
     return DominanceResult(run=str(run.root or run.base), step=step, task=task.name, n_prompts=len(base.per_prompt),
                            selection=selection, rescale=rescale, seed=seed, base=base, full=full, ranks=scores,
-                           recovery=[recovery(base, full, s, seed=seed) for s in scores],
+                           recovery=[recovery(base, full, s, seed=seed) for s in scores], task_args=dict(task.args),
                            settings=given)

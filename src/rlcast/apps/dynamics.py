@@ -28,8 +28,10 @@ from rich.progress import Progress
 from rlcast.core.numerics import gram, line_fit, r2
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import output_record, write_json_atomic
 from rlcast.methods.alpharl import pls_r2, rank1_path
 from rlcast.methods.relex import temporal_explained
@@ -104,10 +106,12 @@ class DynamicsResult:
 
 
 def settings(run, task: str | None = None, n_prompts: int = 200, selection: str = "blocks", relex: bool = True,
-             seed: int = 0) -> dict:
+             seed: int = 0, task_args: dict | None = None) -> dict:
     """What a dynamics result depends on: a saved one with other settings is not replaced silently."""
-    return {"run": str(run.root or run.base), "task": task, "n_prompts": n_prompts if task else None,
-            "selection": selection, "relex": relex, "seed": seed if task else None}
+    scored = task is not None or task_args is not None
+    return {"run": str(run.root or run.base), "task": task, "task_args": task_args or {},
+            "n_prompts": n_prompts if scored else None, "selection": selection, "relex": relex,
+            "seed": seed if scored else None}
 
 
 def module_dynamics(mt, accuracy: dict[int, float], g: torch.Tensor | None) -> ModuleDynamics:
@@ -172,8 +176,10 @@ def summarize(modules: list[ModuleDynamics]) -> dict:
 
 def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: int = 200,
                      selection: str = "blocks", relex: bool = True, seed: int = 0, progress: bool = True,
-                     cache_dir: Path | None = None, chunk_mb: int = 256) -> DynamicsResult:
-    """Dynamics of every selected 2-D module of `run`; accuracies from the manifest, or evaluated with `task`.
+                     cache_dir: Path | None = None, chunk_mb: int = 256,
+                     task_args: dict | None = None) -> DynamicsResult:
+    """Dynamics of every selected 2-D module of `run`; accuracies from the manifest, or evaluated on `task` (with
+    `task_args`; the run's task named again keeps the run's arguments unless they are given).
 
     `trajectory` (any rank >= 1, e.g. the report's) is reused when given, else built at rank 1 (cached on disk).
     `chunk_mb` bounds the memory of RELEX's streamed Gram matrices (rlcast.core.numerics.gram).
@@ -183,11 +189,15 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     if len(run.checkpoints) < 4:
         raise RlcastError(f"{run.root or run.base}: dynamics need at least 4 checkpoints, "
                           f"found {len(run.checkpoints)}")
+    scored = None
+    if task or task_args is not None:
+        check_prompts(n_prompts)
+        scored = run_task(run, task, task_args)
     if trajectory is None:
         trajectory = build_trajectory(run, rank=1, cache_dir=cache_dir, progress=progress, names=names)
-    if task:
-        accuracy = checkpoint_accuracies(run, run_task(run, task), n_prompts, seed=seed, progress=progress)
-        source = f"task:{task}"
+    if scored is not None:
+        accuracy = checkpoint_accuracies(run, scored, n_prompts, seed=seed, progress=progress)
+        source = f"task:{scored.variant}"
     else:
         accuracy, source = dict(trajectory.accuracy), "manifest" if trajectory.accuracy else "none"
     modules = []
@@ -201,7 +211,7 @@ def analyze_dynamics(run, trajectory=None, task: str | None = None, n_prompts: i
     return DynamicsResult(steps=list(trajectory.steps), accuracy_steps=[s for s in trajectory.steps if s in accuracy],
                           accuracy_source=source, selection=selection, holdout_fit=split(len(trajectory.steps)),
                           modules=modules, summary=summarize(modules),
-                          settings=settings(run, task, n_prompts, selection, relex, seed))
+                          settings=settings(run, task, n_prompts, selection, relex, seed, task_args))
 
 
 def dynamics_names(reader, selection: str) -> list[str]:

@@ -24,7 +24,10 @@ from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
 from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import RunReader, parse_name
+from rlcast.evaluation.tasks import task_variant
+from rlcast.io.manifest import Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.selections import parse_name
 from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
@@ -339,7 +342,8 @@ def verdict(overall: dict, dom: dict | None, accuracy: dict[int, float]) -> tupl
 
 
 def build_report(run, out: Path | None = None, task: str | None = None, selection: str = "blocks", rank: int = 8,
-                 progress: bool = True, cache_dir: Path | None = None, verdict_notes: Sequence[str] = (),
+                 progress: bool = True, cache_dir: Path | None = None, task_args: dict | None = None,
+                 verdict_notes: Sequence[str] = (),
                  lead: Sequence[tuple[str, str]] = (), force: bool = False) -> Path:
     """Write the HTML report of `run` to `out` (default RUN/rlcast/report.html) and return its path.
 
@@ -359,20 +363,20 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     dyn = load_json(folder / "dynamics.json")
     dyn_note = f"read from {folder / 'dynamics.json'}"
     if dyn is None or not set(names) <= {m["name"] for m in dyn["modules"]}:
-        dyn = json_safe(analyze_dynamics(run, trajectory=traj, task=task, selection=selection,
-                                      progress=progress).to_json())
+        dyn = json_safe(analyze_dynamics(run, trajectory=traj, task=task, selection=selection, progress=progress,
+                                         task_args=task_args).to_json())
         dyn_note = "computed for this report"
     dom = load_json(folder / "dominance.json")
     dom_note = f"read from {folder / 'dominance.json'}: " if dom else ""
     modules = [m for m in dyn["modules"] if m["name"] in traj.modules]
     accuracy = {int(k): v for k, v in run.accuracy.items()} if run.accuracy else {}
 
-    manifest = run.manifest or {}
-    algo, task_name = manifest.get("algo", "?"), manifest.get("task", task or "?")
+    manifest = run.manifest or Manifest()
+    lora = manifest.lora if manifest.lora is not None else any(c.kind == "lora" for c in run.checkpoints)
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
-            {"field": "algorithm", "value": algo},
-            {"field": "LoRA", "value": manifest.get("lora", any(c.kind == "lora" for c in run.checkpoints))},
-            {"field": "task", "value": task_name},
+            {"field": "algorithm", "value": manifest.algo or "?"},
+            {"field": "LoRA", "value": lora},
+            {"field": "task", "value": task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},
@@ -410,9 +414,10 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
     sections += [  # tables
         ("Rank-1 dominance", (table(dominance_rows(dom), DOMINANCE_COLUMNS) + f"<p class=note>{html.escape(dom_note)}"
                               f"step {dom['step']}, task "
-                              f"{html.escape(str(dom['task']))}, {dom['n_prompts']} prompts (the same for every "
-                              f"model), selection {dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a "
-                              "paired bootstrap over prompts.</p>") if dom else
+                              f"{html.escape(task_variant(dom['task'], dom.get('task_args')))}, "
+                              f"{dom['n_prompts']} prompts (the same for every model), selection "
+                              f"{dom['selection']}, rescale {dom['rescale']}; 95 % intervals from a paired bootstrap "
+                              "over prompts.</p>") if dom else
          "<p class=note>not computed: run <code>rlcast dominance RUN</code> to add it.</p>"),
         ("Summary", table(overall)),
         ("By module type", table(by_kind, group_cols, LABELS)),
@@ -423,6 +428,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Run", table(info)),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    algo = manifest.algo or "?"
+    task_name = task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"
     title = f"{algo} on {task_name}, steps {traj.steps[0]}-{traj.steps[-1]}"
     body = "".join(f"<h2>{html.escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (f"<!doctype html>\n{html_record(output_record('report'))}\n<html><head><meta charset='utf-8'>"

@@ -12,7 +12,8 @@ the object store, each item with its task. Ray is imported only when asked for (
 Every item is computed with one torch thread on every backend (parallelism comes from running items side by side),
 so the numbers do not depend on where they were computed.
 `resolve_device` turns --device into a torch.device, checked before any output is written; the per-tensor functions
-read their tensors straight onto it and return CPU results, so caching and writing never see the device.
+read their tensors straight onto it and return CPU results, so caching and writing never see the device. `Compute`
+carries the four settings (device, backend, Ray address, workers) from the command line to every app as one value.
 """
 
 from __future__ import annotations
@@ -64,6 +65,37 @@ class Backend:
 LOCAL = Backend()
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Where a command's per-tensor work runs: --device, --backend, --ray-address and --workers as one value.
+
+    Checked on construction (the device is resolved again by `open`, which also connects the backend)."""
+    device: str = "auto"
+    backend: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self):
+        resolve_device(self.device)
+        _check(self.backend, self.ray_address, self.workers)
+
+    @contextmanager
+    def open(self) -> Iterator[tuple[torch.device, Backend]]:
+        """(torch device, connected Backend) for the duration of a command."""
+        device = resolve_device(self.device)
+        with connect(self.backend, self.ray_address, self.workers) as backend:
+            yield device, backend
+
+
+def _check(kind: str, address: str | None, workers: int | None) -> None:
+    if kind not in BACKENDS:
+        raise RlcastError(f"--backend {kind!r}: expected {' or '.join(BACKENDS)}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise RlcastError(f"--workers must be >= 1 (got {workers})")
+    if kind == "local" and address is not None:
+        raise RlcastError("--ray-address needs --backend ray")
+
+
 @contextmanager
 def connect(kind: str = "local", address: str | None = None, workers: int | None = None) -> Iterator[Backend]:
     """Open a backend for the duration of a command; errors (unknown kind, unreachable cluster) come before any work.
@@ -72,13 +104,8 @@ def connect(kind: str = "local", address: str | None = None, workers: int | None
     running on this machine, 'host:port', 'ray://host:port'), else an already initialised Ray, else starts a local
     instance with `workers` CPUs (default: all), shut down again on exit; one CPU per task.
     """
-    if kind not in BACKENDS:
-        raise RlcastError(f"--backend {kind!r}: expected {' or '.join(BACKENDS)}")
-    if workers is not None and workers < 1:
-        raise RlcastError(f"--workers must be >= 1 (got {workers})")
+    _check(kind, address, workers)
     if kind == "local":
-        if address is not None:
-            raise RlcastError("--ray-address needs --backend ray")
         yield Backend("local", workers)
         return
     import ray  # heavy optional dependency (rlcast[ray]): imported only for --backend ray

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlcast.io.checkpoints import Delta, LowRankDelta
+from rlcast.io.lora import Delta, LowRankDelta
 
 
 # --- fits ---

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlcast.io.checkpoints import Delta, LowRankDelta
+from rlcast.io.lora import Delta, LowRankDelta
 
 OVERSAMPLE = 8
 MAX_ITER = 40

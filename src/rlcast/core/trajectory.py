@@ -26,7 +26,9 @@ from safetensors.torch import load_file, save_file
 from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import NOT_WEIGHTS, Run, RunReader
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.tensors import NOT_WEIGHTS
 from rlcast.io.writer import atomic_file, is_writable, write_text_atomic
 
 CACHE_VERSION = 1
@@ -182,6 +184,7 @@ def build_trajectory(run: Run, rank: int = 1, exact: bool = False, cache_dir: st
         caches[step] = _StepCache(cache_dir, step, _cache_key(run, step, rank, exact, seed))
         todo += [(step, n) for n in names if n not in caches[step].entries]
     if todo:
+        reader.open(dict.fromkeys(step for step, _ in todo))  # a bad file fails before the first spectrum
         task = partial(spectrum_entry, reader, rank=rank, exact=exact, seed=seed, device=device)
         _compute(map_tensors(task, todo, backend, device), todo, caches, progress)
     return _assemble(run, names, caches)

@@ -8,18 +8,16 @@ benchmarks all count speed this way.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rlcast.io.manifest import Manifest
 
 TARGET = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
 
 
 def curve(run_dir: str | Path) -> dict[int, float]:
-    """{0: base accuracy, step: accuracy, ...} from a run's manifest (run.json)."""
-    manifest = json.loads((Path(run_dir) / "run.json").read_text())
-    out = {0: manifest["base_accuracy"]}
-    out.update({c["step"]: c["accuracy"] for c in manifest["checkpoints"]})
-    return out
+    """{0: base accuracy, step: accuracy, ...} from a run's manifest (run.json, read with its schema check)."""
+    return Manifest.read(Path(run_dir) / "run.json").accuracy
 
 
 def steps_to(accuracy: dict[int, float], target: float) -> int | None:

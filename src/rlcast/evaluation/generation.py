@@ -17,17 +17,21 @@ from rich.console import Console
 from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.intervals import bootstrap, wilson
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import WEIGHT_FILES, read_adapter_config
+from rlcast.io.lora import read_adapter_config
+from rlcast.io.tensors import WEIGHT_FILES, TensorReader, read_model_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a prompt prefix once saves less than it costs
 
 
 def load_model(path, dtype=None):
-    """(model, tokenizer) from an HF folder, a PEFT adapter folder (merged onto its base) or a .gguf file."""
+    """(model, tokenizer) from an HF folder, a PEFT adapter folder (merged onto its base) or a .gguf file.
+
+    A folder's config and weight files are checked by rlcast's own reader first (headers, sizes, pickles with
+    weights_only=True), so a corrupt or hostile file is a one-line error naming it, not a library traceback."""
     path = Path(path)
     dtype = dtype or torch.float32
     if path.suffix == ".gguf":
@@ -50,17 +54,24 @@ def load_model(path, dtype=None):
                               "loaded without its base model")
         base = Path(name).expanduser()
         base = base if base.is_absolute() or base.exists() else path / base
+        TensorReader(path)
         model, tok = load_model(base, dtype)
         return PeftModel.from_pretrained(model, path).merge_and_unload().eval(), tok
-    if not (path / "config.json").exists():
-        raise RlcastError(f"{path}: no config.json (not a Hugging Face model folder)")
+    read_model_config(path)
     if not any((path / f).exists() for f in WEIGHT_FILES):
         raise RlcastError(f"{path}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         raise RlcastError(f"{path}: no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
+    TensorReader(path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval(), tok
+
+
+def check_prompts(n_prompts: int | None) -> None:
+    """n_prompts: None (the whole split) or >= 1 (a negative count would slice the split from its end)."""
+    if n_prompts is not None:
+        check_int(n_prompts, "n_prompts", 1)
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
@@ -174,8 +185,13 @@ def evaluate(model, task, n_prompts: int | None = 200, samples: int = 1, greedy:
     backend: "auto" (vLLM when installed, a GPU exists and `model` is a path), "transformers" or "vllm".
     """
     task = get_task(task) if isinstance(task, str) else task
-    if samples < 1:
-        raise RlcastError(f"samples must be >= 1 (got {samples})")
+    check_prompts(n_prompts)
+    check_int(samples, "samples", 1)
+    check_int(batch_size, "batch_size", 1)
+    if max_new_tokens is not None:
+        check_int(max_new_tokens, "max_new_tokens", 1)
+    check_number(temperature, "temperature", 0, above=True)
+    check_number(top_p, "top_p", 0, 1, above=True)
     greedy = greedy and samples == 1
     examples = task.examples(split, n_prompts, seed=seed)
     if not examples:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import TOKENIZER_FILES, evaluate
-from rlcast.evaluation.tasks import Task, get_task
-from rlcast.io.checkpoints import Run, RunReader
+from rlcast.evaluation.tasks import Task, get_task, run_task_spec
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
 from rlcast.io.writer import scratch_dir, write_model
 
 
@@ -36,16 +37,15 @@ def score(path: Path, task: Task, label: str, k: int | None, n_prompts: int, see
                  [sum(v) / len(v) for _, v in sorted(per_prompt.items())])
 
 
-def run_task(run: Run, task: Task | str | None = None) -> Task:
-    """The Task to score with: the one given (spec or Task), else the run manifest's (with its task_args)."""
+def run_task(run: Run, task: Task | str | None = None, task_args: dict | None = None) -> Task:
+    """The Task to score with: a Task as given, else the run's task and arguments unless told otherwise
+    (`tasks.run_task_spec`)."""
     if isinstance(task, Task):
         return task
-    if task:
-        return get_task(task)
-    manifest = run.manifest or {}
-    if not manifest.get("task"):
+    spec, args = run_task_spec(run.manifest, task, task_args)
+    if spec is None:
         raise RlcastError(f"{run.root or run.base}: no task in the run manifest (run.json); pass --task")
-    return get_task(manifest["task"], manifest.get("task_args") or None)
+    return get_task(spec, args)
 
 
 def checkpoint_folder(run: Run, step: int, workdir: Path) -> Path:

@@ -21,6 +21,7 @@ from math_verify import parse, verify
 from reasoning_gym.factory import DATASETS
 
 from rlcast.errors import RlcastError
+from rlcast.io.manifest import Manifest
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -45,9 +46,15 @@ def last_number(text: str) -> str | None:
 
 
 class Task:
-    """A source of prompts with gold answers, and a scorer in [0, 1]."""
+    """A source of prompts with gold answers, and a scorer in [0, 1]. `args`: the arguments `get_task` built it with."""
     name: str = "task"
     max_new_tokens: int = 256
+    args: dict = {}
+
+    @property
+    def variant(self) -> str:
+        """The name with its arguments, e.g. 'arith (ops=+)': what a score was measured on."""
+        return task_variant(self.name, self.args)
 
     def examples(self, split: str, n: int | None, seed: int = 0) -> list[Example]:
         raise NotImplementedError
@@ -214,16 +221,38 @@ def get_task(spec: str, args: dict | None = None) -> Task:
         unknown = set(args) - {"ops"}
         if unknown:
             raise RlcastError(f"task arith: unknown argument(s) {', '.join(sorted(unknown))} (known: ops)")
-        return ArithTask(**args)
-    if spec.startswith("rg:") and spec[3:]:
-        return ReasoningGymTask(spec[3:], args)
-    if spec.startswith("jsonl:") and spec[6:]:
+        task = ArithTask(**args)
+    elif spec.startswith("rg:") and spec[3:]:
+        task = ReasoningGymTask(spec[3:], args)
+    elif spec.startswith("jsonl:") and spec[6:]:
         unknown = set(args) - {"question_field", "answer_field", "test_path"}
         if unknown:
             raise RlcastError(f"task jsonl: unknown argument(s) {', '.join(sorted(unknown))} "
                               "(known: question_field, answer_field, test_path)")
-        return JsonlTask(spec[6:], **args)
-    raise RlcastError(f"unknown task {spec!r}; known: {', '.join(KNOWN_TASKS)}")
+        task = JsonlTask(spec[6:], **args)
+    else:
+        raise RlcastError(f"unknown task {spec!r}; known: {', '.join(KNOWN_TASKS)}")
+    task.args = args
+    return task
+
+
+def task_variant(spec: str, args: dict | None) -> str:
+    """'arith' or 'arith (ops=+)': a task and the arguments that make it one variant of it."""
+    shown = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted((args or {}).items()))
+    return f"{spec} ({shown})" if shown else spec
+
+
+def run_task_spec(manifest: Manifest | None, task: str | None = None,
+                  args: dict | None = None) -> tuple[str | None, dict]:
+    """(task, arguments) to score a run's models on: the run's own (its run.json `manifest`) unless told otherwise.
+
+    No `task`: the run's task, with `args` when given, else the run's arguments. The run's task named again: its
+    arguments unless `args` are given. Another task: `args` (or none). (None, {}) when neither names a task.
+    """
+    own, own_args = (manifest.task, dict(manifest.task_args)) if manifest is not None else (None, {})
+    if task is None or task == own:
+        return own, dict(args) if args is not None else own_args
+    return task, dict(args or {})
 
 
 def parse_task_args(pairs: list[str] | None, option: str = "--task-arg") -> dict:

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import TensorReader
+from rlcast.io.tensors import TensorReader
 
 # Files copied verbatim from the base folder: everything a loader needs besides the weights.
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

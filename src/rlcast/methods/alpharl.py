@@ -13,7 +13,7 @@ import torch
 
 from rlcast.core.numerics import align_signs, line_fit, pls1, r2
 from rlcast.core.trajectory import ModuleTrajectory, build_trajectory
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_number
 from rlcast.methods.base import Extrapolator, register
 
 
@@ -98,8 +98,10 @@ class AlphaRL(AlphaRLStep):
     def __init__(self, target_accuracy: float | None = None, selection: str = "blocks", anchor: str = "base",
                  max_extrapolation: float = 3.0, progress: bool = False):
         super().__init__(selection, anchor, progress)
+        if target_accuracy is not None:
+            check_number(target_accuracy, "alpharl: target_accuracy", 0, 1)
         self.target_accuracy = target_accuracy
-        self.max_extrapolation = max_extrapolation
+        self.max_extrapolation = check_number(max_extrapolation, "alpharl: max_extrapolation", 0)
 
     def _fit(self) -> None:
         missing = [s for s in self.run_.steps if s not in self.run_.accuracy]

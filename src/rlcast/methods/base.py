@@ -1,4 +1,5 @@
-"""The extrapolator interface, the registry of methods, and `make_extrapolator`.
+"""The extrapolator interface, the registry of methods, `make_extrapolator`, and `write_prediction` (a fitted
+method's prediction written as an HF model folder: what `rlcast extrapolate` and `rlcast continue` write).
 
 Every method is a scikit-learn-style estimator: hyper-parameters in `__init__` (stored under the same names, so
 `get_params()` reads them back), everything learned set by `fit(run)` under names ending in `_`, and `predict(step)`
@@ -28,13 +29,19 @@ from collections.abc import Iterator
 from functools import partial
 
 import torch
+from rich.console import Console
+from rich.progress import Progress
 
-from rlcast.core.backend import Backend, map_tensors, resolve_device
+from rlcast.core.backend import Backend, Compute, map_tensors, resolve_device
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import Run, RunReader, check_selection
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.io.selections import check_selection
+from rlcast.io.writer import check_output, output_record, write_model
 
 CPU = torch.device("cpu")
 ONE_AT_A_TIME = Backend(workers=1)  # predict's default: one tensor in memory at a time, whatever the core count
+ONE_CPU = Compute(device="cpu", workers=1)  # write_prediction's default: the CPU, one tensor at a time
 
 
 class Extrapolator:
@@ -70,6 +77,7 @@ class Extrapolator:
                               f"has {n}")
         self.run_ = run
         self.reader_ = RunReader(run, None if device is None else resolve_device(device))
+        self.reader_.open(run.steps)  # a bad file of the window fails before the fit
         self.last_ = run.steps[-1]
         self.targets_ = self.reader_.selected(self.selection)
         self._fit()
@@ -150,17 +158,23 @@ def register(name: str):
     return add
 
 
+def method_class(spec: str | Extrapolator) -> type[Extrapolator]:
+    """The class of a registered name or of an instance; an unknown name is a one-line error listing the known."""
+    if isinstance(spec, Extrapolator):
+        return type(spec)
+    if spec not in METHODS:
+        raise RlcastError(f"unknown method {spec!r}: choose from {', '.join(METHODS)}")
+    return METHODS[spec]
+
+
 def make_extrapolator(spec: str | Extrapolator, **params) -> Extrapolator:
     """An unfitted extrapolator: METHODS[spec](**params), or for an instance a fresh copy of it with `params` changed.
 
-    Unknown method names and parameters are one-line errors.
+    Unknown method names and parameters, and bad parameter values, are one-line errors.
     """
+    cls = method_class(spec)
     if isinstance(spec, Extrapolator):
-        cls, params = type(spec), {**spec.get_params(), **params}
-    elif spec in METHODS:
-        cls = METHODS[spec]
-    else:
-        raise RlcastError(f"unknown method {spec!r}: choose from {', '.join(METHODS)}")
+        params = {**spec.get_params(), **params}
     accepted = parameters(cls)
     for key in params:
         if key not in accepted:
@@ -174,7 +188,7 @@ def with_task(spec: str | Extrapolator, params: dict, task: str | None, task_arg
     """`params` plus the task context for a method that scores candidates on a task (NExt chooses its scale c on the
     train split, for `target_step`, at `max_new_tokens`: the run's completion budget) when none was given."""
     given = {**(spec.get_params() if isinstance(spec, Extrapolator) else {}), **params}
-    accepted = parameters(type(spec) if isinstance(spec, Extrapolator) else METHODS[spec])
+    accepted = parameters(method_class(spec))
     if task is None or "task" not in accepted or given.get("task") is not None:
         return params
     context = {"task": task, "task_args": task_args, "target_step": target_step}
@@ -182,3 +196,40 @@ def with_task(spec: str | Extrapolator, params: dict, task: str | None, task_arg
         context["max_new_tokens"] = max_new_tokens
     return {**params, **context}
 
+
+def write_prediction(run: Run, method: str | Extrapolator, until: int, target: int, out, params: dict | None = None,
+                     task: str | None = None, task_args: dict | None = None, progress: bool = False,
+                     compute: Compute = ONE_CPU, force: bool = False) -> Extrapolator:
+    """Fit `method` on the checkpoints of `run` up to step `until`, write its weights for step `target` as the HF
+    folder `out` and return the fitted extrapolator.
+
+    A method that takes a task (NExt, to choose its scale c on the train split) gets `task`, `task_args`, the target
+    and the run's completion budget unless `params` sets them. `compute`: where the fit and the predicted tensors are
+    computed (default the CPU, one tensor at a time). The method and its parameters are checked before any fit, and
+    so is `out` (`io.writer.check_output`): never an input of the run, and an existing folder only when rlcast
+    extrapolate wrote it, unless `force`.
+    """
+    label = method if isinstance(method, str) else method.label()
+    record = output_record("extrapolate", {"run": str(run.root or run.base), "method": label, "until": until,
+                                           "target": target, "params": params or {}})
+    run.base_config()  # the prediction copies it: a base without one fails now, named
+    budget = run.manifest.completion_budget if run.manifest else None
+    ex = make_extrapolator(method, progress=progress,
+                           **with_task(method, dict(params or {}), task, task_args, target, budget))
+    check_output(out, "extrapolate", folder=True, run=run, force=force)
+    with compute.open() as (device, backend):
+        ex.fit(run.window(until), device=device)
+        stream = ex.predict(target, backend)
+        console = Console(stderr=True)
+        with Progress(console=console, transient=True, disable=not (progress and console.is_terminal)) as bar:
+            job = bar.add_task(f"{ex.label()}: writing step {target}", total=len(ex.reader_.names()))
+
+            def counted():
+                for item in stream:
+                    yield item
+                    bar.advance(job)
+
+            write_model(run.base, out, counted(), metadata={
+                "rlcast": f"{ex.label()} from step {ex.last_} to step {target}", "selection": ex.selection},
+                record=record, force=force)
+    return ex

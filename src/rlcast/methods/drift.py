@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from rlcast.core.numerics import dense
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_number
 from rlcast.methods.base import Extrapolator, register
 
 
@@ -47,14 +47,14 @@ class Drift(Extrapolator):
     def __init__(self, damping: float = 1.0, include_base: bool = True, origin: str = "last", selection: str = "all",
                  progress: bool = False):
         super().__init__(selection, progress)
-        if not damping > 0:
-            raise RlcastError(f"drift: damping must be > 0, got {damping}")
+        self.damping = check_number(damping, "drift: damping", 0, above=True)
         if origin not in ("last", "fit"):
             raise RlcastError(f"drift: origin must be last or fit, got {origin!r}")
+        if not isinstance(include_base, bool):
+            raise RlcastError(f"drift: include_base must be true or false, got {include_base!r}")
         self.origin = origin
         if not include_base:
             self.min_checkpoints = 2  # a line needs two points
-        self.damping = damping
         self.include_base = include_base
 
     def _fit(self) -> None:

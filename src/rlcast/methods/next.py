@@ -22,7 +22,7 @@ from torch import nn
 from rlcast.core.backend import map_tensors
 from rlcast.core.numerics import dense, difference
 from rlcast.core.spectra import top_k
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.writer import base_layout
@@ -111,10 +111,26 @@ class NExt(Extrapolator):
         super().__init__(selection, progress)
         if c_search not in ("local", "grid"):
             raise RlcastError(f"next: c_search {c_search!r}: expected local or grid")
-        self.horizon, self.epochs, self.lr, self.c = horizon, epochs, lr, c
-        self.task, self.task_args, self.target_step = task, task_args, target_step
-        self.c_grid, self.c_search, self.n_val = tuple(c_grid), c_search, n_val
-        self.max_new_tokens, self.seed = max_new_tokens, seed
+        for name, value in (("horizon", horizon), ("max_new_tokens", max_new_tokens)):
+            if value is not None:
+                check_int(value, f"next: {name}", 1)
+        if target_step is not None:
+            check_int(target_step, "next: target_step", 0)
+        if c is not None:
+            check_number(c, "next: c", 0, above=True)
+        if not isinstance(c_grid, (list, tuple)) or not c_grid:
+            raise RlcastError(f"next: c_grid must be a non-empty list of scales (got {c_grid!r})")
+        for value in c_grid:
+            check_number(value, "next: every c_grid value", 0, above=True)
+        if task is not None:
+            get_task(task, task_args)  # an unknown task or bad arguments fail here, not after the nets are trained
+        self.horizon, self.c, self.target_step, self.max_new_tokens = horizon, c, target_step, max_new_tokens
+        self.epochs = check_int(epochs, "next: epochs", 1)
+        self.lr = check_number(lr, "next: lr", 0, above=True)
+        self.n_val = check_int(n_val, "next: n_val", 1)
+        self.seed = check_int(seed, "next: seed", 0)
+        self.task, self.task_args = task, task_args
+        self.c_grid, self.c_search = tuple(c_grid), c_search
 
     def _fit(self) -> None:
         steps = self.run_.steps

@@ -17,7 +17,7 @@ import math
 import torch
 
 from rlcast.core.numerics import dense, gram, line_fit, row_chunks, rows
-from rlcast.errors import RlcastError
+from rlcast.errors import check_int
 from rlcast.methods.base import Extrapolator, register
 
 
@@ -56,10 +56,8 @@ class Relex(Extrapolator):
 
     def __init__(self, rank: int = 1, selection: str = "all", chunk_mb: int = 256, progress: bool = False):
         super().__init__(selection, progress)
-        if rank < 1:
-            raise RlcastError(f"relex: rank must be >= 1, got {rank}")
-        self.rank = rank
-        self.chunk_mb = chunk_mb
+        self.rank = check_int(rank, "relex: rank", 1)
+        self.chunk_mb = check_int(chunk_mb, "relex: chunk_mb", 0)  # 0: one row per chunk
 
     def _fit(self) -> None:
         steps = self.run_.steps

@@ -26,7 +26,7 @@ import math
 import torch
 
 from rlcast.core.numerics import dense, gram
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.methods.base import Extrapolator, register
 
 
@@ -56,11 +56,10 @@ class RRE(Extrapolator):
     def __init__(self, iterates: int = 4, damping: float = 0.875, max_move: float = 1e-3, ridge: float = 1e-6,
                  selection: str = "all", progress: bool = False):
         super().__init__(selection, progress)
-        if iterates < 3:
-            raise RlcastError(f"rre: needs at least 3 iterates (2 differences), got {iterates}")
-        if not (damping > 0 and max_move > 0 and ridge >= 0):
-            raise RlcastError(f"rre: need damping > 0, max_move > 0, ridge >= 0 (got {damping}, {max_move}, {ridge})")
-        self.iterates, self.damping, self.max_move, self.ridge = iterates, damping, max_move, ridge
+        self.iterates = check_int(iterates, "rre: iterates", 3)
+        self.damping = check_number(damping, "rre: damping", 0, above=True)
+        self.max_move = check_number(max_move, "rre: max_move", 0, above=True)
+        self.ridge = check_number(ridge, "rre: ridge", 0)
 
     def _fit(self) -> None:
         points = ([0] + self.run_.steps)[-self.iterates:]  # step 0 is the base (a zero delta)

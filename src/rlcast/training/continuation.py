@@ -28,55 +28,21 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
-from rich.progress import Progress
 
-from rlcast.core.backend import Backend
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.checkpoints import Run, TensorReader, load_run
-from rlcast.io.writer import atomic_folder, base_layout, check_output, output_record, write_json_atomic, write_model
+from rlcast.io.manifest import Entry, Manifest
+from rlcast.io.runs import load_run
+from rlcast.io.tensors import TensorReader
+from rlcast.io.writer import atomic_folder, base_layout, check_output, output_record
 from rlcast.methods import Extrapolator, make_extrapolator
-from rlcast.methods.base import with_task
-from rlcast.training.runs import FORMAT_VERSION, read_manifest, train
+from rlcast.methods.base import write_prediction
+from rlcast.training.runs import read_manifest, train
 
 OPTIMIZERS = ("cutoff", "fresh")
 OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
-
-
-def write_prediction(run: Run, method: str | Extrapolator, until: int, target: int, out, params: dict | None = None,
-                     task: str | None = None, task_args: dict | None = None, progress: bool = False,
-                     device: torch.device | None = None, backend: Backend | None = None,
-                     force: bool = False) -> Extrapolator:
-    """Fit `method` on the checkpoints of `run` up to step `until`, write its weights for step `target` as the HF
-    folder `out` and return the fitted extrapolator. A method that takes a task (NExt, to choose its scale c on the
-    train split) gets `task`, `task_args`, the target and the run's completion budget unless `params` sets them. `device` and `backend`: where the
-    fit and the predicted tensors are computed (`Extrapolator.fit` / `predict`; default the CPU, one at a time).
-    `out` is checked before the fit (`io.writer.check_output`): never an input of the run, and an existing folder
-    only when rlcast extrapolate wrote it, unless `force`."""
-    label = method if isinstance(method, str) else method.label()
-    record = output_record("extrapolate", {"run": str(run.root or run.base), "method": label, "until": until,
-                                           "target": target, "params": params or {}})
-    check_output(out, "extrapolate", folder=True, run=run, force=force)
-    budget = ((run.manifest or {}).get("config") or {}).get("max_completion_length")
-    ex = make_extrapolator(method, progress=progress,
-                           **with_task(method, dict(params or {}), task, task_args, target, budget))
-    ex.fit(run.window(until), device=device)
-    stream = ex.predict(target) if backend is None else ex.predict(target, backend)
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not (progress and console.is_terminal)) as bar:
-        job = bar.add_task(f"{ex.label()}: writing step {target}", total=len(ex.reader_.names()))
-
-        def counted():
-            for item in stream:
-                yield item
-                bar.advance(job)
-
-        write_model(run.base, out, counted(), metadata={"rlcast": f"{ex.label()} from step {ex.last_} to step {target}",
-                                                        "selection": ex.selection}, record=record, force=force)
-    return ex
 
 
 def continue_from(out, run, step: int, steps: int, weights=None, method: str | Extrapolator | None = None,
@@ -109,14 +75,17 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
                           f"its optimizer state applies (continue a full fine-tuning run)")
     cutoff = run / f"checkpoint-{step}"
     if not (cutoff / "trainer_state.json").is_file():
-        known = ", ".join(str(c["step"]) for c in source.get("checkpoints", []))
+        known = ", ".join(str(e.step) for e in source.checkpoints)
         raise RlcastError(f"{cutoff}: not a checkpoint of the run (no trainer_state.json; run.json lists steps "
                           f"{known})")
     missing = [f for f in OPTIMIZER_FILES if not (cutoff / f).is_file()]
     if optimizer == "cutoff" and missing:
-        raise RlcastError(f"{cutoff}: no {missing[0]} (only the newest checkpoint keeps it unless the run is trained "
-                          f"with keep_optimizer=all, --hp keep_optimizer=all); or continue with a fresh optimizer")
-    base = Path(source["base"])
+        raise RlcastError(f"{cutoff}: no {missing[0]} to continue with (only the newest checkpoint keeps it unless "
+                          f"the run is trained with --hp keep_optimizer=all); start new optimizer and scheduler states "
+                          f"with --optimizer fresh (optimizer=\"fresh\")")
+    if not source.base:
+        raise RlcastError(f"{source.path}: base is missing (the run's base model folder)")
+    base = Path(source.base)
     if weights is not None:
         weights = Path(weights)
         _check_weights(weights, base)
@@ -146,17 +115,16 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
         net, tokenizer = load_model(start)
         result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=False)
         del net
-        manifest = {"format": FORMAT_VERSION,
-                    # the source's schedule: the learning rate at every step is the source run's
-                    "config": dataclasses.replace(config, steps=steps,
-                                                  schedule_steps=config.schedule_steps or config.steps).to_json(),
-                    **{k: source.get(k) for k in ("base", "task", "task_args", "algo", "eval", "base_accuracy",
-                                                  "base_ci")},
-                    "checkpoints": [{"step": step, "path": cutoff.name, "accuracy": result.accuracy,
-                                     "ci": [result.ci_low, result.ci_high]}],
-                    "steps_done": step, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "continued_from": {"run": str(run.resolve()), "step": step, "optimizer": optimizer, **record}}
-        write_json_atomic(tmp / "run.json", manifest)
+        manifest = Manifest(
+            # the source's schedule: the learning rate at every step is the source run's
+            config=dataclasses.replace(config, steps=steps,
+                                       schedule_steps=config.schedule_steps or config.steps).to_json(),
+            base=source.base, task=source.task, task_args=source.task_args, algo=source.algo, eval=source.eval,
+            base_accuracy=source.base_accuracy, base_ci=source.base_ci,
+            checkpoints=[Entry(step, cutoff.name, result.accuracy, [result.ci_low, result.ci_high])],
+            steps_done=step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            continued_from={"run": str(run.resolve()), "step": step, "optimizer": optimizer, **record})
+        manifest.write(tmp / "run.json")
     if progress:
         Console(stderr=True).print(f"continuing {run} from step {step} ({optimizer} optimizer): start weights' "
                                    f"held-out accuracy {result.accuracy:.3f}", highlight=False)
@@ -166,7 +134,7 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
 def _resume(out: Path, run: Path, step: int, steps: int, optimizer: str, progress: bool) -> Path:
     """Resume the interrupted continuation in `out`, after checking that it continues `run` from `step`."""
     manifest, config = read_manifest(out)
-    record = manifest.get("continued_from")
+    record = manifest.continued_from
     if not record:
         raise RlcastError(f"{out}: not a continued run (rlcast train --resume resumes it)")
     if (record["run"], record["step"], record["optimizer"]) != (str(run.resolve()), step, optimizer):

@@ -21,7 +21,6 @@ length (the GRPO paper), `dr-grpo` by a constant and without dividing advantages
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
 import warnings
@@ -33,19 +32,17 @@ from datasets import Dataset
 from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import SchedulerType, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import (atomic_folder, check_output, claim_folder, follow_umask, output_record,
-                              write_json_atomic)
+from rlcast.io.manifest import FORMAT, Entry, Manifest
+from rlcast.io.writer import atomic_folder, check_output, claim_folder, follow_umask, output_record
 from rlcast.training.support import config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
-
-FORMAT_VERSION = 2  # run.json layout; 1 (no "format" key) stored loose "hparams" instead of the config
 
 # algorithm -> the TRL loss fields it sets (GRPOConfig for the GRPO family)
 ALGOS: dict[str, dict] = {
@@ -59,6 +56,7 @@ ALGOS: dict[str, dict] = {
 GRPO_FAMILY = ("grpo", "dr-grpo", "dapo", "bnpo")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.x GRPOConfig.loss_type
 SCALE_REWARDS = ("group", "batch", "none")
+SCHEDULERS = tuple(s.value for s in SchedulerType)  # transformers' lr_scheduler_type names
 # learning rate when none is given: (RL or SFT, LoRA) -> lr, from an lr sweep of 300-step GRPO on the testbed
 # (full: 3e-6 .. 1e-3, LoRA: 3e-5 .. 1e-3); full fine-tuning at >= 1e-4 and LoRA at 1e-3 fell below the base
 DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("sft", True): 1e-3}
@@ -102,10 +100,24 @@ class TrainConfig:
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise RlcastError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGOS)}")
-        if min(self.steps, self.save_every, self.eval_prompts, self.batch_size, self.num_iterations) < 1:
-            raise RlcastError(f"steps, save_every, eval_prompts, batch_size and num_iterations must be >= 1 (got "
-                              f"{self.steps}, {self.save_every}, {self.eval_prompts}, {self.batch_size}, "
-                              f"{self.num_iterations})")
+        for name in ("steps", "save_every", "eval_prompts", "batch_size", "num_generations", "num_iterations",
+                     "lora_r"):
+            check_int(getattr(self, name), name, 1)
+        for name in ("seed", "warmup_steps"):
+            check_int(getattr(self, name), name, 0)
+        for name in ("max_completion_length", "schedule_steps"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        for name in ("learning_rate", "epsilon_high"):
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), name, 0, above=True)
+        for name in ("temperature", "epsilon", "lora_alpha"):
+            check_number(getattr(self, name), name, 0, above=True)
+        for name in ("beta", "weight_decay"):
+            check_number(getattr(self, name), name, 0)
+        check_number(self.lora_dropout, "lora_dropout", 0, 1)
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise RlcastError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r}; known: {', '.join(SCHEDULERS)}")
         if self.algo != "sft" and (self.num_generations < 2 or self.batch_size % self.num_generations):
             raise RlcastError(f"batch_size {self.batch_size} must be a multiple of num_generations "
                               f"{self.num_generations} (>= 2)")
@@ -119,8 +131,6 @@ class TrainConfig:
             raise RlcastError(f"unknown scale_rewards {self.scale_rewards!r}; known: {', '.join(SCALE_REWARDS)}")
         if self.keep_optimizer not in ("last", "all"):
             raise RlcastError(f"keep_optimizer {self.keep_optimizer!r}: expected last or all")
-        if self.schedule_steps is not None and self.schedule_steps < 1:
-            raise RlcastError(f"schedule_steps must be >= 1 or None (got {self.schedule_steps})")
 
     @property
     def kind(self) -> str:
@@ -131,8 +141,9 @@ class TrainConfig:
         loss = ALGOS[self.algo]
         return dataclasses.replace(
             self,
-            learning_rate=self.learning_rate or DEFAULT_LR[(self.kind, self.lora)],
-            max_completion_length=self.max_completion_length or task.max_new_tokens,
+            learning_rate=DEFAULT_LR[(self.kind, self.lora)] if self.learning_rate is None else self.learning_rate,
+            max_completion_length=(task.max_new_tokens if self.max_completion_length is None
+                                   else self.max_completion_length),
             loss_type=self.loss_type or loss.get("loss_type"),
             scale_rewards=self.scale_rewards or loss.get("scale_rewards"),
             epsilon_high=self.epsilon_high if self.epsilon_high is not None else loss.get("epsilon_high",
@@ -179,22 +190,18 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-def read_manifest(out: Path, action: str = "resume") -> tuple[dict, TrainConfig]:
+def read_manifest(out: Path, action: str = "resume") -> tuple[Manifest, TrainConfig]:
     """run.json of the run in `out` and its config; a missing, unreadable or older-format file is a one-line error
     saying what cannot be done (`action`: resume, continue)."""
     path = Path(out) / "run.json"
     if not path.exists():
         raise RlcastError(f"{out}: nothing to {action} (no run.json)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RlcastError(f"{path}: unreadable ({err}); cannot {action} this run") from None
-    found = manifest.get("format", 1) if isinstance(manifest, dict) else None
-    if found != FORMAT_VERSION or not isinstance(manifest.get("config"), dict):
-        raise RlcastError(f"{path}: run.json format {found}, this rlcast {action}s format {FORMAT_VERSION} only "
+    manifest = Manifest.read(path)
+    if manifest.format != FORMAT:
+        raise RlcastError(f"{path}: run.json format {manifest.format}, this rlcast {action}s format {FORMAT} only "
                           f"(written by an older rlcast?)" + ("; start a new run in another folder"
                                                                if action == "resume" else ""))
-    return manifest, config_from_dict(TrainConfig, manifest["config"], str(path))
+    return manifest, config_from_dict(TrainConfig, manifest.config, str(path))
 
 
 def _checkpoints(out: Path) -> list[int]:
@@ -211,7 +218,7 @@ class ManifestCallback(TrainerCallback):
     its gate); `generation_batches=None` for SFT.
     """
 
-    def __init__(self, out: Path, manifest: dict, task, tokenizer, eval_prompts: int, progress: bool,
+    def __init__(self, out: Path, manifest: Manifest, task, tokenizer, eval_prompts: int, progress: bool,
                  keep_optimizer: str = "last", generation_batches: int | None = None):
         self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
         self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
@@ -225,16 +232,10 @@ class ManifestCallback(TrainerCallback):
         with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
             result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
         rewards = [h["reward"] for h in state.log_history if "reward" in h]
-        entry = {"step": step, "path": f"checkpoint-{step}", "accuracy": result.accuracy,
-                 "ci": [result.ci_low, result.ci_high]}
-        if rewards:
-            entry["train_reward"] = rewards[-1]
-        if self.generation_batches is not None:
-            entry["generation_batches"] = self.generation_batches
-        follow_umask(self.out / entry["path"])  # the Trainer's safetensors are 0600 whatever the umask
-        done = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
-        self.manifest.update(checkpoints=sorted(done, key=lambda c: c["step"]), steps_done=step)
-        write_json_atomic(self.out / "run.json", self.manifest)
+        self.manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
+                                   rewards[-1] if rewards else None, self.generation_batches))
+        follow_umask(self.out / f"checkpoint-{step}")  # the Trainer's safetensors are 0600 whatever the umask
+        self.manifest.write(self.out / "run.json")
         for older in _checkpoints(self.out) if self.keep_optimizer == "last" else ():
             if older < step:
                 for name in ("optimizer.pt", "scheduler.pt"):
@@ -247,18 +248,22 @@ class ManifestCallback(TrainerCallback):
 class RichProgress(TrainerCallback):
     """One rich bar for the run: optimizer steps, the latest train reward (loss for SFT) and held-out accuracy.
 
-    Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
+    The bar counts the steps this invocation runs (a resumed or continued run starts at its checkpoint's step, named
+    in the label). Replaces the Trainer's tqdm bar and its printed log dicts; the metrics stay in state.log_history.
     """
 
-    def __init__(self, bar: Progress, label: str, manifest: dict, total: int):
+    def __init__(self, bar: Progress, label: str, manifest: Manifest, total: int):
         self.bar, self.label, self.manifest, self.total = bar, label, manifest, total
-        self.job, self.metric = None, ""
+        self.job, self.metric, self.start = None, "", 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.job = self.bar.add_task(self.label, total=self.total, completed=state.global_step)
+        self.start = state.global_step
+        if self.start:
+            self.label = f"{self.label} steps {self.start}-{self.total}"
+        self.job = self.bar.add_task(self.describe(), total=max(self.total - self.start, 0))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(self.job, completed=state.global_step, description=self.describe())
+        self.bar.update(self.job, completed=state.global_step - self.start, description=self.describe())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         key = next((k for k in ("reward", "loss") if isinstance((logs or {}).get(k), (int, float))), None)
@@ -270,8 +275,8 @@ class RichProgress(TrainerCallback):
         self.bar.update(self.job, description=self.describe())
 
     def describe(self) -> str:
-        done = self.manifest["checkpoints"]
-        held_out = f"held-out {done[-1]['accuracy']:.3f}" if done else f"base {self.manifest['base_accuracy']:.3f}"
+        done = self.manifest.checkpoints
+        held_out = f"held-out {done[-1].accuracy:.3f}" if done else f"base {self.manifest.base_accuracy:.3f}"
         return " | ".join(x for x in (self.label, self.metric, held_out) if x)
 
 
@@ -383,15 +388,16 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
                        callbacks=callbacks, peft_config=peft_config)
 
 
-def _generations_before(manifest: dict, config: TrainConfig, done: list[int], resume: bool) -> int | None:
+def _generations_before(manifest: Manifest | None, config: TrainConfig, done: list[int], resume: bool) -> int | None:
     """Generation batches before this (RL) training starts: 0, or on resume the count recorded at the checkpoint it
     resumes from (a plain run's ceil(step / num_iterations) when that entry predates the count)."""
     if config.kind != "rl":
         return None
     if not (resume and done):
         return 0
-    entry = next((c for c in manifest["checkpoints"] if c["step"] == done[-1]), {})
-    return entry.get("generation_batches", -(-done[-1] // config.num_iterations))
+    entry = next((c for c in manifest.checkpoints if c.step == done[-1]), None)
+    recorded = entry.generation_batches if entry is not None else None
+    return recorded if recorded is not None else -(-done[-1] // config.num_iterations)
 
 
 def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
@@ -412,17 +418,17 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         tokenizer.pad_token = tokenizer.eos_token
 
     if manifest is not None:
-        manifest.update(status="running", config=config.to_json())
+        manifest.status, manifest.config = "running", config.to_json()
     else:
         if progress:
-            Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.name} prompts",
-                                       highlight=False)
+            Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.variant} "
+                                       f"prompts", highlight=False)
         base_result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=progress)
-        manifest = {"format": FORMAT_VERSION, "config": config.to_json(), "base": str(base), "task": task.name,
-                    "task_args": dict(config.task_args), "algo": config.algo, "eval": "greedy, test split",
-                    "base_accuracy": base_result.accuracy, "base_ci": [base_result.ci_low, base_result.ci_high],
-                    "checkpoints": [], "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(out / "run.json", manifest)
+        manifest = Manifest(config=config.to_json(), base=str(base), task=task.name, task_args=dict(config.task_args),
+                            algo=config.algo, eval="greedy, test split", base_accuracy=base_result.accuracy,
+                            base_ci=[base_result.ci_low, base_result.ci_high], status="running",
+                            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.write(out / "run.json")
 
     set_seed(config.seed)
     done = _checkpoints(out)
@@ -441,6 +447,6 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{done[-1]}") if resume and done else None)
-    manifest.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json_atomic(out / "run.json", manifest)
+    manifest.status, manifest.finished = "finished", time.strftime("%Y-%m-%dT%H:%M:%S")
+    manifest.write(out / "run.json")
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlcast.io.checkpoints import Run, load_run
+from rlcast.io.runs import Run, load_run
 from rlcast.io.writer import atomic_folder
 
 SNAPSHOT_FILE = "model.safetensors"
