@@ -51,7 +51,7 @@ import torch
 from common import LLAMA_7B, Results, add_out, console, machine, new_parser, quiet_transformers, rl_like_delta
 from rlcast.apps.analysis import analyze
 from rlcast.apps.dominance import write_rank_k
-from rlcast.core.backend import resolve_device
+from rlcast.core.backend import Compute, resolve_device
 from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
@@ -154,7 +154,8 @@ def check_analyze(run, label: str, device: torch.device, work: Path) -> Check:
     for key, where in (("cpu", "cpu"), ("device", str(device))):
         cache = work / f"cache-{label}-{key}"
         results[key], seconds[key] = timed(lambda: analyze(run, selection="all", cache_dir=cache,
-                                                           progress=False, device=where).to_dict(), device)
+                                                           progress=False, compute=Compute(device=where)).to_dict(),
+                                           device)
         shutil.rmtree(cache, ignore_errors=True)
     diff, values = 0.0, 0
     for name, module in results["cpu"]["modules"].items():
