@@ -84,7 +84,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
 
 
 def test_report_places_lead_sections_and_notes_after_the_verdict(run_root, cache, tmp_path):
-    from rlcast.io.checkpoints import load_run
+    from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report
 
     page = build_report(load_run(run_root), out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache,

@@ -288,6 +288,11 @@ def _ci(ci) -> str:
     return "" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _share(value) -> str:
+    """A share in words; n/a when undefined (e.g. no gain over the base to recover)."""
+    return "n/a" if _number(value) is None else f"{value:.0%}"
+
+
 # published figures the verdict sets this run against (AlphaRL arXiv 2510.00553, NExt arXiv 2604.11446)
 PUBLISHED = {"rank1_accuracy": ("AlphaRL", 0.992), "pls_r2": ("AlphaRL", 0.914),
              "share_step_r2_heldout_lt_0": ("NExt", "more than half")}
@@ -308,8 +313,8 @@ def verdict(overall: dict, dom: dict | None, accuracy: dict[int, float]) -> tupl
     rank1 = next(((s, r) for s, r in zip(dom["ranks"], dom["recovery"]) if s.get("k") == 1), None) if dom else None
     if rank1:
         score, rec = rank1
-        said.append(f"Keeping only the top singular direction of every update (rank 1) keeps {rec['recovery']:.0%} "
-                    f"of the full model's accuracy {_ci(rec['recovery_ci'])} and {rec['gain_recovery']:.0%} of the "
+        said.append(f"Keeping only the top singular direction of every update (rank 1) keeps {_share(rec['recovery'])} "
+                    f"of the full model's accuracy {_ci(rec['recovery_ci'])} and {_share(rec['gain_recovery'])} of the "
                     f"gain over the base {_ci(rec['gain_recovery_ci'])} (step {dom['step']}, {dom['n_prompts']} "
                     f"prompts, paired bootstrap 95 %).")
         rows.append({"measure": "rank-1 model / full model accuracy", "this run": rec["recovery"],
@@ -373,10 +378,11 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
 
     manifest = run.manifest or Manifest()
     lora = manifest.lora if manifest.lora is not None else any(c.kind == "lora" for c in run.checkpoints)
+    task_name = task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"
     info = [{"field": "run", "value": str(run.root or run.base)}, {"field": "base", "value": str(run.base)},
             {"field": "algorithm", "value": manifest.algo or "?"},
             {"field": "LoRA", "value": lora},
-            {"field": "task", "value": task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"},
+            {"field": "task", "value": task_name},
             {"field": "checkpoints", "value": f"{len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]})"},
             {"field": "module selection", "value": f"{dyn['selection']} ({len(modules)} 2-D modules)"},
             {"field": "dynamics", "value": dyn_note},
@@ -428,9 +434,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Run", table(info)),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    algo = manifest.algo or "?"
-    task_name = task_variant(manifest.task, manifest.task_args) if manifest.task else task or "?"
-    title = f"{algo} on {task_name}, steps {traj.steps[0]}-{traj.steps[-1]}"
+    title = f"{manifest.algo or '?'} on {task_name}, steps {traj.steps[0]}-{traj.steps[-1]}"
     body = "".join(f"<h2>{html.escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (f"<!doctype html>\n{html_record(output_record('report'))}\n<html><head><meta charset='utf-8'>"
             f"<title>rlcast: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
