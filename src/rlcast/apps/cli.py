@@ -487,6 +487,38 @@ def analyze_cmd(
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
+# --- forecast ---
+
+@app.command("forecast")
+def forecast_cmd(
+    runs: list[str] = typer.Argument(..., help="Run folders (run.json with held-out accuracies; checkpoints for "
+                                               "--weights). Several: ranked by their forecast."),
+    until: int | None = typer.Option(None, "--until", help="Cutoff: forecast from the checkpoints with step <= UNTIL "
+                                                           "only (default: all)."),
+    target: int | None = typer.Option(None, "--target", help="Step to forecast (default: the run's planned last step, "
+                                                             "run.json config steps, else 2x the cutoff)."),
+    reach: float | None = typer.Option(None, "--reach", help="Also forecast the step at which this held-out accuracy "
+                                                             "is reached (e.g. 0.40)."),
+    weights: bool | None = typer.Option(None, "--weights/--no-weights", help="The weight-based forecaster (AlphaRL's "
+                                        "PLS on the rank-1 coefficient; reads every checkpoint once, spectra cached). "
+                                        "Default: on when the checkpoints are readable."),
+    min_gain: float = typer.Option(0.01, "--min-gain", help="Stop/continue hint: the gain worth the remaining steps."),
+    json_out: str | None = typer.Option(None, "--json", help="Write every figure here (JSON)."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder, when the run does not name it."),
+) -> None:
+    """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
+    from pathlib import Path
+
+    from rlcast.apps.forecast import forecast, print_report, save
+
+    results, ranking = forecast(runs, until=until, target=target, reach=reach, weights=weights, min_gain=min_gain,
+                                base=base)
+    print_report(results, ranking, _wide_console())
+    if json_out:
+        path = save(results, ranking, Path(json_out))
+        console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("rlcast-demo", "--out", "-o", help="Folder for both runs, report.html and summary.json."),
