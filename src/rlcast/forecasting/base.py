@@ -40,10 +40,11 @@ class Forecast:
 
     def measured(self) -> np.ndarray:
         """(S, k) samples of what a checkpoint evaluated at each step would score: paths plus evaluation noise
-        (seeded; 400 normal draws around the center for a point forecast)."""
+        (seeded; one normal draw per path, scaled by each step's noise, so the quantiles are smooth in the step; 400
+        draws around the center for a point forecast)."""
         rng = np.random.default_rng(self.seed + 7919)
         paths = self.paths if len(self.paths) else np.repeat(self.center[None], 400, axis=0)
-        return np.clip(paths + rng.standard_normal(paths.shape) * self.noise, 0.0, 1.0)
+        return np.clip(paths + rng.standard_normal((len(paths), 1)) * self.noise, 0.0, 1.0)
 
     def interval(self, level: float = LEVEL, measured: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(median, low, high) per step: the central `level` interval of the measured (or the true) accuracy."""

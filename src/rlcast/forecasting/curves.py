@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from rlcast.core.trajectory import build_trajectory
+from rlcast.core.trajectory import Trajectory, build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.io.checkpoints import Run, RunReader
 from rlcast.methods.alpharl import rank1_path
@@ -166,19 +167,24 @@ def read_curve(run: Run, weights: bool = False, progress: bool = False) -> Curve
     return curve
 
 
-def with_weights(curve: Curve, run: Run, progress: bool = False) -> Curve:
+def with_weights(curve: Curve, run: Run, progress: bool = False, trajectory: Trajectory | None = None) -> Curve:
     """`curve` with the rank-1 coefficients a(t) = s1 u1 of every changed 2-D block tensor at the checkpoints (steps
-    > 0) that have an accuracy, from the cached rank-1 spectra."""
+    > 0) that have an accuracy: from `trajectory` (any rank, e.g. the report's) or from the cached rank-1 spectra."""
     wanted = [s for s in run.steps if s in set(curve.steps.tolist()) and s > 0]
     if not wanted:
         return curve
-    window = Run(run.base, [run.checkpoint(s) for s in wanted], run.root, run.manifest)
-    names = RunReader(window).selected("blocks", two_d=True)
-    if not names:
-        raise RlcastError(f"{curve.run}: no 2-D block tensors changed: nothing for the weight-based forecaster")
-    traj = build_trajectory(window, rank=1, names=names, progress=progress)
-    paths = {n: rank1_path(traj.modules[n])[0].float().numpy() for n in names}
-    return dataclasses.replace(curve, weight_steps=tuple(traj.steps), weights=paths)
+    if trajectory is None:
+        window = Run(run.base, [run.checkpoint(s) for s in wanted], run.root, run.manifest)
+        names = RunReader(window).selected("blocks", two_d=True)
+        if not names:
+            raise RlcastError(f"{curve.run}: no 2-D block tensors changed: nothing for the weight-based forecaster")
+        trajectory = build_trajectory(window, rank=1, names=names, progress=progress)
+    else:
+        mask = torch.tensor([s in wanted for s in trajectory.steps])
+        trajectory = Trajectory([s for s in trajectory.steps if s in wanted],
+                                {n: m.select(mask) for n, m in trajectory.modules.items()}, {})
+    paths = {n: rank1_path(m)[0].float().numpy() for n, m in trajectory.modules.items() if m.u is not None}
+    return dataclasses.replace(curve, weight_steps=tuple(trajectory.steps), weights=paths)
 
 
 def _sd(ci, accuracy: float, prompts: int | None) -> float:
