@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlcast.errors import RlcastError
-from rlcast.forecasting import LEVEL, Combination, Curve, checked, read_curve
+from rlcast.forecasting import FORECASTERS, LEVEL, MEMBERS, Combination, Curve, checked, read_curve
 from rlcast.forecasting.curves import manifest_run, with_weights
 from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.writer import write_json_atomic
@@ -165,7 +165,8 @@ def forecast(paths: list[str | Path], until: int | None = None, target: int | No
     if reach is not None and not 0 < reach <= 1:
         raise RlcastError(f"--reach {reach}: expected an accuracy in (0, 1]")
     curves = prepare(paths, until, target, weights, base, progress)
-    results = [forecast_curve(curve, step, reach, min_gain) for curve, step in curves]
+    members = [m for m in MEMBERS if weights is not False or not FORECASTERS[m].reads_weights]
+    results = [forecast_curve(curve, step, reach, min_gain, Combination(members)) for curve, step in curves]
     return results, rank(results) if len(results) > 1 else None
 
 

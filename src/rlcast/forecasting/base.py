@@ -67,6 +67,7 @@ class Forecaster:
     name = ""           # registry name (set by `register`)
     saturating = False  # True when the fitted curve has an asymptote (predict([inf]) is finite)
     min_points = 3      # held-out accuracies (the base's included) the fit needs
+    reads_weights = False  # True when the fit needs `Curve.weights` (the checkpoints' rank-1 spectra)
 
     def __init__(self, samples: int = 200, seed: int = 0):
         self.samples = samples

@@ -28,23 +28,32 @@ from rlcast.forecasting.curves import Curve
 
 
 class Family:
-    """A curve family y = c0 * d0(x; theta) + c1 * d1(x; theta): coefficient box, Gaussian coefficient prior,
-    a grid over the shape theta and a penalty on it (-2 log prior)."""
+    """A curve family y = c0 d0(x; theta) + c1 d1(x; theta): a box and a Gaussian prior on the coefficients, a grid
+    over the shape theta (the product of `axes`, evenly spaced) and a penalty on theta (-2 log prior)."""
 
-    def __init__(self, grid: np.ndarray, lo=(-np.inf, -np.inf), hi=(np.inf, np.inf), prior_mean=(0.0, 0.0),
-                 prior_prec=(0.0, 0.0), penalty: np.ndarray | None = None):
-        self.grid = np.asarray(grid, dtype=float).reshape(len(grid), -1)
+    def __init__(self, axes=(), lo=(-np.inf, -np.inf), hi=(np.inf, np.inf), prior_mean=(0.0, 0.0),
+                 prior_prec=(0.0, 0.0)):
+        self.axes = [np.asarray(a, dtype=float) for a in axes]
+        self.grid = np.stack(np.meshgrid(*self.axes, indexing="ij"), -1).reshape(-1, len(self.axes)) if axes else \
+            np.zeros((1, 0))
         self.lo, self.hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
         self.prior_mean, self.prior_prec = np.asarray(prior_mean, dtype=float), np.asarray(prior_prec, dtype=float)
-        self.penalty = np.zeros(len(self.grid)) if penalty is None else np.asarray(penalty, dtype=float)
 
     def design(self, xs: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """(G, n, 2) design at rescaled steps `xs` (n,) for shapes `theta` (G, dims)."""
         raise NotImplementedError
 
+    def penalty(self, theta: np.ndarray) -> np.ndarray:
+        """-2 log prior of shapes `theta` (..., dims) (override; default flat)."""
+        return np.zeros(theta.shape[:-1])
+
 
 class SigmoidFamily(Family):
-    """theta = (log(C_mid / C_last), log B); coefficients (R0, A)."""
+    """theta = (log(C_mid / C_last), log B); coefficients (R0, A); a log-normal prior on B."""
+
+    def __init__(self, axes, b_median: float, b_sd: float, **box):
+        super().__init__(axes, **box)
+        self.b_median, self.b_sd = b_median, b_sd
 
     def design(self, xs, theta):
         with np.errstate(divide="ignore"):
@@ -53,13 +62,18 @@ class SigmoidFamily(Family):
         phi = 0.5 * (1 + np.tanh(np.nan_to_num(z, nan=0.0) / 2))  # u / (1 + u), u = (x / C_mid)^B; 0 at x = 0
         return np.stack([1 - phi, phi], axis=-1)
 
+    def penalty(self, theta):
+        if not self.b_sd:
+            return np.zeros(theta.shape[:-1])
+        return ((theta[..., 1] - np.log(self.b_median)) / self.b_sd) ** 2
+
 
 class PowerFamily(Family):
-    """theta = (b,); coefficients (R0, g): R0 + g xs^b."""
+    """theta = (log b,); coefficients (R0, g): R0 + g xs^b."""
 
     def design(self, xs, theta):
         with np.errstate(over="ignore"):
-            return np.stack([np.ones((len(theta), len(xs))), xs[None] ** theta[:, 0:1]], axis=-1)
+            return np.stack([np.ones((len(theta), len(xs))), xs[None] ** np.exp(theta[:, 0:1])], axis=-1)
 
 
 class LogFamily(Family):
@@ -71,19 +85,9 @@ class LogFamily(Family):
         return np.stack([np.ones((len(theta), len(xs))), np.broadcast_to(logx, (len(theta), len(xs)))], axis=-1)
 
 
-def profile_fit(family: Family, xs: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best (grid index (R,), coefficients (R, 2)) for every row of y (R, n), weights w (n,).
-
-    At each grid point the box-constrained weighted least-squares coefficients (with the Gaussian prior) are exact:
-    the interior solution, or the best of the four edge solutions, clipped. The objective is in chi-square units.
-    """
-    X = family.design(xs, family.grid)                                                   # (G, n, 2)
-    Xw = X * w[None, :, None]
-    M = np.einsum("gni,gnj->gij", Xw, X) + np.diag(family.prior_prec + 1e-9)            # (G, 2, 2)
-    V = (Xw.transpose(0, 2, 1).reshape(-1, len(xs)) @ y.T).reshape(len(X), 2, -1)       # (G, 2, R)
-    V += (family.prior_prec * family.prior_mean)[None, :, None]
-    m00, m01, m11 = M[:, 0, 0, None], M[:, 0, 1, None], M[:, 1, 1, None]
-    v0, v1 = V[:, 0], V[:, 1]
+def _box_solve(family: Family, m00, m01, m11, v0, v1):
+    """The weighted least-squares coefficients in the family's box, exactly (the interior solution, or the best
+    of the edge solutions, clipped), and the objective up to a constant: all arrays broadcast together."""
     det = m00 * m11 - m01 ** 2
     candidates = [((m11 * v0 - m01 * v1) / det, (m00 * v1 - m01 * v0) / det)]
     for c1 in (family.lo[1], family.hi[1]):
@@ -92,20 +96,57 @@ def profile_fit(family: Family, xs: np.ndarray, y: np.ndarray, w: np.ndarray) ->
     for c0 in (family.lo[0], family.hi[0]):
         if np.isfinite(c0):
             candidates.append((np.full_like(v0, c0), (v1 - m01 * c0) / m11))
-    best_j, best = None, None
+    best = None
     for c0, c1 in candidates:
         c0, c1 = np.clip(c0, family.lo[0], family.hi[0]), np.clip(c1, family.lo[1], family.hi[1])
-        j = c0 * (m00 * c0 + 2 * (m01 * c1 - v0)) + c1 * (m11 * c1 - 2 * v1)  # + const (y'Wy)
-        if best_j is None:
-            best_j, best = j, (c0, c1)
+        j = c0 * (m00 * c0 + 2 * (m01 * c1 - v0)) + c1 * (m11 * c1 - 2 * v1)  # + y'Wy, the same for all
+        if best is None:
+            best = (j, c0, c1)
         else:
-            better = j < best_j
-            best_j = np.where(better, j, best_j)
-            best = (np.where(better, c0, best[0]), np.where(better, c1, best[1]))
-    total = best_j + family.penalty[:, None]                                             # (G, R)
-    g = np.argmin(total, axis=0)
-    r = np.arange(y.shape[0])
-    return g, np.stack([best[0][g, r], best[1][g, r]], axis=1)
+            better = j < best[0]
+            best = tuple(np.where(better, new, old) for new, old in zip((j, c0, c1), best))
+    return best
+
+
+def _normal_equations(family: Family, X: np.ndarray, w: np.ndarray, y: np.ndarray) -> tuple:
+    """(m00, m01, m11, v0, v1) of the weighted least squares of y on X (..., n, 2), with the coefficient prior."""
+    Xw = X * w[..., :, None]
+    prec, mean = family.prior_prec + 1e-9, family.prior_prec * family.prior_mean
+    m = np.einsum("...ni,...nj->...ij", Xw, X)
+    v = np.einsum("...ni,...n->...i", Xw, y)
+    return m[..., 0, 0] + prec[0], m[..., 0, 1], m[..., 1, 1] + prec[1], v[..., 0] + mean[0], v[..., 1] + mean[1]
+
+
+def profile_fit(family: Family, xs: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best (shape (R, dims), coefficients (R, 2)) for every row of y (R, n), weights w (n,), in chi-square units.
+
+    The whole grid first (its normal equations shared by every row), then twice a 5-point-per-axis local grid at a
+    third of the previous spacing around each row's best: the shape to a ninth of the grid spacing.
+    """
+    R = y.shape[0]
+    X = family.design(xs, family.grid)                                                   # (G, n, 2)
+    Xw = X * w[None, :, None]
+    m = np.einsum("gni,gnj->gij", Xw, X)
+    v = (Xw.transpose(0, 2, 1).reshape(-1, len(xs)) @ y.T).reshape(len(X), 2, R)         # (G, 2, R)
+    prec, mean = family.prior_prec + 1e-9, family.prior_prec * family.prior_mean
+    j, c0, c1 = _box_solve(family, m[:, 0, 0, None] + prec[0], m[:, 0, 1, None], m[:, 1, 1, None] + prec[1],
+                           v[:, 0] + mean[0], v[:, 1] + mean[1])
+    g = np.argmin(j + family.penalty(family.grid)[:, None], axis=0)
+    rows = np.arange(R)
+    theta, coef = family.grid[g], np.stack([c0[g, rows], c1[g, rows]], 1)
+    if not family.axes:
+        return theta, coef
+    step = np.array([a[1] - a[0] if len(a) > 1 else 0.0 for a in family.axes])
+    low, high = np.array([a[0] for a in family.axes]), np.array([a[-1] for a in family.axes])
+    for scale in (1 / 3, 1 / 9):
+        offsets = np.stack(np.meshgrid(*[np.arange(-2, 3) * h * scale for h in step], indexing="ij"), -1)
+        offsets = offsets.reshape(-1, len(step))                                         # (L, dims)
+        cand = np.clip(theta[None] + offsets[:, None], low, high)                        # (L, R, dims)
+        X = family.design(xs, cand.reshape(-1, len(step))).reshape(len(offsets), R, len(xs), 2)
+        j, c0, c1 = _box_solve(family, *_normal_equations(family, X, w, y[None]))      # (L, R)
+        best = np.argmin(j + family.penalty(cand), axis=0)
+        theta, coef = cand[best, rows], np.stack([c0[best, rows], c1[best, rows]], 1)
+    return theta, coef
 
 
 @dataclass
@@ -129,51 +170,49 @@ class FittedFamily:
 
 
 def fit_family(family: Family, x: np.ndarray, y: np.ndarray, sd: np.ndarray | None, samples: int,
-               rng: np.random.Generator, dims: int, what: str) -> FittedFamily:
+               rng: np.random.Generator, what: str) -> FittedFamily:
     """Point fit plus a parametric bootstrap of `samples` refits (sd None or not all finite: estimated)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     scale = float(x.max())
     xs = x / scale
-    dof = len(x) - 2 - dims
+    dof = len(x) - 2 - len(family.axes)
     known = sd is not None and np.all(np.isfinite(sd)) and np.all(sd > 0)
     w = 1.0 / sd ** 2 if known else np.ones_like(y)
-    g, coef = profile_fit(family, xs, y[None], w)
-    fitted = np.einsum("nk,k->n", family.design(xs, family.grid[g])[0], coef[0])
+
+    def point(w):
+        theta, coef = profile_fit(family, xs, y[None], w)
+        return theta[0], coef[0], family.design(xs, theta)[0] @ coef[0]
+
+    theta, coef, fitted = point(w)
     chi2 = float((w * (y - fitted) ** 2).sum())
     if known:
         kappa = max(1.0, chi2 / dof) if dof > 0 else 1.0
-    elif dof > 0 and chi2 > 0:
-        kappa = float(np.sqrt(chi2 / dof))  # the estimated noise sd of one point
+    elif dof > 0:
+        kappa = max(float(np.sqrt(chi2 / dof)), 1e-4)  # the estimated noise sd of one point
     else:
         raise RlcastError(f"{what}: {len(x)} points and no known noise: too few to estimate the noise of a fit with "
-                          f"{2 + dims} parameters")
+                          f"{2 + len(family.axes)} parameters")
     w = w / kappa if known else w / kappa ** 2
     if kappa != 1.0:
-        g, coef = profile_fit(family, xs, y[None], w)
-        fitted = np.einsum("nk,k->n", family.design(xs, family.grid[g])[0], coef[0])
-    thetas, coefs = np.zeros((0, dims)), np.zeros((0, 2))
+        theta, coef, fitted = point(w)
+    thetas, coefs = np.zeros((0, len(family.axes))), np.zeros((0, 2))
     if samples:
         noisy = fitted[None] + rng.standard_normal((samples, len(y))) / np.sqrt(w)
-        gs, coefs = profile_fit(family, xs, noisy, w)
-        thetas = family.grid[gs]
-    return FittedFamily(family, scale, family.grid[g[0]], coef[0], thetas, coefs, kappa)
+        thetas, coefs = profile_fit(family, xs, noisy, w)
+    return FittedFamily(family, scale, theta, coef, thetas, coefs, kappa)
 
 
 def sigmoid_family(b_median: float, b_sd: float, a_mean: float | None, a_sd: float, lo=(0.0, 0.0),
                    hi=(1.0, 1.0)) -> SigmoidFamily:
     """The sigmoid's grid: C_mid from 0.05x to 1000x the last step, B from 0.25 to 4 (log-normal prior)."""
-    c = np.linspace(np.log(0.05), np.log(1000.0), 64)
-    b = np.linspace(np.log(0.25), np.log(4.0), 33)
-    grid = np.array([(ci, bi) for ci in c for bi in b])
-    penalty = ((grid[:, 1] - np.log(b_median)) / b_sd) ** 2 if b_sd else np.zeros(len(grid))
+    axes = (np.linspace(np.log(0.05), np.log(1000.0), 22), np.linspace(np.log(0.25), np.log(4.0), 12))
     prec = (0.0, 0.0) if a_mean is None else (0.0, 1.0 / a_sd ** 2)
-    return SigmoidFamily(grid, lo, hi, (0.0, a_mean or 0.0), prec, penalty)
+    return SigmoidFamily(axes, b_median, b_sd, lo=lo, hi=hi, prior_mean=(0.0, a_mean or 0.0), prior_prec=prec)
 
 
 class CurveFit(Forecaster):
     """A curve family fitted on the held-out accuracies (the base's included when the family allows step 0)."""
 
-    dims = 1
     use_base = True
 
     def family(self) -> Family:
@@ -186,7 +225,7 @@ class CurveFit(Forecaster):
                               f"the base up to step {curve.last}, this forecaster needs {self.min_points}")
         sd = curve.sd[keep]
         self.fit_ = fit_family(self.family(), curve.steps[keep], curve.accuracy[keep], sd, self.samples,
-                               np.random.default_rng(self.seed), self.dims, f"{self.label()} on {curve.run}")
+                               np.random.default_rng(self.seed), f"{self.label()} on {curve.run}")
 
     def _curves(self, steps):
         return self.fit_.curves(steps)
@@ -198,7 +237,6 @@ class Sigmoid(CurveFit):
     `b_median`, log-sd `b_sd`; 0 = flat) and a Gaussian prior on the asymptote A (`a_mean`, `a_sd`; None = none)."""
 
     saturating = True
-    dims = 2
 
     def __init__(self, b_median: float = 1.0, b_sd: float = 0.7, a_mean: float | None = None, a_sd: float = 0.3,
                  samples: int = 200, seed: int = 0):
@@ -218,18 +256,17 @@ class PowerLaw(CurveFit):
         self.b_min, self.b_max = b_min, b_max
 
     def family(self):
-        return PowerFamily(np.geomspace(self.b_min, self.b_max, 96)[:, None], lo=(0.0, -1.0), hi=(1.0, 1.0))
+        return PowerFamily([np.linspace(np.log(self.b_min), np.log(self.b_max), 24)], lo=(0.0, -1.0), hi=(1.0, 1.0))
 
 
 @register("log-linear")
 class LogLinear(CurveFit):
     """R(C) = a + b log C on the checkpoints after the base."""
 
-    dims = 0
     use_base = False
 
     def family(self):
-        return LogFamily(np.zeros((1, 0)))
+        return LogFamily()
 
 
 @register("reward")
@@ -258,7 +295,7 @@ class RewardCurve(Forecaster):
         family = sigmoid_family(self.b_median, self.b_sd, None, 1.0, lo=(min(0.0, r.min()), min(0.0, r.min())),
                                 hi=(max(1.0, r.max()), max(1.0, r.max())))
         rng = np.random.default_rng(self.seed)
-        self.reward_ = fit_family(family, curve.reward_steps, r, None, self.samples, rng, 2,
+        self.reward_ = fit_family(family, curve.reward_steps, r, None, self.samples, rng,
                                   f"{self.label()} on {curve.run}")
         center, paths = self.reward_.curves(curve.steps)
         sd = curve.sd if np.all(np.isfinite(curve.sd)) else None

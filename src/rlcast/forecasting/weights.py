@@ -39,6 +39,8 @@ class AlphaRLForecast(Forecaster):
     """AlphaRL's rank-1 PLS of accuracy, driven by a line of a(t) in the step; needs `Curve.weights`
     (`read_curve(run, weights=True)`) at >= 3 checkpoints."""
 
+    reads_weights = True
+
     def __init__(self, samples: int = 200, seed: int = 0):
         super().__init__(samples, seed)
 
