@@ -81,13 +81,13 @@ def test_combination_never_uses_data_past_the_cutoff():
     origins = [last for last, _ in Spy.seen[1:]]
     assert origins == [30, 40, 50, 60, 70, 80, 90, 100, 110]  # the back-test: every earlier origin, fitted up to it
     assert all(r <= last for last, r in Spy.seen)
-    assert {t for t, _ in model.backtest_["pairs"]} == set(origins)
-    assert max(j for _, j in model.backtest_["pairs"]) == 120
+    assert {t for t, _ in model.backtest_["Spy"]["pairs"]} == set(origins)
+    assert max(j for _, j in model.backtest_["power"]["pairs"]) == 120
     poisoned = Curve(curve.run, curve.steps, np.where(curve.steps > 120, 1.0, curve.accuracy), curve.sd,
                      curve.reward_steps, np.where(curve.reward_steps > 120, -5.0, curve.reward), curve.task,
                      curve.planned, curve.eval_prompts)
     again = Combination([Spy(), "power", "sigmoid"], samples=50).fit(poisoned.window(120))
-    assert again.weights_ == model.weights_ and again.s_ == model.s_
+    assert again.weights_ == model.weights_ and again.s_ == model.s_ and again.growth_ == model.growth_
     first, second = model.predict([200, 300]), again.predict([200, 300])
     assert np.array_equal(first.paths, second.paths) and np.array_equal(first.center, second.center)
 

@@ -103,7 +103,7 @@ def forecast_curve(curve: Curve, target: int, reach: float | None = None, min_ga
     for name, member in model.members_.items():
         own = member.predict(steps)
         forecasters[name] = {**own.summary(1, level), "weight": model.weights_[name],
-                             "backtest_mse": model.scores_[name],
+                             "error_growth": model.growth_[name], "backtests": len(model.backtest_[name]["pairs"]),
                              "convergence": own.summary(2, level) if member.saturating else None}
     convergence = combined.summary(2, level) if np.isfinite(combined.center[2]) else None
     gain = combined.paths[:, 1] - combined.paths[:, 0]
@@ -189,9 +189,9 @@ def run_table(r: RunForecast) -> Table:
     t = Table(title=f"{r.run}: held-out accuracy at step {r.target_step}, forecast from the checkpoints up to step "
                     f"{r.cutoff} (last {r.current:.3f})",
               caption=f"90 % intervals for a checkpoint's score (its evaluation noise included); weights from a "
-                      f"rolling-origin back-test on steps <= {r.cutoff}; error sd grows {r.error_growth:.3f} per "
-                      f"log-horizon", caption_justify="left")
-    for col in ("forecaster", "weight", "back-test MSE", f"step {r.target_step}", "90% interval", "convergence"):
+                      f"rolling-origin back-test on steps <= {r.cutoff}; error growth: the forecast error's sd per "
+                      f"log-horizon (back-test errors)", caption_justify="left")
+    for col in ("forecaster", "weight", "error growth", f"step {r.target_step}", "90% interval", "convergence"):
         t.add_column(col, justify="left" if col == "forecaster" else "right", no_wrap=True)
     notes = []
     for name, f in r.forecasters.items():
@@ -201,11 +201,11 @@ def run_table(r: RunForecast) -> Table:
             continue
         med, ci = _interval(f)
         conv = _interval(f["convergence"])
-        mse = "-" if f["backtest_mse"] is None else f"{f['backtest_mse']:.2e}"
-        t.add_row(name, f"{f['weight']:.2f}", mse, med, ci, "-" if conv[0] == "-" else f"{conv[0]} ({conv[1]})")
+        growth = f"{f['error_growth']:.3f} ({f['backtests']})"
+        t.add_row(name, f"{f['weight']:.2f}", growth, med, ci, "-" if conv[0] == "-" else f"{conv[0]} ({conv[1]})")
     med, ci = _interval(r.combined)
     conv = _interval(r.convergence)
-    t.add_row("[bold]combined[/]", "1.00", "", f"[bold]{med}[/]", f"[bold]{ci}[/]",
+    t.add_row("[bold]combined[/]", "1.00", f"{r.error_growth:.3f}", f"[bold]{med}[/]", f"[bold]{ci}[/]",
               "-" if conv[0] == "-" else f"{conv[0]} ({conv[1]})")
     if notes:
         t.caption += "".join(f"\n({i + 1}) {n}" for i, n in enumerate(notes))

@@ -1,16 +1,20 @@
 """The combination: forecasters weighted by a rolling-origin back-test on the run's own past.
 
 On the curve up to the cutoff, for every earlier checkpoint t (from the `min_origin`-th on) every member is fitted on
-the points up to t and scored at every later checkpoint t + h up to the cutoff; nothing after the cutoff is read,
-so the weights are never chosen with the future of the run. A member's score is its mean squared error, each error
-weighted by log((t + h) / t) (the long horizons matter most); its weight is score^-`power`, normalised (0: equal
-weights). The combined curve is the weighted mean of the members' central curves.
+the points up to t and scored at every later checkpoint j up to the cutoff (where it can fit that early); nothing
+after the cutoff is read, so the weights are never chosen with the future of the run.
 
-Interval, calibrated on the same back-test: the combination's own back-test error at horizon ratio r is modelled as
-N(0, sd_j^2 + s^2 log(r)^2) (sd_j the scored checkpoint's own noise), and s is the posterior mode with a scaled
-inverse-chi-square prior (`s_prior`, `s_strength` pseudo-errors) so that a few short back-test horizons cannot make it
-vanish; at step T past the cutoff c, the combined curve's sd is the larger of s log(T / c) and the members' own
-bootstrap sd (weighted). Its asymptote (step inf) mixes the saturating members' asymptotes by their weights.
+Error model: a forecast made at t for step j misses by N(0, sd_j^2 + s^2 h^2), h = log(j / t)^`growth` (sd_j the
+scored checkpoint's own noise): s is how fast a forecaster's error grows with the horizon. Each member's s is the
+posterior mode on its back-test errors under a scaled inverse-chi-square prior (`s_prior`, `s_strength`
+pseudo-errors), so a member scored on few short horizons stays near the prior instead of looking perfect. Its
+weight is s^(-2 `power`) (`power` 1: inverse expected squared error at any horizon; 0: equal weights), normalised.
+The combined curve is the weighted mean of the members' central curves.
+
+Interval, calibrated on the same back-test: the combination's own errors (where every member forecast) give its s
+the same way; at step T past the cutoff c its sd is sqrt(max(boot, (s h_T)^2) + `spread` * D), h_T = log(T / c)^growth,
+boot the members' own bootstrap variance and D their weighted disagreement at T (both weighted). Its asymptote
+(step inf) mixes the saturating members' asymptotes by their weights.
 """
 
 from __future__ import annotations
@@ -28,18 +32,19 @@ MEMBERS = ("sigmoid", "power", "log-linear", "reward", "alpharl")
 class Combination(Forecaster):
     """Members (names or Forecaster instances) weighted by their back-test on the curve's own past.
 
-    After `fit`: `members_` {label: fitted forecaster}, `reasons_` {label: why it could not fit}, `weights_`,
-    `scores_` (weighted back-test MSE), `backtest_` (origin, step, label -> error rows), `s_` (error growth per
-    log-horizon).
+    After `fit`: `members_` {label: fitted forecaster}, `reasons_` {label: why it could not fit}, `backtest_`
+    {label: {"pairs": [(origin, step)], "errors": array}}, `growth_` {label: s}, `weights_`, and `s_` (the
+    combination's error growth).
     """
 
     saturating = True
 
-    def __init__(self, members=MEMBERS, min_origin: int = 3, power: float = 1.0, s_prior: float = 0.03,
-                 s_strength: float = 3.0, samples: int = 400, seed: int = 0):
+    def __init__(self, members=MEMBERS, min_origin: int = 3, power: float = 1.0, growth: float = 1.0,
+                 s_prior: float = 0.03, s_strength: float = 3.0, spread: float = 1.0, samples: int = 400,
+                 seed: int = 0):
         super().__init__(samples, seed)
-        self.members, self.min_origin, self.power = tuple(members), min_origin, power
-        self.s_prior, self.s_strength = s_prior, s_strength
+        self.members, self.min_origin, self.power, self.growth = tuple(members), min_origin, power, growth
+        self.s_prior, self.s_strength, self.spread = s_prior, s_strength, spread
 
     def _fit(self, curve: Curve) -> None:
         self.members_, self.reasons_ = {}, {}
@@ -52,39 +57,35 @@ class Combination(Forecaster):
         if not self.members_:
             raise RlcastError(f"{self.label()}: no forecaster could fit {curve.run} up to step {curve.last}: "
                               + "; ".join(self.reasons_.values()))
-        specs = {m.label(): m for m in self.members_.values()}
-        pairs, errors = self._backtest(curve, specs)
-        self.backtest_ = {"pairs": pairs, "errors": errors}
-        if pairs:
-            horizon = np.log([j / t for t, j in pairs])
-            self.scores_ = {k: float((horizon * e ** 2).sum() / horizon.sum()) for k, e in errors.items()}
-            raw = {k: max(v, 1e-8) ** -self.power for k, v in self.scores_.items()}
-        else:
-            self.scores_, raw = {k: None for k in specs}, {k: 1.0 for k in specs}
-        total = sum(raw.values())
-        self.weights_ = {k: v / total for k, v in raw.items()}
-        combined = sum(self.weights_[k] * errors[k] for k in specs) if pairs else np.zeros(0)
-        sd = np.array([_sd_at(curve, j) for _, j in pairs])
-        self.s_ = _growth(combined, np.log([j / t for t, j in pairs]) if pairs else np.zeros(0), sd,
-                          self.s_prior, self.s_strength)
+        self.backtest_ = {k: self._backtest(curve, m) for k, m in self.members_.items()}
+        self.growth_ = {k: self._growth(curve, b["pairs"], b["errors"]) for k, b in self.backtest_.items()}
+        raw = {k: s ** (-2 * self.power) for k, s in self.growth_.items()}
+        self.weights_ = {k: v / sum(raw.values()) for k, v in raw.items()}
+        common = set.intersection(*(set(b["pairs"]) for b in self.backtest_.values()))
+        pairs = sorted(common)
+        combined = np.array([sum(self.weights_[k] * b["errors"][b["pairs"].index(p)]
+                                 for k, b in self.backtest_.items()) for p in pairs])
+        self.s_ = self._growth(curve, pairs, combined)
 
-    def _backtest(self, curve: Curve, specs: dict) -> tuple[list, dict]:
-        """(origin step, scored step) pairs and, per member, the errors there: fitted up to the origin only."""
+    def _backtest(self, curve: Curve, member: Forecaster) -> dict:
+        """(origin, scored step) pairs and the errors there, the member fitted up to each origin only."""
         checkpoints = [int(s) for s in curve.steps if s > 0]
-        origins = checkpoints[self.min_origin - 1:-1]
-        pairs, errors = [], {k: [] for k in specs}
-        for origin in origins:
-            past = curve.window(origin)
-            later = curve.steps[curve.steps > origin]
-            truth = curve.accuracy[curve.steps > origin]
+        pairs, errors = [], []
+        for origin in checkpoints[self.min_origin - 1:-1]:
+            later = curve.steps > origin
             try:
-                preds = {k: make_forecaster(m, samples=0).fit(past).predict(later).center for k, m in specs.items()}
+                pred = make_forecaster(member, samples=0).fit(curve.window(origin)).predict(curve.steps[later])
             except RlcastError:
-                continue  # a member cannot fit this early: the origin is scored for none (comparable scores)
-            pairs += [(origin, int(j)) for j in later]
-            for k in specs:
-                errors[k].extend(preds[k] - truth)
-        return pairs, {k: np.array(v) for k, v in errors.items()}
+                continue  # cannot fit this early (too few points, rewards or weights)
+            pairs += [(origin, int(j)) for j in curve.steps[later]]
+            errors.extend(pred.center - curve.accuracy[later])
+        return {"pairs": pairs, "errors": np.array(errors)}
+
+    def _growth(self, curve: Curve, pairs: list, errors: np.ndarray) -> float:
+        sd = {int(s): float(d) if np.isfinite(d) else 0.0 for s, d in zip(curve.steps, curve.sd)}
+        horizon = np.array([np.log(j / t) ** self.growth for t, j in pairs])
+        return growth_rate(np.asarray(errors, dtype=float), horizon, np.array([sd[j] for _, j in pairs]),
+                           self.s_prior, self.s_strength)
 
     def _curves(self, steps):
         finite = np.isfinite(steps)
@@ -98,10 +99,10 @@ class Combination(Forecaster):
     def _finite(self, steps):
         preds = {k: m.predict(steps) for k, m in self.members_.items()}
         center = sum(self.weights_[k] * p.center for k, p in preds.items())
-        boot = sum(self.weights_[k] * (p.paths.var(0) if len(p.paths) > 1 else 0.0) for k, p in preds.items())
-        with np.errstate(divide="ignore"):
-            horizon = np.log(np.maximum(steps, self.curve_.last) / self.curve_.last)
-        sd = np.sqrt(np.maximum(boot, (self.s_ * horizon) ** 2))
+        boot = sum(self.weights_[k] * _robust_var(p.paths) for k, p in preds.items())
+        spread = sum(self.weights_[k] * (p.center - center) ** 2 for k, p in preds.items())
+        horizon = np.log(np.maximum(steps, self.curve_.last) / self.curve_.last) ** self.growth
+        sd = np.sqrt(np.maximum(boot, (self.s_ * horizon) ** 2) + self.spread * spread)
         z = np.random.default_rng(self.seed + 1).standard_normal(self.samples)
         return center, center[None] + z[:, None] * sd[None]
 
@@ -124,14 +125,18 @@ class Combination(Forecaster):
         return np.full(k, center), np.repeat(draws[:, None], k, axis=1)
 
 
-def _sd_at(curve: Curve, step: int) -> float:
-    sd = float(curve.sd[list(curve.steps).index(step)])
-    return sd if np.isfinite(sd) else 0.0
+def _robust_var(paths: np.ndarray) -> np.ndarray:
+    """Per step, the variance of the sampled curves from their central 90 % (a few wild refits do not dominate)."""
+    if len(paths) < 2:
+        return np.zeros(paths.shape[1])
+    q = np.quantile(paths, [0.05, 0.95], axis=0)
+    return ((q[1] - q[0]) / 3.29) ** 2
 
 
-def _growth(errors: np.ndarray, horizon: np.ndarray, sd: np.ndarray, s0: float, strength: float) -> float:
-    """Posterior mode of s in errors ~ N(0, sd^2 + s^2 horizon^2), prior s^2 ~ scaled-inv-chi2(strength, s0^2)."""
-    grid = np.linspace(1e-4, 0.3, 600)
+def growth_rate(errors: np.ndarray, horizon: np.ndarray, sd: np.ndarray, s0: float, strength: float) -> float:
+    """Posterior mode of s in errors ~ N(0, sd^2 + s^2 horizon^2), prior s^2 ~ scaled-inv-chi2(strength, s0^2)
+    (on a grid from 1e-4 to 0.5; the prior's mode alone without errors)."""
+    grid = np.linspace(1e-4, 0.5, 2000)
     v = sd[None] ** 2 + (grid[:, None] * horizon[None]) ** 2
     loglik = -0.5 * (np.log(np.maximum(v, 1e-12)) + errors[None] ** 2 / np.maximum(v, 1e-12)).sum(1)
     s2 = grid ** 2
