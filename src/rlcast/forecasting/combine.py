@@ -58,6 +58,10 @@ class Combination(Forecaster):
             raise RlcastError(f"{self.label()}: no forecaster could fit {curve.run} up to step {curve.last}: "
                               + "; ".join(self.reasons_.values()))
         self.backtest_ = {k: self._backtest(curve, m) for k, m in self.members_.items()}
+        self._calibrate(curve)
+
+    def _calibrate(self, curve: Curve) -> None:
+        """Weights and error growth from the back-test (`backtest_`): no refit."""
         self.growth_ = {k: self._growth(curve, b["pairs"], b["errors"]) for k, b in self.backtest_.items()}
         raw = {k: s ** (-2 * self.power) for k, s in self.growth_.items()}
         self.weights_ = {k: v / sum(raw.values()) for k, v in raw.items()}

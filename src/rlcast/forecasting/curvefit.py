@@ -29,31 +29,32 @@ from rlcast.forecasting.curves import Curve
 
 class Family:
     """A curve family y = c0 d0(x; theta) + c1 d1(x; theta): a box and a Gaussian prior on the coefficients, a grid
-    over the shape theta (the product of `axes`, evenly spaced) and a penalty on theta (-2 log prior)."""
+    over the shape theta (the product of `axes`, evenly spaced) and a Gaussian prior on one shape parameter
+    (`shape_prior`: (index, mean, sd); sd 0 = flat)."""
 
     def __init__(self, axes=(), lo=(-np.inf, -np.inf), hi=(np.inf, np.inf), prior_mean=(0.0, 0.0),
-                 prior_prec=(0.0, 0.0)):
+                 prior_prec=(0.0, 0.0), shape_prior=(0, 0.0, 0.0)):
         self.axes = [np.asarray(a, dtype=float) for a in axes]
         self.grid = np.stack(np.meshgrid(*self.axes, indexing="ij"), -1).reshape(-1, len(self.axes)) if axes else \
             np.zeros((1, 0))
         self.lo, self.hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
         self.prior_mean, self.prior_prec = np.asarray(prior_mean, dtype=float), np.asarray(prior_prec, dtype=float)
+        self.shape_prior = shape_prior
 
     def design(self, xs: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """(G, n, 2) design at rescaled steps `xs` (n,) for shapes `theta` (G, dims)."""
         raise NotImplementedError
 
     def penalty(self, theta: np.ndarray) -> np.ndarray:
-        """-2 log prior of shapes `theta` (..., dims) (override; default flat)."""
-        return np.zeros(theta.shape[:-1])
+        """-2 log prior of shapes `theta` (..., dims)."""
+        index, mean, sd = self.shape_prior
+        if not sd:
+            return np.zeros(theta.shape[:-1])
+        return ((theta[..., index] - mean) / sd) ** 2
 
 
 class SigmoidFamily(Family):
-    """theta = (log(C_mid / C_last), log B); coefficients (R0, A); a log-normal prior on B."""
-
-    def __init__(self, axes, b_median: float, b_sd: float, **box):
-        super().__init__(axes, **box)
-        self.b_median, self.b_sd = b_median, b_sd
+    """theta = (log(C_mid / C_last), log B); coefficients (R0, A)."""
 
     def design(self, xs, theta):
         with np.errstate(divide="ignore"):
@@ -61,11 +62,6 @@ class SigmoidFamily(Family):
         z = np.exp(theta[:, 1:2]) * (logx[None] - theta[:, 0:1])
         phi = 0.5 * (1 + np.tanh(np.nan_to_num(z, nan=0.0) / 2))  # u / (1 + u), u = (x / C_mid)^B; 0 at x = 0
         return np.stack([1 - phi, phi], axis=-1)
-
-    def penalty(self, theta):
-        if not self.b_sd:
-            return np.zeros(theta.shape[:-1])
-        return ((theta[..., 1] - np.log(self.b_median)) / self.b_sd) ** 2
 
 
 class PowerFamily(Family):
@@ -207,7 +203,8 @@ def sigmoid_family(b_median: float, b_sd: float, a_mean: float | None, a_sd: flo
     """The sigmoid's grid: C_mid from 0.05x to 1000x the last step, B from 0.25 to 4 (log-normal prior)."""
     axes = (np.linspace(np.log(0.05), np.log(1000.0), 22), np.linspace(np.log(0.25), np.log(4.0), 12))
     prec = (0.0, 0.0) if a_mean is None else (0.0, 1.0 / a_sd ** 2)
-    return SigmoidFamily(axes, b_median, b_sd, lo=lo, hi=hi, prior_mean=(0.0, a_mean or 0.0), prior_prec=prec)
+    return SigmoidFamily(axes, lo=lo, hi=hi, prior_mean=(0.0, a_mean or 0.0), prior_prec=prec,
+                         shape_prior=(1, np.log(b_median), b_sd))
 
 
 class CurveFit(Forecaster):
@@ -249,14 +246,16 @@ class Sigmoid(CurveFit):
 
 @register("power")
 class PowerLaw(CurveFit):
-    """R(C) = R0 + g (C / C_last)^b, R0 in [0, 1], b on a grid from `b_min` to `b_max` (log-spaced)."""
+    """R(C) = R0 + g (C / C_last)^b, R0 in [0, 1], b from 0.02 to 2 with a log-normal prior (median `b_median`,
+    log-sd `b_sd`; 0 = flat)."""
 
-    def __init__(self, b_min: float = 0.02, b_max: float = 2.0, samples: int = 200, seed: int = 0):
+    def __init__(self, b_median: float = 0.35, b_sd: float = 0.0, samples: int = 200, seed: int = 0):
         super().__init__(samples, seed)
-        self.b_min, self.b_max = b_min, b_max
+        self.b_median, self.b_sd = b_median, b_sd
 
     def family(self):
-        return PowerFamily([np.linspace(np.log(self.b_min), np.log(self.b_max), 24)], lo=(0.0, -1.0), hi=(1.0, 1.0))
+        return PowerFamily([np.linspace(np.log(0.02), np.log(2.0), 24)], lo=(0.0, -1.0), hi=(1.0, 1.0),
+                           shape_prior=(0, np.log(self.b_median), self.b_sd))
 
 
 @register("log-linear")
