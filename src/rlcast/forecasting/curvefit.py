@@ -207,6 +207,12 @@ def sigmoid_family(b_median: float, b_sd: float, a_mean: float | None, a_sd: flo
                          shape_prior=(1, np.log(b_median), b_sd))
 
 
+def power_family(b_median: float, b_sd: float, lo=(0.0, -1.0), hi=(1.0, 1.0)) -> PowerFamily:
+    """The power law's grid: b from 0.02 to 2 (log-normal prior)."""
+    return PowerFamily([np.linspace(np.log(0.02), np.log(2.0), 24)], lo=lo, hi=hi,
+                       shape_prior=(0, np.log(b_median), b_sd))
+
+
 class CurveFit(Forecaster):
     """A curve family fitted on the held-out accuracies (the base's included when the family allows step 0)."""
 
@@ -254,8 +260,7 @@ class PowerLaw(CurveFit):
         self.b_median, self.b_sd = b_median, b_sd
 
     def family(self):
-        return PowerFamily([np.linspace(np.log(0.02), np.log(2.0), 24)], lo=(0.0, -1.0), hi=(1.0, 1.0),
-                           shape_prior=(0, np.log(self.b_median), self.b_sd))
+        return power_family(self.b_median, self.b_sd)
 
 
 @register("log-linear")
@@ -270,20 +275,22 @@ class LogLinear(CurveFit):
 
 @register("reward")
 class RewardCurve(Forecaster):
-    """The sigmoid fitted on the training-reward log, mapped to held-out accuracy.
+    """A curve fitted on the training-reward log, mapped to held-out accuracy.
 
     Reads `curve.reward_steps` / `curve.reward` (TRL's trainer_state.json log, else run.json's `train_reward`), fits
-    the sigmoid there (noise estimated from its residuals), then held-out accuracy = alpha + beta * fitted reward by
-    weighted least squares on the checkpoints (the base's included: the fitted reward at step 0). The bootstrap
-    refits both, so the interval carries the reward fit's and the map's uncertainty.
+    `shape` there ("sigmoid" or "power", its exponent with the log-normal prior `b_median`, `b_sd`; the noise
+    estimated from the residuals), then held-out accuracy = alpha + beta * fitted reward by weighted least squares on
+    the checkpoints (the base's included: the fitted reward at step 0). The bootstrap refits both, so the interval
+    carries the reward fit's and the map's uncertainty.
     """
 
-    saturating = True
-
-    def __init__(self, b_median: float = 1.0, b_sd: float = 0.7, min_rewards: int = 5, samples: int = 200,
-                 seed: int = 0):
+    def __init__(self, shape: str = "sigmoid", b_median: float = 1.0, b_sd: float = 0.7, min_rewards: int = 5,
+                 samples: int = 200, seed: int = 0):
         super().__init__(samples, seed)
-        self.b_median, self.b_sd, self.min_rewards = b_median, b_sd, min_rewards
+        if shape not in ("sigmoid", "power"):
+            raise RlcastError(f"reward: shape {shape!r}: expected sigmoid or power")
+        self.shape, self.b_median, self.b_sd, self.min_rewards = shape, b_median, b_sd, min_rewards
+        self.saturating = shape == "sigmoid"
 
     def _fit(self, curve: Curve) -> None:
         if len(curve.reward) < self.min_rewards:
@@ -291,8 +298,11 @@ class RewardCurve(Forecaster):
                               f"{curve.last} (trainer_state.json or run.json train_reward), this forecaster needs "
                               f"{self.min_rewards}")
         r = curve.reward
-        family = sigmoid_family(self.b_median, self.b_sd, None, 1.0, lo=(min(0.0, r.min()), min(0.0, r.min())),
-                                hi=(max(1.0, r.max()), max(1.0, r.max())))
+        low, high = min(0.0, r.min()), max(1.0, r.max())
+        if self.shape == "sigmoid":
+            family = sigmoid_family(self.b_median, self.b_sd, None, 1.0, lo=(low, low), hi=(high, high))
+        else:
+            family = power_family(self.b_median, self.b_sd, lo=(low, low - high), hi=(high, high - low))
         rng = np.random.default_rng(self.seed)
         self.reward_ = fit_family(family, curve.reward_steps, r, None, self.samples, rng,
                                   f"{self.label()} on {curve.run}")
