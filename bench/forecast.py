@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    console = Console()
+    console = Console(soft_wrap=True)
     paths = [Path(p) for p in args.runs if Path(p).is_dir()]
     done = [p for p in paths if finished(p)]
     for p in sorted(set(paths) - set(done)):

@@ -8,7 +8,7 @@ import pytest
 
 from rlcast.errors import RlcastError
 from rlcast.forecasting import Combination, Curve, Forecaster, make_forecaster, read_curve
-from rlcast.forecasting.combine import MEMBERS
+from rlcast.forecasting.combine import ALONGSIDE, MEMBERS
 from rlcast.io.checkpoints import load_run
 
 A, R0, C_MID, B = 0.5, 0.26, 80.0, 1.0
@@ -37,9 +37,10 @@ def test_forecasters_recover_a_planted_sigmoid():
     assert c_mid == pytest.approx(C_MID, rel=0.2) and b == pytest.approx(B, rel=0.15)
     assert sig.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.005)
     assert sig.predict([np.inf]).center[0] == pytest.approx(A, abs=0.03)  # the asymptote
-    reward = make_forecaster("reward", samples=50).fit(curve)
+    reward = make_forecaster("reward", shape="sigmoid", samples=50).fit(curve)
     assert reward.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.01)
-    both = Combination(["sigmoid", "reward", "log-linear"], samples=50).fit(curve)
+    both = Combination([make_forecaster("sigmoid"), make_forecaster("reward", shape="sigmoid"), "log-linear"],
+                       samples=50).fit(curve)
     assert both.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.01)
     assert both.weights_["sigmoid"] > both.weights_["log-linear"]  # the back-test prefers the right shape
 
@@ -142,11 +143,12 @@ def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
     (r,) = data["runs"]
     assert r["run"] == str(runs[0]) and r["target_step"] == 300 and r["cutoff"] == 80
     assert r["combined"]["low"] < r["combined"]["median"] < r["combined"]["high"]
-    assert set(r["forecasters"]) == set(MEMBERS)  # the weights were readable: alpharl ran
     fitted = {k: v for k, v in r["forecasters"].items() if "median" in v}
-    assert set(fitted) == set(MEMBERS) and sum(v["weight"] for v in fitted.values()) == pytest.approx(1.0)
+    assert set(fitted) == set(MEMBERS + ALONGSIDE)  # the weights were readable: alpharl ran, alongside
+    assert sum(v["weight"] for v in fitted.values()) == pytest.approx(1.0) and fitted["alpharl"]["weight"] == 0.0
+    assert [k for k, v in fitted.items() if not v["in_combination"]] == ["alpharl"]
     assert all(v["low"] <= v["median"] <= v["high"] for v in fitted.values())
-    members = [v["median"] for v in fitted.values()]
+    members = [v["median"] for v in fitted.values() if v["in_combination"]]
     assert min(members) <= r["combined"]["median"] <= max(members) and abs(r["combined"]["median"] - sigmoid(300)) < 0.1
     assert r["convergence"]["median"] > 0.3 and r["gain"]["median"] > 0
     assert r["reach"]["accuracy"] == 0.4 and 80 < r["reach"]["median"] < 3000

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlcast.errors import RlcastError
-from rlcast.forecasting import FORECASTERS, LEVEL, MEMBERS, Combination, Curve, checked, read_curve
+from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked, read_curve
 from rlcast.forecasting.curves import manifest_run, with_weights
 from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.writer import write_json_atomic
@@ -103,7 +103,8 @@ def forecast_curve(curve: Curve, target: int, reach: float | None = None, min_ga
     for name, member in model.members_.items():
         own = member.predict(steps)
         forecasters[name] = {**own.summary(1, level), "weight": model.weights_[name],
-                             "error_growth": model.growth_[name], "backtests": len(model.backtest_[name]["pairs"]),
+                             "in_combination": name not in model.shown_, "error_growth": model.growth_[name],
+                             "backtests": len(model.backtest_[name]["pairs"]),
                              "convergence": own.summary(2, level) if member.saturating else None}
     convergence = combined.summary(2, level) if np.isfinite(combined.center[2]) else None
     gain = combined.paths[:, 1] - combined.paths[:, 0]
@@ -165,8 +166,8 @@ def forecast(paths: list[str | Path], until: int | None = None, target: int | No
     if reach is not None and not 0 < reach <= 1:
         raise RlcastError(f"--reach {reach}: expected an accuracy in (0, 1]")
     curves = prepare(paths, until, target, weights, base, progress)
-    members = [m for m in MEMBERS if weights is not False or not FORECASTERS[m].reads_weights]
-    results = [forecast_curve(curve, step, reach, min_gain, Combination(members)) for curve, step in curves]
+    alongside = [m for m in ALONGSIDE if weights is not False or not FORECASTERS[m].reads_weights]
+    results = [forecast_curve(curve, step, reach, min_gain, Combination(alongside=alongside)) for curve, step in curves]
     return results, rank(results) if len(results) > 1 else None
 
 
@@ -190,7 +191,8 @@ def run_table(r: RunForecast) -> Table:
                     f"{r.cutoff} (last {r.current:.3f})",
               caption=f"90 % intervals for a checkpoint's score (its evaluation noise included); weights from a "
                       f"rolling-origin back-test on steps <= {r.cutoff}; error growth: the forecast error's sd per "
-                      f"log-horizon (back-test errors)", caption_justify="left")
+                      f"log-horizon (back-test errors, number of them); alongside: shown, not combined (a line in "
+                      f"the step)", caption_justify="left")
     for col in ("forecaster", "weight", "error growth", f"step {r.target_step}", "90% interval", "convergence"):
         t.add_column(col, justify="left" if col == "forecaster" else "right", no_wrap=True)
     notes = []
@@ -202,7 +204,8 @@ def run_table(r: RunForecast) -> Table:
         med, ci = _interval(f)
         conv = _interval(f["convergence"])
         growth = f"{f['error_growth']:.3f} ({f['backtests']})"
-        t.add_row(name, f"{f['weight']:.2f}", growth, med, ci, "-" if conv[0] == "-" else f"{conv[0]} ({conv[1]})")
+        weight = f"{f['weight']:.2f}" if f["in_combination"] else "alongside"
+        t.add_row(name, weight, growth, med, ci, "-" if conv[0] == "-" else f"{conv[0]} ({conv[1]})")
     med, ci = _interval(r.combined)
     conv = _interval(r.convergence)
     t.add_row("[bold]combined[/]", "1.00", f"{r.error_growth:.3f}", f"[bold]{med}[/]", f"[bold]{ci}[/]",

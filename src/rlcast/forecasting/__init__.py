@@ -8,7 +8,7 @@ from rlcast.forecasting.base import FORECASTERS, LEVEL, Forecast, Forecaster, ma
 from rlcast.forecasting.curves import Curve, checked, read_curve
 from rlcast.forecasting.curvefit import LogLinear, PowerLaw, RewardCurve, Sigmoid
 from rlcast.forecasting.weights import AlphaRLForecast
-from rlcast.forecasting.combine import MEMBERS, Combination
+from rlcast.forecasting.combine import ALONGSIDE, MEMBERS, Combination
 
-__all__ = ["FORECASTERS", "LEVEL", "MEMBERS", "AlphaRLForecast", "Combination", "Curve", "Forecast", "Forecaster",
+__all__ = ["ALONGSIDE", "FORECASTERS", "LEVEL", "MEMBERS", "AlphaRLForecast", "Combination", "Curve", "Forecast", "Forecaster",
            "LogLinear", "PowerLaw", "RewardCurve", "Sigmoid", "checked", "make_forecaster", "read_curve", "register"]
