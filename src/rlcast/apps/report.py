@@ -194,7 +194,8 @@ def fan_chart(curve, result) -> str:
         med, low, high = member.predict(steps).interval(LEVEL)
         colour = colours[(i + 1) % len(colours)]
         ax.fill_between(steps, low, high, color=colour, alpha=0.08, lw=0)
-        ax.plot(steps, med, "-", color=colour, lw=1, label=f"{name} (weight {model.weights_[name]:.2f})")
+        ax.plot(steps, med, "-", color=colour, lw=1, label=f"{name} (alongside)" if name in model.shown_
+                else f"{name} (weight {model.weights_[name]:.2f})")
     med, low, high = model.predict(steps).interval(LEVEL)
     ax.fill_between(steps, low, high, color="black", alpha=0.15, lw=0, label="combined, 90 %")
     ax.plot(steps, med, "k-", lw=2.2, label="combined")
