@@ -101,8 +101,8 @@ def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
     assert json.dumps(remote.to_dict()) == json.dumps(local.to_dict())
     for backend in ("local", "ray"):
         with connect(backend) as workers:
-            write_rank_k(run, 30, 2, tmp_path / backend, selection="all", backend=workers)
-    assert_same_weights(tmp_path / "local", tmp_path / "ray")
+            write_rank_k(run, 30, 2, tmp_path / f"rank2-{backend}", selection="all", backend=workers)
+    assert_same_weights(tmp_path / "rank2-local", tmp_path / "rank2-ray")
 
 
 FAST = {"next": {"epochs": 5}}  # a few epochs: the MLPs' quality is not what is tested here

@@ -79,7 +79,7 @@ def _quiet_libraries() -> None:
 # --- the names users type, checked while parsing (their registries import torch or TRL; tests pin them together) ---
 
 Method = Literal["weight-linear", "alpharl-step", "alpharl", "relex", "next", "drift", "rre"]  # methods.METHODS
-Selection = Literal["blocks", "all-2d", "all"]  # io.checkpoints.SELECTIONS
+Selection = Literal["blocks", "all-2d", "all"]  # io.selections.SELECTIONS
 BackendName = Literal["local", "ray"]  # core.backend.BACKENDS
 Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs.PRESETS
 Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
