@@ -23,6 +23,8 @@ def _value_names(params: list) -> list:
     for param in params:
         if param.metavar is None and not param.type_descriptor.is_choice:
             param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
+        if param.param_type_name == "argument" and param.type_descriptor.is_list:
+            param.display_type_rich = lambda ctx: None  # "{RUN}..." in the usage says it; no list[Path]
     return params
 
 
@@ -749,7 +751,7 @@ def analyze_cmd(
 
 @command("forecast")
 def forecast_cmd(
-    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, help="Run folders (run.json with held-out "
+    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, metavar="RUN", help="Run folders (run.json with held-out "
                                       "accuracies; checkpoints for --weights). Several: ranked by their forecast."),
     until: int | None = typer.Option(None, "--until", metavar="STEP", help="Cutoff: forecast from the checkpoints "
                                      "with step <= STEP only (default: all)."),
