@@ -1,6 +1,7 @@
 """The import contract: layers point down only, no cycles, module-level imports except heavy optional ones.
 
-Layers, bottom to top: errors < io < core < evaluation < methods < training < apps (docs/ARCHITECTURE.md).
+Layers, bottom to top: errors < io < core < evaluation < methods < forecasting < training < apps
+(docs/ARCHITECTURE.md).
 A module may import its own layer or lower ones; the module graph (every rlcast import, wherever it is) has no cycle.
 A function-level import is allowed only for a heavy optional dependency (OPTIONAL), with a comment on its line, and
 in `apps.cli`, whose commands import their modules lazily so that `rlcast --help` starts fast.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import rlcast
 
-LAYERS = ["errors", "io", "core", "evaluation", "methods", "training", "apps"]
+LAYERS = ["errors", "io", "core", "evaluation", "methods", "forecasting", "training", "apps"]
 OPTIONAL = {"vllm", "ray", "matplotlib"}
 LAZY_MODULES = {"rlcast.apps.cli"}
 PACKAGE = Path(rlcast.__file__).parent

@@ -58,7 +58,12 @@ def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     data = json.loads((out / "compare.json").read_text())
     assert len(data["rows"]) == 4 + 2 * 3 and data["rows"][0]["fraction"] == 0.0
     assert (out / "compare.png").stat().st_size > 10_000
-    assert table(result).row_count == 10
+    # the accuracy curve's forecast of step 50 per cutoff (run.json's 0.4 + 0.002 step): none from 1 checkpoint
+    early, late = data["forecasts"]
+    assert early["cutoff"] == 10 and "at least 3" in early["reason"]
+    assert late["cutoff"] == 30 and late["low"] < late["median"] < late["high"]
+    assert 0.46 < late["median"] < 0.52  # above the cutoff's 0.46, near the planted 0.5
+    assert table(result).row_count == 10 + 1  # the forecast from step 30
 
 
 class Stop(Extrapolator):

@@ -37,7 +37,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
     out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False, cache_dir=cache)
     page = out.read_text()
     images = _images(page)
-    assert len(images) == 5  # accuracy, spectra, rank-1 energy, R^2 heat maps, u1 projection
+    assert len(images) == 6  # accuracy, forecast fan chart, spectra, rank-1 energy, R^2 heat maps, u1 projection
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: opens offline
     assert "model.layers.1.mlp.down_proj" in page and "R^2 held out" in page

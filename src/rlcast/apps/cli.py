@@ -23,6 +23,8 @@ def _value_names(params: list) -> list:
     for param in params:
         if param.metavar is None and not param.type_descriptor.is_choice:
             param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
+        if param.param_type_name == "argument" and param.type_descriptor.is_list:
+            param.display_type_rich = lambda ctx: None  # "{RUN}..." in the usage says it; no list[Path]
     return params
 
 
@@ -79,7 +81,7 @@ def _quiet_libraries() -> None:
 # --- the names users type, checked while parsing (their registries import torch or TRL; tests pin them together) ---
 
 Method = Literal["weight-linear", "alpharl-step", "alpharl", "relex", "next", "drift", "rre"]  # methods.METHODS
-Selection = Literal["blocks", "all-2d", "all"]  # io.checkpoints.SELECTIONS
+Selection = Literal["blocks", "all-2d", "all"]  # io.selections.SELECTIONS
 BackendName = Literal["local", "ray"]  # core.backend.BACKENDS
 Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs.PRESETS
 Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
@@ -743,6 +745,44 @@ def analyze_cmd(
     print_summary(result, Console())
     path = result.save(folder)
     console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+# --- forecast ---
+
+@command("forecast")
+def forecast_cmd(
+    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, metavar="RUN", help="Run folders (run.json with held-out "
+                                      "accuracies; checkpoints for --weights). Several: ranked by their forecast."),
+    until: int | None = typer.Option(None, "--until", metavar="STEP", help="Cutoff: forecast from the checkpoints "
+                                     "with step <= STEP only (default: all)."),
+    target: int | None = typer.Option(None, "--target", metavar="STEP", help="Step to forecast (default: the run's "
+                                      "planned last step, run.json config steps, else 2x the cutoff)."),
+    reach: float | None = typer.Option(None, "--reach", metavar="ACCURACY", help="Also forecast the step at which "
+                                       "this held-out accuracy is reached (e.g. 0.40)."),
+    weights: bool | None = typer.Option(None, "--weights/--no-weights", help="The weight-based forecaster (AlphaRL's "
+                                        "PLS on the rank-1 coefficient; reads every checkpoint once, spectra cached). "
+                                        "Default: on when the checkpoints are readable."),
+    min_gain: float = typer.Option(0.01, "--min-gain", metavar="GAIN", help="Stop/continue hint: the gain worth the "
+                                   "remaining steps."),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write every figure here (JSON)."),
+    base: Path | None = BASE,
+    force: bool = FORCE,
+) -> None:
+    """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
+    from rlcast.apps.forecast import forecast, print_report, save
+    from rlcast.io.writer import check_output, output_record
+
+    given = {"runs": [str(r.resolve()) for r in runs], "until": until, "target": target, "reach": reach,
+             "weights": weights, "min_gain": min_gain}
+    if json_out:
+        check_output(Path(json_out), "forecast", settings=given, inputs={f"the run {r}": r for r in runs},
+                     force=force, option="--json FILE")
+    results, ranking = forecast([str(r) for r in runs], until=until, target=target, reach=reach, weights=weights,
+                                min_gain=min_gain, base=str(base) if base else None)
+    print_report(results, ranking, _wide_console())
+    if json_out:
+        path = save(results, ranking, Path(json_out), record=output_record("forecast", given))
+        console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
 @command("demo")

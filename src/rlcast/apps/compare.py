@@ -9,6 +9,8 @@ The real checkpoints at each cutoff and at the target (and the base) are evaluat
 A method that cannot run on a window (too few checkpoints, no accuracies, ...) gets a row with the reason.
 Every method fits on the `compute` device (auto: CUDA when present) and computes its predicted tensors on its backend
 (local threads, or one Ray task per tensor), as `rlcast extrapolate` does; the evaluation is the same whatever they are.
+Next to them, per cutoff, `rlcast forecast`'s combined forecast of the target's held-out accuracy from run.json's
+accuracy curve up to the cutoff (90 % interval; no model is evaluated for it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from rlcast.apps.forecast import forecast_curve
 from rlcast.core.backend import Backend, Compute
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts, evaluate
 from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
+from rlcast.forecasting import checked, read_curve
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
 from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
@@ -68,6 +72,7 @@ class Comparison:
     params: dict[str, dict]
     rows: list[Row] = field(default_factory=list)
     task_args: dict = field(default_factory=dict)
+    forecasts: list[dict] = field(default_factory=list)  # per cutoff: the accuracy curve's forecast (forecast_at)
     settings: dict = field(default_factory=dict)  # what the numbers depend on (`settings`), recorded in the outputs
 
     @property
@@ -213,6 +218,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
                                                    evaluator, where, pool))
                     bar.advance(job)
     result.rows = [real[s] for s in real_steps] + result.rows
+    result.forecasts = [forecast_at(run, cutoff, target) for cutoff in used]
     top = real[target].accuracy
     for row in result.rows:
         if row.accuracy is None:
@@ -220,6 +226,16 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
         row.pct_of_target = 100.0 * row.accuracy / top if top else None
         row.gain = row.accuracy - real[row.cutoff].accuracy
     return result
+
+
+def forecast_at(run: Run, cutoff: int, target: int) -> dict:
+    """The held-out accuracy at `target` forecast from run.json's accuracy curve up to `cutoff` (no model evaluated;
+    `rlcast forecast` without the weights): {"cutoff", "target", "median", "low", "high"} (90 %) or with "reason"."""
+    try:
+        curve = checked(read_curve(run).window(cutoff))
+        return {"cutoff": cutoff, "target": target, **forecast_curve(curve, target).combined}
+    except RlcastError as err:
+        return {"cutoff": cutoff, "target": target, "reason": str(err)}
 
 
 def _method_row(method: str, spec: str | Extrapolator, params: dict, window: Run, cutoff: int, target: int,
@@ -260,6 +276,12 @@ def table(result: Comparison) -> Table:
         pct = "-" if row.pct_of_target is None else f"{row.pct_of_target:.1f}%"
         gain = "" if row.method == REFERENCE else f"{row.gain:+.3f}"
         t.add_row(f"[dim]{name}[/]" if row.method == REFERENCE else name, steps, f"{row.accuracy:.3f}", ci, pct, gain)
+    real = {r.cutoff: r.accuracy for r in result.rows if r.method == REFERENCE}
+    for f in result.forecasts:  # what the accuracy curve alone says, with a 90 % interval (no model evaluated)
+        if "median" in f:
+            t.add_row("[italic]forecast (run.json curve, 90%)[/]", f"{f['cutoff']}/{f['target']}", f"{f['median']:.3f}",
+                      f"{f['low']:.2f}-{f['high']:.2f}", f"{100 * f['median'] / real[result.target]:.1f}%"
+                      if real.get(result.target) else "-", f"{f['median'] - real[f['cutoff']]:+.3f}")
     return t
 
 

@@ -21,10 +21,13 @@ import numpy as np
 import torch
 
 from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
+from rlcast.apps.forecast import default_target, forecast_curve
 from rlcast.core.numerics import align_signs
 from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import task_variant
+from rlcast.forecasting import LEVEL, checked, read_curve
+from rlcast.forecasting.curves import with_weights
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.selections import parse_name
@@ -209,6 +212,61 @@ def u1_projection_plot(traj, modules: list[dict], n: int = 6) -> str:
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
+
+
+def fan_chart(curve, result) -> str:
+    """Checkpoints, each forecaster's median and 90 % band (thin), the combination's (bold), up to the target."""
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+
+    model = result.model
+    steps = np.unique(np.concatenate([np.linspace(curve.steps[curve.steps > 0][0], result.target_step, 80),
+                                      [curve.last]]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, member) in enumerate(model.members_.items()):
+        med, low, high = member.predict(steps).interval(LEVEL)
+        colour = colours[(i + 1) % len(colours)]
+        ax.fill_between(steps, low, high, color=colour, alpha=0.08, lw=0)
+        ax.plot(steps, med, "-", color=colour, lw=1, label=f"{name} (alongside)" if name in model.shown_
+                else f"{name} (weight {model.weights_[name]:.2f})")
+    med, low, high = model.predict(steps).interval(LEVEL)
+    ax.fill_between(steps, low, high, color="black", alpha=0.15, lw=0, label="combined, 90 %")
+    ax.plot(steps, med, "k-", lw=2.2, label="combined")
+    ax.errorbar(curve.steps, curve.accuracy, yerr=np.where(np.isfinite(curve.sd), 1.96 * curve.sd, 0), fmt="o",
+                color="tab:blue", ms=4, capsize=2, label="checkpoints (95 % CI)")
+    ax.axvline(curve.last, color="0.5", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"forecast of step {result.target_step} from the checkpoints up to step {curve.last}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def forecast_section(run, trajectory=None) -> str | None:
+    """The forecast of the run's planned last step (a finished run: twice its last checkpoint): fan chart and table;
+    None with fewer than 3 checkpoints with accuracies. `trajectory` (the report's spectra) feeds the weight-based
+    forecaster."""
+    curve = read_curve(run)
+    if int((curve.steps > 0).sum()) < 3:
+        return None
+    try:
+        curve = checked(curve)
+    except RlcastError as err:
+        return f"<p class=note>no forecast: {html.escape(str(err))}</p>"
+    if trajectory is not None:
+        curve = with_weights(curve, run, trajectory=trajectory)
+    target = default_target(curve)
+    result = forecast_curve(curve, target if target > curve.last else 2 * curve.last)
+    rows = [{"forecaster": name, "weight": f.get("weight"), "median": f.get("median"), "low": f.get("low"),
+             "high": f.get("high"), "note": f.get("reason", "")} for name, f in result.forecasters.items()]
+    rows.append({"forecaster": "combined", "weight": 1.0, **result.combined, "note": result.hint})
+    return (_img(fan_chart(curve, result), "forecast fan chart")
+            + table(rows, ["forecaster", "weight", "median", "low", "high", "note"])
+            + f"<p class=note>held-out accuracy at step {result.target_step}, 90 % intervals (a checkpoint's score, "
+              f"its evaluation noise included); weights from a rolling-origin back-test on the run's own checkpoints "
+              f"(<code>rlcast forecast RUN</code> gives every figure).</p>")
 
 
 # --- HTML ---
@@ -404,6 +462,8 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
              + (table(published) + "<p class=note>published: AlphaRL (arXiv 2510.00553), NExt (arXiv 2604.11446), "
                 "on 7B-scale runs.</p>" if published else ""))
     sections = [("What this run shows", story), *lead]
+    if forecast := forecast_section(run, traj):  # where the held-out accuracy is heading
+        sections.append(("Forecast", forecast))
     sections += [  # plots
         ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
         ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")

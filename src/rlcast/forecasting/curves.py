@@ -1,0 +1,205 @@
+"""The learning curves of a run that the forecasters fit: held-out accuracy, training reward, rank-1 weight paths.
+
+Read from a run (`rlcast.io.runs.Run`) by `read_curve`:
+    run.json (rlcast train)   per checkpoint `accuracy` (held-out, greedy), `ci` (its 95 % interval: the per-point
+                              binomial noise), `train_reward`, `generation_batches`; `base_accuracy`, `base_ci`;
+                              config `steps` (the planned last step), `eval_prompts`, `num_iterations`; `task`
+    trainer_state.json        TRL's `log_history` in the newest checkpoint folder: a `reward` every logging step
+                              (denser than the checkpoints; used instead of run.json's `train_reward` when present)
+    checkpoint weights        only with `weights=True`: the rank-1 coefficient a(t) = s1 u1 of every 2-D block tensor
+                              (`rlcast.core.trajectory`, spectra cached under RUN/.rlcast-cache)
+Everything is on the run's own step axis (optimizer steps); `Curve.generation_axis()` puts a run that reuses every
+generation batch for several optimizer steps (TRL's num_iterations) on the generation-batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlcast.core.trajectory import Trajectory, build_trajectory
+from rlcast.errors import RlcastError
+from rlcast.io.manifest import Manifest
+from rlcast.io.reader import RunReader
+from rlcast.io.runs import Run
+from rlcast.methods.alpharl import rank1_path
+
+Z95 = 1.959963984540054  # the run.json intervals are 95 % ones
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's curves up to its last checkpoint (or a cutoff: `window`). Step 0 is the base when it was scored.
+
+    `sd` is each accuracy's own noise (standard deviation of one evaluation; nan when unknown). `weights` maps each
+    2-D block tensor to its sign-aligned rank-1 coefficients a(t) at `weight_steps` (None when not read).
+    """
+
+    run: str
+    steps: np.ndarray                 # checkpoint steps with a held-out accuracy (int)
+    accuracy: np.ndarray
+    sd: np.ndarray
+    reward_steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    reward: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    task: str | None = None
+    planned: int | None = None        # the run's planned last step (run.json config `steps`)
+    eval_prompts: int | None = None   # prompts per held-out evaluation (for the noise of a future checkpoint)
+    mu: int = 1                       # optimizer steps per generation batch (TRL num_iterations)
+    batches: dict = field(default_factory=dict)  # {step: generation batches} when run.json records them
+    weight_steps: tuple = ()
+    weights: dict | None = None
+
+    @property
+    def last(self) -> int:
+        return int(self.steps[-1])
+
+    def window(self, until: int) -> "Curve":
+        """The curves cut to the steps <= until: nothing after the cutoff survives."""
+        keep, rkeep = self.steps <= until, self.reward_steps <= until
+        wkeep = [i for i, s in enumerate(self.weight_steps) if s <= until]
+        return dataclasses.replace(
+            self, steps=self.steps[keep], accuracy=self.accuracy[keep], sd=self.sd[keep],
+            reward_steps=self.reward_steps[rkeep], reward=self.reward[rkeep],
+            batches={s: b for s, b in self.batches.items() if s <= until},
+            weight_steps=tuple(self.weight_steps[i] for i in wkeep),
+            weights=None if self.weights is None else {n: a[wkeep] for n, a in self.weights.items()})
+
+    def noise(self, accuracy: np.ndarray) -> np.ndarray:
+        """Standard deviation of one held-out evaluation scoring `accuracy` (0 when the prompt count is unknown)."""
+        n = self.eval_prompts or self._prompts_from_ci()
+        p = np.clip(accuracy, 0.0, 1.0)
+        return np.sqrt(p * (1 - p) / n) if n else np.zeros_like(p)
+
+    def _prompts_from_ci(self) -> float | None:
+        ok = np.isfinite(self.sd) & (self.sd > 0)
+        if not ok.any():
+            return None
+        p = self.accuracy[ok]
+        return float(np.median(p * (1 - p) / self.sd[ok] ** 2))
+
+    def generation_axis(self) -> "Curve":
+        """The same curves with steps counted in generation batches: run.json's `generation_batches` where recorded,
+        else step // mu."""
+        if self.mu == 1 and not self.batches:
+            return self
+        to = lambda s: int(self.batches.get(int(s), int(s) // self.mu))  # noqa: E731
+        return dataclasses.replace(
+            self, steps=np.array([to(s) for s in self.steps]), reward_steps=self.reward_steps / self.mu,
+            planned=None if self.planned is None else self.planned // self.mu, mu=1, batches={},
+            weight_steps=tuple(to(s) for s in self.weight_steps))
+
+
+def manifest_points(manifest: Manifest | None) -> dict:
+    """What the forecasters need from a run's manifest (`io.manifest.Manifest`: read and checked there), as plain
+    values.
+
+    {"base": (accuracy, ci) | None, "checkpoints": [{step, ci, train_reward, generation_batches}], "task", "planned",
+     "eval_prompts", "mu"}
+    """
+    manifest = manifest or Manifest()
+    config = manifest.config or {}
+    entries = [{"step": e.step, "ci": e.ci, "train_reward": e.train_reward,
+                "generation_batches": e.generation_batches} for e in manifest.checkpoints]
+    base = manifest.base_accuracy
+    task = manifest.task or config.get("task")
+    args = manifest.task_args or config.get("task_args")
+    return {"base": None if base is None else (base, manifest.base_ci), "checkpoints": entries,
+            "task": f"{task} {json.dumps(args, sort_keys=True)}" if task and args else task,
+            "planned": config.get("steps"), "eval_prompts": config.get("eval_prompts"),
+            "mu": int(config.get("num_iterations") or 1)}
+
+
+def manifest_run(path: str | Path) -> Run:
+    """A run known only by its run.json (no readable weights: deleted checkpoints, a missing base), for its curves."""
+    file = Path(path).expanduser().resolve() / "run.json"
+    return Run(base=file.parent, checkpoints=[], root=file.parent, manifest=Manifest.read(file))
+
+
+def trainer_rewards(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, reward) from TRL's trainer_state.json log_history in the newest checkpoint folder that has one."""
+    for c in reversed(run.checkpoints):
+        path = Path(c.path) / "trainer_state.json"
+        if not path.is_file():
+            continue
+        try:
+            history = json.loads(path.read_text()).get("log_history", [])
+        except (OSError, ValueError, AttributeError) as err:
+            raise RlcastError(f"{path}: unreadable trainer state ({err})") from None
+        points = sorted({int(h["step"]): float(h["reward"]) for h in history
+                         if isinstance(h.get("reward"), (int, float)) and "step" in h}.items())
+        return np.array([s for s, _ in points], dtype=float), np.array([r for _, r in points])
+    return np.zeros(0), np.zeros(0)
+
+
+def read_curve(run: Run, weights: bool = False, progress: bool = False) -> Curve:
+    """The curves of `run` (held-out accuracies from `Run.accuracy`, the rest from run.json and trainer_state.json);
+    with `weights`, also the rank-1 paths of the checkpoints that have an accuracy (reads every checkpoint once)."""
+    name = str(run.root or run.base)
+    points = manifest_points(run.manifest)
+    ci = {e["step"]: e["ci"] for e in points["checkpoints"]}
+    if points["base"] is not None:
+        ci[0] = points["base"][1]
+    acc = run.accuracy
+    steps = np.array(sorted(acc), dtype=int)
+    accuracy = np.array([acc[s] for s in steps], dtype=float)
+    sd = np.array([_sd(ci.get(int(s)), acc[s], points["eval_prompts"]) for s in steps], dtype=float)
+    reward_steps, reward = trainer_rewards(run)
+    if not len(reward):
+        logged = [(e["step"], e["train_reward"]) for e in points["checkpoints"] if e["train_reward"] is not None]
+        reward_steps, reward = np.array([s for s, _ in logged], dtype=float), np.array([r for _, r in logged])
+    batches = {e["step"]: int(e["generation_batches"]) for e in points["checkpoints"]
+               if e["generation_batches"] is not None}
+    curve = Curve(name, steps, accuracy, sd, reward_steps, reward, points["task"], points["planned"],
+                  points["eval_prompts"], points["mu"], batches)
+    if weights:
+        curve = with_weights(curve, run, progress)
+    return curve
+
+
+def with_weights(curve: Curve, run: Run, progress: bool = False, trajectory: Trajectory | None = None) -> Curve:
+    """`curve` with the rank-1 coefficients a(t) = s1 u1 of every changed 2-D block tensor at the checkpoints (steps
+    > 0) that have an accuracy: from `trajectory` (any rank, e.g. the report's) or from the cached rank-1 spectra."""
+    wanted = [s for s in run.steps if s in set(curve.steps.tolist()) and s > 0]
+    if not wanted:
+        return curve
+    if trajectory is None:
+        window = Run(run.base, [run.checkpoint(s) for s in wanted], run.root, run.manifest)
+        names = RunReader(window).selected("blocks", two_d=True)
+        if not names:
+            raise RlcastError(f"{curve.run}: no 2-D block tensors changed: nothing for the weight-based forecaster")
+        trajectory = build_trajectory(window, rank=1, names=names, progress=progress)
+    else:
+        mask = torch.tensor([s in wanted for s in trajectory.steps])
+        trajectory = Trajectory([s for s in trajectory.steps if s in wanted],
+                                {n: m.select(mask) for n, m in trajectory.modules.items()}, {})
+    paths = {n: rank1_path(m)[0].float().numpy() for n, m in trajectory.modules.items() if m.u is not None}
+    return dataclasses.replace(curve, weight_steps=tuple(trajectory.steps), weights=paths)
+
+
+def _sd(ci, accuracy: float, prompts: int | None) -> float:
+    """One evaluation's standard deviation: from its 95 % interval, else from the prompt count, else nan."""
+    if ci is not None and len(ci) == 2 and None not in ci and ci[1] > ci[0]:
+        return (float(ci[1]) - float(ci[0])) / (2 * Z95)
+    if prompts:
+        return math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / prompts)
+    return math.nan
+
+
+def checked(curve: Curve, min_checkpoints: int = 3) -> Curve:
+    """`curve` itself, or a one-line error naming the run: too few checkpoints with accuracies, or a constant curve."""
+    n = int((curve.steps > 0).sum())
+    if n < min_checkpoints:
+        where = f" up to step {curve.last}" if len(curve.steps) else ""
+        raise RlcastError(f"{curve.run}: {n} checkpoint(s) with a held-out accuracy{where}; forecasting needs at "
+                          f"least {min_checkpoints} (run.json `accuracy` entries)")
+    if np.ptp(curve.accuracy) < 1e-9:
+        raise RlcastError(f"{curve.run}: the held-out accuracy is constant ({curve.accuracy[0]:.3f}) up to step "
+                          f"{curve.last}: no curve to fit")
+    return curve
+

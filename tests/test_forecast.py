@@ -1,0 +1,215 @@
+"""`rlcast forecast`: forecasters recover planted curves, their intervals cover, the combination never reads past the
+cutoff, the command end to end on a tiny run it builds, and the bad inputs that fail in one line before any fit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rlcast.errors import RlcastError
+from rlcast.forecasting import Combination, Curve, Forecaster, make_forecaster, read_curve
+from rlcast.forecasting.combine import ALONGSIDE, MEMBERS
+from rlcast.io.runs import load_run
+
+A, R0, C_MID, B = 0.5, 0.26, 80.0, 1.0
+STEPS = np.arange(0, 310, 10)
+
+
+def sigmoid(x, a=A, r0=R0, c=C_MID, b=B):
+    return a - (a - r0) / (1 + (np.asarray(x, dtype=float) / c) ** b)
+
+
+def planted(seed=0, prompts=1000, reward_noise=0.005, truth=sigmoid) -> Curve:
+    """A held-out curve scored on `prompts` prompts (binomial noise) and a denser reward log, every 5 steps."""
+    rng = np.random.default_rng(seed)
+    true = truth(STEPS)
+    acc = rng.binomial(prompts, true) / prompts
+    reward_steps = np.arange(5, 305, 5, dtype=float)
+    reward = 0.1 + 0.8 * (truth(reward_steps) - R0) + rng.normal(0, reward_noise, len(reward_steps))
+    return Curve("planted", STEPS, acc, np.sqrt(true * (1 - true) / prompts), reward_steps, reward, "arith", 300,
+                 prompts)
+
+
+def test_forecasters_recover_a_planted_sigmoid():
+    curve = planted(prompts=200_000, reward_noise=0.0005).window(120)
+    sig = make_forecaster("sigmoid", samples=50).fit(curve)
+    c_mid, b = np.exp(sig.fit_.theta) * [curve.last, 1]
+    assert c_mid == pytest.approx(C_MID, rel=0.2) and b == pytest.approx(B, rel=0.15)
+    assert sig.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.005)
+    assert sig.predict([np.inf]).center[0] == pytest.approx(A, abs=0.03)  # the asymptote
+    reward = make_forecaster("reward", shape="sigmoid", samples=50).fit(curve)
+    assert reward.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.01)
+    both = Combination([make_forecaster("sigmoid"), make_forecaster("reward", shape="sigmoid"), "log-linear"],
+                       samples=50).fit(curve)
+    assert both.predict([300]).center[0] == pytest.approx(sigmoid(300), abs=0.01)
+    assert both.weights_["sigmoid"] > both.weights_["log-linear"]  # the back-test prefers the right shape
+
+
+@pytest.mark.parametrize("name,truth,n", [("power", lambda x: 0.26 + 0.05 * (np.asarray(x) / 60.0) ** 0.4, 60),
+                                          ("sigmoid", sigmoid, 24)])
+def test_intervals_cover_at_the_stated_rate(name, truth, n):
+    """The 90 % interval of a checkpoint's score at step 300, forecast from step 150, over planted noisy curves."""
+    inside = []
+    for seed in range(n):
+        curve = planted(seed, truth=truth)
+        f = make_forecaster(name, samples=100, seed=seed).fit(curve.window(150))
+        _, low, high = f.predict([300]).interval(0.9)
+        inside.append(low[0] <= curve.accuracy[-1] <= high[0])
+    assert 0.75 <= np.mean(inside) <= 1.0, np.mean(inside)
+
+
+class Spy(Forecaster):
+    """A user's own forecaster: a flat line at the last accuracy, recording every curve it is fitted on."""
+
+    seen: list = []
+
+    def __init__(self, samples: int = 0, seed: int = 0):
+        super().__init__(samples, seed)
+
+    def _fit(self, curve):
+        Spy.seen.append((curve.last, curve.reward_steps.max(initial=0)))
+        self.level_ = float(curve.accuracy[-1])
+
+    def _curves(self, steps):
+        return np.full(len(steps), self.level_), np.zeros((0, len(steps)))
+
+
+def test_combination_never_uses_data_past_the_cutoff():
+    curve = planted(3)
+    Spy.seen = []
+    model = Combination([Spy(), "power", "sigmoid"], samples=50).fit(curve.window(120))
+    assert Spy.seen[0] == (120, 120)  # the member's own fit: the whole window
+    origins = [last for last, _ in Spy.seen[1:]]
+    assert origins == [30, 40, 50, 60, 70, 80, 90, 100, 110]  # the back-test: every earlier origin, fitted up to it
+    assert all(r <= last for last, r in Spy.seen)
+    assert {t for t, _ in model.backtest_["Spy"]["pairs"]} == set(origins)
+    assert max(j for _, j in model.backtest_["power"]["pairs"]) == 120
+    poisoned = Curve(curve.run, curve.steps, np.where(curve.steps > 120, 1.0, curve.accuracy), curve.sd,
+                     curve.reward_steps, np.where(curve.reward_steps > 120, -5.0, curve.reward), curve.task,
+                     curve.planned, curve.eval_prompts)
+    again = Combination([Spy(), "power", "sigmoid"], samples=50).fit(poisoned.window(120))
+    assert again.weights_ == model.weights_ and again.s_ == model.s_ and again.growth_ == model.growth_
+    first, second = model.predict([200, 300]), again.predict([200, 300])
+    assert np.array_equal(first.paths, second.paths) and np.array_equal(first.center, second.center)
+
+
+# --- the command on tiny runs ---
+
+def write_run(root, seed=0, task="arith", steps=range(10, 130, 10), lift=0.0, weights=True):
+    """A run folder: planted rank-1 checkpoints (tiny Llama), run.json with noisy sigmoid accuracies, their 95 %
+    intervals, train rewards and a 300-step plan, and a denser reward log in the last checkpoint's trainer_state."""
+    from rlcast.io.synthetic import planted_run
+
+    steps = list(steps)
+    if weights:
+        planted_run(root, steps=steps, kind="saturating", hidden=32, layers=2, seed=seed)
+    else:
+        root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    true = sigmoid(steps, a=A + lift)
+    acc = rng.binomial(1000, true) / 1000
+    sd = np.sqrt(true * (1 - true) / 1000)
+    entries = [{"step": s, "path": f"checkpoint-{s}", "accuracy": float(a), "ci": [a - 1.96 * d, a + 1.96 * d],
+                "train_reward": float(t - 0.05)} for s, a, d, t in zip(steps, acc, sd, true)]
+    manifest = {"format": 2, "base": "base", "task": task, "base_accuracy": R0, "base_ci": [0.233, 0.287],
+                "config": {"steps": 300, "eval_prompts": 1000, "task": task, "seed": seed}, "checkpoints": entries,
+                "status": "running"}
+    (root / "run.json").write_text(json.dumps(manifest))
+    if weights:
+        log = [{"step": s, "reward": float(sigmoid(s, a=A + lift) - 0.05 + rng.normal(0, 0.004)), "loss": 0.0}
+               for s in range(5, steps[-1] + 1, 5)]
+        (root / f"checkpoint-{steps[-1]}" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forecast")
+    return write_run(folder / "low", seed=0), write_run(folder / "high", seed=1, lift=0.08)
+
+
+def test_read_curve_from_run_json_and_trainer_state(runs):
+    curve = read_curve(load_run(runs[0]))
+    assert curve.steps.tolist() == [0] + list(range(10, 130, 10)) and curve.planned == 300
+    assert curve.sd[1] == pytest.approx(np.sqrt(sigmoid(10) * (1 - sigmoid(10)) / 1000), rel=1e-3)
+    assert curve.reward_steps.tolist() == list(range(5, 125, 5))  # trainer_state's log, denser than run.json's
+    assert curve.window(60).steps.max() == 60 and curve.window(60).reward_steps.max() == 60
+
+
+def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
+    code, out, err = run_cli("forecast", runs[0], "--until", 80, "--reach", 0.4, "--json", tmp_path / "f.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "f.json").read_text())
+    (r,) = data["runs"]
+    assert r["run"] == str(runs[0]) and r["target_step"] == 300 and r["cutoff"] == 80
+    assert r["combined"]["low"] < r["combined"]["median"] < r["combined"]["high"]
+    fitted = {k: v for k, v in r["forecasters"].items() if "median" in v}
+    assert set(fitted) == set(MEMBERS + ALONGSIDE)  # the weights were readable: alpharl ran, alongside
+    assert sum(v["weight"] for v in fitted.values()) == pytest.approx(1.0) and fitted["alpharl"]["weight"] == 0.0
+    assert [k for k, v in fitted.items() if not v["in_combination"]] == ["alpharl"]
+    assert all(v["low"] <= v["median"] <= v["high"] for v in fitted.values())
+    members = [v["median"] for v in fitted.values() if v["in_combination"]]
+    assert min(members) <= r["combined"]["median"] <= max(members) and abs(r["combined"]["median"] - sigmoid(300)) < 0.1
+    assert r["convergence"]["median"] > 0.3 and r["gain"]["median"] > 0
+    assert r["reach"]["accuracy"] == 0.4 and 80 < r["reach"]["median"] < 3000
+    assert "step 300" in out and "combined" in out and "0.400 reached at step" in out
+
+    code, out, err = run_cli("forecast", runs[0], "--until", 80, "--no-weights", "--json", tmp_path / "g.json")
+    assert code == 0, err
+    assert "alpharl" not in json.loads((tmp_path / "g.json").read_text())["runs"][0]["forecasters"]
+
+
+def test_cli_forecast_never_reads_past_until(runs, run_cli, tmp_path):
+    """Poison everything after --until (run.json accuracies and rewards, the trainer log): the figures do not move."""
+    import shutil
+
+    copy = shutil.copytree(runs[0], tmp_path / "copy")
+    code, _, err = run_cli("forecast", copy, "--until", 70, "--no-weights", "--json", tmp_path / "a.json")
+    assert code == 0, err
+    manifest = json.loads((copy / "run.json").read_text())
+    for e in manifest["checkpoints"]:
+        if e["step"] > 70:
+            e.update(accuracy=0.99, ci=[0.98, 1.0], train_reward=-3.0)
+    (copy / "run.json").write_text(json.dumps(manifest))
+    state = copy / "checkpoint-120" / "trainer_state.json"
+    log = json.loads(state.read_text())
+    for h in log["log_history"]:
+        h["reward"] = h["reward"] if h["step"] <= 70 else 7.0
+    state.write_text(json.dumps(log))
+    code, _, err = run_cli("forecast", copy, "--until", 70, "--no-weights", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["runs"][0]["run"] != str(runs[0]) and a == b
+
+
+def test_cli_ranks_several_runs(runs, run_cli, tmp_path):
+    code, out, err = run_cli("forecast", *runs, "--until", 100, "--no-weights", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["ranking"]["order"] == [str(runs[1]), str(runs[0])]  # the lifted run ends higher
+    assert 0.5 < data["ranking"]["p_leader"] <= 1.0
+    assert "ranking" in out and "P(the leader really ends highest)" in out
+
+
+def test_bad_inputs_fail_in_one_line_before_any_fit(runs, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(Combination, "fit", lambda *a, **k: pytest.fail("fitted before the input was checked"))
+
+    def one_line(args, *words):
+        code, _, err = run_cli("forecast", *args)
+        assert code == 1 and err.strip().count("\n") == 0 and err.startswith("error:"), err
+        for word in words:
+            assert word in err.replace("\n", ""), err
+
+    one_line([runs[0], "--until", 25], str(runs[0]), "2 checkpoint(s)", "at least 3")
+    flat = write_run(tmp_path / "flat", weights=False)
+    manifest = json.loads((flat / "run.json").read_text())
+    for e in manifest["checkpoints"]:
+        e["accuracy"] = 0.3
+    manifest["base_accuracy"] = 0.3
+    (flat / "run.json").write_text(json.dumps(manifest))
+    one_line([flat], str(flat), "constant")
+    one_line([runs[0], "--until", 100, "--target", 50], str(runs[0]), "target step 50 is before the cutoff step 100")
+    other = write_run(tmp_path / "other", task="rg:letter_counting", weights=False)
+    one_line([runs[0], other, "--no-weights"], "different tasks", str(other), "rg:letter_counting")
+    with pytest.raises(RlcastError, match="unknown forecaster"):
+        make_forecaster("no-such-forecaster")
