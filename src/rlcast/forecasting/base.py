@@ -13,13 +13,13 @@ it with `@register("my-forecaster")` (or pass an instance wherever a forecaster 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
 from rlcast.errors import RlcastError
 from rlcast.forecasting.curves import Curve
+from rlcast.methods.base import parameters
 
 LEVEL = 0.9  # the intervals everywhere: 90 %
 
@@ -103,10 +103,6 @@ class Forecaster:
     def _curves(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(center (k,), sampled curves (S, k)) at `steps` (override; must not change the estimator)."""
         raise NotImplementedError
-
-
-def parameters(cls: type) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
 FORECASTERS: dict[str, type[Forecaster]] = {}

@@ -139,8 +139,8 @@ def _predicted(estimator: Extrapolator, step: int, name: str) -> torch.Tensor:
     return estimator._tensor(name, step).cpu()
 
 
-def parameters(cls: type[Extrapolator]) -> list[str]:
-    """The hyper-parameter names of an Extrapolator class: its `__init__` arguments."""
+def parameters(cls: type) -> list[str]:
+    """The hyper-parameter names of an estimator class (extrapolator, forecaster): its `__init__` arguments."""
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
