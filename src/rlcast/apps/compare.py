@@ -197,7 +197,9 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     real_steps = sorted(set([0] + used + [target]))
     # before anything is evaluated: bad settings fail first
     with compute.open() as (where, pool), scratch_dir("compare") as work:
-        reader.check(s for s in real_steps if s)  # a corrupt file or NaN/Inf is named now, not evaluated
+        # headers, names and shapes now; NaN/Inf is named as each checkpoint streams in, before it is evaluated (a
+        # check() here would read every real checkpoint twice)
+        reader.open(s for s in real_steps if s)
         if keep is not None:
             claim_folder(keep, output_record("compare"))
         evaluator = _Evaluator(run, task_obj, n_prompts, seed, work, keep)
