@@ -775,7 +775,9 @@ def forecast_cmd(
     given = {"runs": [str(r.resolve()) for r in runs], "until": until, "target": target, "reach": reach,
              "weights": weights, "min_gain": min_gain}
     if json_out:
-        check_output(Path(json_out), "forecast", settings=given, inputs={f"the run {r}": r for r in runs},
+        # what forecast reads: each run's run.json (a result may go inside a run folder, as other commands' do)
+        inputs = {f"the run.json of run {i + 1}": r / "run.json" for i, r in enumerate(runs)}
+        check_output(Path(json_out), "forecast", settings=given, inputs=inputs,
                      force=force, option="--json FILE")
     results, ranking = forecast([str(r) for r in runs], until=until, target=target, reach=reach, weights=weights,
                                 min_gain=min_gain, base=str(base) if base else None)
