@@ -159,6 +159,14 @@ def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
     assert "alpharl" not in json.loads((tmp_path / "g.json").read_text())["runs"][0]["forecasters"]
 
 
+def test_cli_forecast_json_never_replaces_what_it_reads(runs, run_cli):
+    manifest = (runs[0] / "run.json").read_bytes()
+    for target in (runs[0], runs[0] / "run.json"):
+        code, _, err = run_cli("forecast", runs[0], "--no-weights", "--json", target)
+        assert code == 1 and "the run.json of run 1" in err and "an input of this command" in err
+        assert len(err.strip().splitlines()) == 1 and (runs[0] / "run.json").read_bytes() == manifest
+
+
 def test_cli_forecast_never_reads_past_until(runs, run_cli, tmp_path):
     """Poison everything after --until (run.json accuracies and rewards, the trainer log): the figures do not move."""
     import shutil
