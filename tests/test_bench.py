@@ -83,3 +83,11 @@ def test_gpu_check_quick_on_the_cpu_agrees_with_itself(bench_modules, monkeypatc
     assert set(record) == {"bench", "argv", "settings", "rows", "summary", "line", "seconds"}
     assert record["bench"] == "gpu_check" and record["line"] == lines[-1] and len(record["rows"]) == paths
     assert record["summary"]["ok"] == paths and record["settings"]["device"] == "cpu"
+
+
+def test_generation_share_turns_fewer_generation_batches_into_wall_time(bench_modules):
+    from generation_share import implied_wall
+
+    assert implied_wall(1.0, 2.0, passes=4, reference_passes=2) == pytest.approx(2.0)  # generating is all the cost
+    assert implied_wall(0.0, 2.0, passes=4, reference_passes=2) == pytest.approx(1.0)  # backward passes are
+    assert implied_wall(0.5, 1.0, passes=3, reference_passes=2) == pytest.approx(0.75)  # (0.5 + 1) / (0.5 + 1.5)
