@@ -45,62 +45,20 @@ import json
 import multiprocessing
 import shutil
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-
 from rlcast.evaluation.curves import steps_to
 from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
 from rlcast.training.support import parse_overrides
 
 GOAL = 0.98
 METHODS = ("jumps", *LOOKAHEAD)
-
-
-class Clock(TrainerCallback):
-    """Training seconds [wall, CPU] at every checkpoint, in OUT/seconds.json: the time between each optimizer step's
-    on_step_begin and on_step_end (last in the callback list, so after a jump made in on_step_end)."""
-
-    def __init__(self, out: Path):
-        self.path, self.seconds, self.total, self.started = out / "seconds.json", {}, [0.0, 0.0], None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.seconds = {step: s for step, s in saved.items() if int(step) <= state.global_step}  # resumed: go on
-        self.total = list(self.seconds.get(str(state.global_step), [0.0, 0.0]))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = (time.perf_counter(), time.process_time())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.total = [self.total[0] + time.perf_counter() - self.started[0],
-                      self.total[1] + time.process_time() - self.started[1]]
-
-    def on_save(self, args, state, control, **kwargs):
-        self.seconds[str(state.global_step)] = self.total
-        write_json_atomic(self.path, self.seconds)
-
-
-class Budget(TrainerCallback):
-    """A lookahead run's steps per generation batch vary (one after SFPO's or GXPO's gate): checkpoint every `every`
-    batches, stop after `budget` (after the method in the callback list, which counts the batches)."""
-
-    def __init__(self, method, every: int, budget: int):
-        self.method, self.every, self.budget = method, every, budget
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if not self.method.batch_done:
-            return
-        if self.method.batches_ % self.every == 0 or self.method.batches_ >= self.budget:
-            control.should_save = True
-        if self.method.batches_ >= self.budget:
-            control.should_training_stop = True
 
 
 def run(out: Path, config: TrainConfig, method: str | None = None, settings: dict | None = None,
@@ -112,17 +70,18 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
     if manifest.exists() and json.loads(manifest.read_text())["status"] == "finished":
         return (json.loads(summary.read_text()) if summary.exists() else {}) | {"trained": False}
     if method is None:
-        train(out, config, callbacks=[Clock(out)], progress=False, resume=manifest.exists())
+        train(out, config, callbacks=[TrainingClock(out / "seconds.json")], progress=False, resume=manifest.exists())
         return {"trained": True}
     shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
     if method == "jumps":
         callback = AccelerateCallback(AccelerateConfig(**{"task": config.task, "task_args": config.task_args or None,
                                                           "verbose": False, **settings}))
-        train(out, config, callbacks=[callback, Clock(out)], progress=False)
+        train(out, config, callbacks=[callback, TrainingClock(out / "seconds.json")], progress=False)
         result = {"summary": callback.summary(), "jumps": callback.jumps}
     else:
         callback = LOOKAHEAD[method](**settings)
-        train(out, config, callbacks=[callback, Budget(callback, every, budget), Clock(out)], progress=False)
+        train(out, config, callbacks=[callback, BatchBudget(callback, every, budget), TrainingClock(out / "seconds.json")],
+              progress=False)
         result = {"repositions": callback.repositions_, "failed": callback.failed_, "gate_off_at": callback.off_at_,
                   "generation_batches": callback.batches_}
     write_json_atomic(summary, result)
@@ -205,7 +164,7 @@ def main() -> None:
         best = dataclasses.replace(plain, learning_rate=lr, num_iterations=mu, steps=budget * mu,
                                    save_every=every * mu)
         mine = dataclasses.replace(best, **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
-        if args.method != "jumps":  # steps: an upper bound, Budget stops at the budget of generation batches
+        if args.method != "jumps":  # steps: an upper bound, BatchBudget stops at the budget of generation batches
             steps = budget * cls(**settings).num_iterations
             mine = dataclasses.replace(mine, num_iterations=cls(**settings).num_iterations, steps=steps,
                                        save_every=steps)

@@ -19,6 +19,7 @@ over both cuts. Tune forecaster settings on tuning seeds (>= 100) only.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import time
@@ -51,7 +52,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def evaluate_run(path: Path, weights: bool, members: list[str] | None) -> dict:
+def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: dict) -> dict:
     run, unreadable = open_run(path)
     curve = read_curve(run)
     if weights and unreadable is None:
@@ -63,7 +64,7 @@ def evaluate_run(path: Path, weights: bool, members: list[str] | None) -> dict:
            "mu": config.get("num_iterations", 1), "length": length, "final": final}
     for cut in CUTS:
         window = curve.window(int(round(cut * length)))
-        model = Combination(members) if members else Combination()
+        model = Combination(members, **params) if members else Combination(**params)
         r = forecast_curve(window, length, model=model)
         out[cut] = {"cutoff": window.last, "stop": float(window.accuracy[-1]), "combined": r.combined,
                     "forecasters": {k: v for k, v in r.forecasters.items() if "reason" not in v},
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run folders (unfinished ones are skipped)")
     parser.add_argument("--no-weights", action="store_true", help="leave out the weight-based forecaster")
     parser.add_argument("--members", help="comma-separated forecasters to combine (default: all)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the combination (rlcast.forecasting.Combination: power, growth, s_prior, "
+                             "s_strength, spread, min_origin); repeatable; tune on tuning seeds only")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -88,6 +92,12 @@ def main() -> None:
     if not done:
         raise SystemExit("no finished runs")
     members = args.members.split(",") if args.members else None
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or key not in inspect.signature(Combination).parameters:
+            parser.error(f"--param {item!r}: expected KEY=VALUE with KEY one of Combination's settings")
+        params[key] = float(value) if "." in value or "e" in value else int(value)
     rows = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -95,7 +105,7 @@ def main() -> None:
         for path in done:
             bar.update(job, description=path.name)
             try:
-                rows.append(evaluate_run(path, not args.no_weights, members))
+                rows.append(evaluate_run(path, not args.no_weights, members, params))
             except RlcastError as err:
                 console.print(f"[red]{path.name}: {err}[/]", highlight=False)
             bar.advance(job)
@@ -126,6 +136,15 @@ def main() -> None:
     console.print(f"{'no gain':12s} mae_20={stop[0.2]:.4f} mae_40={stop[0.4]:.4f}", highlight=False)
     coverage = float(np.mean([r[cut]["combined"]["low"] <= r["final"] <= r[cut]["combined"]["high"]
                               for r in rows for cut in CUTS]))
+    def interval_score(c: dict, y: float, alpha: float = 0.1) -> float:
+        """Width of the 90 % interval plus 2 / alpha times how far outside it y falls (lower is better: Gneiting and
+        Raftery's score rewards narrow intervals only while they still hold the truth)."""
+        return c["high"] - c["low"] + 2 / alpha * (max(c["low"] - y, 0.0) + max(y - c["high"], 0.0))
+
+    score = float(np.mean([interval_score(r[cut]["combined"], r["final"]) for r in rows for cut in CUTS]))
+    console.print(f"combined     interval_score_90={score:.4f} mean_width_90="
+                  f"{np.mean([r[c]['combined']['high'] - r[c]['combined']['low'] for r in rows for c in CUTS]):.4f}"
+                  f" settings={params or 'defaults'}", highlight=False)
     by_seed: dict = {}
     for r in rows:
         by_seed.setdefault(r["seed"], []).append(r)

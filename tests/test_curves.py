@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rlcast.evaluation.curves import curve, outcome, steps_to
+from rlcast.errors import RlcastError
+from rlcast.evaluation.curves import batch_curve, curve, outcome, steps_to
 
 
 def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
@@ -33,3 +34,14 @@ def test_curve_reads_the_run_manifest(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
         {"step": 5, "path": "checkpoint-5", "accuracy": 0.5}, {"step": 10, "path": "checkpoint-10", "accuracy": 0.6}]}))
     assert curve(tmp_path) == {0: 0.4, 5: 0.5, 10: 0.6}
+
+
+def test_batch_curve_puts_a_reused_rollout_run_on_the_generation_batch_axis(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
+        {"step": 10, "path": "checkpoint-10", "accuracy": 0.5, "generation_batches": 5},
+        {"step": 20, "path": "checkpoint-20", "accuracy": 0.6, "generation_batches": 10}]}))
+    assert batch_curve(tmp_path) == {0: 0.4, 5: 0.5, 10: 0.6}
+    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
+        {"step": 10, "path": "checkpoint-10", "accuracy": 0.5}]}))
+    with pytest.raises(RlcastError, match="checkpoint 10 records no generation_batches"):
+        batch_curve(tmp_path)

@@ -1,19 +1,20 @@
 """`rlcast demo`: the whole story on the tiny testbed, from nothing, in one command.
 
 1. the steady preset's testbed base (shipped or built once and cached): RL gains that keep accruing,
-2. plain GRPO and accelerated GRPO (`AccelerateCallback` with its default settings, the ones `bench/acceleration.py`
-   measures), same seed, same hyper-parameters, same step budget,
+2. the best plain GRPO run (the preset's learning rate, each generation batch used for `plain_mu` optimizer steps:
+   the best plain setting `bench/baselines.py` found on tuning seeds) and the same run accelerated by a lookahead
+   method of `rlcast.training.lookahead` (default: the one `bench/acceleration.py` supports, at its default
+   settings): same seed, same learning rate, same budget of generation batches (the rollouts each run pays for),
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
 4. the HTML report (DIR/report.html): the acceleration verdict in its opening paragraph, the plain-vs-accelerated
    section right after it,
-5. the table: steps to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and the ratio,
-   every figure with its 95 % interval, the ratio also counting the overhead, and a verdict in words ("no
-   measurable speed-up" when the difference is inside the noise), on the terminal, in the report and in
-   DIR/summary.json.
+5. the table: generation batches to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and
+   the ratio, every figure with its 95 % interval, the ratio also in training seconds (the accelerated run's
+   per-batch cost counted), and a verdict in words ("no measurable speed-up" when the difference is inside the
+   noise), on the terminal, in the report and in DIR/summary.json.
 
-Steps are optimizer steps; both runs are scored by `rlcast train` on the same held-out prompts at every checkpoint.
-The accelerated run's checks and back-tests cost compute that is not an optimizer step: it is reported beside the
-ratio in step-equivalents (their time / the mean step time).
+Both runs are scored by `rlcast train` on the same held-out prompts every `save_every` generation batches; training
+seconds are the optimizer steps' (`rlcast.training.budget.TrainingClock`), not the scoring.
 """
 
 from __future__ import annotations
@@ -35,65 +36,69 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import TARGET, curve, outcome
+from rlcast.evaluation.curves import TARGET, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
 from rlcast.io.runs import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
-from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.budget import BatchBudget, TrainingClock
+from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import preset, train
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Budget of the demo; `quick` is the same pipeline with fewer steps, prompts and compared methods.
+    """Budget of the demo; `quick` is the same pipeline with fewer batches, prompts and compared methods.
 
-    The runs are the preset's (task, base, hyper-parameters) cut to `steps`; the callback's check uses the preset's
-    task whatever `accelerate` says."""
+    The runs are the preset's (task, base, learning rate) cut to `batches` generation batches; `accelerator` names a
+    method of `rlcast.training.lookahead`, `accel` its settings ((key, value) pairs; empty: its defaults)."""
     preset: str = "steady"
-    steps: int = 150
+    batches: int = 150
     save_every: int = 10
     eval_prompts: int = 1000
     seed: int = 0
-    accelerate: AccelerateConfig = AccelerateConfig()
+    plain_mu: int = 2  # the best plain rollout reuse on the steady preset (bench/baselines.py, tuning seeds)
+    accelerator: str = "rank1"
+    accel: tuple[tuple[str, object], ...] = ()
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
     dominance_ranks: tuple[int, ...] = (1, 2)
 
+    def method(self):
+        """A fresh lookahead callback of `accelerator` with `accel` (one line naming the method when unknown)."""
+        if self.accelerator not in LOOKAHEAD:
+            raise RlcastError(f"demo accelerator {self.accelerator!r}: known: {', '.join(LOOKAHEAD)}")
+        return LOOKAHEAD[self.accelerator](**dict(self.accel))
 
-QUICK = DemoConfig(steps=40, save_every=5, eval_prompts=300, accelerate=AccelerateConfig(every=5, horizon=5),
+
+QUICK = DemoConfig(batches=20, save_every=5, eval_prompts=300,
                    compare_methods=("weight-linear", "alpharl-step", "relex"), compare_cutoffs=(0.5,),
                    dominance_ranks=(1,))
 
 
-def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float],
-                         jumps: list[dict]) -> str:
-    """HTML: the steps-to-98 % table, both accuracy curves with the jumps marked, and the jump log."""
+def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float]) -> str:
+    """HTML: the batches-to-98 % table and both accuracy curves on the generation-batch axis."""
     import matplotlib  # heavy optional plotting, only for the report
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the headless backend
 
+    names = result["runs"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, acc, style in (("plain GRPO", plain, "o-"), ("accelerated GRPO", accelerated, "s-")):
-        steps = sorted(acc)
-        ax.plot(steps, [acc[s] for s in steps], style, label=label, markersize=4)
+    for name, acc, style in (("plain", plain, "o-"), ("accelerated", accelerated, "s-")):
+        batches = sorted(acc)
+        ax.plot(batches, [acc[b] for b in batches], style, label=names[name], markersize=4)
     ax.axhline(result["target"], color="grey", linestyle=":", label=f"{TARGET:.0%} of plain's final")
-    for j in jumps:
-        if j["method"] is not None:
-            ax.axvline(j["step"], color="green" if j["kept"] else "red", alpha=0.3)
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("generation batches (rollouts paid for)")
     ax.set_ylabel("held-out accuracy")
     ax.legend()
-    ax.set_title("green: kept jumps, red: rolled back")
-    rows = [{"run": name, "final accuracy": _acc(result[name]),
-             "steps to 98 %": result[name]["steps_to_98"]} for name in ("plain", "accelerated")]
-    shown = {"reward_before": "check reward before", "reward_after": "check reward after"}  # on train prompts
-    log = [{shown.get(k, k): j[k] for k in ("step", "virtual_step", "method", "horizon", "backtest_error",
-                                            "reward_before", "reward_after", "kept", "reason")} for j in jumps]
-    note = (f"<p class=note>speedup {_ratio(result)}; the checks (reward on train prompts) and back-tests cost "
-            f"{_fmt(result.get('cost_step_equivalents'))} step-equivalents; retained {_fmt(result['retained'])}.</p>")
+    rows = [{"run": names[name], "final accuracy": _acc(result[name]),
+             "generation batches to 98 %": result[name]["steps_to_98"],
+             "training seconds per batch": _fmt(result["seconds_per_batch"][name])}
+            for name in ("plain", "accelerated")]
+    note = (f"<p class=note>speedup {_ratio(result)}; retained {_fmt(result['retained'])}; the accelerated run's "
+            f"repositions: {result['lookahead']['repositions']} ({result['lookahead']['failed']} failed).</p>")
     return (f"<p><b>{html.escape(result['verdict'])}</b></p>" + table(rows) + note
-            + _img(_png(fig), "plain vs accelerated") + "<h3>Jumps</h3>" + table(log))
+            + _img(_png(fig), "plain vs accelerated"))
 
 
 def _fmt(value) -> str:
@@ -115,10 +120,11 @@ def _spacing(curve_: dict[int, float], step: int) -> int:
 
 
 def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_prompts: int,
-                   cost: float | None = None, target: float = TARGET) -> dict:
+                   relative_cost: float | None = None, target: float = TARGET, unit: str = "generation batches") -> dict:
     """`outcome` with its noise: Wilson 95 % intervals of both final accuracies and of their difference, the
     accuracy difference where the accelerated run reaches the goal, the speedup's range from the checkpoint spacing,
-    the speedup counting `cost` step-equivalents of overhead, and a verdict in words.
+    the speedup in training time (`relative_cost`: the accelerated run's training seconds per `unit` / the plain
+    run's), and a verdict in words. The curves are on the `unit` axis.
 
     A speed-up is measurable only when the accelerated run reaches the goal more than one checkpoint earlier AND is
     ahead of the plain run at that step by more than the 95 % interval of the difference; otherwise the verdict says
@@ -130,7 +136,7 @@ def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_pro
     d, lo, hi = _difference(result["accelerated"]["final_accuracy"], result["plain"]["final_accuracy"], n_prompts)
     result["final_difference"] = {"value": d, "ci": [lo, hi], "significant": lo > 0 or hi < 0}
     result["n_prompts"] = n_prompts
-    result["cost_step_equivalents"] = cost
+    result["relative_cost"], result["unit"] = relative_cost, unit
     n_plain, n_acc = result["plain"]["steps_to_98"], result["accelerated"]["steps_to_98"]
     result["goal_difference"] = result["speedup_range"] = result["effective_speedup"] = None
     measurable, why = False, None
@@ -138,16 +144,16 @@ def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_pro
         gap_plain, gap_acc = _spacing(plain, n_plain), _spacing(accelerated, n_acc)
         result["speedup_range"] = [(n_plain - gap_plain) / n_acc,
                                    n_plain / (n_acc - gap_acc) if n_acc > gap_acc else None]
-        if cost is not None:
-            result["effective_speedup"] = n_plain / (n_acc + cost)
+        if relative_cost is not None:
+            result["effective_speedup"] = n_plain / (n_acc * relative_cost)
         within = abs(n_plain - n_acc) <= max(gap_plain, gap_acc)
         if n_acc in plain:
             g, glo, ghi = _difference(accelerated[n_acc], plain[n_acc], n_prompts)
             result["goal_difference"] = {"step": n_acc, "value": g, "ci": [glo, ghi], "significant": glo > 0 or ghi < 0}
         ahead = result["goal_difference"] is not None and result["goal_difference"]["ci"][0] > 0
         measurable = n_acc < n_plain and not within and ahead
-        why = (f"goal reached at step {n_acc} vs {n_plain}"
-               + (f", within one checkpoint ({max(gap_plain, gap_acc)} steps)" if within else "")
+        why = (f"goal reached at {n_acc} vs {n_plain}"
+               + (f", within one checkpoint ({max(gap_plain, gap_acc)} {unit})" if within else "")
                + (f"; accuracy there {_signed(result['goal_difference'])}" if result["goal_difference"] else ""))
     result["speedup_measurable"] = measurable
     result["verdict"] = _verdict(result, measurable, why)
@@ -160,15 +166,15 @@ def _signed(diff: dict) -> str:
 
 def _verdict(result: dict, measurable: bool, why: str | None) -> str:
     """The demo's headline in words, every figure with its interval or its significance."""
-    speedup, effective, cost = result["speedup"], result["effective_speedup"], result["cost_step_equivalents"]
+    speedup, effective, cost = result["speedup"], result["effective_speedup"], result["relative_cost"]
     if speedup is None:
         head = ("no measurable speed-up: " + ("the accelerated run never reached" if result["plain"]["steps_to_98"]
                                               else "the plain run itself never reached") + " the goal")
     else:
         head = (("a measurable speed-up" if measurable else "no measurable speed-up")
-                + f": {speedup:.2f}x in optimizer steps ({why})")
+                + f": {speedup:.2f}x in {result['unit']} ({why})")
         if effective is not None:
-            head += f", {effective:.2f}x counting the overhead of {cost:.1f} step-equivalents"
+            head += f", {effective:.2f}x in training time ({cost:.2f}x the plain run's seconds per batch)"
     final = result["final_difference"]
     tail = (f"final accuracy {result['accelerated']['final_accuracy']:.3f} vs {result['plain']['final_accuracy']:.3f}, "
             f"difference {_signed(final)}, " + ("outside" if final["significant"] else "inside") + " the noise")
@@ -189,28 +195,26 @@ def _ratio(result: dict) -> str:
     text = (f"{result['speedup']:.2f}x (by checkpoint spacing {low:.2f}-"
             + ("?" if high is None else f"{high:.2f}") + "x)")
     if result.get("effective_speedup") is not None:
-        text += f", {result['effective_speedup']:.2f}x counting the overhead"
+        text += f", {result['effective_speedup']:.2f}x in training time"
     return text
 
 
 def print_outcome(result: dict, console=None) -> None:
-    """The final table (steps to 98 % of plain's final accuracy, plain vs accelerated, with intervals) and the
-    verdict in words."""
+    """The final table (generation batches to 98 % of plain's final accuracy, plain vs accelerated, with intervals)
+    and the verdict in words."""
     console = console or Console(soft_wrap=True)
-    t = Table(title=f"steps to reach {TARGET:.0%} of plain GRPO's final held-out accuracy "
+    unit = result["unit"]
+    t = Table(title=f"{unit} to reach {TARGET:.0%} of the plain run's final held-out accuracy "
                     f"({result['plain']['final_accuracy']:.3f} -> target {result['target']:.3f})")
-    for col in ("run", "final accuracy [95 % CI]", "steps to 98 %"):
+    for col in ("run", "final accuracy [95 % CI]", f"{unit} to 98 %", "training s per batch"):
         t.add_column(col, justify="right" if col != "run" else "left")
     for name in ("plain", "accelerated"):
         r = result[name]
-        t.add_row(name, _acc(r), str(r["steps_to_98"] if r["steps_to_98"] is not None else
-                                     f"not reached in {r['steps']}"))
-    t.add_row("ratio (plain / accelerated)", f"difference {_signed(result['final_difference'])}", _ratio(result))
+        t.add_row(result["runs"][name], _acc(r), str(r["steps_to_98"] if r["steps_to_98"] is not None else
+                                                     f"not reached in {r['steps']}"),
+                  _fmt(result["seconds_per_batch"][name]))
+    t.add_row("ratio (plain / accelerated)", f"difference {_signed(result['final_difference'])}", _ratio(result), "")
     console.print(t)
-    cost = result.get("cost_step_equivalents")
-    if cost is not None:
-        console.print(f"acceleration overhead (checks + back-tests + jumps): {cost:.1f} step-equivalents over "
-                      f"{len(result.get('jumps', []))} attempts")
     console.print(result["verdict"], highlight=False)
 
 
@@ -221,6 +225,7 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
         raise RlcastError(f"{out}: exists and is not empty (choose another --out)")
     check_output(out, "demo", folder=True, replaces=False)
     cfg = config or (QUICK if quick else DemoConfig())
+    method = cfg.method()  # a bad accelerator or setting fails here, before any training
     claim_folder(out, output_record("demo"))
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     console = Console(stderr=True)
@@ -233,18 +238,25 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
         console.print(f"[bold]demo[/] {name}: {times[name]:.0f} s", highlight=False)
         return now
 
-    run_config = dataclasses.replace(preset(cfg.preset), steps=cfg.steps, save_every=cfg.save_every, seed=cfg.seed,
-                                     eval_prompts=cfg.eval_prompts)
-    accelerate = dataclasses.replace(cfg.accelerate, task=run_config.task, task_args=run_config.task_args or None)
+    base = dataclasses.replace(preset(cfg.preset), seed=cfg.seed, eval_prompts=cfg.eval_prompts)
+    k = method.num_iterations
+    plain_config = dataclasses.replace(base, num_iterations=cfg.plain_mu, steps=cfg.batches * cfg.plain_mu,
+                                       save_every=cfg.save_every * cfg.plain_mu)
+    # steps: an upper bound (a gate that fires makes later batches one step each); BatchBudget stops at the budget
+    method_config = dataclasses.replace(base, num_iterations=k, steps=cfg.batches * k, save_every=cfg.batches * k)
+    names = {"plain": f"plain GRPO, {cfg.plain_mu} steps per batch",
+             "accelerated": f"{method.name}, {k} steps per batch"}
+    clocks = {"plain": TrainingClock(), "accelerated": TrainingClock()}
     t = started
-    console.print(f"[bold]demo[/] plain GRPO ({cfg.preset} preset): {cfg.steps} steps, held-out accuracy on "
-                  f"{cfg.eval_prompts} prompts every {cfg.save_every}", highlight=False)
-    train(out / "plain", run_config, progress=progress)
+    console.print(f"[bold]demo[/] {names['plain']} ({cfg.preset} preset, lr {base.learning_rate:g}): {cfg.batches} "
+                  f"generation batches, held-out accuracy on {cfg.eval_prompts} prompts every {cfg.save_every}",
+                  highlight=False)
+    train(out / "plain", plain_config, callbacks=[clocks["plain"]], progress=progress)
     t = stage("plain GRPO", t)
-    console.print(f"[bold]demo[/] accelerated GRPO: same seed and budget, {accelerate}", highlight=False,
-                  soft_wrap=True)
-    callback = AccelerateCallback(accelerate)
-    train(out / "accelerated", run_config, callbacks=[callback], progress=progress)
+    console.print(f"[bold]demo[/] {names['accelerated']}: same seed, learning rate and budget, {method}",
+                  highlight=False, soft_wrap=True)
+    train(out / "accelerated", method_config, progress=progress,
+          callbacks=[method, BatchBudget(method, cfg.save_every, cfg.batches), clocks["accelerated"]])
     t = stage("accelerated GRPO", t)
 
     run = load_run(out / "plain")
@@ -260,16 +272,18 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     comparing.save(comparison, out / "compare")
     t = stage("compare", t)
 
-    plain, accelerated = curve(out / "plain"), curve(out / "accelerated")
-    summary = callback.summary()
-    result = judged_outcome(plain, accelerated, cfg.eval_prompts, summary["cost_step_equivalents"])
-    result.update(jumps=callback.jumps,
-                  acceleration=summary, accelerate_config=accelerate.to_json(), config=asdict(cfg),
+    plain, accelerated = batch_curve(out / "plain"), batch_curve(out / "accelerated")
+    per_batch = {name: clocks[name].total[0] / max(max(c), 1)
+                 for name, c in (("plain", plain), ("accelerated", accelerated))}
+    result = judged_outcome(plain, accelerated, cfg.eval_prompts, per_batch["accelerated"] / per_batch["plain"])
+    result.update(runs=names, seconds_per_batch=per_batch, config=asdict(cfg),
+                  lookahead={"repositions": method.repositions_, "failed": method.failed_,
+                             "gate_off_at": method.off_at_, "generation_batches": method.batches_},
                   curves={"plain": plain, "accelerated": accelerated})
     report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
-        "Live acceleration, plain vs accelerated GRPO with the same seed and budget: " + result["verdict"]],
-        lead=[("Live acceleration (plain vs accelerated GRPO)",
-               acceleration_section(result, plain, accelerated, callback.jumps))])
+        f"Live acceleration, {method.name} against the best plain run (same seed, learning rate and budget of "
+        f"generation batches): " + result["verdict"]],
+        lead=[("Live acceleration (best plain run vs lookahead)", acceleration_section(result, plain, accelerated))])
     t = stage("report", t)
 
     result["rank1"] = {"recovery": [asdict(r) if hasattr(r, "__dataclass_fields__") else r

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
 
 TARGET = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
@@ -38,3 +39,15 @@ def outcome(plain: dict[int, float], accelerated: dict[int, float], target: floa
             "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc},
             "speedup": (n_plain / n_acc) if n_plain and n_acc else None,
             "retained": final_acc / plain[last] if plain[last] else None}
+
+
+def batch_curve(run_dir: str | Path) -> dict[int, float]:
+    """{0: base accuracy, generation batches: accuracy, ...}: the curve on the rollouts-paid-for axis (run.json's
+    `generation_batches` per checkpoint), for runs that reuse a batch for several optimizer steps."""
+    manifest = Manifest.read(Path(run_dir) / "run.json")
+    missing = [e.step for e in manifest.checkpoints if e.accuracy is not None and e.generation_batches is None]
+    if missing:
+        raise RlcastError(f"{run_dir}/run.json: checkpoint {missing[0]} records no generation_batches (an RL run "
+                          f"of rlcast train records it)")
+    acc = {0: manifest.base_accuracy} if manifest.base_accuracy is not None else {}
+    return acc | {e.generation_batches: e.accuracy for e in manifest.checkpoints if e.accuracy is not None}
