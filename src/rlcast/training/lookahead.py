@@ -433,7 +433,7 @@ class Rank1Boost(Lookahead):
             self.basis_[name] = torch.randn(update.shape[1], min(self.rank, *update.shape), generator=gen,
                                             device=update.device)
         U = torch.linalg.qr(update @ self.basis_[name]).Q
-        V = torch.linalg.qr(update.T @ U).Q
+        V = torch.linalg.qr((U.T @ update).T).Q  # = update^T U; MKL is slow on a transposed big left operand
         self.basis_[name] = V
         return torch.linalg.qr(update @ V).Q, V
 
