@@ -57,13 +57,16 @@ def parse_seeds(text: str) -> list[int]:
     """'3' -> [0, 1, 2]; '100,101' -> [100, 101]; '100-102' -> [100, 101, 102] (one seed s: 's-s')."""
     try:
         if re.fullmatch(r"\d+", text.strip()):
+            if int(text) == 0:  # not "no seeds, so the default ones": one seed 0 is written 0-0
+                raise ValueError
             return list(range(int(text)))
         seeds = []
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
             seeds += list(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a count (3), a list (100,101) or a range (100-104)")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count >= 1 (3), a list (100,101) or a range (100-104; "
+                                         f"seed 0 alone: 0-0)")
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text!r}: no seeds, or a seed twice")
     return seeds

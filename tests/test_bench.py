@@ -45,7 +45,7 @@ def test_seeds_counts_lists_and_ranges(bench_modules):
     assert parse_seeds("100,101") == [100, 101]
     assert parse_seeds("100-102,7") == [100, 101, 102, 7]
     assert parse_seeds("5-5") == [5]
-    for bad in ("1,1", "a", "3-x", ""):
+    for bad in ("1,1", "a", "3-x", "", "0"):  # "0": no seeds, never silently the defaults
         with pytest.raises(argparse.ArgumentTypeError):
             parse_seeds(bad)
 
