@@ -790,8 +790,8 @@ def forecast_cmd(
 @command("demo")
 def demo_cmd(
     out: str = typer.Option("rlcast-demo", "--out", "-o", help="Folder for both runs, report.html and summary.json."),
-    quick: bool = typer.Option(False, "--quick", help="20 generation batches instead of 150 (~2 min instead of ~8 min "
-                                                      "on 2 CPU cores)."),
+    quick: bool = typer.Option(False, "--quick", help="20 generation batches instead of 150 (~2.5 min instead "
+                                                      "of ~8 min on 2 CPU cores)."),
 ) -> None:
     """The best plain GRPO run vs the same run with rank-1 boost lookahead on the steady preset, the plain run
     analysed, an HTML report, generation-batches-to-98 % table."""
