@@ -82,6 +82,19 @@ def main() -> None:
                              "s_strength, spread, min_origin); repeatable; tune on tuning seeds only")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or key not in inspect.signature(Combination).parameters:
+            parser.error(f"--param {item!r}: expected KEY=VALUE with KEY one of Combination's settings")
+        try:
+            params[key] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            parser.error(f"--param {item!r}: {value!r} is not a number")
+    try:
+        Combination(**params)  # a bad setting fails here, before any run is read
+    except RlcastError as err:
+        parser.error(str(err))
     torch.set_num_threads(1)
     start = time.perf_counter()
     console = Console(soft_wrap=True)
@@ -92,12 +105,6 @@ def main() -> None:
     if not done:
         raise SystemExit("no finished runs")
     members = args.members.split(",") if args.members else None
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or key not in inspect.signature(Combination).parameters:
-            parser.error(f"--param {item!r}: expected KEY=VALUE with KEY one of Combination's settings")
-        params[key] = float(value) if "." in value or "e" in value else int(value)
     rows = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

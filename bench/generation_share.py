@@ -88,8 +88,10 @@ def main() -> None:
     parser.add_argument("--reference-mu", type=int, default=2, help="the best plain run's rollout reuse")
     add_out(parser, "the short run and the result file")
     args = parser.parse_args()
-    if args.steps <= args.warmup:
-        parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if args.warmup < 0 or args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup} (>= 0)")
+    if args.speedup <= 0 or args.reference_mu < 1:
+        parser.error(f"--speedup {args.speedup:g} must be > 0 and --reference-mu {args.reference_mu} >= 1")
     torch.set_num_threads(1)
     quiet_transformers()
     results = Results(__file__, args)
