@@ -19,7 +19,6 @@ over both cuts. Tune forecaster settings on tuning seeds (>= 100) only.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import time
@@ -34,6 +33,7 @@ from rlcast.apps.forecast import forecast_curve, open_run
 from rlcast.errors import RlcastError
 from rlcast.forecasting import Combination, read_curve
 from rlcast.forecasting.curves import with_weights
+from rlcast.methods.base import parameters
 
 CUTS = (0.2, 0.4)
 
@@ -85,7 +85,7 @@ def main() -> None:
     params = {}
     for item in args.param:
         key, sep, value = item.partition("=")
-        if not sep or key not in inspect.signature(Combination).parameters:
+        if not sep or key not in parameters(Combination):
             parser.error(f"--param {item!r}: expected KEY=VALUE with KEY one of Combination's settings")
         try:
             params[key] = float(value) if "." in value or "e" in value else int(value)
