@@ -192,8 +192,8 @@ def run_table(r: RunForecast) -> Table:
                     f"{r.cutoff} (last {r.current:.3f})",
               caption=f"90 % intervals for a checkpoint's score (its evaluation noise included); weights from a "
                       f"rolling-origin back-test on steps <= {r.cutoff}; error growth: the forecast error's sd per "
-                      f"log-horizon (back-test errors, number of them); alongside: shown, not combined (a line in "
-                      f"the step)", caption_justify="left")
+                      f"log-horizon (back-test errors, number of them); alongside: shown, not combined (it "
+                      f"never levels off)", caption_justify="left")
     for col in ("forecaster", "weight", "error growth", f"step {r.target_step}", "90% interval", "convergence"):
         t.add_column(col, justify="left" if col == "forecaster" else "right", no_wrap=True)
     notes = []
