@@ -127,6 +127,25 @@ def test_sfpo_gate_fires_and_training_goes_on_as_plain_grpo(tmp_path):
     never, reward = SFPO(K=1, alpha=0.5, gate_window=2, gate_threshold=1e9), Digits()
     _train(tmp_path, "open", [never], steps=8, num_iterations=2, reward=reward)
     assert (never.on_, never.repositions_, never.batches_, reward.calls) == (True, 4, 4, 4)
+    # after_gate 2: the gate fires after batch 2 (steps 1-8), then 2 steps per batch (steps 9-12), never 1 or 4
+    reuse, reward = SFPO(K=3, alpha=0.5, gate_window=2, gate_threshold=-1e9, after_gate=2), Digits()
+    counted = BatchCount(reuse)
+    _train(tmp_path, "reuse", [reuse, counted], steps=12, num_iterations=4, reward=reward)
+    assert (reuse.on_, reuse.off_at_, reuse.repositions_, reuse.batches_, reward.calls) == (False, 2, 2, 4, 4)
+    assert counted.done_at == [4, 8, 10, 12]
+    with pytest.raises(RlcastError, match="after_gate must divide the 4 steps per batch while on .* got 3"):
+        SFPO(K=3, after_gate=3)
+
+
+class BatchCount(TrainerCallback):
+    """The steps at which a lookahead method says its generation batch is done (what BatchBudget counts)."""
+
+    def __init__(self, method):
+        self.method, self.done_at = method, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.method.batch_done:
+            self.done_at.append(state.global_step)
 
 
 def test_gxpo_gate_reads_the_corrective_gradient_before_clipping(tmp_path):

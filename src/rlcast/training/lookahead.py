@@ -14,7 +14,9 @@ SFPO, Slow-Fast Policy Optimization (arXiv 2510.04072). Published recipe: K fast
     ray_trainer.py and fsdp_workers.py): every update, fast or slow, takes its PPO ratio against the log-probs
     computed once at theta0 before the updates; Adam's moments and step count run on through the fast steps and are
     never rolled back; the released trainer's second variant gates on a fixed step instead of the entropy (we keep
-    the z-score); "plain" after the gate is verl's ordinary update, one pass over each batch. Differences we keep:
+    the z-score); "plain" after the gate is verl's ordinary update, one pass over each batch (`after_gate` 1; set it
+    to the tuned plain run's reuse, 2 on steady, so that a gated run does not drop below the best plain setting:
+    published SFPO on steady seed 0 fell from 0.45 to 0.37 within 15 batches of its gate). Differences we keep:
     verl's update is a pass over the batch in `ppo_mini_batch_size` mini-batches (4 optimizer steps per pass in
     the paper's scripts) and its lr scheduler steps once per batch; here a pass is one optimizer step (TRL's
     default, `steps_per_generation == gradient_accumulation_steps`) and TRL's scheduler steps per optimizer step,
@@ -181,6 +183,7 @@ class Lookahead(TrainerCallback, ExportableState):
 
     name = ""
     fast_steps: int
+    after_gate = 1  # optimizer steps per generation batch once the gate has fired (a field of the gated methods)
 
     @property
     def num_iterations(self) -> int:
@@ -190,7 +193,7 @@ class Lookahead(TrainerCallback, ExportableState):
     @property
     def batch_done(self) -> bool:
         """After a step (on_step_end): did it finish its generation batch (the next step generates a new one)?"""
-        return not self.on_ or self.step_ == self.num_iterations
+        return self.step_ == self.num_iterations if self.on_ else self.step_ % self.after_gate == 0
 
     def __post_init__(self):
         self.trainer_ = None
@@ -198,12 +201,15 @@ class Lookahead(TrainerCallback, ExportableState):
         self.batch_ = None  # TRL's buffered generation batch the last step used
         self.step_ = 0  # optimizer steps taken on that batch
         self.theta0_: list[torch.Tensor] | None = None
-        self.on_ = True  # False once the gate has fired: plain GRPO, one step per generation batch
+        self.on_ = True  # False once the gate has fired: plain GRPO, `after_gate` steps per generation batch
         self.off_at_: int | None = None  # generation batches when the gate fired
         self.batches_ = 0  # generation batches seen
         self.history_: list[float] = []  # gate observations
         self.repositions_ = 0
         self.failed_ = 0
+        self._check(self.after_gate >= 1 and self.num_iterations % self.after_gate == 0,
+                    f"after_gate must divide the {self.num_iterations} steps per batch while on (TRL regenerates on "
+                    f"that schedule), got {self.after_gate}")
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
@@ -267,10 +273,11 @@ class Lookahead(TrainerCallback, ExportableState):
                 metrics["lookahead/gate_z"].append(z)
                 if z >= self.gate_threshold:
                     self.on_, self.off_at_ = False, self.batches_
-                    log.info("lookahead %s: gate fired at step %d (z %.2f >= %s): plain GRPO from now on",
-                             self.name, state.global_step, z, self.gate_threshold)
-        if not self.on_:
-            self.trainer_._buffered_inputs = None  # TRL generates a batch for every step: one step per batch
+                    log.info("lookahead %s: gate fired at step %d (z %.2f >= %s): plain GRPO from now on, %d "
+                             "step(s) per batch", self.name, state.global_step, z, self.gate_threshold,
+                             self.after_gate)
+        if not self.on_ and self.batch_done:
+            self.trainer_._buffered_inputs = None  # TRL generates a new batch for the next step
         metrics["lookahead/on"].append(float(self.on_))
 
     # ------------------------------------------------------------------ the reposition
@@ -321,6 +328,7 @@ class SFPO(Lookahead):
     alpha: float = 0.8
     gate_window: int = 30
     gate_threshold: float = 1.0
+    after_gate: int = 1
     name = "sfpo"
 
     def __post_init__(self):
@@ -357,6 +365,7 @@ class GXPO(Lookahead):
     alpha: float = 0.5
     tau: float = 0.5
     gate_window: int = 30
+    after_gate: int = 1
     name = "gxpo"
     fast_steps = 2
 
