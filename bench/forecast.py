@@ -10,7 +10,7 @@ forecaster's, and "no further gain" (the last accuracy at the cut). The last lin
 
 MAE of the combined forecast over runs; coverage_90: share of real finals (both cuts) inside the combined 90 %
 intervals; rank_spearman_20: Spearman correlation between the 20 % forecasts and the real finals across the runs of
-one seed (its learning rates and rollout reuse), median over seeds; best_single: the forecaster with the lowest MAE
+one seed of one task and model (its learning rates and rollout reuse), median over seeds; best_single: the forecaster with the lowest MAE
 over both cuts. Tune forecaster settings on tuning seeds (>= 100) only.
 
     .venv/bin/python bench/forecast.py --runs /work/runs/baselines/*
@@ -60,7 +60,8 @@ def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: d
     config = (run.manifest.config if run.manifest else None) or {}
     curve = curve.generation_axis()
     length, final = curve.last, float(curve.accuracy[-1])
-    out = {"run": str(path), "seed": config.get("seed"), "lr": config.get("learning_rate"),
+    out = {"run": str(path), "seed": config.get("seed"), "task": config.get("task"), "model": config.get("model"),
+           "lr": config.get("learning_rate"),
            "mu": config.get("num_iterations", 1), "length": length, "final": final}
     for cut in CUTS:
         window = curve.window(int(round(cut * length)))
@@ -152,16 +153,16 @@ def main() -> None:
     console.print(f"combined     interval_score_90={score:.4f} mean_width_90="
                   f"{np.mean([r[c]['combined']['high'] - r[c]['combined']['low'] for r in rows for c in CUTS]):.4f}"
                   f" settings={params or 'defaults'}", highlight=False)
-    by_seed: dict = {}
+    by_seed: dict = {}  # runs ranked together: one seed of one task and model
     for r in rows:
-        by_seed.setdefault(r["seed"], []).append(r)
+        by_seed.setdefault((r["seed"], r["task"], r["model"]), []).append(r)
     rhos = [spearman([r[0.2]["combined"]["median"] for r in group], [r["final"] for r in group])
             for group in by_seed.values() if len(group) >= 3]
     rho = statistics.median(rhos) if rhos else float("nan")
     best = min(single, key=single.get)
     combined = (mae(0.2) + mae(0.4)) / 2
     console.print(f"combined     mae={combined:.4f} vs best single {best} {single[best]:.4f}; runs={len(rows)} "
-                  f"seeds={len(by_seed)} (spearman over {len(rhos)} seeds with >= 3 runs)", highlight=False)
+                  f"groups={len(by_seed)} (spearman over {len(rhos)} seed/task groups with >= 3 runs)", highlight=False)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": rows}, indent=1, default=str))
     print(f"mae_20={mae(0.2):.4f} mae_40={mae(0.4):.4f} coverage_90={coverage:.2f} rank_spearman_20={rho:.2f} "
