@@ -207,7 +207,8 @@ def test_cli_train_with_a_lookahead_method_records_generation_batches(tmp_path):
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["config"]["num_iterations"] == 2
     assert [(c["step"], c["generation_batches"]) for c in manifest["checkpoints"]] == [(2, 1), (4, 2), (6, 4)]
-    assert "lookahead sfpo: 2 repositions (0 failed) over 4 generation batches; the gate switched it off" in \
+    assert ("lookahead sfpo: 2 repositions (0 failed) over 4 generation batches; the gate switched it off after "
+            "batch 2, then 1 step(s) per batch") in \
         result.output
     for extra, message in [(["--accelerate", "magic"], "--accelerate 'magic': known: jumps, sfpo, gxpo, rank1"),
                            (["--accelerate", "gxpo", "--accel", "beta=1"], "unknown key 'beta'; known: K, alpha, tau"),
