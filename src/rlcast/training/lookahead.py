@@ -46,7 +46,9 @@ Rank-1 boost (ours; `Rank1Boost`). What rlcast measures (`rlcast analyze`, `domi
     The boost is sized by the batch's own component along the run's direction, so it adds little step norm and
     follows the batch's sign. With fast_steps = 1 it costs what plain GRPO with 2 steps per batch (the best plain
     setting on the steady preset) costs, plus two thin matmuls and QRs per tensor; boost = 1 is that plain run.
-    No gate. Memory: theta_start. Resume: the subspace restarts from the resumed weights. (The other candidate,
+    No gate. Memory: theta_start. Resume: the subspace restarts from the resumed weights. With LoRA the trainable
+    2-D tensors are the adapter factors A and B, so the boost follows each factor's own update, not the top direction
+    of B A (untested on a LoRA run: measured on full fine-tuning only). (The other candidate,
     an adaptive rollout-reuse controller, is not here: TRL's sampler yields each prompt batch `num_iterations`
     times, so a callback that regenerates early samples new completions for the same prompts and still takes
     `num_iterations` steps per prompt batch: it cannot spend fewer backward passes on a batch that stopped
