@@ -11,7 +11,9 @@ forecaster's, and "no further gain" (the last accuracy at the cut). The last lin
 MAE of the combined forecast over runs; coverage_90: share of real finals (both cuts) inside the combined 90 %
 intervals; rank_spearman_20: Spearman correlation between the 20 % forecasts and the real finals across the runs of
 one seed of one task and model (its learning rates and rollout reuse), median over seeds; best_single: the forecaster with the lowest MAE
-over both cuts. Tune forecaster settings on tuning seeds (>= 100) only.
+over both cuts. Before it, the rank ceiling: how well the real finals rank against a redraw of their own score
+noise, about the best rank_spearman_20 a perfect forecaster could get. Tune forecaster settings on tuning seeds
+(>= 100) only.
 
     .venv/bin/python bench/forecast.py --runs /work/runs/baselines/*
 """
@@ -52,6 +54,16 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def noise_ceiling(group: list[dict], draws: int = 2000, seed: int = 0) -> float:
+    """Mean Spearman between the group's real finals and finals redrawn from their own binomial score noise: finals
+    closer together than the noise cannot be ranked reliably by anyone, forecaster or a second evaluation."""
+    rng = np.random.default_rng(seed)
+    finals = np.array([r["final"] for r in group])
+    prompts = np.array([r["prompts"] or 1000 for r in group])
+    return float(np.nanmean([spearman(list(finals), list(rng.binomial(prompts, finals) / prompts))
+                             for _ in range(draws)]))
+
+
 def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: dict) -> dict:
     run, unreadable = open_run(path)
     curve = read_curve(run)
@@ -61,7 +73,7 @@ def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: d
     curve = curve.generation_axis()
     length, final = curve.last, float(curve.accuracy[-1])
     out = {"run": str(path), "seed": config.get("seed"), "task": config.get("task"), "model": config.get("model"),
-           "lr": config.get("learning_rate"),
+           "prompts": config.get("eval_prompts"), "lr": config.get("learning_rate"),
            "mu": config.get("num_iterations", 1), "length": length, "final": final}
     for cut in CUTS:
         window = curve.window(int(round(cut * length)))
@@ -159,6 +171,12 @@ def main() -> None:
     rhos = [spearman([r[0.2]["combined"]["median"] for r in group], [r["final"] for r in group])
             for group in by_seed.values() if len(group) >= 3]
     rho = statistics.median(rhos) if rhos else float("nan")
+    ceilings = [noise_ceiling(group) for group in by_seed.values() if len(group) >= 3]
+    if ceilings:
+        console.print(f"rank ceiling: Spearman of the real finals with a redraw of their own score noise (binomial "
+                      f"over the held-out prompts, 2000 draws), median over groups {statistics.median(ceilings):.2f} "
+                      f"(per group {', '.join(f'{c:.2f}' for c in ceilings)}): what a perfect forecaster could "
+                      f"expect", highlight=False)
     best = min(single, key=single.get)
     combined = (mae(0.2) + mae(0.4)) / 2
     console.print(f"combined     mae={combined:.4f} vs best single {best} {single[best]:.4f}; runs={len(rows)} "
