@@ -72,9 +72,10 @@ def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: d
     config = (run.manifest.config if run.manifest else None) or {}
     curve = curve.generation_axis()
     length, final = curve.last, float(curve.accuracy[-1])
+    settled = float(np.mean(curve.accuracy[-3:]))  # the last 3 scores: less of one checkpoint's swing
     out = {"run": str(path), "seed": config.get("seed"), "task": config.get("task"), "model": config.get("model"),
            "prompts": config.get("eval_prompts"), "lr": config.get("learning_rate"),
-           "mu": config.get("num_iterations", 1), "length": length, "final": final}
+           "mu": config.get("num_iterations", 1), "length": length, "final": final, "settled": settled}
     for cut in CUTS:
         window = curve.window(int(round(cut * length)))
         model = Combination(members, **params) if members else Combination(**params)
@@ -146,6 +147,10 @@ def main() -> None:
                 for r in rows if key is None or key in r[cut]["forecasters"]]
         return float(np.mean(errs)) if errs else float("nan")
 
+    settled = {cut: float(np.mean([abs(r[cut]["combined"]["median"] - r["settled"]) for r in rows])) for cut in CUTS}
+    console.print(f"combined     against the mean of each run's last 3 scores: mae_20={settled[0.2]:.4f} "
+                  f"mae_40={settled[0.4]:.4f} (how much of the error is the last checkpoint's own swing)",
+                  highlight=False)
     stop = {cut: float(np.mean([abs(r[cut]["stop"] - r["final"]) for r in rows])) for cut in CUTS}
     single = {k: (mae(0.2, k) + mae(0.4, k)) / 2 for k in names}
     for k in names:
