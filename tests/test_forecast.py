@@ -58,6 +58,24 @@ def test_intervals_cover_at_the_stated_rate(name, truth, n):
     assert 0.75 <= np.mean(inside) <= 1.0, np.mean(inside)
 
 
+def test_an_unstable_run_gets_wider_intervals_and_a_warning():
+    """Scores that scatter from checkpoint to checkpoint 5x beyond their evaluation noise (a policy swinging, not the
+    prompts) widen every interval of a future checkpoint's score, and the forecast says so; a steady run is not
+    flagged (its swing stays within the evaluation noise)."""
+    from rlcast.apps.forecast import forecast_curve
+
+    steady = planted(3).window(150)
+    scatter = np.random.default_rng(3).normal(0, 5 * steady.evaluation_noise(steady.accuracy))
+    shaky = Curve("shaky", steady.steps, steady.accuracy + np.where(steady.steps > 0, scatter, 0.0), steady.sd,
+                  steady.reward_steps, steady.reward, "arith", 300, 1000)
+    assert steady.swing() <= 1.2 * np.median(steady.evaluation_noise(steady.accuracy)) < shaky.swing()
+    calm, wild = forecast_curve(steady, 300), forecast_curve(shaky, 300)
+    assert calm.unstable is None and wild.unstable.startswith("unstable: its scores swing")
+    width = lambda r: r.combined["high"] - r.combined["low"]  # noqa: E731
+    assert width(wild) > 1.5 * width(calm)
+    assert shaky.noise(np.array([0.4]))[0] == pytest.approx(shaky.swing())  # the scatter, not the binomial 0.015
+
+
 class Spy(Forecaster):
     """A user's own forecaster: a flat line at the last accuracy, recording every curve it is fitted on."""
 

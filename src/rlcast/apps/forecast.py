@@ -5,7 +5,10 @@ back-tested combination give the held-out accuracy at the target step (default: 
 config `steps`, else twice the cutoff) and at convergence (the saturating forecasters' asymptote), the step at which
 an accuracy is reached, and the gain expected over the remaining steps with a stop/continue hint. Several runs are
 ranked by their forecast at their own target, with the probability that the leader really ends highest (independent
-draws from each run's predictive distribution). Bad input is one line naming the run, before any fit: fewer than 3
+draws from each run's predictive distribution). A future checkpoint's score scatters around the forecast trend by
+one evaluation's noise or by the run's own checkpoint-to-checkpoint swing where that is larger (`Curve.noise`); a
+swing over twice the evaluation noise is flagged as unstable (on the testbed: the runs at 8x and 16x the
+steady-slow learning rate, never the tuned ones). Bad input is one line naming the run, before any fit: fewer than 3
 checkpoints with accuracies, a constant curve, a target before the cutoff, runs on different tasks in one ranking.
 """
 
@@ -24,6 +27,7 @@ from rlcast.forecasting.curves import manifest_run, with_weights
 from rlcast.io.runs import Run, load_run
 from rlcast.io.writer import write_json_atomic
 
+UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged
 REACH_GRID = 400  # steps between the cutoff and 10x the target at which sampled curves are checked for --reach
 
 
@@ -41,6 +45,7 @@ class RunForecast:
     hint: str
     reach: dict | None = None
     error_growth: float = 0.0      # the combination's calibrated error sd per log-horizon
+    unstable: str | None = None    # why single checkpoints of this run scatter far from any forecast
     model: Combination | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
@@ -122,7 +127,17 @@ def forecast_curve(curve: Curve, target: int, reach: float | None = None, min_ga
                 f"(the interval straddles {min_gain:+.3f})")
     return RunForecast(curve.run, curve.task, curve.last, target, float(curve.accuracy[-1]), combined.summary(1, level),
                        forecasters, convergence, gain, hint, reach_step(curve, model, reach, target, level)
-                       if reach is not None else None, model.s_, model)
+                       if reach is not None else None, model.s_, instability(curve), model)
+
+
+def instability(curve: Curve) -> str | None:
+    """A warning when the scores swing between checkpoints well beyond their evaluation noise (Curve.swing)."""
+    swing = curve.swing()
+    noise = float(np.median(curve.evaluation_noise(curve.accuracy[curve.steps > 0])))
+    if not (np.isfinite(swing) and noise > 0 and swing > UNSTABLE * noise):
+        return None
+    return (f"unstable: its scores swing {swing:.3f} between checkpoints, {swing / noise:.1f}x their evaluation noise "
+            f"{noise:.3f}; the forecast is of the trend, and any one checkpoint can land that far from it")
 
 
 def reach_step(curve: Curve, model: Combination, accuracy: float, target: int, level: float = LEVEL) -> dict:
@@ -234,6 +249,8 @@ def print_report(results: list[RunForecast], ranking: dict | None, console: Cons
     for r in results:
         console.print(run_table(r))
         console.print(f"  {r.hint}", highlight=False)
+        if r.unstable:
+            console.print(f"  [yellow]{r.unstable}[/]", highlight=False)
         if r.reach:
             console.print("  " + reach_text(r.reach), highlight=False)
     if ranking:

@@ -71,10 +71,24 @@ class Curve:
             weights=None if self.weights is None else {n: a[wkeep] for n, a in self.weights.items()})
 
     def noise(self, accuracy: np.ndarray) -> np.ndarray:
+        """Standard deviation of a future checkpoint's score around the trend at `accuracy`: one held-out
+        evaluation's binomial noise (0 when the prompt count is unknown), or the run's own `swing` where that is
+        larger (an unstable run's checkpoints scatter more than their evaluation does)."""
+        binomial, swing = self.evaluation_noise(accuracy), self.swing()
+        return np.maximum(binomial, swing) if np.isfinite(swing) else binomial
+
+    def evaluation_noise(self, accuracy: np.ndarray) -> np.ndarray:
         """Standard deviation of one held-out evaluation scoring `accuracy` (0 when the prompt count is unknown)."""
         n = self.eval_prompts or self._prompts_from_ci()
-        p = np.clip(accuracy, 0.0, 1.0)
+        p = np.clip(np.asarray(accuracy, dtype=float), 0.0, 1.0)
         return np.sqrt(p * (1 - p) / n) if n else np.zeros_like(p)
+
+    def swing(self) -> float:
+        """How far the scores after the base scatter from checkpoint to checkpoint beyond their trend: the standard
+        deviation of their successive differences (mean removed) / sqrt 2; nan with fewer than 4 such scores. Under
+        evaluation noise alone it is at most that noise (less when checkpoints share prompts)."""
+        diffs = np.diff(self.accuracy[self.steps > 0])
+        return float(np.std(diffs - diffs.mean()) / np.sqrt(2)) if len(diffs) >= 3 else float("nan")
 
     def _prompts_from_ci(self) -> float | None:
         ok = np.isfinite(self.sd) & (self.sd > 0)
