@@ -7,8 +7,8 @@ an accuracy is reached, and the gain expected over the remaining steps with a st
 ranked by their forecast at their own target, with the probability that the leader really ends highest (independent
 draws from each run's predictive distribution). A future checkpoint's score scatters around the forecast trend by
 one evaluation's noise or by the run's own checkpoint-to-checkpoint swing where that is larger (`Curve.noise`); a
-swing over twice the evaluation noise is flagged as unstable (on the testbed: the runs at 8x and 16x the
-steady-slow learning rate, never the tuned ones). Bad input is one line naming the run, before any fit: fewer than 3
+swing over twice the evaluation noise is flagged as unstable (on the testbed it flagged only runs at 8x and 16x the
+steady-slow learning rate, none at the tuned one). Bad input is one line naming the run, before any fit: fewer than 3
 checkpoints with accuracies, a constant curve, a target before the cutoff, runs on different tasks in one ranking.
 """
 
