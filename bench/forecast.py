@@ -10,8 +10,8 @@ forecaster's, and "no further gain" (the last accuracy at the cut). The last lin
 
 MAE of the combined forecast over runs; coverage_90: share of real finals (both cuts) inside the combined 90 %
 intervals; rank_spearman_20: Spearman correlation between the 20 % forecasts and the real finals across the runs of
-one seed of one task and model (its learning rates and rollout reuse), median over seeds; best_single: the forecaster with the lowest MAE
-over both cuts. Before it, the rank ceiling: how well the real finals rank against a redraw of their own score
+one seed of one task and model (its learning rates and rollout reuse), median over seeds; best_single: the
+forecaster with the lowest MAE over both cuts. Before it, the rank ceiling: how well the real finals rank against a redraw of their own score
 noise, about the best rank_spearman_20 a perfect forecaster could get. Tune forecaster settings on tuning seeds
 (>= 100) only.
 

@@ -133,7 +133,7 @@ def test_sfpo_gate_fires_and_training_goes_on_as_plain_grpo(tmp_path):
     _train(tmp_path, "reuse", [reuse, counted], steps=12, num_iterations=4, reward=reward)
     assert (reuse.on_, reuse.off_at_, reuse.repositions_, reuse.batches_, reward.calls) == (False, 2, 2, 4, 4)
     assert counted.done_at == [4, 8, 10, 12]
-    with pytest.raises(RlcastError, match="after_gate must divide the 4 steps per batch while on .* got 3"):
+    with pytest.raises(RlcastError, match="after_gate must be >= 1 and divide the 4 steps per batch while on .* got 3"):
         SFPO(K=3, after_gate=3)
 
 

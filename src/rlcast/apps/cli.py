@@ -637,8 +637,8 @@ def train_cmd(
         method = callbacks[0]
         console.print(f"lookahead {method.name}: {method.repositions_} repositions ({method.failed_} failed) over "
                       f"{method.batches_} generation batches; "
-                      + ("on to the end" if method.on_ else f"the gate switched it off after batch {method.off_at_}, then "
-                         f"{method.after_gate} step(s) per batch"), highlight=False)
+                      + ("on to the end" if method.on_ else f"the gate switched it off after batch "
+                         f"{method.off_at_}, then {method.after_gate} step(s) per batch"), highlight=False)
 
 
 @command("continue")

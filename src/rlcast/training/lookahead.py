@@ -210,8 +210,8 @@ class Lookahead(TrainerCallback, ExportableState):
         self.repositions_ = 0
         self.failed_ = 0
         self._check(self.after_gate >= 1 and self.num_iterations % self.after_gate == 0,
-                    f"after_gate must divide the {self.num_iterations} steps per batch while on (TRL regenerates on "
-                    f"that schedule), got {self.after_gate}")
+                    f"after_gate must be >= 1 and divide the {self.num_iterations} steps per batch while on (TRL "
+                    f"regenerates on that schedule), got {self.after_gate}")
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
