@@ -27,14 +27,16 @@ counts as speedup 0):
     speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
 
 Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run
-as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>.json, which --report merges. Wall
+as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
+merges (rows against different best plain settings are refused). A finished method run is compared against another
+best plain setting without retraining it: rerun with the new --best-plain (only the plain run trains). Wall
 times compare only side by side: a row whose best plain run was not trained next to the method's run (reused, or
 without --parallel) says so; its cpu_speedup still holds (one torch thread per process).
 
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method rank1 --accel boost=3 --seeds 100,101 \
         --out runs/accel
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method sfpo --seeds 0 --parallel --out runs/accel
-    .venv/bin/python bench/acceleration.py --report runs/accel/sfpo/seed*.json
+    .venv/bin/python bench/acceleration.py --report runs/accel/sfpo/seed*-vs-0.00012,2.json
 """
 
 from __future__ import annotations
@@ -184,9 +186,9 @@ def main() -> None:
                "curves": curves,
                "vs_best": compare(curves["method"], curves["best"]),
                "vs_preset": compare(curves["method"], curves["preset"])}
-        write_json_atomic(folder / f"seed{seed}.json", row)
+        write_json_atomic(folder / f"seed{seed}-vs-{lr:g},{mu}.json", row)
         show(row)
-    summarize([json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))])
+    summarize([json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))])
 
 
 def per_batch(rows: list[dict], clock: str = "wall") -> float | None:
@@ -214,6 +216,9 @@ def show(row: dict) -> None:
 def summarize(rows: list[dict]) -> None:
     """Per-seed figures, the medians against the preset's run, and the last line (medians against the best plain)."""
     rows = sorted(rows, key=lambda r: r["seed"])
+    if len({tuple(r["best_plain"]) for r in rows}) > 1:
+        raise SystemExit(f"--report: rows against different best plain settings "
+                         f"{sorted({tuple(r['best_plain']) for r in rows})}; report one setting at a time")
 
     def med(part: str, key: str) -> float:
         values = [r[part][key] for r in rows if r[part][key] is not None]

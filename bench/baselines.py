@@ -7,8 +7,10 @@ learning-rate multiplier m and reuse mu: a plain run of the preset at m x its le
 run sees the same number of generation batches and is scored after the same ones; warmup unchanged, in optimizer
 steps). Steps below count *generation batches* (RL steps: the rollouts a run pays for). Per run: the final held-out
 accuracy and the first checkpoint reaching 98 % of the preset run's final accuracy (the goal of bench/acceleration.py);
-`speedup` = preset steps / this run's steps to that goal, `retained` = final / preset final. The last line is for the
-setting with the best median final accuracy (medians over seeds; never reaching the goal counts as speedup 0):
+`speedup` = preset steps / this run's steps to that goal, `retained` = final / preset final. The best plain setting
+is the fastest (highest median speedup; medians over seeds, never reaching the goal counts as speedup 0) among those
+whose median final is within `FINAL_NOISE` of the best median final: finals that close are one evaluation's noise
+apart, so ranking them by final would pick by chance, while a baseline exists to be fast. The last line:
 
     best_lr=X mu=M speedup=Y retained=Z seeds=N preset=P
 
@@ -32,6 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlcast.evaluation.curves import curve, outcome
 from rlcast.training.runs import preset, train
+
+FINAL_NOISE = 0.02  # one held-out score's standard deviation near 50 % on 1000 prompts: sqrt(.25 / 1000) = 0.016
 
 
 def plain_run(out: Path, config, mu: int) -> dict[int, float]:
@@ -86,7 +90,8 @@ def main() -> None:
     for m, mu in settings:
         print(f"lr {m:g}x mu {mu}: median final {med[m, mu]['final']:.3f} speedup {med[m, mu]['speedup']:.2f} "
               f"retained {med[m, mu]['retained']:.3f}")
-    best = max(settings, key=lambda s: med[s]["final"])
+    top = max(med[s]["final"] for s in settings)
+    best = max((s for s in settings if med[s]["final"] >= top - FINAL_NOISE), key=lambda s: med[s]["speedup"])
     print(f"best_lr={best[0] * base.learning_rate:g} mu={best[1]} speedup={med[best]['speedup']:.2f} "
           f"retained={med[best]['retained']:.3f} seeds={len(seeds)} preset={args.preset}")
 

@@ -91,3 +91,17 @@ def test_generation_share_turns_fewer_generation_batches_into_wall_time(bench_mo
     assert implied_wall(1.0, 2.0, passes=4, reference_passes=2) == pytest.approx(2.0)  # generating is all the cost
     assert implied_wall(0.0, 2.0, passes=4, reference_passes=2) == pytest.approx(1.0)  # backward passes are
     assert implied_wall(0.5, 1.0, passes=3, reference_passes=2) == pytest.approx(0.75)  # (0.5 + 1) / (0.5 + 1.5)
+
+
+def test_acceleration_report_refuses_rows_against_different_best_plain_settings(bench_modules, capsys):
+    from acceleration import summarize
+
+    def row(seed, mu):
+        part = {"speedup": 1.5, "wall_speedup": None, "retained": 1.0}
+        return {"seed": seed, "method": "rank1", "settings": {}, "best_plain": [1.2e-4, mu], "side_by_side": False,
+                "vs_best": part, "vs_preset": part}
+
+    summarize([row(0, 2), row(1, 2)])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("speedup_vs_best_plain=1.50 retained=1.000 seeds=2")
+    with pytest.raises(SystemExit, match="different best plain settings"):
+        summarize([row(0, 2), row(1, 4)])
