@@ -91,15 +91,15 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
 
 
 def points(out: Path, mu: int) -> list[dict]:
-    """Per checkpoint (and the base, at 0): generation batches, held-out accuracy, training seconds (wall, CPU) when
-    clocked. Runs from before run.json counted generation batches: step // mu."""
+    """Per checkpoint (and the base, at 0): generation batches, optimizer steps (one backward pass each), held-out
+    accuracy, training seconds (wall, CPU) when clocked. Runs from before run.json counted generation batches: step // mu."""
     manifest = json.loads((out / "run.json").read_text())
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    rows = [{"batches": 0, "accuracy": manifest["base_accuracy"], "wall": 0.0, "cpu": 0.0}]
+    rows = [{"batches": 0, "steps": 0, "accuracy": manifest["base_accuracy"], "wall": 0.0, "cpu": 0.0}]
     for c in manifest["checkpoints"]:
         wall, cpu = seconds.get(str(c["step"]), [None, None])
-        rows.append({"batches": c.get("generation_batches", c["step"] // mu), "accuracy": c["accuracy"],
-                     "wall": wall, "cpu": cpu})
+        rows.append({"batches": c.get("generation_batches", c["step"] // mu), "steps": c["step"],
+                     "accuracy": c["accuracy"], "wall": wall, "cpu": cpu})
     return rows
 
 
@@ -192,9 +192,10 @@ def main() -> None:
 
 
 def per_batch(rows: list[dict], clock: str = "wall") -> float | None:
-    """Training seconds (wall or cpu) per generation batch over the whole run."""
+    """Training seconds (wall or cpu), or optimizer steps (`clock="steps"`: backward passes), per generation batch
+    over the whole run."""
     last = rows[-1]
-    return last[clock] / last["batches"] if last[clock] is not None and last["batches"] else None
+    return last[clock] / last["batches"] if last.get(clock) is not None and last["batches"] else None
 
 
 def show(row: dict) -> None:
@@ -209,7 +210,8 @@ def show(row: dict) -> None:
           f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
           f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "
-          f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; {extra}",
+          f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; backward passes/batch "
+          f"{fmt(per_batch(c['method'], 'steps'))} vs {fmt(per_batch(c['best'], 'steps'))}; {extra}",
           flush=True)
 
 
