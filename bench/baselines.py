@@ -7,93 +7,95 @@ learning-rate multiplier m and reuse mu: a plain run of the preset at m x its le
 run sees the same number of generation batches and is scored after the same ones; warmup unchanged, in optimizer
 steps). Steps below count *generation batches* (RL steps: the rollouts a run pays for). Per run: the final held-out
 accuracy and the first checkpoint reaching 98 % of the preset run's final accuracy (the goal of bench/acceleration.py);
-`speedup` = preset steps / this run's steps to that goal, `retained` = final / preset final. The best plain setting
-is the fastest (highest median speedup; medians over seeds, never reaching the goal counts as speedup 0) among those
-whose median final is within `FINAL_NOISE` of the best median final: finals that close are one evaluation's noise
-apart, so ranking them by final would pick by chance, while a baseline exists to be fast. The last line:
+`speedup` = preset steps / this run's steps to that goal, `retained` = final / preset final.
+
+The best plain setting is the fastest (highest median speedup; medians over seeds, never reaching the goal counts as
+speedup 0) among those whose median final is within `FINAL_NOISE` of the best median final: finals that close are
+one evaluation's noise apart, so ranking them by final would pick by chance, while a baseline exists to be fast.
+Fast in generation batches is not fast in wall time: a batch reused mu times costs g + mu (1 - g) one-pass steps
+when generating is g of one (`--generation-share`, measured by bench/generation_share.py), so the same rule on
+`implied_wall` picks the best setting in wall time, printed before the last line:
 
     best_lr=X mu=M speedup=Y retained=Z seeds=N preset=P
 
 Choose on tuning seeds (default 100, 101); run the benchmark seeds (0..4) once, with the chosen setting only.
 
     .venv/bin/python bench/baselines.py --multipliers 1,2,4,8,16 --out runs/baselines
-    .venv/bin/python bench/baselines.py --seeds 0,1,2,3,4 --multipliers 4 --mu 1,2 --out runs/baselines
+    .venv/bin/python bench/baselines.py --preset steady-slow --multipliers 4 --mu 2,4 --out runs/baselines
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import statistics
-import tempfile
-from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlcast.evaluation.curves import curve, outcome
-from rlcast.training.runs import preset, train
+from common import (Results, add_out, add_preset, add_seeds, console, goal_metrics, implied_wall, new_parser,
+                    per_batch, plain_run, progress, reuse_rollouts, train_config)
+from rlcast.evaluation.curves import curve
 
+DURATION = "~6 h on 2 CPU cores (defaults: 2 seeds x 5 learning rates, 300 generation batches each)"
 FINAL_NOISE = 0.02  # one held-out score's standard deviation near 50 % on 1000 prompts: sqrt(.25 / 1000) = 0.016
+STEADY_SHARE = 0.27  # generating's share of a one-pass step on the steady testbed (bench/generation_share.py)
 
 
-def plain_run(out: Path, config, mu: int) -> dict[int, float]:
-    """The held-out curve of one plain run on the generation-batch axis (resumed when interrupted, reused when
-    finished)."""
-    manifest = out / "run.json"
-    if not manifest.exists() or json.loads(manifest.read_text())["status"] != "finished":
-        train(out, config, progress=False, resume=manifest.exists())
-    return {step // mu: accuracy for step, accuracy in curve(out).items()}
+def fastest(settings: list[tuple], med: dict, key: str) -> tuple:
+    """The setting with the highest median `key` among those whose median final is within FINAL_NOISE of the best."""
+    top = max(med[s]["final"] for s in settings)
+    return max((s for s in settings if med[s]["final"] >= top - FINAL_NOISE), key=lambda s: med[s][key])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="steady")
+    parser = new_parser(__doc__)
+    add_preset(parser)
     parser.add_argument("--multipliers", default="1,2,4,8,16", help="learning-rate multipliers (1 = the preset's)")
     parser.add_argument("--mu", default="1", help="rollout reuse: TRL num_iterations values")
-    parser.add_argument("--seeds", default="100,101", help="tuning seeds (the benchmarks use 0..4)")
+    add_seeds(parser, "100,101")
     parser.add_argument("--save-every", type=int, default=10, help="in generation batches")
-    parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--generation-share", type=float, default=STEADY_SHARE,
+                        help="generating's share of a one-pass step, for the wall-time pick")
+    add_out(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
-    base = dataclasses.replace(preset(args.preset), save_every=args.save_every)
+    results = Results(__file__, args)
+    base = train_config(args, save_every=args.save_every)
     settings = sorted({(float(m), int(mu)) for m in args.multipliers.split(",") for mu in args.mu.split(",")}
                       | {(1.0, 1)})
-    seeds = [int(s) for s in args.seeds.split(",")]
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlcast-bench-baselines-"))
     rows: dict[tuple, list[dict]] = {s: [] for s in settings}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        job = bar.add_task("runs", total=len(seeds) * len(settings))
-        for seed in seeds:
+    with progress() as bar:
+        job = bar.add_task("runs", total=len(args.seeds) * len(settings))
+        for seed in args.seeds:
             curves = {}
             for m, mu in settings:
-                config = dataclasses.replace(base, seed=seed, learning_rate=m * base.learning_rate, num_iterations=mu,
-                                             steps=base.steps * mu, save_every=base.save_every * mu)
+                config = reuse_rollouts(train_config(args, save_every=args.save_every, seed=seed,
+                                                     learning_rate=m * base.learning_rate), mu)
                 name = f"seed{seed}-lr{config.learning_rate:g}" + (f"-mu{mu}" if mu > 1 else "")
-                curves[m, mu] = plain_run(root / name, config, mu)
+                curves[m, mu] = per_batch(curve(plain_run(results.out / name, config)), mu)
                 bar.advance(job)
             for m, mu in settings:
-                result = outcome(curves[1.0, 1], curves[m, mu])
-                row = {"seed": seed, "final": result["accelerated"]["final_accuracy"],
-                       "steps_to_goal": result["accelerated"]["steps_to_98"], "speedup": result["speedup"] or 0.0,
-                       "retained": result["retained"]}
-                rows[m, mu].append(row)
+                metrics = goal_metrics(curves[1.0, 1], curves[m, mu])
+                row = {"seed": seed, "multiplier": m, "mu": mu, "final": metrics["final"],
+                       "steps_to_goal": metrics["steps"], "speedup": metrics["speedup"],
+                       "wall_speedup": implied_wall(args.generation_share, metrics["speedup"], mu, 1),
+                       "retained": metrics["retained"]}
+                results.add(row)
                 shown = {s: round(a, 3) for s, a in sorted(curves[m, mu].items()) if s % 60 == 0}
-                bar.console.print(f"seed {seed} lr {m:g}x ({m * base.learning_rate:g}) mu {mu}: final "
-                                  f"{row['final']:.3f}, goal {result['target']:.3f} reached at step "
-                                  f"{row['steps_to_goal']} (speedup {row['speedup']:.2f}); accuracy every 60 steps "
-                                  f"{shown}", highlight=False)
-    (root / "baselines.json").write_text(json.dumps({f"lr{m:g}x-mu{mu}": r for (m, mu), r in rows.items()}, indent=2))
-    med = {s: {key: statistics.median(r[key] for r in rows[s]) for key in ("final", "speedup", "retained")}
-           for s in settings}
+                console.print(f"seed {seed} lr {m:g}x ({m * base.learning_rate:g}) mu {mu}: final {row['final']:.3f}, "
+                              f"goal {metrics['goal']:.3f} reached at step {row['steps_to_goal']} (speedup "
+                              f"{row['speedup']:.2f}); accuracy every 60 steps {shown}")
+                rows[m, mu].append(row)
+    keys = ("final", "speedup", "wall_speedup", "retained")
+    med = {s: {key: statistics.median(r[key] for r in rows[s]) for key in keys} for s in settings}
     for m, mu in settings:
         print(f"lr {m:g}x mu {mu}: median final {med[m, mu]['final']:.3f} speedup {med[m, mu]['speedup']:.2f} "
-              f"retained {med[m, mu]['retained']:.3f}")
-    top = max(med[s]["final"] for s in settings)
-    best = max((s for s in settings if med[s]["final"] >= top - FINAL_NOISE), key=lambda s: med[s]["speedup"])
-    print(f"best_lr={best[0] * base.learning_rate:g} mu={best[1]} speedup={med[best]['speedup']:.2f} "
-          f"retained={med[best]['retained']:.3f} seeds={len(seeds)} preset={args.preset}")
+              f"(wall at generation share {args.generation_share:g}: {med[m, mu]['wall_speedup']:.2f}) retained "
+              f"{med[m, mu]['retained']:.3f}")
+    best, wall = fastest(settings, med, "speedup"), fastest(settings, med, "wall_speedup")
+    print(f"best in wall time at generation share {args.generation_share:g}: lr {wall[0] * base.learning_rate:g} "
+          f"mu {wall[1]} (wall speedup {med[wall]['wall_speedup']:.2f})")
+    summary = {f"lr{m:g}x-mu{mu}": med[m, mu] for m, mu in settings} | {"best": best, "best_wall": wall}
+    results.finish(summary, f"best_lr={best[0] * base.learning_rate:g} mu={best[1]} speedup={med[best]['speedup']:.2f} "
+                            f"retained={med[best]['retained']:.3f} seeds={len(args.seeds)} preset={args.preset}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,12 @@ def goal_metrics(reference: dict[int, float], run: dict[int, float], overhead: f
             "retained": result["retained"]}
 
 
+def implied_wall(share: float, speedup: float, passes: int, reference_passes: int) -> float:
+    """Wall-clock speed-up of a run needing `speedup` x fewer generation batches at `passes` optimizer passes per
+    batch, against a run at `reference_passes`, when generating is `share` of a one-pass step."""
+    return speedup * (share + reference_passes * (1 - share)) / (share + passes * (1 - share))
+
+
 def spread(values) -> dict:
     """Median, min and max of the values that are numbers (None and NaN left out), and how many there were."""
     kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]

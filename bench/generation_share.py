@@ -29,7 +29,8 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from common import Results, add_out, add_preset, fmt, new_parser, quiet_transformers, spreads, train_config
+from common import (Results, add_out, add_preset, fmt, implied_wall, new_parser, quiet_transformers, spreads,
+                    train_config)
 from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import train
 
@@ -70,12 +71,6 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds.append(time.perf_counter() - self.started)
-
-
-def implied_wall(share: float, speedup: float, passes: int, reference_passes: int) -> float:
-    """Wall-clock speed-up of a run needing `speedup` x fewer generation batches at `passes` optimizer passes per
-    batch, against a run at `reference_passes`, when generating is `share` of a one-pass step."""
-    return speedup * (share + reference_passes * (1 - share)) / (share + passes * (1 - share))
 
 
 def main() -> None:
