@@ -15,9 +15,10 @@ SFPO, Slow-Fast Policy Optimization (arXiv 2510.04072). Published recipe: K fast
     computed once at theta0 before the updates; Adam's moments and step count run on through the fast steps and are
     never rolled back; the released trainer's second variant gates on a fixed step instead of the entropy (we keep
     the z-score); "plain" after the gate is verl's ordinary update, one pass over each batch (`after_gate` 1; set it
-    to the tuned plain run's reuse, 2 on steady, so that a gated run does not drop below the best plain setting:
-    published SFPO on steady seed 0 fell from 0.45 to 0.37 within 15 batches of its gate). Differences we keep:
-    verl's update is a pass over the batch in `ppo_mini_batch_size` mini-batches (4 optimizer steps per pass in
+    to the tuned plain run's reuse, so that a gated run does not drop below the best plain setting: published SFPO
+    on steady seed 0 fell from 0.45 to 0.37 within 15 batches of its gate; on steady, plain GRPO with 4 steps per
+    batch matched SFPO while SFPO was on, so the reposition itself bought nothing measurable there). Differences we
+    keep: verl's update is a pass over the batch in `ppo_mini_batch_size` mini-batches (4 optimizer steps per pass in
     the paper's scripts) and its lr scheduler steps once per batch; here a pass is one optimizer step (TRL's
     default, `steps_per_generation == gradient_accumulation_steps`) and TRL's scheduler steps per optimizer step,
     so a warmup of W steps ends after W / (K + 1) batches while SFPO is on.
@@ -45,7 +46,8 @@ Rank-1 boost (ours; `Rank1Boost`). What rlcast measures (`rlcast analyze`, `domi
     rest of the displacement and every other tensor stay as the steps left them; one ordinary step from theta~.
     The boost is sized by the batch's own component along the run's direction, so it adds little step norm and
     follows the batch's sign. With fast_steps = 1 it costs what plain GRPO with 2 steps per batch (the best plain
-    setting on the steady preset) costs, plus two thin matmuls and QRs per tensor; boost = 1 is that plain run.
+    setting in wall time on the steady preset) costs, plus two thin matmuls and QRs per tensor; boost = 1 is that
+    plain run. fast_steps = 3 matches 4 steps per batch, the best plain setting in generation batches there.
     No gate. Memory: theta_start. Resume: the subspace restarts from the resumed weights. With LoRA the trainable
     2-D tensors are the adapter factors A and B, so the boost follows each factor's own update, not the top direction
     of B A (untested on a LoRA run: measured on full fine-tuning only). (The other candidate,
