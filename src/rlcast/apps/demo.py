@@ -2,7 +2,8 @@
 
 1. the steady preset's testbed base (shipped or built once and cached): RL gains that keep accruing,
 2. the best plain GRPO run (the preset's learning rate, each generation batch used for `plain_mu` optimizer steps:
-   the best plain setting `bench/baselines.py` found on tuning seeds) and the same run accelerated by a lookahead
+   the best plain setting in wall time on the CPU that `bench/baselines.py` found on tuning seeds; counted in
+   generation batches alone, 4 steps per batch is faster still) and the same run accelerated by a lookahead
    method of `rlcast.training.lookahead` (default: the one `bench/acceleration.py` supports, at its default
    settings): same seed, same learning rate, same budget of generation batches (the rollouts each run pays for),
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
@@ -56,7 +57,7 @@ class DemoConfig:
     save_every: int = 10
     eval_prompts: int = 1000
     seed: int = 0
-    plain_mu: int = 2  # the best plain rollout reuse on the steady preset (bench/baselines.py, tuning seeds)
+    plain_mu: int = 2  # the steady preset's best plain rollout reuse in wall time (bench/baselines.py, tuning seeds)
     accelerator: str = "rank1"
     accel: tuple[tuple[str, object], ...] = ()
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
