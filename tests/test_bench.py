@@ -105,3 +105,13 @@ def test_acceleration_report_refuses_rows_against_different_best_plain_settings(
     assert capsys.readouterr().out.splitlines()[-1].startswith("speedup_vs_best_plain=1.50 retained=1.000 seeds=2")
     with pytest.raises(SystemExit, match="different best plain settings"):
         summarize([row(0, 2), row(1, 4)])
+
+
+def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_best(bench_modules):
+    from baselines import FINAL_NOISE, fastest
+
+    med = {(4.0, 2): {"final": 0.504, "speedup": 3.3}, (4.0, 4): {"final": 0.504 - FINAL_NOISE / 2, "speedup": 4.8},
+           (8.0, 8): {"final": 0.40, "speedup": 9.0}}  # fastest of all, but its final is far below
+    assert fastest(list(med), med, "speedup") == (4.0, 4)
+    med[4.0, 4]["final"] = 0.504 - 2 * FINAL_NOISE
+    assert fastest(list(med), med, "speedup") == (4.0, 2)
