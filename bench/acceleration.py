@@ -21,8 +21,9 @@ not the held-out scoring at checkpoints) are clocked per checkpoint into OUT/...
     wall_speedup    best plain's training seconds to the goal / the method's (wall clock; cpu_speedup: CPU time)
     retained        the method's final accuracy / best plain's
 
-and the same against the preset's run (its own 98 % goal). The last line (medians over seeds; never reaching the goal
-counts as speedup 0):
+and the same against the preset's run (its own 98 % goal). A method that reaches the goal but ends below it (a noisy
+early crossing, then a collapse) did not get there: its speedup is 0. The last line (medians over seeds; never
+reaching the goal, or not holding it, counts as speedup 0):
 
     speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
 
@@ -120,10 +121,15 @@ def ratio(a, b) -> float | None:
 
 
 def compare(method: list[dict], reference: list[dict]) -> dict:
-    """The method against a reference run, on the reference's 98 % goal."""
+    """The method against a reference run, on the reference's 98 % goal; `held`: the method ends at or above it
+    (else its crossing does not count: speedups 0)."""
     goal = GOAL * reference[-1]["accuracy"]
     ref, got = reach(reference, goal), reach(method, goal)
-    return {"goal": goal, "reference": ref, "method": got, "speedup": ratio(ref["batches"], got["batches"]) or 0.0,
+    held = method[-1]["accuracy"] >= goal
+    if not held:
+        got = {"batches": None, "wall": None, "cpu": None} | ({"crossed": got["batches"]} if got["batches"] else {})
+    return {"goal": goal, "held": held, "reference": ref, "method": got,
+            "speedup": ratio(ref["batches"], got["batches"]) or 0.0,
             "wall_speedup": ratio(ref["wall"], got["wall"]), "cpu_speedup": ratio(ref["cpu"], got["cpu"]),
             "retained": method[-1]["accuracy"] / reference[-1]["accuracy"]}
 
@@ -205,7 +211,8 @@ def show(row: dict) -> None:
     if "summary" in row["summary"]:
         extra = {k: row["summary"]["summary"][k] for k in ("attempts", "kept", "steps_gained")}
     print(f"seed {row['seed']}: final {c['method'][-1]['accuracy']:.3f} (best plain {c['best'][-1]['accuracy']:.3f}, "
-          f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']} "
+          f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']}"
+          f"{not_held(best)} "
           f"vs {best['reference']['batches']}: speedup {best['speedup']:.2f} wall {fmt(best['wall_speedup'])} cpu "
           f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
@@ -213,6 +220,12 @@ def show(row: dict) -> None:
           f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; backward passes/batch "
           f"{fmt(per_batch(c['method'], 'steps'))} vs {fmt(per_batch(c['best'], 'steps'))}; {extra}",
           flush=True)
+
+
+def not_held(part: dict) -> str:
+    """What the per-seed line says of a goal crossed and then lost."""
+    crossed = part["method"].get("crossed")
+    return f" (crossed at batch {crossed}, ended below: not held)" if crossed else ""
 
 
 def summarize(rows: list[dict]) -> None:

@@ -107,6 +107,20 @@ def test_acceleration_report_refuses_rows_against_different_best_plain_settings(
         summarize([row(0, 2), row(1, 4)])
 
 
+def test_acceleration_counts_a_goal_crossed_then_lost_as_no_speedup(bench_modules):
+    from acceleration import compare, not_held
+
+    def curve(*scores):
+        return [{"batches": 10 * i, "accuracy": a, "wall": 5.0 * i, "cpu": 5.0 * i} for i, a in enumerate(scores)]
+
+    plain = curve(0.15, 0.14, 0.10, 0.20, 0.22)
+    collapsed = compare(curve(0.15, 0.22, 0.23, 0.05, 0.00), plain)  # an early noisy crossing, then a collapse
+    assert not collapsed["held"] and collapsed["speedup"] == 0.0 and collapsed["wall_speedup"] == 0.0
+    assert "crossed at batch 10" in not_held(collapsed)
+    kept = compare(curve(0.15, 0.22, 0.23, 0.21, 0.22), plain)
+    assert kept["held"] and kept["speedup"] == 4.0 and kept["wall_speedup"] == 4.0 and not_held(kept) == ""
+
+
 def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_best(bench_modules):
     from baselines import FINAL_NOISE, fastest
 
