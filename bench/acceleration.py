@@ -27,12 +27,13 @@ reaching the goal, or not holding it, counts as speedup 0):
 
     speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
 
-Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run
-as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
-merges (rows against different best plain settings are refused). A finished method run is compared against another
-best plain setting without retraining it: rerun with the new --best-plain (only the plain run trains). Wall
-times compare only side by side: a row whose best plain run was not trained next to the method's run (reused, or
-without --parallel) says so; its cpu_speedup still holds (one torch thread per process).
+Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run as
+separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
+merges (rows against different best plain settings, or tuning seeds >= 100 with benchmark seeds, are refused). A
+finished method run is compared against another best plain setting without retraining it: rerun with the new
+--best-plain (only the plain run trains). Wall times compare only side by side: a row whose best plain run was not
+trained next to the method's run (reused, or without --parallel) says so; its cpu_speedup still holds (one torch
+thread per process).
 
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method rank1 --accel boost=3 --seeds 100,101 \
         --out runs/accel
@@ -61,6 +62,7 @@ from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
 from rlcast.training.support import parse_overrides
 
 GOAL = 0.98
+TUNING = 100  # seeds from here on choose settings; the benchmark reports seeds below it
 METHODS = ("jumps", *LOOKAHEAD)
 
 
@@ -194,7 +196,9 @@ def main() -> None:
                "vs_preset": compare(curves["method"], curves["preset"])}
         write_json_atomic(folder / f"seed{seed}-vs-{lr:g},{mu}.json", row)
         show(row)
-    summarize([json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))])
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))]
+    tuning = int(args.seeds.split(",")[0]) >= TUNING  # the last line is over seeds of this invocation's kind
+    summarize([r for r in rows if (r["seed"] >= TUNING) == tuning])
 
 
 def per_batch(rows: list[dict], clock: str = "wall") -> float | None:
@@ -231,6 +235,9 @@ def not_held(part: dict) -> str:
 def summarize(rows: list[dict]) -> None:
     """Per-seed figures, the medians against the preset's run, and the last line (medians against the best plain)."""
     rows = sorted(rows, key=lambda r: r["seed"])
+    if len({r["seed"] >= TUNING for r in rows}) > 1:
+        raise SystemExit(f"--report: rows mix tuning seeds (>= {TUNING}) and benchmark seeds "
+                         f"{[r['seed'] for r in rows]}; report one kind at a time")
     if len({tuple(r["best_plain"]) for r in rows}) > 1:
         raise SystemExit(f"--report: rows against different best plain settings "
                          f"{sorted({tuple(r['best_plain']) for r in rows})}; report one setting at a time")

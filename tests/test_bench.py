@@ -93,7 +93,7 @@ def test_generation_share_turns_fewer_generation_batches_into_wall_time(bench_mo
     assert implied_wall(0.5, 1.0, passes=3, reference_passes=2) == pytest.approx(0.75)  # (0.5 + 1) / (0.5 + 1.5)
 
 
-def test_acceleration_report_refuses_rows_against_different_best_plain_settings(bench_modules, capsys):
+def test_acceleration_report_refuses_mixed_best_plain_settings_or_seed_kinds(bench_modules, capsys):
     from acceleration import summarize
 
     def row(seed, mu):
@@ -105,6 +105,8 @@ def test_acceleration_report_refuses_rows_against_different_best_plain_settings(
     assert capsys.readouterr().out.splitlines()[-1].startswith("speedup_vs_best_plain=1.50 retained=1.000 seeds=2")
     with pytest.raises(SystemExit, match="different best plain settings"):
         summarize([row(0, 2), row(1, 4)])
+    with pytest.raises(SystemExit, match="mix tuning seeds"):
+        summarize([row(0, 2), row(100, 2)])
 
 
 def test_acceleration_counts_a_goal_crossed_then_lost_as_no_speedup(bench_modules):
