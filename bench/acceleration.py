@@ -169,7 +169,8 @@ def main() -> None:
     root, folder = Path(args.out), Path(args.out) / tag(args.method, args.accel)
     torch.set_num_threads(1)
 
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         plain = dataclasses.replace(base, seed=seed, steps=budget, save_every=every)
         best = dataclasses.replace(plain, learning_rate=lr, num_iterations=mu, steps=budget * mu,
                                    save_every=every * mu)
@@ -197,7 +198,7 @@ def main() -> None:
         write_json_atomic(folder / f"seed{seed}-vs-{lr:g},{mu}.json", row)
         show(row)
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))]
-    tuning = int(args.seeds.split(",")[0]) >= TUNING  # the last line is over seeds of this invocation's kind
+    tuning = seeds[0] >= TUNING  # the last line is over seeds of this invocation's kind
     summarize([r for r in rows if (r["seed"] >= TUNING) == tuning])
 
 
