@@ -51,7 +51,7 @@ Rank-1 boost (ours; `Rank1Boost`). What rlcast measures (`rlcast analyze`, `domi
     No gate. Memory: theta_start. Resume: the subspace restarts from the resumed weights. With LoRA the trainable
     2-D tensors are the adapter factors A and B, so the boost follows each factor's own update, not the top direction
     of B A. Measured (docs/RESULTS.md): on steady, 1.19x fewer generation batches than mu 2 (5 seeds), none against
-    mu 4 (0.93x; fast_steps = 3 1.04x on the tuning seeds, with higher finals); on SmolLM2 with LoRA (one seed) it
+    mu 4 (0.93x; fast_steps = 3: 1.04x on the tuning seeds, 0.68x on seeds 0 and 4); on SmolLM2 with LoRA (one seed) it
     pushed the completions to the token cap first and its greedy accuracy collapsed to 0, where plain mu 1 and mu 2
     did not: do not use it on LoRA runs that drift in length. (The other candidate,
     an adaptive rollout-reuse controller, is not here: TRL's sampler yields each prompt batch `num_iterations`
