@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -176,7 +177,8 @@ class Manifest:
         entries = f.get("checkpoints", list, "a list of checkpoint entries") or []
         checkpoints = [Entry.parse(e, where, f"checkpoints[{i}].") for i, e in enumerate(entries)]
         steps = [e.step for e in checkpoints]
-        dup = next((s for s in steps if steps.count(s) > 1), None)
+        counts = Counter(steps)  # O(n): a run with a reward logged every step has thousands of entries
+        dup = next((s for s in steps if counts[s] > 1), None)
         if dup is not None:
             raise RlcastError(f"{where}: checkpoints lists step {dup} twice")
         known = tuple(x.name for x in fields(cls) if x.name not in ("extra", "path"))
