@@ -53,17 +53,19 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from rlcast.evaluation.curves import steps_to
+
+from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
+from rlcast.evaluation.curves import outcome
+from rlcast.io.manifest import Manifest
 from rlcast.io.writer import write_json_atomic
-from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+from rlcast.training.accelerate import AccelerateCallback
+from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
-from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
 from rlcast.training.support import parse_overrides
 
-GOAL = 0.98
-TUNING = 100  # seeds from here on choose settings; the benchmark reports seeds below it
-METHODS = ("jumps", *LOOKAHEAD)
+DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
+            "finished plain runs are reused)")
 
 
 def run(out: Path, config: TrainConfig, method: str | None = None, settings: dict | None = None,
@@ -71,20 +73,20 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
     """Train one run into `out` unless it is finished; the method's summary (none for a plain run), `trained`: whether
     this call trained it."""
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
-    manifest, summary = out / "run.json", out / "method.json"
-    if manifest.exists() and json.loads(manifest.read_text())["status"] == "finished":
+    summary = out / "method.json"
+    if finished(out):
         return (json.loads(summary.read_text()) if summary.exists() else {}) | {"trained": False}
     if method is None:
-        train(out, config, callbacks=[TrainingClock(out / "seconds.json")], progress=False, resume=manifest.exists())
+        train(out, config, callbacks=[TrainingClock(out / "seconds.json")], progress=False,
+              resume=(out / "run.json").exists())
         return {"trained": True}
     shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
-    if method == "jumps":
-        callback = AccelerateCallback(AccelerateConfig(**{"task": config.task, "task_args": config.task_args or None,
-                                                          "verbose": False, **settings}))
+    callback = make_accelerator(method, ({"verbose": False} if method == "jumps" else {}) | settings,
+                                task=config.task, task_args=config.task_args)
+    if isinstance(callback, AccelerateCallback):
         train(out, config, callbacks=[callback, TrainingClock(out / "seconds.json")], progress=False)
         result = {"summary": callback.summary(), "jumps": callback.jumps}
     else:
-        callback = LOOKAHEAD[method](**settings)
         train(out, config, callbacks=[callback, BatchBudget(callback, every, budget), TrainingClock(out / "seconds.json")],
               progress=False)
         result = {"repositions": callback.repositions_, "failed": callback.failed_, "gate_off_at": callback.off_at_,
@@ -96,21 +98,20 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
 def points(out: Path, mu: int) -> list[dict]:
     """Per checkpoint (and the base, at 0): generation batches, optimizer steps (one backward pass each), held-out
     accuracy, training seconds (wall, CPU) when clocked. Runs from before run.json counted generation batches: step // mu."""
-    manifest = json.loads((out / "run.json").read_text())
+    manifest = Manifest.read(out / "run.json")
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    rows = [{"batches": 0, "steps": 0, "accuracy": manifest["base_accuracy"], "wall": 0.0, "cpu": 0.0}]
-    for c in manifest["checkpoints"]:
-        wall, cpu = seconds.get(str(c["step"]), [None, None])
-        rows.append({"batches": c.get("generation_batches", c["step"] // mu), "steps": c["step"],
-                     "accuracy": c["accuracy"], "wall": wall, "cpu": cpu})
+    rows = [{"batches": 0, "steps": 0, "accuracy": manifest.base_accuracy, "wall": 0.0, "cpu": 0.0}]
+    for c in manifest.checkpoints:
+        wall, cpu = seconds.get(str(c.step), [None, None])
+        rows.append({"batches": c.step // mu if c.generation_batches is None else c.generation_batches,
+                     "steps": c.step, "accuracy": c.accuracy, "wall": wall, "cpu": cpu})
     return rows
 
 
-def reach(rows: list[dict], goal: float) -> dict:
-    """The first checkpoint at or above `goal`: its generation batches and seconds (None: never)."""
-    hit = steps_to({r["batches"]: r["accuracy"] for r in rows}, goal)
-    row = next((r for r in rows if r["batches"] == hit), {})
-    return {"batches": hit, "wall": row.get("wall"), "cpu": row.get("cpu")}
+def at(rows: list[dict], batches: int | None) -> dict:
+    """The checkpoint at `batches` generation batches: its batches and training seconds (all None: no checkpoint)."""
+    row = next((r for r in rows if batches is not None and r["batches"] == batches), {})
+    return {"batches": batches, "wall": row.get("wall"), "cpu": row.get("cpu")}
 
 
 def ratio(a, b) -> float | None:
@@ -123,62 +124,79 @@ def ratio(a, b) -> float | None:
 
 
 def compare(method: list[dict], reference: list[dict]) -> dict:
-    """The method against a reference run, on the reference's 98 % goal; `held`: the method ends at or above it
-    (else its crossing does not count: speedups 0)."""
-    goal = GOAL * reference[-1]["accuracy"]
-    ref, got = reach(reference, goal), reach(method, goal)
-    held = method[-1]["accuracy"] >= goal
-    if not held:
-        got = {"batches": None, "wall": None, "cpu": None} | ({"crossed": got["batches"]} if got["batches"] else {})
-    return {"goal": goal, "held": held, "reference": ref, "method": got,
-            "speedup": ratio(ref["batches"], got["batches"]) or 0.0,
+    """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.curves.outcome`:
+    `held` says the method ends at or above the goal, else its crossing (kept as `crossed`) does not count (speedups
+    0)."""
+    result = outcome({r["batches"]: r["accuracy"] for r in reference}, {r["batches"]: r["accuracy"] for r in method})
+    mine = result["accelerated"]
+    ref, got = at(reference, result["plain"]["steps_to_98"]), at(method, mine["steps_to_98"])
+    if not mine["held"] and mine["crossed"] is not None:
+        got["crossed"] = mine["crossed"]
+    return {"goal": result["target"], "held": mine["held"], "reference": ref, "method": got,
+            "speedup": result["speedup"] or 0.0,
             "wall_speedup": ratio(ref["wall"], got["wall"]), "cpu_speedup": ratio(ref["cpu"], got["cpu"]),
-            "retained": method[-1]["accuracy"] / reference[-1]["accuracy"]}
+            "retained": result["retained"]}
 
 
 def tag(method: str, settings: list[str]) -> str:
     return ",".join([method, *sorted(settings)])
 
 
+def best_plain(text: str) -> tuple[float, int]:
+    """--best-plain LR,MU as (learning rate, rollout reuse)."""
+    try:
+        lr, mu = text.split(",")
+        lr, mu = float(lr), int(mu)
+        if not (lr > 0 and mu >= 1):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LR,MU (a learning rate > 0 and num_iterations >= 1, "
+                                         f"e.g. 1.2e-4,2)") from None
+    return lr, mu
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=METHODS)
-    parser.add_argument("--accel", action="append", default=[], help="the method's setting KEY=VALUE; repeatable")
-    parser.add_argument("--best-plain", help="LR,MU: the best plain learning rate and rollout reuse")
-    parser.add_argument("--preset", default="steady")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="benchmark seeds (tuning: >= 100)")
+    parser = new_parser(__doc__)
+    parser.add_argument("--method", choices=ACCELERATORS)
+    parser.add_argument("--accel", action="append", default=[], metavar="KEY=VALUE",
+                        help="the method's setting; repeatable")
+    parser.add_argument("--best-plain", type=best_plain, metavar="LR,MU",
+                        help="the best plain learning rate and rollout reuse")
+    parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.runs.PRESETS")
+    add_seeds(parser, "5")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N generation batches")
     parser.add_argument("--budget", type=int, help="generation batches per run (default: the preset's steps)")
-    parser.add_argument("--hp", action="append", default=[], help="TrainConfig KEY=VALUE for the method's run")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig hyper-parameter of the method's run; repeatable")
     parser.add_argument("--parallel", action="store_true", help="train the plain runs in a second process while the "
                                                                 "method's run trains (side by side on 2 cores)")
-    parser.add_argument("--out", default="runs/accel")
+    add_out(parser)
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only summarise these per-seed JSON files")
     args = parser.parse_args()
     if args.report:
-        summarize([json.loads(Path(path).read_text()) for path in args.report])
+        print(summarize([json.loads(Path(path).read_text()) for path in args.report])[1])
         return
     if not (args.method and args.best_plain):
         parser.error("--method and --best-plain are needed (or --report)")
-    lr, mu = float(args.best_plain.split(",")[0]), int(args.best_plain.split(",")[1])
-    cls = AccelerateConfig if args.method == "jumps" else LOOKAHEAD[args.method]
-    settings = parse_overrides(cls, args.accel, [f.name for f in dataclasses.fields(cls)], "--accel")
-    cls(**settings)  # bad settings fail now, before any training
+    (lr, mu), seeds = args.best_plain, args.seeds
+    settings = accelerator_settings(args.method, args.accel)
+    method = make_accelerator(args.method, settings)  # bad settings fail now, before any training
+    hp = parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp")
     base = preset(args.preset)
     budget, every = args.budget or base.steps, args.save_every
-    root, folder = Path(args.out), Path(args.out) / tag(args.method, args.accel)
+    results = Results(__file__, args)
+    root = results.out
+    folder = root / tag(args.method, args.accel)
     torch.set_num_threads(1)
 
-    seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         plain = dataclasses.replace(base, seed=seed, steps=budget, save_every=every)
         best = dataclasses.replace(plain, learning_rate=lr, num_iterations=mu, steps=budget * mu,
                                    save_every=every * mu)
-        mine = dataclasses.replace(best, **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
+        mine = dataclasses.replace(best, **hp)
         if args.method != "jumps":  # steps: an upper bound, BatchBudget stops at the budget of generation batches
-            steps = budget * cls(**settings).num_iterations
-            mine = dataclasses.replace(mine, num_iterations=cls(**settings).num_iterations, steps=steps,
-                                       save_every=steps)
+            steps = budget * method.num_iterations
+            mine = dataclasses.replace(mine, num_iterations=method.num_iterations, steps=steps, save_every=steps)
         runs = {"best": (root / f"plain-seed{seed}-lr{lr:g}-mu{mu}", best, mu),
                 "preset": (root / f"plain-seed{seed}-lr{plain.learning_rate:g}-mu1", plain, 1),
                 "method": (folder / f"seed{seed}", mine, mine.num_iterations)}
@@ -196,10 +214,11 @@ def main() -> None:
                "vs_best": compare(curves["method"], curves["best"]),
                "vs_preset": compare(curves["method"], curves["preset"])}
         write_json_atomic(folder / f"seed{seed}-vs-{lr:g},{mu}.json", row)
+        results.add(row)
         show(row)
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))]
     tuning = seeds[0] >= TUNING  # the last line is over seeds of this invocation's kind
-    summarize([r for r in rows if (r["seed"] >= TUNING) == tuning])
+    results.finish(*summarize([r for r in rows if (r["seed"] >= TUNING) == tuning]))
 
 
 def per_batch(rows: list[dict], clock: str = "wall") -> float | None:
@@ -233,8 +252,9 @@ def not_held(part: dict) -> str:
     return f" (crossed at batch {crossed}, ended below: not held)" if crossed else ""
 
 
-def summarize(rows: list[dict]) -> None:
-    """Per-seed figures, the medians against the preset's run, and the last line (medians against the best plain)."""
+def summarize(rows: list[dict]) -> tuple[dict, str]:
+    """Print the per-seed figures and the medians against the preset's run; return the summary (median, min, max of
+    each figure over seeds) and the last line (medians against the best plain)."""
     rows = sorted(rows, key=lambda r: r["seed"])
     if len({r["seed"] >= TUNING for r in rows}) > 1:
         raise SystemExit(f"--report: rows mix tuning seeds (>= {TUNING}) and benchmark seeds "
@@ -242,10 +262,13 @@ def summarize(rows: list[dict]) -> None:
     if len({tuple(r["best_plain"]) for r in rows}) > 1:
         raise SystemExit(f"--report: rows against different best plain settings "
                          f"{sorted({tuple(r['best_plain']) for r in rows})}; report one setting at a time")
+    summary = {part: spreads([r[part] for r in rows], ("speedup", "wall_speedup", "retained"))
+               for part in ("vs_best", "vs_preset")}
+    summary |= {"seeds": [r["seed"] for r in rows], "side_by_side": sum(r["side_by_side"] for r in rows)}
 
     def med(part: str, key: str) -> float:
-        values = [r[part][key] for r in rows if r[part][key] is not None]
-        return statistics.median(values) if values else float("nan")
+        value = summary[part][key]["median"]
+        return float("nan") if value is None else value
 
     for part in ("vs_best", "vs_preset"):
         print(f"{part}: seeds {[r['seed'] for r in rows]} speedup {[round(r[part]['speedup'], 2) for r in rows]} "
@@ -253,12 +276,12 @@ def summarize(rows: list[dict]) -> None:
               f"{[round(r[part]['retained'], 3) for r in rows]}")
     print(f"vs preset plain: speedup={med('vs_preset', 'speedup'):.2f} retained={med('vs_preset', 'retained'):.3f} "
           f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}; wall clocked side by side on "
-          f"{sum(r['side_by_side'] for r in rows)} of {len(rows)} seeds")
+          f"{summary['side_by_side']} of {len(rows)} seeds")
     first = rows[0]
-    print(f"speedup_vs_best_plain={med('vs_best', 'speedup'):.2f} retained={med('vs_best', 'retained'):.3f} "
-          f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
-          f"best_plain={first['best_plain'][0]:g},{first['best_plain'][1]} "
-          f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}")
+    return summary, (f"speedup_vs_best_plain={med('vs_best', 'speedup'):.2f} retained={med('vs_best', 'retained'):.3f} "
+                     f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
+                     f"best_plain={first['best_plain'][0]:g},{first['best_plain'][1]} "
+                     f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ OUT/check_power.json; the last line is the largest check size's.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from common import Results, add_out, new_parser, progress
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.manifest import Manifest
 from rlcast.training.accelerate import AccelerateConfig, CheckSet
 
 DURATION = "~10 min per run on 2 CPU cores (steady: 31 checkpoints, 1000 test and 512 check prompts each)"
@@ -51,17 +51,17 @@ def main() -> None:
     torch.set_num_threads(1)
     results = Results(__file__, args)
     run = args.run
-    manifest = json.loads((run / "run.json").read_text())
-    task = get_task(manifest["task"], manifest["task_args"] or None)
+    manifest = Manifest.read(run / "run.json")
+    task = get_task(*manifest.task_spec())
     sizes = [int(x) for x in args.sizes.split(",")]
     check = CheckSet(task, max(sizes))
-    steps = [0] + [c["step"] for c in manifest["checkpoints"]]
-    folders = {s: Path(manifest["base"]) if s == 0 else run / f"checkpoint-{s}" for s in steps}
+    steps = [0] + [c.step for c in manifest.checkpoints]
+    folders = {s: run / manifest.base if s == 0 else run / f"checkpoint-{s}" for s in steps}
     test, checked = {}, {}
     with progress() as bar:
         job = bar.add_task("scoring checkpoints", total=len(steps))
         for s in steps:
-            test[s] = per_prompt(folders[s], task, manifest["config"]["eval_prompts"], "test").mean()
+            test[s] = per_prompt(folders[s], task, manifest.config["eval_prompts"], "test").mean()
             checked[s] = per_prompt(folders[s], check, max(sizes), "train")
             bar.advance(job)
     pairs = [(a, b) for a in steps for b in steps if a != b and abs(a - b) <= args.max_gap]
@@ -69,7 +69,7 @@ def main() -> None:
     bad = [(a, b) for a, b in pairs if test[b] - test[a] <= -args.margin]
     print(f"{run}: {len(steps)} checkpoints, {len(pairs)} jumps of at most {args.max_gap} steps, {len(good)} known "
           f"good and {len(bad)} known bad (|test accuracy difference| >= {args.margin} on "
-          f"{manifest['config']['eval_prompts']} prompts), tolerance {args.tolerance}")
+          f"{manifest.config['eval_prompts']} prompts), tolerance {args.tolerance}")
     lines = []
     for n in sizes:
         diff = {(a, b): checked[b][:n] - checked[a][:n] for a, b in pairs}

@@ -12,7 +12,8 @@ A benchmark is a script `bench/NAME.py` whose docstring's first line says what i
 Conventions: `--seeds` is a count N (seeds 0..N-1), a list (100,101) or a range (100-104); seeds from 100 on are
 for tuning, the benchmarks report seeds 0..N-1. `--out` keeps the runs and the result file (default: a new temporary
 folder). A finished plain run found in --out is reused, an interrupted one resumed (`plain_run`). Speed is counted
-with `rlcast.evaluation.curves` (steps to 98 % of the reference run's final held-out accuracy), on the
+with `rlcast.evaluation.curves` (steps to 98 % of the reference run's final held-out accuracy, a goal crossed and
+lost by the end not counting), on the
 generation-batch axis when rollouts are reused (`reuse_rollouts`, `per_batch`), and summarised over seeds by
 `spread` (median, min, max).
 """
@@ -38,12 +39,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.curves import outcome
+from rlcast.io.manifest import Manifest
 from rlcast.io.writer import json_safe, write_text_atomic
 
 # The training helpers import rlcast.training (TRL, ~0.5 GB and many seconds) inside the functions that need it:
 # the spectra benchmarks import this module too and measure their own memory and start-up.
 
 console = Console(soft_wrap=True, highlight=False)  # result lines stay whole when piped to a file
+TUNING = 100  # seeds from here on choose settings; the benchmarks report seeds below it
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -118,7 +121,7 @@ def progress(*columns) -> Progress:
 def finished(out: Path) -> bool:
     """Whether `out` holds a finished run (run.json with status finished)."""
     manifest = Path(out) / "run.json"
-    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "finished"
+    return manifest.exists() and Manifest.read(manifest).status == "finished"
 
 
 def plain_run(out: Path, config) -> Path:
@@ -153,7 +156,8 @@ def per_batch(curve: dict[int, float], mu: int) -> dict[int, float]:
 # ----------------------------------------------------------------------------- metrics
 
 def goal_metrics(reference: dict[int, float], run: dict[int, float], overhead: float = 0.0) -> dict:
-    """Steps (or batches) to 98 % of the reference's final accuracy for both curves, and what they give:
+    """Steps (or batches) to 98 % of the reference's final accuracy for both curves (`rlcast.evaluation.curves.outcome`:
+    a run that crosses the goal and ends below it has not reached it; `crossed` keeps that crossing), and what they give:
 
         speedup            reference steps / run steps to the goal (0.0 when either never reaches it)
         effective_speedup  the same with `overhead` step-equivalents added to the run's steps
@@ -163,6 +167,7 @@ def goal_metrics(reference: dict[int, float], run: dict[int, float], overhead: f
     n_ref, n_run = result["plain"]["steps_to_98"], result["accelerated"]["steps_to_98"]
     return {"goal": result["target"], "reference_final": result["plain"]["final_accuracy"],
             "final": result["accelerated"]["final_accuracy"], "reference_steps": n_ref, "steps": n_run,
+            "crossed": result["accelerated"]["crossed"],
             "speedup": result["speedup"] or 0.0,
             "effective_speedup": n_ref / (n_run + overhead) if n_ref and n_run else 0.0,
             "retained": result["retained"]}

@@ -56,6 +56,7 @@ from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.manifest import Manifest
 from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.synthetic import planted_run
@@ -238,8 +239,8 @@ def trl_run(out: Path, quick: bool) -> float:
 
 def update_norm(run: Path) -> tuple[float, dict[str, torch.Tensor]]:
     """||W_T - W_0|| over every tensor of the run's last checkpoint, and the checkpoint's weights."""
-    manifest = json.loads((run / "run.json").read_text())
-    base, last = TensorReader(manifest["base"]), TensorReader(run / manifest["checkpoints"][-1]["path"])
+    manifest = Manifest.read(run / "run.json")
+    base, last = TensorReader(run / manifest.base), TensorReader(run / manifest.checkpoints[-1].path)
     weights = {name: last.get(name, torch.float64) for name in last.names()}
     total = sum(float((w - base.get(name, torch.float64)).pow(2).sum()) for name, w in weights.items())
     return math.sqrt(total), weights

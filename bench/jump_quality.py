@@ -31,18 +31,20 @@ import torch
 from common import Results, add_out, new_parser, progress, quiet_transformers
 from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
-from rlcast.evaluation.tasks import get_task, parse_task_args
+from rlcast.evaluation.tasks import get_task
+from rlcast.io.manifest import Manifest
 from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import write_model
 from rlcast.methods import make_extrapolator
+from rlcast.training.support import parse_overrides
 
 DURATION = "~15 min per run on 2 CPU cores (steady: a checkpoint every 10 steps, 3 methods, 2 horizons)"
 
 
 def folder(run: Path, step: int) -> Path:
     """The weights of `run` at `step` (0: its base model)."""
-    return Path(json.loads((run / "run.json").read_text())["base"]) if step == 0 else run / f"checkpoint-{step}"
+    return run / Manifest.read(run / "run.json").base if step == 0 else run / f"checkpoint-{step}"
 
 
 def window_run(run: Path, steps: list[int]):
@@ -79,7 +81,7 @@ def main() -> None:
     results = Results(__file__, args)
     plan = []
     for run in map(Path, args.runs):
-        manifest = json.loads((run / "run.json").read_text())
+        manifest = Manifest.read(run / "run.json")
         acc = curve(run)
         steps = sorted(acc)
         for i, t in enumerate(steps):
@@ -93,10 +95,10 @@ def main() -> None:
         job = bar.add_task("jumps", total=len(plan))
         for run, manifest, acc, window, h, method in plan:
             t = window[-1]
-            key = json.dumps([manifest["task"], manifest["task_args"]])
-            task = tasks.setdefault(key, get_task(manifest["task"], manifest["task_args"] or None))
+            key = json.dumps(manifest.task_spec())
+            task = tasks.setdefault(key, get_task(*manifest.task_spec()))
             name, _, spec = method.partition(":")  # METHOD[:key=value,...]
-            params = parse_task_args(spec.split("+") if spec else [], "--methods")
+            params = parse_overrides(None, spec.split("+") if spec else [], None, "--methods")
             ex = make_extrapolator(name, selection="all", **params).fit(window_run(run, window[:-1]))
             backtest = relative_error(ex.predict(window[-1] - window[0]), TensorReader(run / f"checkpoint-{t}"),
                                       TensorReader(folder(run, window[-2])))
@@ -106,7 +108,7 @@ def main() -> None:
                                       TensorReader(run / f"checkpoint-{t}"), tee=predicted)
             written = write_model(run / f"checkpoint-{t}", results.out / "prediction", predicted)
             model, tok = load_model(written)
-            accuracy = evaluate(model, task, n_prompts=manifest["config"]["eval_prompts"], tokenizer=tok,
+            accuracy = evaluate(model, task, n_prompts=manifest.config["eval_prompts"], tokenizer=tok,
                                 progress=False).accuracy
             results.add({"run": str(run), "t": t, "H": h, "method": method, "backtest_error": backtest,
                          "realised_error": realised, "acc_t": acc[t], "acc_real": acc[t + h], "acc_jump": accuracy})

@@ -35,6 +35,7 @@ from rlcast.core.numerics import inner
 from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import load_run
 
@@ -78,23 +79,23 @@ def one_seed(args, seed: int, root: Path) -> dict:
     reused = finished(out)
     run = plain_run(out, config)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    manifest = json.loads((run / "run.json").read_text())
+    manifest = Manifest.read(run / "run.json")
     if reused:  # measured again, not retrained: its wall time from its manifest (base evaluation excluded)
-        stamp = lambda key: time.mktime(time.strptime(manifest[key], "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
+        stamp = lambda key: time.mktime(time.strptime(getattr(manifest, key), "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
         seconds, cpu_seconds = stamp("finished") - stamp("started"), float("nan")
-    steps = [c["step"] for c in manifest["checkpoints"]]
+    steps = [c.step for c in manifest.checkpoints]
     nearest = lambda target: min(steps, key=lambda s: abs(s - target))  # noqa: E731
     early, mid, last = nearest(args.steps / 5), nearest(args.steps / 2), steps[-1]
     greedy = curve(run)
-    task = get_task(manifest["task"], manifest["task_args"])
+    task = get_task(*manifest.task_spec())
     sampled = {}
     for step in (0, early, mid, last):
-        model, tok = load_model(manifest["base"] if step == 0 else run / f"checkpoint-{step}")
+        model, tok = load_model(run / manifest.base if step == 0 else run / f"checkpoint-{step}")
         torch.manual_seed(seed)
         # at the training temperature and completion budget: what the policy samples during RL
         sampled[step] = evaluate(model, task, n_prompts=args.prompts, samples=args.samples, greedy=False,
-                                 temperature=manifest["config"]["temperature"], seed=seed, tokenizer=tok,
-                                 max_new_tokens=manifest["config"]["max_completion_length"],
+                                 temperature=manifest.config["temperature"], seed=seed, tokenizer=tok,
+                                 max_new_tokens=manifest.completion_budget,
                                  progress=False).accuracy
     exponent, cos = drift(run, steps, early)
     history = json.loads((run / f"checkpoint-{last}" / "trainer_state.json").read_text())["log_history"]

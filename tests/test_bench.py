@@ -62,6 +62,8 @@ def test_goal_metrics_on_the_generation_batch_axis_and_their_spread(bench_module
     assert result["retained"] == pytest.approx(0.62 / 0.60)
     never = goal_metrics(reference, {0: 0.40, 40: 0.41})
     assert never["speedup"] == 0.0 and never["steps"] is None  # never reaching the goal counts as speedup 0
+    lost = goal_metrics(reference, {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.50, 40: 0.52})  # crossed at 10, ended below
+    assert lost["speedup"] == 0.0 and lost["steps"] is None and lost["crossed"] == 10
     assert spread([3.0, None, 1.0, float("nan"), 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
 
 
@@ -101,8 +103,9 @@ def test_acceleration_report_refuses_mixed_best_plain_settings_or_seed_kinds(ben
         return {"seed": seed, "method": "rank1", "settings": {}, "best_plain": [1.2e-4, mu], "side_by_side": False,
                 "vs_best": part, "vs_preset": part}
 
-    summarize([row(0, 2), row(1, 2)])
-    assert capsys.readouterr().out.splitlines()[-1].startswith("speedup_vs_best_plain=1.50 retained=1.000 seeds=2")
+    summary, line = summarize([row(0, 2), row(1, 2)])
+    assert line.startswith("speedup_vs_best_plain=1.50 retained=1.000 seeds=2")
+    assert summary["vs_best"]["speedup"] == {"median": 1.5, "min": 1.5, "max": 1.5, "n": 2} and summary["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match="different best plain settings"):
         summarize([row(0, 2), row(1, 4)])
     with pytest.raises(SystemExit, match="mix tuning seeds"):

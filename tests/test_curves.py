@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import batch_curve, curve, outcome, steps_to
+from rlcast.evaluation.curves import GOAL, batch_curve, curve, outcome, steps_to
 
 
 def test_steps_to_is_the_first_evaluated_step_reaching_the_target():
@@ -28,6 +28,16 @@ def test_outcome_speedup_and_retained():
     assert result["retained"] == pytest.approx(0.59 / 0.60)
     never = outcome(plain, {0: 0.40, 10: 0.41, 40: 0.42})
     assert never["speedup"] is None and never["accelerated"]["steps_to_98"] is None
+
+
+def test_a_goal_crossed_early_and_lost_by_the_end_is_no_speedup():
+    plain = {0: 0.40, 10: 0.45, 20: 0.50, 30: 0.55, 40: 0.60}
+    lost = outcome(plain, {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.50, 40: 0.55})  # a noisy crossing, then a collapse
+    assert lost["accelerated"]["crossed"] == 10 and not lost["accelerated"]["held"]
+    assert lost["accelerated"]["steps_to_98"] is None and lost["speedup"] is None
+    held = outcome(plain, {0: 0.40, 10: 0.59, 20: 0.60, 30: 0.50, 40: 0.59})  # dips, but ends at the goal
+    assert held["accelerated"]["held"] and held["speedup"] == pytest.approx(4.0)
+    assert GOAL == 0.98 and lost["target"] == pytest.approx(GOAL * 0.60)
 
 
 def test_curve_reads_the_run_manifest(tmp_path):

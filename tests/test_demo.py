@@ -77,6 +77,13 @@ def test_a_goal_never_reached_is_said_in_words():
     assert "outside the noise" in result["verdict"]
 
 
+def test_a_goal_crossed_then_lost_is_no_speed_up_in_the_demo():
+    lost = {0: 0.2, 10: 0.4} | {s: 0.3 for s in range(20, 160, 10)}  # crosses at 10, ends far below the goal
+    result = judged_outcome(PLAIN, lost, 1000, relative_cost=1.0)
+    assert result["speedup"] is None and not result["speedup_measurable"]
+    assert "crossed the goal at 10 generation batches but ended below it" in result["verdict"]
+
+
 def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")

@@ -7,7 +7,8 @@ import pytest
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.intervals import wilson
-from rlcast.evaluation.tasks import Example, get_task, math_equal, parse_task_args
+from rlcast.evaluation.tasks import Example, get_task, math_equal
+from rlcast.training.support import parse_overrides
 from rlcast.training.testbed import base_model
 
 
@@ -60,9 +61,9 @@ def test_unknown_tasks_list_known_ones():
         get_task("gsm9k")
     with pytest.raises(RlcastError, match="chain_sum"):
         get_task("rg:no_such_dataset")
-    with pytest.raises(RlcastError, match="key=value"):
-        parse_task_args(["oops"])
-    assert parse_task_args(["max_terms=3", "name=x"]) == {"max_terms": 3, "name": "x"}
+    with pytest.raises(RlcastError, match="--task-arg 'oops': expected KEY=VALUE"):
+        parse_overrides(None, ["oops"], None, "--task-arg")
+    assert parse_overrides(None, ["max_terms=3", "name=x"], None, "--task-arg") == {"max_terms": 3, "name": "x"}
 
 
 def test_jsonl_task_math_verify_and_errors(tmp_path):

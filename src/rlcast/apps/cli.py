@@ -123,9 +123,9 @@ def _compute(device: str, backend: str, ray_address: str | None, workers: int | 
 
 def _task_args(items: list[str] | None) -> dict | None:
     """--task-arg KEY=VALUE items as a dict; None when none is given (the run's own arguments then apply)."""
-    from rlcast.evaluation.tasks import parse_task_args
+    from rlcast.training.support import parse_overrides
 
-    return parse_task_args(items) if items else None
+    return parse_overrides(None, items, None, "--task-arg") if items else None
 
 
 def _unknown_method(name: str, option: str) -> typer.BadParameter:
@@ -246,18 +246,16 @@ def _fractions(text: str) -> list[float]:
 
 def _method_params(items: list[str] | None) -> dict[str, dict]:
     """--param METHOD.KEY=VALUE items as {method: {key: value}}, values parsed as JSON when they parse."""
+    from rlcast.training.support import parse_overrides
+
     params: dict[str, dict] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not name:
+        method, dot, name = item.partition("=")[0].partition(".")
+        if not dot or not name or "=" not in item:
             raise RlcastError(f"--param {item!r}: expected METHOD.KEY=VALUE")
         if method not in METHOD_NAMES:
             raise _unknown_method(method, "--param")
-        try:
-            params.setdefault(method, {})[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params.setdefault(method, {})[name] = value
+        params.setdefault(method, {}).update(parse_overrides(None, [item[len(method) + 1:]], None, "--param"))
     return params
 
 
@@ -579,13 +577,12 @@ def train_cmd(
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     import dataclasses
 
-    from rlcast.evaluation.tasks import parse_task_args
     from rlcast.io.manifest import Manifest
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
     from rlcast.training.runs import preset as named_preset
     from rlcast.training.support import parse_overrides
 
-    given = {"task": task, "task_args": parse_task_args(task_arg) if task_arg else None,
+    given = {"task": task, "task_args": _task_args(task_arg),
              "algo": algo.lower() if algo else None,
              "steps": steps, "save_every": save_every, "model": model, "lora": lora, "seed": seed,
              "eval_prompts": eval_prompts}
@@ -600,27 +597,17 @@ def train_cmd(
     else:
         config = dataclasses.replace(named_preset(preset), **given)
     callbacks = []
-    if accelerate == "jumps":
+    if accelerate is not None:
+        from rlcast.training.accelerators import make_accelerator
+
+        method = make_accelerator(accelerate, accel or [], task=config.task, task_args=config.task_args)
         if config.algo == "sft":
             raise RlcastError("--accelerate works with RL runs, not sft")
-        from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
-
-        settings = {"task": config.task, "task_args": config.task_args} | parse_overrides(
-            AccelerateConfig, accel or [], [f.name for f in dataclasses.fields(AccelerateConfig)], "--accel")
-        callbacks.append(AccelerateCallback(AccelerateConfig(**settings)))
-    elif accelerate is not None:
-        from rlcast.training.lookahead import LOOKAHEAD
-
-        if accelerate not in LOOKAHEAD:
-            raise RlcastError(f"--accelerate {accelerate!r}: known: jumps, {', '.join(LOOKAHEAD)}")
-        if config.algo == "sft":
-            raise RlcastError("--accelerate works with RL runs, not sft")
-        cls = LOOKAHEAD[accelerate]
-        method = cls(**parse_overrides(cls, accel or [], [f.name for f in dataclasses.fields(cls)], "--accel"))
-        if given.get("num_iterations", method.num_iterations) != method.num_iterations:
-            raise RlcastError(f"--accelerate {accelerate} takes {method.num_iterations} optimizer steps per generation "
-                              f"batch; --hp num_iterations={given['num_iterations']} contradicts it")
-        config = dataclasses.replace(config, num_iterations=method.num_iterations)
+        if accelerate != "jumps":  # a lookahead method sets the optimizer steps per generation batch
+            if given.get("num_iterations", method.num_iterations) != method.num_iterations:
+                raise RlcastError(f"--accelerate {accelerate} takes {method.num_iterations} optimizer steps per "
+                                  f"generation batch; --hp num_iterations={given['num_iterations']} contradicts it")
+            config = dataclasses.replace(config, num_iterations=method.num_iterations)
         callbacks.append(method)
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
@@ -665,11 +652,12 @@ def continue_cmd(
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
     from rlcast.evaluation.curves import curve
-    from rlcast.evaluation.tasks import parse_task_args, task_variant
+    from rlcast.evaluation.tasks import task_variant
     from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from
+    from rlcast.training.support import parse_overrides
 
-    params = parse_task_args(param, "--param")
+    params = parse_overrides(None, param, None, "--param")
     if (params or target is not None) and method is None:
         raise RlcastError("--target and --param go with --method")
     path = continue_from(out, run, at, steps, weights=weights, method=method, target=target, params=params,

@@ -37,10 +37,11 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import TARGET, batch_curve, outcome
+from rlcast.evaluation.curves import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
 from rlcast.io.runs import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
+from rlcast.training.accelerators import make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD
 from rlcast.training.runs import preset, train
@@ -66,9 +67,9 @@ class DemoConfig:
 
     def method(self):
         """A fresh lookahead callback of `accelerator` with `accel` (one line naming the method when unknown)."""
-        if self.accelerator not in LOOKAHEAD:
+        if self.accelerator not in LOOKAHEAD:  # the demo budgets and reports generation batches: a lookahead method
             raise RlcastError(f"demo accelerator {self.accelerator!r}: known: {', '.join(LOOKAHEAD)}")
-        return LOOKAHEAD[self.accelerator](**dict(self.accel))
+        return make_accelerator(self.accelerator, dict(self.accel), what="demo accelerator", option="demo accel")
 
 
 QUICK = DemoConfig(batches=20, save_every=5, eval_prompts=300,
@@ -88,7 +89,7 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
     for name, acc, style in (("plain", plain, "o-"), ("accelerated", accelerated, "s-")):
         batches = sorted(acc)
         ax.plot(batches, [acc[b] for b in batches], style, label=names[name], markersize=4)
-    ax.axhline(result["target"], color="grey", linestyle=":", label=f"{TARGET:.0%} of plain's final")
+    ax.axhline(result["target"], color="grey", linestyle=":", label=f"{GOAL:.0%} of plain's final")
     ax.set_xlabel("generation batches (rollouts paid for)")
     ax.set_ylabel("held-out accuracy")
     ax.legend()
@@ -121,7 +122,7 @@ def _spacing(curve_: dict[int, float], step: int) -> int:
 
 
 def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_prompts: int,
-                   relative_cost: float | None = None, target: float = TARGET, unit: str = "generation batches") -> dict:
+                   relative_cost: float | None = None, goal: float = GOAL, unit: str = "generation batches") -> dict:
     """`outcome` with its noise: Wilson 95 % intervals of both final accuracies and of their difference, the
     accuracy difference where the accelerated run reaches the goal, the speedup's range from the checkpoint spacing,
     the speedup in training time (`relative_cost`: the accelerated run's training seconds per `unit` / the plain
@@ -130,7 +131,7 @@ def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_pro
     A speed-up is measurable only when the accelerated run reaches the goal more than one checkpoint earlier AND is
     ahead of the plain run at that step by more than the 95 % interval of the difference; otherwise the verdict says
     "no measurable speed-up"."""
-    result = outcome(plain, accelerated, target)
+    result = outcome(plain, accelerated, goal)
     for name, acc in (("plain", plain), ("accelerated", accelerated)):
         final = acc[max(acc)]
         result[name]["final_ci"] = list(wilson(final * n_prompts, n_prompts))
@@ -169,8 +170,11 @@ def _verdict(result: dict, measurable: bool, why: str | None) -> str:
     """The demo's headline in words, every figure with its interval or its significance."""
     speedup, effective, cost = result["speedup"], result["effective_speedup"], result["relative_cost"]
     if speedup is None:
-        head = ("no measurable speed-up: " + ("the accelerated run never reached" if result["plain"]["steps_to_98"]
-                                              else "the plain run itself never reached") + " the goal")
+        crossed = result["accelerated"]["crossed"]
+        head = "no measurable speed-up: " + (
+            "the plain run itself never reached the goal" if not result["plain"]["steps_to_98"]
+            else f"the accelerated run crossed the goal at {crossed} {result['unit']} but ended below it" if crossed
+            is not None else "the accelerated run never reached the goal")
     else:
         head = (("a measurable speed-up" if measurable else "no measurable speed-up")
                 + f": {speedup:.2f}x in {result['unit']} ({why})")
@@ -205,18 +209,25 @@ def print_outcome(result: dict, console=None) -> None:
     and the verdict in words."""
     console = console or Console(soft_wrap=True)
     unit = result["unit"]
-    t = Table(title=f"{unit} to reach {TARGET:.0%} of the plain run's final held-out accuracy "
+    t = Table(title=f"{unit} to reach {GOAL:.0%} of the plain run's final held-out accuracy "
                     f"({result['plain']['final_accuracy']:.3f} -> target {result['target']:.3f})")
     for col in ("run", "final accuracy [95 % CI]", f"{unit} to 98 %", "training s per batch"):
         t.add_column(col, justify="right" if col != "run" else "left")
     for name in ("plain", "accelerated"):
         r = result[name]
-        t.add_row(result["runs"][name], _acc(r), str(r["steps_to_98"] if r["steps_to_98"] is not None else
-                                                     f"not reached in {r['steps']}"),
-                  _fmt(result["seconds_per_batch"][name]))
+        t.add_row(result["runs"][name], _acc(r), _reached(r), _fmt(result["seconds_per_batch"][name]))
     t.add_row("ratio (plain / accelerated)", f"difference {_signed(result['final_difference'])}", _ratio(result), "")
     console.print(t)
     console.print(result["verdict"], highlight=False)
+
+
+def _reached(run: dict) -> str:
+    """A run's cell in the goal column: where it reached the goal, or why it did not."""
+    if run["steps_to_98"] is not None:
+        return str(run["steps_to_98"])
+    if run.get("crossed") is not None:
+        return f"crossed at {run['crossed']}, ended below"
+    return f"not reached in {run['steps']}"
 
 
 def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = None, progress: bool = True) -> dict:

@@ -1,9 +1,10 @@
 """Held-out accuracy curves of runs, and what two of them say about speed: steps to a goal, speedup, retained accuracy.
 
 A curve is `{step: accuracy}` with step 0 the base, as a run's run.json records it (greedy, test split, the same
-prompts at every checkpoint). The goal is a fraction (`TARGET`) of the reference run's final accuracy; a run reaches
-it at the first evaluated step whose accuracy is at least the goal. `rlcast demo`, `rlcast continue` and the
-benchmarks all count speed this way.
+prompts at every checkpoint). The goal is `GOAL` (98 %) of the reference run's final accuracy; a run reaches it at the
+first evaluated step whose accuracy is at least the goal, and only counts as having reached it when it also ends at or
+above it: a noisy early crossing followed by a collapse is no speed-up. `rlcast demo`, `rlcast continue` and the
+benchmarks (bench/common.goal_metrics, bench/baselines.py, bench/acceleration.py) all count speed with `outcome`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
 
-TARGET = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
+GOAL = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
 
 
 def curve(run_dir: str | Path) -> dict[int, float]:
@@ -26,17 +27,22 @@ def steps_to(accuracy: dict[int, float], target: float) -> int | None:
     return next((step for step in sorted(accuracy) if accuracy[step] >= target), None)
 
 
-def outcome(plain: dict[int, float], accelerated: dict[int, float], target: float = TARGET) -> dict:
-    """Steps to `target` x plain's final accuracy for both runs, the speedup and the retained accuracy.
+def outcome(plain: dict[int, float], accelerated: dict[int, float], goal: float = GOAL) -> dict:
+    """Steps to `goal` x plain's final accuracy for both runs, the speedup and the retained accuracy.
 
+    The accelerated run reaches the goal at its first crossing only if it ends at or above the goal (`held`);
+    otherwise its `steps_to_98` is None and `crossed` keeps the step of the crossing that did not last.
     speedup = plain's steps / accelerated's steps to the goal (None when either never reaches it);
     retained = accelerated's final accuracy / plain's."""
     last = max(plain)
-    goal = target * plain[last]
-    n_plain, n_acc = steps_to(plain, goal), steps_to(accelerated, goal)
+    target = goal * plain[last]
+    n_plain, crossed = steps_to(plain, target), steps_to(accelerated, target)
     final_acc = accelerated[max(accelerated)]
-    return {"target": goal, "plain": {"final_accuracy": plain[last], "steps": last, "steps_to_98": n_plain},
-            "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc},
+    held = final_acc >= target
+    n_acc = crossed if held else None
+    return {"target": target, "plain": {"final_accuracy": plain[last], "steps": last, "steps_to_98": n_plain},
+            "accelerated": {"final_accuracy": final_acc, "steps": max(accelerated), "steps_to_98": n_acc,
+                            "crossed": crossed, "held": held},
             "speedup": (n_plain / n_acc) if n_plain and n_acc else None,
             "retained": final_acc / plain[last] if plain[last] else None}
 

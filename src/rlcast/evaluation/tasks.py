@@ -253,18 +253,3 @@ def run_task_spec(manifest: Manifest | None, task: str | None = None,
     if task is None or task == own:
         return own, dict(args) if args is not None else own_args
     return task, dict(args or {})
-
-
-def parse_task_args(pairs: list[str] | None, option: str = "--task-arg") -> dict:
-    """['k=v', ...] -> dict, values parsed as JSON when they parse (numbers, booleans), else kept as strings; a pair
-    without '=' is an error naming `option`."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RlcastError(f"{option} {pair!r}: expected key=value")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out

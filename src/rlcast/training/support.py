@@ -2,7 +2,8 @@
 
 Both configs (`TrainConfig`, `AccelerateConfig`) are frozen dataclasses of JSON-able fields. `config_from_dict`
 rebuilds one from JSON (an unknown key is an error, not silently dropped), `parse_overrides` turns the CLI's
-repeatable `--hp key=value` / `--accel key=value` into typed values checked against the dataclass's annotations.
+repeatable KEY=VALUE options (`--hp`, `--accel`: typed against the dataclass's annotations; `--task-arg`, `--param`:
+free-form) into values.
 """
 
 from __future__ import annotations
@@ -28,27 +29,39 @@ def config_from_dict(cls, data: dict, where: str):
     return cls(**data)
 
 
-def parse_overrides(cls, items: Iterable[str], allowed: Iterable[str], option: str) -> dict:
-    """`["key=value", ...]` -> {key: typed value}; keys must be in `allowed`, values must parse as the field's type.
+def parse_overrides(cls, items: Iterable[str] | None, allowed: Iterable[str] | None, option: str) -> dict:
+    """`["key=value", ...]` -> {key: value}: the one KEY=VALUE parser of every repeatable option (`--hp`, `--accel`,
+    `--task-arg`, `--param`, the benchmarks' too).
 
-    int fields take integers, float fields numbers, bool fields true/false, `X | None` fields also `none`;
-    dict fields take JSON, list fields JSON or a, b, c. Every problem is a one-line RlcastError naming `option` and the item.
+    With a dataclass `cls`, keys (`-` read as `_`) must be in `allowed` and values parse as the field's type: int
+    fields take integers, float fields numbers, bool fields true/false, `X | None` fields also `none`; dict fields take
+    JSON, list fields JSON or a, b, c. With `cls` None (free-form arguments: a task's, a method's), keys are kept as
+    given (any key when `allowed` is None) and values are JSON when they parse (numbers, booleans), else strings.
+    Every problem is a one-line RlcastError naming `option` and the item.
     """
-    allowed = list(allowed)
-    hints = typing.get_type_hints(cls)
+    allowed = None if allowed is None else list(allowed)
+    hints = typing.get_type_hints(cls) if cls is not None else {}
     out = {}
-    for item in items:
+    for item in items or []:
         key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
+        key = key.strip().replace("-", "_") if cls is not None else key.strip()
         if not sep or not key:
             raise RlcastError(f"{option} {item!r}: expected KEY=VALUE")
-        if key not in allowed:
+        if allowed is not None and key not in allowed:
             raise RlcastError(f"{option} {item!r}: unknown key {key!r}; known: {', '.join(allowed)}")
         try:
-            out[key] = _parse(hints[key], text.strip())
+            out[key] = _parse(hints[key], text.strip()) if cls is not None else _json_or_text(text)
         except ValueError as err:
             raise RlcastError(f"{option} {item!r}: {err}") from None
     return out
+
+
+def _json_or_text(text: str):
+    """A free-form value: JSON when it parses (3, 0.5, true, [1, 2]), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _parse(hint, text: str):
