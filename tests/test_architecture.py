@@ -13,7 +13,7 @@ from pathlib import Path
 import rlcast
 
 LAYERS = ["errors", "io", "core", "evaluation", "methods", "forecasting", "training", "apps"]
-OPTIONAL = {"vllm", "ray", "matplotlib"}
+OPTIONAL = {"vllm", "ray", "matplotlib", "tensorboard"}
 LAZY_MODULES = {"rlcast.apps.cli"}
 PACKAGE = Path(rlcast.__file__).parent
 

@@ -740,8 +740,10 @@ def analyze_cmd(
 
 @command("forecast")
 def forecast_cmd(
-    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, metavar="RUN", help="Run folders (run.json with held-out "
-                                      "accuracies; checkpoints for --weights). Several: ranked by their forecast."),
+    runs: list[Path] = typer.Argument(..., exists=True, metavar="SOURCE", help="Run folders (run.json; checkpoints for "
+                                      "--weights), TRL output folders (trainer_state.json), verl console logs (.gz "
+                                      "too), TensorBoard event files or folders, CSV exports (wandb, MLflow). Several: "
+                                      "ranked by their forecast."),
     until: int | None = typer.Option(None, "--until", metavar="STEP", help="Cutoff: forecast from the checkpoints "
                                      "with step <= STEP only (default: all)."),
     target: int | None = typer.Option(None, "--target", metavar="STEP", help="Step to forecast (default: the run's "
@@ -754,22 +756,31 @@ def forecast_cmd(
     min_gain: float = typer.Option(0.01, "--min-gain", metavar="GAIN", help="Stop/continue hint: the gain worth the "
                                    "remaining steps."),
     json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write every figure here (JSON)."),
+    metric: str | None = typer.Option(None, "--metric", metavar="NAME", help="The held-out metric in a log (default: "
+                                      "its only validation metric: val/*, val-core/*, eval/*, eval_*; a run "
+                                      "folder's run.json accuracy)."),
+    reward: str | None = typer.Option(None, "--reward", metavar="NAME", help="The training reward in a log (default: "
+                                      "critic/score/mean for verl, reward for TRL, train/reward in TensorBoard)."),
+    eval_size: int | None = typer.Option(None, "--eval-size", min=1, metavar="N", help="Validation prompts per "
+                                         "evaluation, for the noise model (logs rarely record it; replaces run.json's "
+                                         "eval_prompts)."),
     base: Path | None = BASE,
     force: bool = FORCE,
 ) -> None:
     """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
-    from rlcast.apps.forecast import forecast, print_report, save
+    from rlcast.apps.forecast import forecast, log_inputs, print_report, save
     from rlcast.io.writer import check_output, output_record
 
     given = {"runs": [str(r.resolve()) for r in runs], "until": until, "target": target, "reach": reach,
-             "weights": weights, "min_gain": min_gain}
+             "weights": weights, "min_gain": min_gain, "metric": metric, "reward": reward, "eval_size": eval_size}
     if json_out:
         # what forecast reads: each run's run.json (a result may go inside a run folder, as other commands' do)
         inputs = {f"the run.json of run {i + 1}": r / "run.json" for i, r in enumerate(runs)}
-        check_output(Path(json_out), "forecast", settings=given, inputs=inputs,
-                     force=force, option="--json FILE")
+        check_output(Path(json_out), "forecast", settings=given,
+                     inputs=inputs | log_inputs(runs, str(base) if base else None), force=force, option="--json FILE")
     results, ranking = forecast([str(r) for r in runs], until=until, target=target, reach=reach, weights=weights,
-                                min_gain=min_gain, base=str(base) if base else None)
+                                min_gain=min_gain, base=str(base) if base else None, metric=metric, reward=reward,
+                                eval_size=eval_size)
     print_report(results, ranking, _wide_console())
     if json_out:
         path = save(results, ranking, Path(json_out), record=output_record("forecast", given))

@@ -1,5 +1,8 @@
 """`rlcast forecast`: where each run will end, from its first checkpoints, with 90 % intervals.
 
+A run is any source `rlcast.io.logs.read_log` reads: a run folder (run.json), a TRL output folder, a verl console log,
+TensorBoard event files, a CSV export (`--metric`, `--reward`, `--eval-size` pick what is read); the weight-based
+forecaster needs readable checkpoints (run and TRL folders).
 For each run, cut at `until` (default: its last checkpoint): every forecaster of `rlcast.forecasting` and their
 back-tested combination give the held-out accuracy at the target step (default: the run's planned last step, run.json
 config `steps`, else twice the cutoff) and at convergence (the saturating forecasters' asymptote), the step at which
@@ -22,8 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from rlcast.errors import RlcastError
-from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked, read_curve
-from rlcast.forecasting.curves import manifest_run, with_weights
+from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked
+from rlcast.forecasting.curves import with_weights
+from rlcast.io.logs import detect, read_log
+from rlcast.io.logs.runfolder import manifest_run
 from rlcast.io.runs import Run, load_run
 from rlcast.io.writer import write_json_atomic
 
@@ -65,30 +70,55 @@ def open_run(path: str | Path, base: str | None = None) -> tuple[Run, str | None
         return manifest_run(path), str(err)
 
 
+def log_inputs(paths: list[str | Path], base: str | None = None) -> dict[str, Path]:
+    """The sources `forecast` reads that are not run folders (logs, TRL folders: all of each), and --base, as
+    `io.writer.check_output`'s inputs."""
+    logs = {f"the log {path}": Path(path) for path in paths if detect(path)[0] != "run"}
+    return logs | ({"the base model": Path(base)} if base else {})
+
+
+def open_source(path: str | Path, base: str | None = None, metric: str | None = None, reward: str | None = None,
+                eval_size: int | None = None) -> tuple[Curve, Run | None, str | None]:
+    """(the curve of any log `rlcast.io.logs.read_log` reads, its run when its checkpoints load, else why not): run
+    folders and TRL folders may have checkpoints, the other formats are curves only."""
+    fmt, _ = detect(path)
+    curve = Curve.from_log(read_log(path, metric, reward, eval_size))
+    if fmt == "run":
+        run, unreadable = open_run(path, base)
+        return curve, run, unreadable
+    if fmt == "trl" and Path(path).is_dir():
+        try:
+            return curve, load_run(path, base=base), None
+        except RlcastError as err:
+            return curve, None, str(err)
+    return curve, None, f"a {fmt} log holds no checkpoints"
+
+
 def default_target(curve: Curve) -> int:
     """The run's planned last step (run.json config `steps`), else twice the cutoff."""
     return int(curve.planned) if curve.planned else 2 * curve.last
 
 
 def prepare(paths: list[str | Path], until: int | None = None, target: int | None = None,
-            weights: bool | None = None, base: str | None = None, progress: bool = False) -> list[tuple[Curve, int]]:
-    """(curve cut at `until`, target step) per run, every input checked before the first (expensive) read of weights.
+            weights: bool | None = None, base: str | None = None, progress: bool = False, metric: str | None = None,
+            reward: str | None = None, eval_size: int | None = None) -> list[tuple[Curve, int]]:
+    """(curve cut at `until`, target step) per source (any format `rlcast.io.logs` reads), every input checked before
+    the first (expensive) read of weights.
 
     `weights`: None reads them when the checkpoints load, True requires them, False never reads them.
     """
     runs, curves = [], []
     for path in paths:
-        run, unreadable = open_run(path, base)
+        full, run, unreadable = open_source(path, base, metric, reward, eval_size)
         if weights and unreadable:
             raise RlcastError(f"{path}: --weights needs readable checkpoints ({unreadable})")
-        full = read_curve(run)
         curve = checked(full.window(until) if until is not None else full)
         step = target if target is not None else default_target(curve)
         if step < curve.last:
             raise RlcastError(f"{curve.run}: target step {step} is before the cutoff step {curve.last}")
         runs.append((run, unreadable is None))
         curves.append((curve, step))
-    tasks = {c.task for c, _ in curves}
+    tasks = {c.task for c, _ in curves if c.task}  # a log that names no task ranks beside any run
     if len(curves) > 1 and len(tasks) > 1:
         listing = "; ".join(f"{c.run}: {c.task or 'no task'}" for c, _ in curves)
         raise RlcastError(f"runs on different tasks cannot be ranked together ({listing})")
@@ -176,11 +206,13 @@ def rank(results: list[RunForecast], draws: int = 4000, seed: int = 0) -> dict:
 
 def forecast(paths: list[str | Path], until: int | None = None, target: int | None = None,
              reach: float | None = None, weights: bool | None = None, min_gain: float = 0.01,
-             base: str | None = None, progress: bool = True) -> tuple[list[RunForecast], dict | None]:
-    """Forecast every run (see the module docstring); (per-run results, ranking or None for one run)."""
+             base: str | None = None, progress: bool = True, metric: str | None = None, reward: str | None = None,
+             eval_size: int | None = None) -> tuple[list[RunForecast], dict | None]:
+    """Forecast every run or log (see the module docstring); (per-run results, ranking or None for one run).
+    `metric`, `reward`, `eval_size`: `rlcast.io.logs.read_log`'s, for every source."""
     if reach is not None and not 0 < reach <= 1:
         raise RlcastError(f"--reach {reach}: expected an accuracy in (0, 1]")
-    curves = prepare(paths, until, target, weights, base, progress)
+    curves = prepare(paths, until, target, weights, base, progress, metric, reward, eval_size)
     alongside = [m for m in ALONGSIDE if weights is not False or not FORECASTERS[m].reads_weights]
     results = [forecast_curve(curve, step, reach, min_gain, Combination(alongside=alongside)) for curve, step in curves]
     return results, rank(results) if len(results) > 1 else None

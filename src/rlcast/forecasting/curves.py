@@ -1,13 +1,10 @@
 """The learning curves of a run that the forecasters fit: held-out accuracy, training reward, rank-1 weight paths.
 
-Read from a run (`rlcast.io.runs.Run`) by `read_curve`:
-    run.json (rlcast train)   per checkpoint `accuracy` (held-out, greedy), `ci` (its 95 % interval: the per-point
-                              binomial noise), `train_reward`, `generation_batches`; `base_accuracy`, `base_ci`;
-                              config `steps` (the planned last step), `eval_prompts`, `num_iterations`; `task`
-    trainer_state.json        TRL's `log_history` in the newest checkpoint folder: a `reward` every logging step
-                              (denser than the checkpoints; used instead of run.json's `train_reward` when present)
-    checkpoint weights        only with `weights=True`: the rank-1 coefficient a(t) = s1 u1 of every 2-D block tensor
-                              (`rlcast.core.trajectory`, spectra cached under RUN/.rlcast-cache)
+Built from the curve object every log reader returns (`Curve.from_log(rlcast.io.logs.read_log(path))`: run folders,
+TRL folders, verl console logs, TensorBoard, CSV exports): this layer never opens a log itself. `read_curve(run)` is
+the same for a loaded run (`rlcast.io.runs.Run`: run.json's accuracies and the trainer_state.json reward log) and, with
+`weights=True`, adds the rank-1 coefficient a(t) = s1 u1 of every 2-D block tensor at the checkpoints
+(`rlcast.core.trajectory`, spectra cached under RUN/.rlcast-cache).
 Everything is on the run's own step axis (optimizer steps); `Curve.generation_axis()` puts a run that reuses every
 generation batch for several optimizer steps (TRL's num_iterations) on the generation-batch axis.
 """
@@ -15,22 +12,19 @@ generation batch for several optimizer steps (TRL's num_iterations) on the gener
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlcast.core.trajectory import Trajectory, build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.io.logs import LogCurve
+from rlcast.io.logs.runfolder import from_manifest
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
 from rlcast.methods.alpharl import rank1_path
-
-Z95 = 1.959963984540054  # the run.json intervals are 95 % ones
 
 
 @dataclass(frozen=True)
@@ -54,6 +48,12 @@ class Curve:
     batches: dict = field(default_factory=dict)  # {step: generation batches} when run.json records them
     weight_steps: tuple = ()
     weights: dict | None = None
+
+    @classmethod
+    def from_log(cls, log: LogCurve) -> "Curve":
+        """The curve of a log as `rlcast.io.logs.read_log` reads it (any format), named by its source."""
+        return cls(log.source, log.steps, log.accuracy, log.sd, log.reward_steps, log.reward, log.task, log.planned,
+                   log.eval_size, log.mu, dict(log.batches))
 
     @property
     def last(self) -> int:
@@ -109,71 +109,14 @@ class Curve:
             weight_steps=tuple(to(s) for s in self.weight_steps))
 
 
-def manifest_points(manifest: Manifest | None) -> dict:
-    """What the forecasters need from a run's manifest (`io.manifest.Manifest`: read and checked there), as plain
-    values.
-
-    {"base": (accuracy, ci) | None, "checkpoints": [{step, ci, train_reward, generation_batches}], "task", "planned",
-     "eval_prompts", "mu"}
-    """
-    manifest = manifest or Manifest()
-    config = manifest.config or {}
-    entries = [{"step": e.step, "ci": e.ci, "train_reward": e.train_reward,
-                "generation_batches": e.generation_batches} for e in manifest.checkpoints]
-    base = manifest.base_accuracy
-    task = manifest.task or config.get("task")
-    args = manifest.task_args or config.get("task_args")
-    return {"base": None if base is None else (base, manifest.base_ci), "checkpoints": entries,
-            "task": f"{task} {json.dumps(args, sort_keys=True)}" if task and args else task,
-            "planned": config.get("steps"), "eval_prompts": config.get("eval_prompts"),
-            "mu": int(config.get("num_iterations") or 1)}
-
-
-def manifest_run(path: str | Path) -> Run:
-    """A run known only by its run.json (no readable weights: deleted checkpoints, a missing base), for its curves."""
-    file = Path(path).expanduser().resolve() / "run.json"
-    return Run(base=file.parent, checkpoints=[], root=file.parent, manifest=Manifest.read(file))
-
-
-def trainer_rewards(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, reward) from TRL's trainer_state.json log_history in the newest checkpoint folder that has one."""
-    for c in reversed(run.checkpoints):
-        path = Path(c.path) / "trainer_state.json"
-        if not path.is_file():
-            continue
-        try:
-            history = json.loads(path.read_text()).get("log_history", [])
-        except (OSError, ValueError, AttributeError) as err:
-            raise RlcastError(f"{path}: unreadable trainer state ({err})") from None
-        points = sorted({int(h["step"]): float(h["reward"]) for h in history
-                         if isinstance(h.get("reward"), (int, float)) and "step" in h}.items())
-        return np.array([s for s, _ in points], dtype=float), np.array([r for _, r in points])
-    return np.zeros(0), np.zeros(0)
-
-
 def read_curve(run: Run, weights: bool = False, progress: bool = False) -> Curve:
-    """The curves of `run` (held-out accuracies from `Run.accuracy`, the rest from run.json and trainer_state.json);
-    with `weights`, also the rank-1 paths of the checkpoints that have an accuracy (reads every checkpoint once)."""
-    name = str(run.root or run.base)
-    points = manifest_points(run.manifest)
-    ci = {e["step"]: e["ci"] for e in points["checkpoints"]}
-    if points["base"] is not None:
-        ci[0] = points["base"][1]
-    acc = run.accuracy
-    steps = np.array(sorted(acc), dtype=int)
-    accuracy = np.array([acc[s] for s in steps], dtype=float)
-    sd = np.array([_sd(ci.get(int(s)), acc[s], points["eval_prompts"]) for s in steps], dtype=float)
-    reward_steps, reward = trainer_rewards(run)
-    if not len(reward):
-        logged = [(e["step"], e["train_reward"]) for e in points["checkpoints"] if e["train_reward"] is not None]
-        reward_steps, reward = np.array([s for s, _ in logged], dtype=float), np.array([r for _, r in logged])
-    batches = {e["step"]: int(e["generation_batches"]) for e in points["checkpoints"]
-               if e["generation_batches"] is not None}
-    curve = Curve(name, steps, accuracy, sd, reward_steps, reward, points["task"], points["planned"],
-                  points["eval_prompts"], points["mu"], batches)
-    if weights:
-        curve = with_weights(curve, run, progress)
-    return curve
+    """The curves of `run` as its run folder's reader gives them (`io.logs.runfolder`: run.json's held-out
+    accuracies, the reward log of the newest checkpoint's trainer_state.json); with `weights`, also the rank-1 paths
+    of the checkpoints that have an accuracy (reads every checkpoint once)."""
+    folders = [c.path for c in reversed(run.checkpoints)] + ([run.root] if run.root else [])
+    log = from_manifest(run.manifest or Manifest(), str(run.root or run.base), folders)
+    curve = Curve.from_log(log)
+    return with_weights(curve, run, progress) if weights else curve
 
 
 def with_weights(curve: Curve, run: Run, progress: bool = False, trajectory: Trajectory | None = None) -> Curve:
@@ -194,15 +137,6 @@ def with_weights(curve: Curve, run: Run, progress: bool = False, trajectory: Tra
                                 {n: m.select(mask) for n, m in trajectory.modules.items()}, {})
     paths = {n: rank1_path(m)[0].float().numpy() for n, m in trajectory.modules.items() if m.u is not None}
     return dataclasses.replace(curve, weight_steps=tuple(trajectory.steps), weights=paths)
-
-
-def _sd(ci, accuracy: float, prompts: int | None) -> float:
-    """One evaluation's standard deviation: from its 95 % interval, else from the prompt count, else nan."""
-    if ci is not None and len(ci) == 2 and None not in ci and ci[1] > ci[0]:
-        return (float(ci[1]) - float(ci[0])) / (2 * Z95)
-    if prompts:
-        return math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / prompts)
-    return math.nan
 
 
 def checked(curve: Curve, min_checkpoints: int = 3) -> Curve:
