@@ -22,16 +22,22 @@ Choose on tuning seeds (default 100, 101); run the benchmark seeds (0..4) once, 
 
     .venv/bin/python bench/baselines.py --multipliers 1,2,4,8,16 --out runs/baselines
     .venv/bin/python bench/baselines.py --preset steady-slow --multipliers 4 --mu 2,4 --out runs/baselines
+
+`--library DIR` replays the committed curves of the curve library (bench/curves.py: 3e-5 x 1..16, mu 1, 2, 4) in
+seconds instead of training; a run missing there is a one-line error:
+
+    .venv/bin/python bench/baselines.py --preset steady-slow --mu 1,2,4 --seeds 100 --library docs/results/curves/steady
 """
 
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import torch
 
-from common import (Results, add_out, add_preset, add_seeds, console, goal_metrics, implied_wall, new_parser,
-                    per_batch, plain_run, progress, reuse_rollouts, train_config)
+from common import (Results, add_out, add_preset, add_seeds, console, goal_metrics, implied_wall, library_run,
+                    new_parser, per_batch, plain_run, progress, reuse_rollouts, run_name, spread, train_config)
 from rlcast.evaluation.curves import curve
 
 DURATION = "~6 h on 2 CPU cores (defaults: 2 seeds x 5 learning rates, 300 generation batches each)"
@@ -54,6 +60,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=10, help="in generation batches")
     parser.add_argument("--generation-share", type=float, default=STEADY_SHARE,
                         help="generating's share of a one-pass step, for the wall-time pick")
+    parser.add_argument("--library", type=Path, help="replay the committed curves of this folder of the curve library "
+                        "(docs/results/curves/steady, written by bench/curves.py) instead of training")
     add_out(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
@@ -69,8 +77,9 @@ def main() -> None:
             for m, mu in settings:
                 config = reuse_rollouts(train_config(args, save_every=args.save_every, seed=seed,
                                                      learning_rate=m * base.learning_rate), mu)
-                name = f"seed{seed}-lr{config.learning_rate:g}" + (f"-mu{mu}" if mu > 1 else "")
-                curves[m, mu] = per_batch(curve(plain_run(results.out / name, config)), mu)
+                run = (library_run(args.library, config, mu) if args.library else
+                       plain_run(results.out / run_name(seed, config.learning_rate, mu), config))
+                curves[m, mu] = per_batch(curve(run), mu)
                 bar.advance(job)
             for m, mu in settings:
                 metrics = goal_metrics(curves[1.0, 1], curves[m, mu])
@@ -87,9 +96,10 @@ def main() -> None:
     keys = ("final", "speedup", "wall_speedup", "retained")
     med = {s: {key: statistics.median(r[key] for r in rows[s]) for key in keys} for s in settings}
     for m, mu in settings:
-        print(f"lr {m:g}x mu {mu}: median final {med[m, mu]['final']:.3f} speedup {med[m, mu]['speedup']:.2f} "
-              f"(wall at generation share {args.generation_share:g}: {med[m, mu]['wall_speedup']:.2f}) retained "
-              f"{med[m, mu]['retained']:.3f}")
+        final, speed = spread(r["final"] for r in rows[m, mu]), spread(r["speedup"] for r in rows[m, mu])
+        print(f"lr {m:g}x mu {mu}: median final {final['median']:.3f} ({final['min']:.3f}-{final['max']:.3f}) "
+              f"speedup {speed['median']:.2f} ({speed['min']:.2f}-{speed['max']:.2f}) (wall at generation share "
+              f"{args.generation_share:g}: {med[m, mu]['wall_speedup']:.2f}) retained {med[m, mu]['retained']:.3f}")
     best, wall = fastest(settings, med, "speedup"), fastest(settings, med, "wall_speedup")
     print(f"best in wall time at generation share {args.generation_share:g}: lr {wall[0] * base.learning_rate:g} "
           f"mu {wall[1]} (wall speedup {med[wall]['wall_speedup']:.2f})")

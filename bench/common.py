@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,6 +143,20 @@ def plain_run(out: Path, config) -> Path:
     return train(out, config, progress=False, resume=(out / "run.json").exists())
 
 
+def run_name(seed: int, learning_rate: float, mu: int) -> str:
+    """The folder name of a plain run in --out and in the curve library (bench/curves.py)."""
+    return f"seed{seed}-lr{learning_rate:g}-mu{mu}"
+
+
+def library_run(library: Path, config, mu: int) -> Path:
+    """The finished run of `config` (a plain run at reuse `mu`) in the committed curve library `library`
+    (docs/results/curves/PRESET), checked to hold exactly this config; a one-line error when it is not there."""
+    folder = Path(library) / run_name(config.seed, config.learning_rate, mu)
+    if not finished(folder):
+        raise SystemExit(f"{folder}: not in the curve library; train it with bench/curves.py")
+    return plain_run(folder, config)
+
+
 def reuse_rollouts(config, mu: int):
     """`config` with every generation batch serving `mu` optimizer steps (TRL's num_iterations): steps and the
     checkpoint interval scale by mu, so the run sees the same generation batches and is scored after the same ones."""
@@ -254,8 +269,30 @@ def bf16_header(shapes: dict[str, tuple[int, int]]) -> bytes:
 
 # ----------------------------------------------------------------------------- the result file
 
+PACKAGES = ("rlcast", "torch", "transformers", "trl", "peft", "accelerate", "numpy")
+
+
+def provenance(argv: list[str], script: str = "") -> dict:
+    """What a result depends on: this machine, the commit of the code (+dirty with uncommitted changes to tracked
+    files), the package versions and the command line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    here = str(Path(__file__).resolve().parent)
+    git = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return {"machine": machine(), "commit": git("rev-parse", "HEAD") + dirty, "versions": versions,
+            "command": [f"bench/{Path(script).name}" if script else "", *argv]}
+
+
 class Results:
-    """OUT/NAME.json of one benchmark run: rows as they come, then the summary and the last line."""
+    """OUT/NAME.json of one benchmark run: rows as they come, then the summary and the last line; `provenance`
+    records the machine, commit, package versions and command line."""
 
     def __init__(self, script: str, args: argparse.Namespace, settings: dict | None = None):
         self.name = Path(script).stem
@@ -265,6 +302,7 @@ class Results:
         self.path = self.out / f"{self.name}.json"
         self.settings = {**vars(args), **(settings or {})}
         self.argv = sys.argv[1:]
+        self.provenance = provenance(self.argv, script)
         self.rows: list[dict] = []
         self.started = time.perf_counter()
 
@@ -274,7 +312,8 @@ class Results:
         self.save()
 
     def save(self, summary: dict | None = None, line: str | None = None) -> Path:
-        record = {"bench": self.name, "argv": self.argv, "settings": self.settings, "rows": self.rows,
+        record = {"bench": self.name, "argv": self.argv, "provenance": self.provenance, "settings": self.settings,
+                  "rows": self.rows,
                   "summary": summary or {}, "line": line, "seconds": time.perf_counter() - self.started}
         return write_text_atomic(self.path, json.dumps(json_safe(record), indent=1, default=str) + "\n")
 

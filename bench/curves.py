@@ -21,39 +21,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
-from common import (Results, add_preset, add_seeds, console, machine, new_parser, plain_run, reuse_rollouts,
+from common import (Results, add_preset, add_seeds, console, new_parser, plain_run, reuse_rollouts, run_name,
                     train_config)
 from rlcast.io.writer import write_text_atomic
 
 DURATION = "~10 h on 2 CPU cores for the default grid (4 seeds x 5 learning rates x mu 1, 2, 4; mu 4 ~10 min a run)"
 LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves"
-PACKAGES = ("rlcast", "torch", "transformers", "trl", "peft", "accelerate")
-
-
-def curve_name(seed: int, learning_rate: float, mu: int) -> str:
-    return f"seed{seed}-lr{learning_rate:g}-mu{mu}"
-
-
-def provenance(argv: list[str]) -> dict:
-    """What a curve depends on: this machine, the commit of the code that trained it and the package versions."""
-    here = Path(__file__).resolve().parent
-    commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {"machine": machine(), "commit": commit.strip() + ("+dirty" if dirty.strip() else ""),
-            "versions": versions, "command": ["bench/curves.py", *argv]}
 
 
 def claim(claims: Path, name: str) -> bool:
@@ -109,18 +86,17 @@ def main() -> None:
     results = Results(__file__, args)
     claims = args.out / "claims"
     claims.mkdir(parents=True, exist_ok=True)
-    record = provenance(results.argv)
     grid = [(seed, float(lr), int(mu)) for seed in args.seeds for mu in args.mu.split(",")
             for lr in args.learning_rates.split(",")]
     for seed, lr, mu in grid:
-        name = curve_name(seed, lr, mu)
+        name = run_name(seed, lr, mu)
         destination = args.library / args.preset / name
         if destination.exists() or not claim(claims, name):
             continue
         config = reuse_rollouts(train_config(args, seed=seed, learning_rate=lr, steps=args.batches,
                                              save_every=args.save_every), mu)
         run = plain_run(args.out / name, config)
-        commit_curve(run, destination, record)
+        commit_curve(run, destination, results.provenance)
         final = json.loads((run / "run.json").read_text())["checkpoints"][-1]["accuracy"]
         results.add({"name": name, "seed": seed, "learning_rate": lr, "mu": mu, "final": final})
         console.print(f"{name}: final {final:.3f} -> {destination}")
