@@ -34,6 +34,7 @@ from rlcast.io.writer import write_json_atomic
 
 UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged
 REACH_GRID = 400  # steps between the cutoff and 10x the target at which sampled curves are checked for --reach
+CHECKPOINTED = ("run", "trl")  # the log formats that may come with checkpoints (for the weight-based forecaster)
 
 
 @dataclass
@@ -213,8 +214,11 @@ def forecast(paths: list[str | Path], until: int | None = None, target: int | No
     if reach is not None and not 0 < reach <= 1:
         raise RlcastError(f"--reach {reach}: expected an accuracy in (0, 1]")
     curves = prepare(paths, until, target, weights, base, progress, metric, reward, eval_size)
-    alongside = [m for m in ALONGSIDE if weights is not False or not FORECASTERS[m].reads_weights]
-    results = [forecast_curve(curve, step, reach, min_gain, Combination(alongside=alongside)) for curve, step in curves]
+    results = []
+    for path, (curve, step) in zip(paths, curves):
+        checkpoints = weights is not False and detect(path)[0] in CHECKPOINTED  # else no weight-based forecaster
+        alongside = [m for m in ALONGSIDE if checkpoints or not FORECASTERS[m].reads_weights]
+        results.append(forecast_curve(curve, step, reach, min_gain, Combination(alongside=alongside)))
     return results, rank(results) if len(results) > 1 else None
 
 
