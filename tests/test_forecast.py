@@ -168,7 +168,9 @@ def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
     assert all(v["low"] <= v["median"] <= v["high"] for v in fitted.values())
     members = [v["median"] for v in fitted.values() if v["in_combination"]]
     assert min(members) <= r["combined"]["median"] <= max(members) and abs(r["combined"]["median"] - sigmoid(300)) < 0.1
-    assert r["convergence"]["median"] > 0.3 and r["gain"]["median"] > 0
+    saturating = [k for k, v in fitted.items() if v["weight"] and v["convergence"]]
+    assert (r["convergence"]["median"] > 0.3) if saturating else r["convergence"] is None  # a power law never levels
+    assert r["gain"]["median"] > 0
     assert r["reach"]["accuracy"] == 0.4 and 80 < r["reach"]["median"] < 3000
     assert "step 300" in out and "combined" in out and "0.400 reached at step" in out
 

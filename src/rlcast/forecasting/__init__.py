@@ -6,9 +6,11 @@ Importing any of them imports this package first, which registers every built-in
 
 from rlcast.forecasting.base import FORECASTERS, LEVEL, Forecast, Forecaster, make_forecaster, register
 from rlcast.forecasting.curves import Curve, checked, read_curve
+from rlcast.forecasting.recent import Ceiling, Flat
+from rlcast.forecasting.knee import knee
 from rlcast.forecasting.curvefit import LogLinear, PowerLaw, RewardCurve, Sigmoid
 from rlcast.forecasting.weights import AlphaRLForecast
 from rlcast.forecasting.combine import ALONGSIDE, MEMBERS, Combination
 
-__all__ = ["ALONGSIDE", "FORECASTERS", "LEVEL", "MEMBERS", "AlphaRLForecast", "Combination", "Curve", "Forecast", "Forecaster",
-           "LogLinear", "PowerLaw", "RewardCurve", "Sigmoid", "checked", "make_forecaster", "read_curve", "register"]
+__all__ = ["ALONGSIDE", "FORECASTERS", "LEVEL", "MEMBERS", "AlphaRLForecast", "Ceiling", "Combination", "Curve", "Flat", "Forecast", "Forecaster",
+           "LogLinear", "PowerLaw", "RewardCurve", "Sigmoid", "checked", "knee", "make_forecaster", "read_curve", "register"]
