@@ -1,4 +1,5 @@
-# `make demo` and `make test` each set up .venv on first use (see README.md).
+# `make demo`, `make test` and `make test-fast` (the suite without the slow tests) each set up .venv on first use
+# (see README.md).
 PY := .venv/bin/python
 
 .venv/.installed: pyproject.toml
@@ -16,4 +17,7 @@ demo: .venv/.installed
 test: .venv/.installed
 	$(PY) -m pytest
 
-.PHONY: setup demo test
+test-fast: .venv/.installed
+	$(PY) -m pytest -m "not slow"
+
+.PHONY: setup demo test test-fast

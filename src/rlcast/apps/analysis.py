@@ -23,6 +23,7 @@ from rich.table import Table
 from rlcast.core.backend import Compute
 from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.io.cache import cache_root
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
 from rlcast.io.selections import check_selection, parse_name
@@ -179,7 +180,7 @@ def default_out(run: Run) -> Path:
 
 def example_run(folder: str | Path | None = None) -> Path:
     """A small planted run (tiny Llama, 10 checkpoints, saturating rank-1 update + noise), built once and cached."""
-    folder = Path(folder) if folder else Path.home() / ".cache" / "rlcast" / "example-run"
+    folder = Path(folder) if folder else cache_root() / "example-run"
     if (folder / "planted.json").is_file():
         return folder
     if folder.exists():

@@ -699,8 +699,9 @@ def analyze_cmd(
     selection: Selection = SELECTION,
     out: str | None = typer.Option(None, "--out", help="Folder for analysis.json (default RUN/rlcast)."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", metavar="DIR", help="Spectra cache (default "
-                                         "RUN/.rlcast-cache, or ~/.cache/rlcast/<hash> when RUN is read-only)."),
-    example: bool = typer.Option(False, "--example", help="Build a small planted run in ~/.cache/rlcast/example-run "
+                                         "RUN/.rlcast-cache, or $RLCAST_CACHE/<hash> when RUN is read-only; "
+                                         "RLCAST_CACHE defaults to ~/.cache/rlcast)."),
+    example: bool = typer.Option(False, "--example", help="Build a small planted run in $RLCAST_CACHE/example-run "
                                                           "and analyse it."),
     seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD."),
     device: str = DEVICE,

