@@ -153,6 +153,16 @@ def test_read_curve_from_run_json_and_trainer_state(runs):
     assert curve.reward_steps.tolist() == list(range(5, 125, 5))  # trainer_state's log, denser than run.json's
     assert curve.window(60).steps.max() == 60 and curve.window(60).reward_steps.max() == 60
 
+def test_read_log_gives_the_curve_read_curve_gives(runs):
+    """The run folder's reader (rlcast.io.logs) is where read_curve's data comes from: the same arrays either way."""
+    from rlcast.io.logs import read_log
+
+    loaded, logged = read_curve(load_run(runs[0])), Curve.from_log(read_log(runs[0]))
+    for name in ("steps", "accuracy", "sd", "reward_steps", "reward"):
+        assert np.array_equal(getattr(loaded, name), getattr(logged, name)), name
+    assert (logged.run, logged.planned, logged.eval_prompts, logged.task) == (str(runs[0]), 300, 1000, "arith")
+
+
 
 def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
     code, out, err = run_cli("forecast", runs[0], "--until", 80, "--reach", 0.4, "--json", tmp_path / "f.json")
