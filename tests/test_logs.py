@@ -2,6 +2,7 @@
 logs, bad files and missing metrics in one line, and `rlcast forecast LOG` end to end."""
 
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def one_line(call, *words):
     return message
 
 
-def test_bad_files_and_missing_metrics_are_one_line(tmp_path):
+def test_bad_files_and_missing_metrics_are_one_line(tmp_path, monkeypatch):
     notes = tmp_path / "notes.txt"
     notes.write_text("step by step: nothing logged here\nstep:3 without pairs\n")
     one_line(lambda: read_log(notes), str(notes), "not a log rlcast reads", "it starts with 'step by step")
@@ -211,6 +212,14 @@ def test_bad_files_and_missing_metrics_are_one_line(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / "tb" / sub / "events.out.tfevents.1.host").write_bytes(b"")
     one_line(lambda: read_log(tmp_path / "tb"), "TensorBoard event files of several runs", "name one folder")
+    if importlib.util.find_spec("tensorboard"):
+        corrupt = tmp_path / "tb" / "a" / "events.out.tfevents.1.host"
+        corrupt.write_bytes(b"not a record" * 50)
+        one_line(lambda: read_log(corrupt), str(corrupt), "no scalar in its TensorBoard event files")
+    monkeypatch.setattr("rlcast.io.logs.curve.MAX_LINE", 1000)  # memory stays bounded: no line is read whole
+    endless = tmp_path / "endless.log"
+    endless.write_text("step:1 - " + "x" * 5000)
+    one_line(lambda: read_log(endless), str(endless), "line 1 is longer than")
 
 
 def test_cli_forecast_a_verl_log_end_to_end(tmp_path, run_cli):

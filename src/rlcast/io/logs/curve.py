@@ -27,6 +27,7 @@ from rlcast.io.manifest import MAX_REWARD, MAX_STEP
 VALIDATION = ("val-core/", "val/", "eval/", "eval_")
 TIMING = ("runtime", "per_second", "epoch")  # eval_* keys that time the evaluation or count epochs: no score
 SHOWN = 20  # metric names listed in a message at most
+MAX_LINE = 2**24  # characters of one line of a text log (verl's step lines are a few KB)
 
 Series = dict[str, dict[int, float]]
 
@@ -104,7 +105,8 @@ def choose(source: str, fmt: str, series: Series, metric: str | None, default: s
     candidates = core or candidates
     if not candidates:
         raise RlcastError(f"{source}: no validation metric ({', '.join(p + '*' for p in VALIDATION)}) in this {fmt}; "
-                          f"metrics found: {listing(series)}; name the held-out one with --metric")
+                          f"metrics found: {listing(series)}; name the held-out one with --metric, or score the "
+                          f"checkpoints with `rlcast eval RUN`")
     if len(candidates) > 1:
         raise RlcastError(f"{source}: several validation metrics in this {fmt} ({listing(candidates)}); pick one "
                           f"with --metric")
@@ -149,10 +151,14 @@ def open_text(path: Path, what: str) -> io.TextIOBase:
 
 
 def lines(path: Path, what: str) -> Iterator[str]:
-    """The lines of `path` (open_text), a read or decompression failure one line naming the file."""
+    """The lines of `path` (open_text), each read up to MAX_LINE characters so that memory stays bounded (a line longer
+    than that is no log's: a one-line error), a read or decompression failure one line naming the file."""
     try:
         with open_text(path, what) as f:
-            yield from f
+            for n, line in enumerate(iter(lambda: f.readline(MAX_LINE), ""), start=1):
+                if len(line) == MAX_LINE and not line.endswith("\n"):
+                    raise RlcastError(f"{path}: line {n} is longer than {MAX_LINE:,} characters: not a {what}")
+                yield line
     except (OSError, EOFError, zlib.error) as err:
         raise RlcastError(f"{path}: unreadable {what} ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
                           ) from None

@@ -57,5 +57,6 @@ def read(path: str | Path, metric: str | None = None, reward: str | None = None,
             raise RlcastError(f"{file}: unreadable TensorBoard event file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not series:
-        raise RlcastError(f"{path}: no scalar in its TensorBoard event files ({len(files)} file(s))")
+        raise RlcastError(f"{path}: no scalar in its TensorBoard event files ({len(files)} file(s); an empty or corrupt "
+                          f"file reads as none)")
     return build(str(path), "TensorBoard log", series, metric, reward, REWARDS, eval_size)
