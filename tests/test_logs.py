@@ -244,6 +244,8 @@ def test_cli_forecast_a_verl_log_end_to_end(tmp_path, run_cli):
     code, _, err = run_cli("forecast", log, "--metric", "val/nope")
     assert code == 1 and err.startswith("error:") and "no metric 'val/nope'" in err and VAL in err
     assert err.strip().count("\n") == 0
+    code, _, err = run_cli("forecast", log, "--until", 9)
+    assert code == 1 and f"{log}: 2 validation point(s) after step 0 up to step 9; forecasting needs at least 3" in err
     code, _, err = run_cli("forecast", log, "--weights")
     assert code == 1 and "--weights needs readable checkpoints (a verl log holds no checkpoints)" in err
     code, _, err = run_cli("forecast", log, "--json", log)

@@ -113,7 +113,12 @@ def prepare(paths: list[str | Path], until: int | None = None, target: int | Non
         full, run, unreadable = open_source(path, base, metric, reward, eval_size)
         if weights and unreadable:
             raise RlcastError(f"{path}: --weights needs readable checkpoints ({unreadable})")
-        curve = checked(full.window(until) if until is not None else full)
+        window = full.window(until) if until is not None else full
+        points = int((window.steps > 0).sum())
+        if points < 3 and detect(path)[0] != "run":  # checked()'s advice (rlcast eval) is for run folders
+            raise RlcastError(f"{full.run}: {points} validation point(s) after step 0"
+                              f"{f' up to step {until}' if until is not None else ''}; forecasting needs at least 3")
+        curve = checked(window)
         step = target if target is not None else default_target(curve)
         if step < curve.last:
             raise RlcastError(f"{curve.run}: target step {step} is before the cutoff step {curve.last}")
