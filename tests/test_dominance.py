@@ -120,3 +120,79 @@ def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
                                                                       "rank1-step10", "rank2-step10"]
     saved = result.save(tmp_path / "dominance.json")
     assert '"gain_recovery_ci"' in saved.read_text()
+
+
+# --- the verdict in words ---
+
+def test_verdict_holds_does_not_hold_and_not_measurable():
+    from rlcast.apps.dominance import dominance_verdict
+
+    holds = dominance_verdict(0.72, (0.54, 0.89))
+    assert holds.state == "holds"
+    assert "holds on this run (72 % of the gain [54 %, 89 %]): weight extrapolation may work" in holds.text
+    edge = dominance_verdict(0.49, (0.2, 0.8))  # below 50 % of the gain: the premise is taken not to hold
+    assert edge.state == "does not hold" and "not expected to help this run" in edge.text
+    assert dominance_verdict(0.5, (0.2, 0.8)).state == "holds"
+    wide = dominance_verdict(0.6, (-0.45, 0.7))  # 115 points wide
+    assert wide.state == "not measurable" and "--n-prompts" in wide.text
+    assert dominance_verdict(math.nan, (math.nan, math.nan)).state == "not measurable"  # no gain over the base
+    assert dominance_verdict(0.3, None).state == "not measurable"
+
+
+def _weight_scorer(run, base_acc=0.3, full_acc=0.7):
+    """A scorer reading the model instead of generating: f = <W - W0, dW> / ||dW||^2 over the 2-D block tensors (dW the
+    last checkpoint's update) is the share of the update the model carries, and prompt i of n is right when
+    (i + 0.5) / n < base_acc + f (full_acc - base_acc). The full checkpoint scores full_acc, the base base_acc."""
+    reader = RunReader(run)
+    names = reader.selected("blocks", two_d=True)
+    update = {n: reader.delta(run.steps[-1], n) for n in names}
+    norm2 = sum(float((d * d).sum()) for d in update.values())
+
+    def score(path, task, label, k, n_prompts, seed, progress):
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            share = sum(float(((f.get_tensor(n).float() - reader.base(n)) * update[n]).sum()) for n in names) / norm2
+        right = [float((i + 0.5) / n_prompts < base_acc + share * (full_acc - base_acc)) for i in range(n_prompts)]
+        return Score(label, k, sum(right) / n_prompts, 0.0, 1.0, right)
+
+    return score
+
+
+@pytest.mark.parametrize("noise, state", [(0.0, "holds"), (1.0, "does not hold")])
+def test_verdict_on_planted_runs(tmp_path, monkeypatch, noise, state):
+    """A planted rank-1 update: its rank-1 model is the checkpoint, so dominance holds; the same update under dense
+    noise 20x its size: the top direction carries a third of the update, so it does not."""
+    import rlcast.apps.dominance as dom
+
+    run = load_run(planted_run(tmp_path / "run", steps=[5, 10], rank=1, hidden=32, layers=1, noise=noise))
+    monkeypatch.setattr(dom, "score", _weight_scorer(run))
+    result = dom.dominance(run, ranks=(1,), task=ArithTask(), n_prompts=400, exact=True, progress=False)
+    assert (result.base.accuracy, result.full.accuracy) == (0.3, 0.7)
+    said = result.verdict()
+    assert said.state == state, said.text
+    gain = result.recovery[0].gain_recovery
+    assert (gain == pytest.approx(1.0)) if noise == 0 else (0.1 < gain < 0.5)
+    assert f"({gain:.0%}".replace("%", " %") in said.text
+    assert dom.rank1_verdict(result.to_json()) == said  # what `rlcast report` reads back from dominance.json
+
+
+def test_cli_prints_the_verdict(tmp_path, monkeypatch, run_cli):
+    import rlcast.apps.dominance as dom
+
+    root = planted_run(tmp_path / "run", steps=[5, 10], rank=1, hidden=32, layers=1)
+    monkeypatch.setattr(dom, "score", _weight_scorer(load_run(root)))
+    code, out, err = run_cli("dominance", root, "--ranks", "1", "--task", "arith", "--n-prompts", "100", "--exact",
+                             "--json", tmp_path / "d.json")
+    assert code == 0, err
+    assert "Rank-1 dominance holds on this run (100 % of the gain [100 %, 100 %]): weight extrapolation may work" \
+        in " ".join(out.split())
+
+
+def test_report_states_the_verdict():
+    from rlcast.apps.report import verdict
+
+    dom = {"step": 300, "n_prompts": 1000, "ranks": [{"k": 1, "label": "rank-1"}],
+           "recovery": [{"recovery": 0.5, "recovery_ci": [0.4, 0.6], "gain_recovery": -0.04,
+                         "gain_recovery_ci": [-0.41, 0.22]}]}
+    said, _ = verdict({}, dom, {})
+    assert any(s.startswith("Rank-1 dominance does not hold on this run (-4 % of the gain [-41 %, 22 %])")
+               for s in said), said

@@ -12,10 +12,15 @@ rank-k model are scored on the same prompts, so the recovery figures get paired 
 
 The rank-k models are computed one tensor per task on the `compute` device (auto: CUDA when present) and backend
 (local, or Ray tasks reading their own tensors); the weights written are byte-identical either way.
+
+`dominance_verdict` says in words whether AlphaRL's premise holds on the run (rank-1 gain recovery at least 50 %), with
+its interval, and what that means for extrapolation, next to where it stops holding on the testbed
+(`bench/dominance.py`); `rlcast dominance` prints it and `rlcast report` writes it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -43,7 +48,7 @@ def rank_k_tensor(reader: RunReader, name: str, step: int, k: int, rescale: bool
     returned in float32 on the CPU."""
     if len(reader.shape(name)) != 2:  # `all`: 1-D (and other non-matrix) tensors take their full delta
         return reader.weight(step, name, device).cpu()
-    spec = top_k(reader.delta(step, name, device), k=k, exact=exact, seed=seed)
+    spec = top_k(reader.delta(step, name, device), k=k, exact=exact, seed=seed, name=f"{name} at step {step}")
     norm = float(spec.s.norm())
     scale = spec.fro / norm if rescale and norm > 0 else 1.0
     return torch.addmm(reader.base(name, device), spec.u * (scale * spec.s), spec.v.T).cpu()  # W0 + a dW_(k)
@@ -103,6 +108,51 @@ def recovery(base: Score, full: Score, rank: Score, seed: int = 0, resamples: in
                     percentile_interval(gain(acc)))
 
 
+# --- the verdict in words ---
+
+HOLDS_AT = 0.5        # rank-1 gain recovery from which the premise is taken to hold (bench/dominance.py's 50 % line)
+MEASURABLE_WIDTH = 1.0  # a 95 % interval wider than 100 points of the gain says nothing either way
+# Where it stops holding on the testbed: bench/dominance.py on the curve library's final checkpoints
+# (docs/results/dominance/dominance.json; tests/test_dominance.py checks these figures against that file).
+TESTBED_RELATION = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # "holds" | "does not hold" | "not measurable"
+    text: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def dominance_verdict(gain: float | None, ci) -> Verdict:
+    """Whether rank-1 dominance holds, from the rank-1 gain recovery and its 95 % interval: holds from 50 % of the gain
+    on, "not measurable" when the interval is undefined or wider than 100 points (too few prompts, or too small a gain
+    over the base for a ratio to mean anything)."""
+    lo, hi = ci if ci is not None else (None, None)
+    if any(v is None or not math.isfinite(v) for v in (gain, lo, hi)):
+        return Verdict("not measurable", "rank-1 dominance is not measurable on this run: the full checkpoint's gain "
+                                         "over the base is too small for a share of it to be defined")
+    measured = f"{_pct(gain)} of the gain [{_pct(lo)}, {_pct(hi)}]"
+    if hi - lo > MEASURABLE_WIDTH:
+        return Verdict("not measurable", f"rank-1 dominance is not measurable on this run ({measured}: an interval "
+                                         f"wider than 100 points; score more prompts with --n-prompts)")
+    relation = f"; {TESTBED_RELATION}" if TESTBED_RELATION else ""
+    if gain >= HOLDS_AT:
+        return Verdict("holds", f"rank-1 dominance holds on this run ({measured}): weight extrapolation may work"
+                                f"{relation}")
+    return Verdict("does not hold", f"rank-1 dominance does not hold on this run ({measured}): the published "
+                                    f"extrapolation methods are not expected to help this run{relation}")
+
+
+def rank1_verdict(dom: dict) -> Verdict | None:
+    """The verdict of a saved dominance result (dominance.json), None when it has no rank-1 model."""
+    rank1 = next((r for s, r in zip(dom["ranks"], dom["recovery"]) if s.get("k") == 1), None)
+    return None if rank1 is None else dominance_verdict(rank1["gain_recovery"], rank1["gain_recovery_ci"])
+
+
 @dataclass
 class DominanceResult:
     run: str
@@ -125,6 +175,10 @@ class DominanceResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def verdict(self) -> Verdict | None:
+        """Whether rank-1 dominance holds (`dominance_verdict`), None without a rank-1 model."""
+        return rank1_verdict(self.to_json())
 
     def save(self, path: Path) -> Path:
         body = self.to_json()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlcast.apps.dominance import rank1_verdict
 from rlcast.apps.dynamics import analyze_dynamics, dynamics_names
 from rlcast.apps.forecast import default_target, forecast_curve
 from rlcast.core.numerics import align_signs
@@ -375,6 +376,8 @@ def verdict(overall: dict, dom: dict | None, accuracy: dict[int, float]) -> tupl
                     f"of the full model's accuracy {_ci(rec['recovery_ci'])} and {_share(rec['gain_recovery'])} of the "
                     f"gain over the base {_ci(rec['gain_recovery_ci'])} (step {dom['step']}, {dom['n_prompts']} "
                     f"prompts, paired bootstrap 95 %).")
+        text = rank1_verdict(dom).text  # holds / does not hold / not measurable, as `rlcast dominance` prints it
+        said.append(html.escape(text[0].upper() + text[1:] + "."))
         rows.append({"measure": "rank-1 model / full model accuracy", "this run": rec["recovery"],
                      "published": f"{PUBLISHED['rank1_accuracy'][1]} ({PUBLISHED['rank1_accuracy'][0]})"})
     else:
