@@ -352,7 +352,8 @@ def dominance_cmd(
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
-    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
+    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures and whether
+    rank-1 dominance holds (rank-1 keeps at least 50 % of the gain)."""
     rank_list = _ranks(ranks)
 
     from rich.table import Table
@@ -382,6 +383,9 @@ def dominance_cmd(
         table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
                       ci(r.gain_recovery, r.gain_recovery_ci))
     _wide_console().print(table)
+    said = result.verdict()
+    if said:
+        _wide_console().print(said.text[0].upper() + said.text[1:] + ".", markup=False, highlight=False)
     path = result.save(json_path)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
