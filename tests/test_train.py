@@ -139,7 +139,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(out, run, callbacks=[Crash()], progress=False)
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["status"] == "running" and [c["step"] for c in manifest["checkpoints"]] == [2]
+    assert manifest["status"] == "interrupted" and [c["step"] for c in manifest["checkpoints"]] == [2]
     assert (out / "checkpoint-2" / "optimizer.pt").exists()
     with pytest.raises(RlcastError, match="only steps may change .differs: seed"):
         train(out, config(steps=4, save_every=2, seed=5), resume=True, progress=False)

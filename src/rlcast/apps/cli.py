@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Literal, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from rlcast.errors import RlcastError
@@ -352,8 +354,7 @@ def dominance_cmd(
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
-    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures and whether
-    rank-1 dominance holds (rank-1 keeps at least 50 % of the gain)."""
+    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
     rank_list = _ranks(ranks)
 
     from rich.table import Table
@@ -383,9 +384,6 @@ def dominance_cmd(
         table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
                       ci(r.gain_recovery, r.gain_recovery_ci))
     _wide_console().print(table)
-    said = result.verdict()
-    if said:
-        _wide_console().print(said.text[0].upper() + said.text[1:] + ".", markup=False, highlight=False)
     path = result.save(json_path)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
@@ -567,7 +565,8 @@ def train_cmd(
                                                                                       "every checkpoint."),
     hp: list[str] | None = typer.Option(None, "--hp", metavar="KEY=VALUE", help="Hyper-parameter (a TrainConfig "
                                         "field, typed as there); repeatable. Keys: " + HP_KEYS + "."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT with its own settings."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT "
+                                "with its own settings (options given must match them; --steps may change)."),
     accelerate: str | None = typer.Option(None, "--accelerate", metavar="METHOD", help="Accelerate RL: jumps "
                                           "(extrapolate the weights ahead, checked on a sample of train prompts: "
                                           "rlcast.training.accelerate) | sfpo | gxpo | rank1 (optimizer-side "
@@ -592,12 +591,9 @@ def train_cmd(
              "eval_prompts": eval_prompts}
     given = {k: v for k, v in given.items() if v is not None} | parse_overrides(TrainConfig, hp or [],
                                                                                  HYPERPARAMETERS, "--hp")
-    if resume:
-        fixed = sorted(set(given) - {"steps"}) + (["preset"] if preset != "default" else [])
-        if fixed:
-            raise RlcastError(f"--resume continues the run with its own settings; only --steps may change "
-                              f"(got {', '.join(fixed)})")
-        config = dataclasses.replace(read_manifest(Path(out))[1], **given)
+    if resume:  # the options given (with --preset: the run's whole command line) may only change --steps
+        stored = read_manifest(Path(out))[1]
+        config = dataclasses.replace(named_preset(preset) if preset != "default" else stored, **given)
     else:
         config = dataclasses.replace(named_preset(preset), **given)
     callbacks = []
@@ -615,7 +611,14 @@ def train_cmd(
         callbacks.append(method)
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
-    path = train(out, config, callbacks=callbacks, resume=resume)
+    try:
+        path = train(out, config, callbacks=callbacks, resume=resume)
+    except KeyboardInterrupt:
+        if (Path(out) / "run.json").is_file():  # main() prints it after "interrupted"
+            _state["hint"] = "resume with: " + shlex.join(
+                ["rlcast", "train", "--out", out, "--resume"] + (["--accelerate", accelerate] if accelerate else [])
+                + [arg for item in accel or [] for arg in ("--accel", item)])
+        raise
     manifest = Manifest.read(path / "run.json")
     last = manifest.checkpoints[-1] if manifest.checkpoints else None
     console.print(f"[green]wrote[/] {path}: base accuracy {manifest.base_accuracy:.3f}"
@@ -840,7 +843,9 @@ def main() -> None:
             signal.signal(signal.SIGTERM, previous)
     if code == 130 or "signal" in _state:
         terminated = _state.pop("signal", None) == signal.SIGTERM
-        console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]")
+        hint = _state.pop("hint", None)  # the train command's resume command
+        console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]"
+                      + (f"; {escape(hint)}" if hint else ""), highlight=False)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     sys.exit(code if isinstance(code, int) else 0)
 

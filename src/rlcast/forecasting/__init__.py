@@ -11,6 +11,7 @@ from rlcast.forecasting.knee import knee
 from rlcast.forecasting.curvefit import LogLinear, PowerLaw, RewardCurve, Sigmoid
 from rlcast.forecasting.weights import AlphaRLForecast
 from rlcast.forecasting.combine import ALONGSIDE, MEMBERS, Combination
+from rlcast.forecasting.checks import check_forecaster
 
 __all__ = ["ALONGSIDE", "FORECASTERS", "LEVEL", "MEMBERS", "AlphaRLForecast", "Ceiling", "Combination", "Curve", "Flat", "Forecast", "Forecaster",
-           "LogLinear", "PowerLaw", "RewardCurve", "Sigmoid", "checked", "knee", "make_forecaster", "read_curve", "register"]
+           "LogLinear", "PowerLaw", "RewardCurve", "Sigmoid", "check_forecaster", "checked", "knee", "make_forecaster", "read_curve", "register"]

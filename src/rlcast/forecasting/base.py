@@ -6,8 +6,9 @@ A forecaster is a scikit-learn-style estimator of a run's held-out accuracy curv
 one evaluation's noise is added by `Forecast.measured`). A forecaster that cannot use a curve (too few points, no
 reward log, no weights) raises `RlcastError` from `fit` naming the run and what is missing.
 
-Add your own: subclass `Forecaster`, implement `_fit(curve)` and `_curves(steps) -> (center, samples)`, and register
-it with `@register("my-forecaster")` (or pass an instance wherever a forecaster is taken: `make_forecaster`,
+Add your own: subclass `Forecaster`, implement `_fit(curve)` and `_curves(steps) -> (center, samples)`, set
+`reference`, check it with `rlcast.forecasting.check_forecaster(MyForecaster)` and register it with
+`@register("my-forecaster")` (or pass an instance wherever a forecaster is taken: `make_forecaster`,
 `Combination(members=[...])`).
 """
 
@@ -68,6 +69,7 @@ class Forecaster:
     """
 
     name = ""           # registry name (set by `register`)
+    reference = ""      # where the forecaster comes from: its paper ("ScaleRL, arXiv 2510.13786"), or "rlcast"
     saturating = False  # True when the fitted curve has an asymptote (predict([inf]) is finite)
     min_points = 3      # held-out accuracies (the base's included) the fit needs
     reads_weights = False  # True when the fit needs `Curve.weights` (the checkpoints' rank-1 spectra)

@@ -58,6 +58,7 @@ class Combination(Forecaster):
     then it alone carries the weight, so the combination is never worse than its best member on its own past).
     """
 
+    reference = "rlcast"
     saturating = True
 
     def __init__(self, members=MEMBERS, alongside=ALONGSIDE, min_origin: int = 3, power: float = 2.0, growth: float = 1.0,

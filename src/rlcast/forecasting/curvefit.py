@@ -240,6 +240,7 @@ class Sigmoid(CurveFit):
     `b_median`, log-sd `b_sd`; 0 = flat) and a Gaussian prior on the asymptote A (`a_mean`, `a_sd`; None = none).
     The B prior was chosen on the steady preset's tuning seeds (100, 101), whose whole curves fit B = 0.4-0.6."""
 
+    reference = "ScaleRL, arXiv 2510.13786"
     saturating = True
 
     def __init__(self, b_median: float = 0.5, b_sd: float = 0.5, a_mean: float | None = None, a_sd: float = 0.3,
@@ -256,6 +257,8 @@ class PowerLaw(CurveFit):
     """R(C) = R0 + g (C / C_last)^b, R0 in [0, 1], b from 0.02 to 2 with a log-normal prior (median `b_median`,
     log-sd `b_sd`; 0 = flat). The prior was chosen on the steady preset's tuning seeds (b = 0.34-0.37 from any cut)."""
 
+    reference = "rlcast"
+
     def __init__(self, b_median: float = 0.35, b_sd: float = 0.5, samples: int = 200, seed: int = 0):
         super().__init__(samples, seed)
         self.b_median, self.b_sd = b_median, b_sd
@@ -268,6 +271,7 @@ class PowerLaw(CurveFit):
 class LogLinear(CurveFit):
     """R(C) = a + b log C on the checkpoints after the base."""
 
+    reference = "rlcast"
     use_base = False
 
     def family(self):
@@ -284,6 +288,8 @@ class RewardCurve(Forecaster):
     the checkpoints (the base's included: the fitted reward at step 0). The bootstrap refits both, so the interval
     carries the reward fit's and the map's uncertainty.
     """
+
+    reference = "rlcast"
 
     def __init__(self, shape: str = "power", b_median: float = 0.35, b_sd: float = 0.5, min_rewards: int = 5,
                  samples: int = 200, seed: int = 0):

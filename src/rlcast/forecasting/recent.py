@@ -33,6 +33,7 @@ class Flat(Forecaster):
     enough checkpoints). Its paths spread by that mean's own noise (the scores' intervals, else one evaluation's noise
     or the run's swing, over sqrt(last))."""
 
+    reference = "rlcast"
     saturating = True
 
     def __init__(self, last: int = 3, samples: int = 200, seed: int = 0):
@@ -61,6 +62,7 @@ class Ceiling(Forecaster):
     the latest), then y(T) = y_c + (b / alpha)(1 - (T / c)^-alpha) past the cutoff c. Its paths draw (a, b) from the
     fit's own covariance (the scores' noise, inflated by the residuals when they scatter more)."""
 
+    reference = "rlcast"
     saturating = True
 
     def __init__(self, alpha: float = 1.0, recent: float = 0.5, samples: int = 200, seed: int = 0):

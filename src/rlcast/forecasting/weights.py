@@ -39,6 +39,7 @@ class AlphaRLForecast(Forecaster):
     """AlphaRL's rank-1 PLS of accuracy, driven by a line of a(t) in the step; needs `Curve.weights`
     (`read_curve(run, weights=True)`) at >= 3 checkpoints."""
 
+    reference = "AlphaRL, arXiv 2510.00553"
     reads_weights = True
 
     def __init__(self, samples: int = 200, seed: int = 0):

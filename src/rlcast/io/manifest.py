@@ -6,7 +6,7 @@ Read (with the whole schema check) and written only here. Format 2, written by `
      "eval": "greedy, test split", "base_accuracy": A, "base_ci": [LO, HI],
      "checkpoints": [{"step": N, "path": "checkpoint-N", "accuracy": A, "ci": [LO, HI], "train_reward": R,
                       "generation_batches": G}, ...],
-     "steps_done": N, "status": "running" | "finished", "started": TIME, "finished": TIME,
+     "steps_done": N, "status": "running" | "interrupted" | "finished", "started": TIME, "finished": TIME,
      "continued_from": {"run": PATH, "step": N, "optimizer": NAME, "weights": PATH | "prediction": {...}}}
 
 Format 1 (no "format" key: older rlcast, hand-written manifests) has the same base, task, accuracy and checkpoint
@@ -135,7 +135,7 @@ class Manifest:
     base_ci: list[float] | None = None
     checkpoints: list[Entry] = field(default_factory=list)
     steps_done: int | None = None
-    status: str | None = None           # running | finished
+    status: str | None = None           # running | interrupted | finished
     started: str | None = None
     finished: str | None = None
     continued_from: dict | None = None  # rlcast continue: {run, step, optimizer, weights | prediction}
@@ -203,10 +203,11 @@ class Manifest:
         return write_json_atomic(Path(path), self.to_json())
 
     def record(self, entry: Entry) -> None:
-        """Add (or replace) the entry of a checkpoint just evaluated; the list stays sorted by step."""
+        """Add (or replace) the entry of a checkpoint just evaluated; the list stays sorted by step and steps_done is
+        the newest step (a resume may score an older checkpoint whose record an interrupt lost)."""
         self.checkpoints = sorted([e for e in self.checkpoints if e.step != entry.step] + [entry],
                                   key=lambda e: e.step)
-        self.steps_done = entry.step
+        self.steps_done = max(entry.step, self.steps_done or 0)
 
     @property
     def accuracy(self) -> dict[int, float]:

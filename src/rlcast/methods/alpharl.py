@@ -53,6 +53,7 @@ class AlphaRLStep(Extrapolator):
     the released code does). Learns `steps_`, `a_` and `v_` (per tensor).
     """
 
+    reference = "AlphaRL"
     min_checkpoints = 2
 
     def __init__(self, selection: str = "blocks", anchor: str = "base", progress: bool = False):
@@ -93,6 +94,7 @@ class AlphaRL(AlphaRLStep):
     the inversion is an error. PLS here is unscaled (standardising coordinates would amplify the noise of tiny ones).
     """
 
+    reference = "AlphaRL, arXiv 2510.00553"
     min_checkpoints = 3
 
     def __init__(self, target_accuracy: float | None = None, selection: str = "blocks", anchor: str = "base",

@@ -18,8 +18,9 @@ Tensors outside the method's module selection, or that no checkpoint changes, ar
 or the last window checkpoint for anchor="last").
 
 Add a method of your own: subclass `Extrapolator`, implement `_tensor(name, step)` (and `_fit()` if it learns
-anything), and register it under a name with `@register("my-method")`; `make_extrapolator`, `rlcast compare` and the
-live callback then take it like the built-in ones.
+anything), set `reference`, check it with `rlcast.methods.check_extrapolator(MyMethod)` and register it under a name
+with `@register("my-method")`; `make_extrapolator`, `rlcast compare` and the live callback then take it like the
+built-in ones.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Extrapolator:
     """
 
     name = ""            # registry name (set by `register`)
+    reference = ""       # where the method comes from: its paper ("NExt, arXiv 2604.11446"), or "rlcast"
     min_checkpoints = 2  # fewer window checkpoints is an error
     anchor = "base"      # where untouched tensors (and the predicted updates) start: "base" or "last"
 

@@ -41,6 +41,7 @@ def velocity_weights(steps: list[int], include_base: bool = True) -> list[float]
 class Drift(Extrapolator):
     """W_t + damping * beta * (T - t) on the selected tensors (default all); anchored at the last checkpoint."""
 
+    reference = "rlcast"
     min_checkpoints = 1
     anchor = "last"
 

@@ -100,6 +100,7 @@ class NExt(Extrapolator):
     moves in a few hundred epochs).
     """
 
+    reference = "NExt, arXiv 2604.11446"
     min_checkpoints = 3
     anchor = "last"
 

@@ -52,6 +52,7 @@ class Relex(Extrapolator):
     time (LoRA deltas stay factors); `fit` learns `lines_` = {name: (w0, w1)}, `predict` streams M^T w(T) + W0.
     """
 
+    reference = "RELEX, arXiv 2605.21468"
     min_checkpoints = 2
 
     def __init__(self, rank: int = 1, selection: str = "all", chunk_mb: int = 256, progress: bool = False):

@@ -50,6 +50,7 @@ def rre_coefficients(g: torch.Tensor, ridge: float) -> torch.Tensor:
 class RRE(Extrapolator):
     """Damped, capped RRE over the last `iterates` window points (the base counts as one); anchored at the last."""
 
+    reference = "reduced-rank extrapolation (modded-nanogpt speedrun)"
     min_checkpoints = 2
     anchor = "last"
 

@@ -15,6 +15,7 @@ from rlcast.methods.base import Extrapolator, register
 class WeightLinear(Extrapolator):
     """W0 + (T/t) dW_t on the selected tensors (default all); anchored at the base."""
 
+    reference = "ExPO / RL-Extra"
     min_checkpoints = 1
 
     def _tensor(self, name: str, step: int) -> torch.Tensor:

@@ -6,7 +6,10 @@ A run is described by one `TrainConfig` (typed, JSON-serialisable, stored in the
     OUT/run.json                                 format version, the config, base, held-out accuracy per step
 
 run.json is rewritten atomically after every checkpoint (a TrainerCallback on_save evaluates the in-memory model
-greedily on the task's test split), so an interrupted run leaves its finished checkpoints and a valid manifest.
+greedily on the task's test split), so an interrupted run leaves its finished checkpoints and a valid manifest
+(status "interrupted"). A checkpoint is written under a temporary name and renamed into place once complete
+(`_save_atomically`), and a resume first scores any complete checkpoint run.json does not record (an interrupt while
+it was scored), so an interrupt at any moment resumes to the same weights and the same run.json.
 Only the newest checkpoint keeps the optimizer and scheduler state: enough to resume, without tripling the disk
 (`keep_optimizer="all"` keeps every checkpoint's, so any of them can be continued from: `training.continuation`).
 `algo="sft"` (TRL's SFTTrainer on the task's train split) gives the negative control of the rank-1 analysis: a run of
@@ -21,6 +24,7 @@ length (the GRPO paper), `dr-grpo` by a constant and without dividing advantages
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 import warnings
@@ -33,14 +37,14 @@ from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import SchedulerType, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer
 
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import FORMAT, Entry, Manifest
-from rlcast.io.writer import atomic_folder, check_output, claim_folder, follow_umask, output_record
+from rlcast.io.writer import atomic_folder, check_output, claim_folder, json_safe, output_record
 from rlcast.training.support import config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
 
@@ -208,14 +212,43 @@ def _checkpoints(out: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
 
 
-class ManifestCallback(TrainerCallback):
+def _trainer_state(folder: Path) -> dict | None:
+    """The checkpoint's trainer_state.json, or None when the checkpoint is incomplete: the Trainer writes that file
+    last, so a save cut short (by an rlcast older than `_save_atomically`) has none or a truncated one."""
+    path = folder / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("stateful_callbacks", {}), dict) else None
+
+
+# stateful callbacks of every run (the Trainer's own, rlcast's manifest): not an accelerator
+OWN_STATE = ("TrainerControl", "ManifestCallback")
+
+
+def _last_reward(log_history) -> float | None:
+    rewards = [h["reward"] for h in log_history if isinstance(h, dict) and isinstance(h.get("reward"), (int, float))]
+    return rewards[-1] if rewards else None
+
+
+def _saved_generations(stateful_callbacks: dict) -> int | None:
+    """The generation batches ManifestCallback counted until a checkpoint, as saved in its trainer_state.json."""
+    saved = stateful_callbacks.get(ManifestCallback.__name__)
+    value = saved.get("attributes", {}).get("generation_batches") if isinstance(saved, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class ManifestCallback(TrainerCallback, ExportableState):
     """on_save: score the in-memory model on held-out prompts, record the checkpoint, drop older optimizer states
     (unless `keep_optimizer` is "all").
 
     RL checkpoints also record `generation_batches`, the rollout batches generated so far (the cost a run pays for):
     `count_generation` is called once per generation batch (by the reward function, which TRL calls once per batch).
     It is ceil(steps / num_iterations) unless a callback makes TRL generate early (`rlcast.training.lookahead` after
-    its gate); `generation_batches=None` for SFT.
+    its gate); `generation_batches=None` for SFT. The count is saved with each checkpoint (ExportableState), so a
+    resume continues it, and on_train_begin scores the checkpoint a resume starts from when run.json has no record of
+    it (an interrupt cut its scoring short).
     """
 
     def __init__(self, out: Path, manifest: Manifest, task, tokenizer, eval_prompts: int, progress: bool,
@@ -224,25 +257,74 @@ class ManifestCallback(TrainerCallback):
         self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
         self.generation_batches = generation_batches
 
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"generation_batches": self.generation_batches}}
+
     def count_generation(self) -> None:
         self.generation_batches += 1
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step == 0:
+            return
+        saved = _saved_generations(state.stateful_callbacks or {})
+        if self.generation_batches is not None and saved is not None:
+            self.generation_batches = saved
+        if all(e.step != step for e in self.manifest.checkpoints):
+            self._record(step, state, model)
+
     def on_save(self, args, state, control, model=None, **kwargs):
         step = state.global_step
-        with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
-            result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
-        rewards = [h["reward"] for h in state.log_history if "reward" in h]
-        self.manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
-                                   rewards[-1] if rewards else None, self.generation_batches))
-        follow_umask(self.out / f"checkpoint-{step}")  # the Trainer's safetensors are 0600 whatever the umask
-        self.manifest.write(self.out / "run.json")
+        self._record(step, state, model)
         for older in _checkpoints(self.out) if self.keep_optimizer == "last" else ():
             if older < step:
                 for name in ("optimizer.pt", "scheduler.pt"):
                     (self.out / f"checkpoint-{older}" / name).unlink(missing_ok=True)
+
+    def _record(self, step: int, state, model) -> None:
+        """Score the model (checkpoint `step`) and write its entry to run.json."""
+        with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
+            result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
+        self.manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
+                                   _last_reward(state.log_history), self.generation_batches))
+        self.manifest.write(self.out / "run.json")
         if self.progress:
             Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} "
                                        f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", highlight=False)
+
+
+def _save_atomically(trainer, out: Path) -> None:
+    """Make the trainer's checkpoints appear only when complete.
+
+    The Trainer's `_save_checkpoint` writes OUT/checkpoint-N file by file (weights, optimizer, RNG, trainer_state.json
+    last) under `_get_output_dir()`; here it writes into a temporary folder (`atomic_folder`: removed on an interrupt,
+    swept by a later run after a kill) renamed to checkpoint-N once written, before on_save scores it. The saved
+    callback states are those of this trainer's callbacks: a callback added since the checkpoint it resumed from
+    (ManifestCallback after an older rlcast) gets its entry (the Trainer expects one), and one no longer there (a
+    continuation from an accelerated run) is dropped, so a checkpoint names the accelerators that trained it.
+    """
+    save = trainer._save_checkpoint
+
+    def save_checkpoint(model, trial):
+        name = f"checkpoint-{trainer.state.global_step}"
+        current = {type(cb).__name__: cb for cb in [*trainer.callback_handler.callbacks, trainer.control]
+                   if isinstance(cb, ExportableState)}
+        saved = trainer.state.stateful_callbacks
+        for key in [k for k in saved if k not in current]:
+            del saved[key]
+        for key, cb in current.items():
+            saved.setdefault(key, cb.state())
+        with atomic_folder(out / name, output_record("train")) as tmp:
+            trainer._get_output_dir = lambda trial=None: str(tmp)
+            try:
+                save(model, trial)
+            finally:
+                del trainer._get_output_dir
+            for f in list((tmp / name).iterdir()):
+                f.rename(tmp / f.name)
+            (tmp / name).rmdir()
+
+    trainer._save_checkpoint = save_checkpoint
 
 
 class RichProgress(TrainerCallback):
@@ -388,54 +470,149 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
                        callbacks=callbacks, peft_config=peft_config)
 
 
-def _generations_before(manifest: Manifest | None, config: TrainConfig, done: list[int], resume: bool) -> int | None:
+def _resume_point(out: Path, manifest: Manifest, callbacks) -> int | None:
+    """The checkpoint a resume starts from: the newest complete one (None: there is none yet, training restarts from
+    step 0), after the checks that need no model. Refused in one line: run.json records a later step than any
+    complete checkpoint (the folders are gone: training again would overwrite the records), an incomplete checkpoint
+    after it (it would be in the way; not ours to delete), and an accelerator that differs from the one the
+    checkpoint was trained with."""
+    states = {s: _trainer_state(out / f"checkpoint-{s}") for s in _checkpoints(out)}
+    complete = [s for s, st in states.items() if st is not None]
+    newest = complete[-1] if complete else None
+    recorded = max((e.step for e in manifest.checkpoints), default=None)
+    if recorded is not None and (newest is None or newest < recorded):
+        raise RlcastError(f"{out}: run.json records checkpoints up to step {recorded} but checkpoint-{recorded} is "
+                          f"missing or incomplete (newest complete: {newest or 'none'}); resuming would train those "
+                          f"steps again and overwrite their records: put the folders back, or start a new run with "
+                          f"another --out")
+    partial = next((s for s, st in states.items() if st is None and s > (newest or 0)), None)
+    if partial is not None:
+        raise RlcastError(f"{out / f'checkpoint-{partial}'}: incomplete checkpoint (no readable trainer_state.json: a "
+                          f"save cut short by an older rlcast); move it out of the run to resume from "
+                          f"{f'checkpoint-{newest}' if newest else 'step 0'}")
+    start = (manifest.continued_from or {}).get("step")
+    if newest is not None and newest != start:  # a continuation's first checkpoint is its source's
+        _check_accelerators(out / f"checkpoint-{newest}", states[newest].get("stateful_callbacks") or {}, callbacks)
+    return newest
+
+
+def _check_accelerators(folder: Path, saved: dict, callbacks) -> None:
+    """The accelerators (stateful callbacks: AccelerateCallback, the lookahead methods) and their settings must be
+    those the checkpoint was trained with: the Trainer cannot save a callback the checkpoint has no state for, and a
+    run whose method changes midway is another run."""
+    def settings(state) -> str:
+        state = state[0] if isinstance(state, list) and state else state
+        args = state.get("args") if isinstance(state, dict) else None
+        return json.dumps(json_safe(args), sort_keys=True, default=str)
+
+    before = {name: settings(state) for name, state in saved.items() if name not in OWN_STATE}
+    now = {type(cb).__name__: settings(cb.state()) for cb in callbacks if isinstance(cb, ExportableState)}
+    if before == now:
+        return
+    names = lambda d: ", ".join(sorted(d)) or "no accelerator"  # noqa: E731
+    change = (f"was trained with {names(before)}; this resume has {names(now)}" if before.keys() != now.keys()
+              else f"was trained with other {names(now)} settings")
+    raise RlcastError(f"{folder}: {change}; resume with the --accelerate and --accel settings the run started with")
+
+
+def _score_unrecorded(out: Path, manifest: Manifest, config: TrainConfig, task, below: int, progress: bool) -> None:
+    """Score the complete checkpoints before step `below` that run.json does not record (an older rlcast resumed past
+    a checkpoint whose scoring an interrupt cut short; the last one of a run interrupted while scoring it), loaded
+    one at a time before the training model is."""
+    recorded = {e.step for e in manifest.checkpoints}
+    for step in _checkpoints(out):
+        state = _trainer_state(out / f"checkpoint-{step}")
+        if step >= below or step in recorded or state is None:
+            continue
+        net, tokenizer = load_model(out / f"checkpoint-{step}")
+        result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=False)
+        del net
+        count = _saved_generations(state.get("stateful_callbacks") or {})
+        if config.kind == "rl" and count is None:
+            count = -(-step // config.num_iterations)
+        history = state.get("log_history")
+        manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
+                              _last_reward(history if isinstance(history, list) else []),
+                              count if config.kind == "rl" else None))
+        manifest.write(out / "run.json")
+        if progress:
+            Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} (not recorded before)",
+                                       highlight=False)
+
+
+def _generations_before(manifest: Manifest, config: TrainConfig, newest: int | None) -> int | None:
     """Generation batches before this (RL) training starts: 0, or on resume the count recorded at the checkpoint it
-    resumes from (a plain run's ceil(step / num_iterations) when that entry predates the count)."""
+    resumes from (a plain run's ceil(step / num_iterations) when that entry predates the count; ManifestCallback
+    takes the count saved in the checkpoint when there is one)."""
     if config.kind != "rl":
         return None
-    if not (resume and done):
+    if newest is None:
         return 0
-    entry = next((c for c in manifest.checkpoints if c.step == done[-1]), None)
+    entry = next((c for c in manifest.checkpoints if c.step == newest), None)
     recorded = entry.generation_batches if entry is not None else None
-    return recorded if recorded is not None else -(-done[-1] // config.num_iterations)
+    return recorded if recorded is not None else -(-newest // config.num_iterations)
 
 
 def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
     """Run `config` (default: TrainConfig()) into the folder `out` and return it.
 
-    resume=True continues the interrupted run in `out` from its newest checkpoint with the config stored in its
-    run.json; `config`, when given, may only change `steps`. With the same seed, a resumed run reaches the same
-    weights as an uninterrupted one (tests/test_train.py).
+    resume=True continues the interrupted run in `out` from its newest complete checkpoint with the config stored in
+    its run.json; `config`, when given, may only change `steps`, and `callbacks` must hold the accelerator the run
+    was trained with, if any. With the same seed, a resumed run reaches the same weights and the same run.json as an
+    uninterrupted one, wherever it was interrupted (tests/test_resume.py). An interrupted run's run.json says
+    "interrupted".
     """
     out = Path(out)
     manifest, config, task = _start(out, config, resume)
+    newest = _resume_point(out, manifest, callbacks) if manifest is not None else None
     model = Path(config.model) if config.model and Path(config.model).exists() else None
     check_output(out, "train", folder=True, inputs={"the base model": model}, replaces=False)
     claim_folder(out, output_record("train"))
+    if manifest is None:  # written before any work, so that a run interrupted at any moment can be resumed
+        manifest = Manifest(config=config.to_json(), task=task.name, task_args=dict(config.task_args),
+                            algo=config.algo, eval="greedy, test split", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    manifest.status, manifest.config = "running", config.to_json()
+    manifest.write(out / "run.json")
+    try:
+        _train(out, config, task, manifest, newest, callbacks, progress)
+    except BaseException:
+        manifest.status = "interrupted"
+        manifest.write(out / "run.json")
+        raise
+    manifest.status, manifest.finished = "finished", time.strftime("%Y-%m-%dT%H:%M:%S")
+    manifest.write(out / "run.json")
+    return out
+
+
+def _train(out: Path, config: TrainConfig, task, manifest: Manifest, newest: int | None, callbacks,
+           progress: bool) -> None:
+    """The work of `train` once run.json exists: the base (scored unless run.json has its accuracy), the trainer,
+    training from checkpoint `newest` (None: step 0)."""
     base = _prepare_base(config.model, out, progress)
+    if manifest.base is None:
+        manifest.base = str(base)
+    # a run resumed at (or past) its last step only needs its scores: the Trainer would train one more step
+    done = newest is not None and newest >= config.steps
+    _score_unrecorded(out, manifest, config, task, newest + 1 if done else newest or 0, progress)
     net, tokenizer = load_model(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-
-    if manifest is not None:
-        manifest.status, manifest.config = "running", config.to_json()
-    else:
+    if manifest.base_accuracy is None:
         if progress:
             Console(stderr=True).print(f"evaluating the base on {config.eval_prompts} held-out {task.variant} "
                                        f"prompts", highlight=False)
         base_result = evaluate(net, task, n_prompts=config.eval_prompts, tokenizer=tokenizer, progress=progress)
-        manifest = Manifest(config=config.to_json(), base=str(base), task=task.name, task_args=dict(config.task_args),
-                            algo=config.algo, eval="greedy, test split", base_accuracy=base_result.accuracy,
-                            base_ci=[base_result.ci_low, base_result.ci_high], status="running",
-                            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.base_accuracy, manifest.base_ci = base_result.accuracy, [base_result.ci_low, base_result.ci_high]
         manifest.write(out / "run.json")
+    if done:
+        return
 
     set_seed(config.seed)
-    done = _checkpoints(out)
     manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress,
-                                   config.keep_optimizer, _generations_before(manifest, config, done, resume))
+                                   config.keep_optimizer, _generations_before(manifest, config, newest))
     trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks],
                        on_generation=manifest_cb.count_generation if config.kind == "rl" else None)
+    _save_atomically(trainer, out)
     # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -446,7 +623,4 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
     with bar, warnings.catch_warnings():
         # TRL reads the model's deprecated `is_gradient_checkpointing` alias on every generation: not ours to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{done[-1]}") if resume and done else None)
-    manifest.status, manifest.finished = "finished", time.strftime("%Y-%m-%dT%H:%M:%S")
-    manifest.write(out / "run.json")
-    return out
+        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{newest}") if newest is not None else None)
