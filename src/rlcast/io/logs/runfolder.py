@@ -47,7 +47,6 @@ def from_manifest(manifest: Manifest, source: str, folders: list[Path], metric: 
     """The LogCurve of a run from its manifest and the first of `folders` holding a trainer_state.json."""
     state = next((Path(f) / trl.STATE for f in folders if (Path(f) / trl.STATE).is_file()), None)
     series: Series = trl.read_state(state)[0] if state else {}
-    series.pop("epoch", None)
     series[ACCURACY] = manifest.accuracy
     logged = {e.step: e.train_reward for e in manifest.checkpoints if e.train_reward is not None}
     if logged:

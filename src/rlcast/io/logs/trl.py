@@ -39,8 +39,8 @@ def read_state(path: Path) -> tuple[Series, int | None]:
     for i, entry in enumerate(history):
         if not isinstance(entry, dict):
             raise RlcastError(f"{path}: log_history[{i}] must be a JSON object, not {type(entry).__name__}")
-        values = {k: float(v) for k, v in entry.items()
-                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {k: float(v) for k, v in entry.items()  # epoch: a counter, not a metric
+                  if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if not values or "step" not in entry:
             continue
         step = check_step(entry["step"], f"{path}: log_history[{i}].step")
@@ -59,6 +59,5 @@ def read(path: str | Path, metric: str | None = None, reward: str | None = None,
     if file is None:
         raise RlcastError(f"{path}: no {STATE} in this folder or its checkpoint-N folders")
     series, planned = read_state(file)
-    series.pop("epoch", None)  # a counter, not a metric
     return build(str(path), "trainer state", series, metric, reward, REWARDS, eval_size, planned=planned)
 
