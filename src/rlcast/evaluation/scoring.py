@@ -6,6 +6,7 @@ Per-prompt results let callers compute paired intervals (`rlcast.evaluation.inte
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +61,24 @@ def checkpoint_folder(run: Run, step: int, workdir: Path) -> Path:
                        metadata={"rlcast": {"method": "merged", "step": step}})
 
 
+def scored_checkpoints(run: Run, task: Task, steps=None, base: bool = True, n_prompts: int = 200, seed: int = 0,
+                       progress: bool = True) -> Iterator[tuple[int, Score]]:
+    """(0, the base's Score) when `base`, then (step, Score) of each checkpoint in `steps` (default: all), one at a
+    time and on the same prompts: greedy, test split, as `rlcast train` scores its checkpoints. A caller that records
+    each score as it comes (`rlcast eval RUN`) resumes where an interruption stopped it."""
+    with scratch_dir("scores") as tmp:
+        if base:
+            yield 0, score(run.base, task, "base", None, n_prompts, seed, progress)
+        for step in run.steps if steps is None else steps:
+            folder = checkpoint_folder(run, step, tmp)
+            result = score(folder, task, "full", None, n_prompts, seed, progress)
+            if folder.parent == tmp:  # a merged copy: only one on disk at a time
+                shutil.rmtree(folder)
+            yield step, result
+
+
 def checkpoint_accuracies(run: Run, task: Task, n_prompts: int = 200, seed: int = 0,
                           progress: bool = True) -> dict[int, float]:
     """{0: base accuracy, step: accuracy, ...} of every checkpoint of `run` on `task` (same prompts for all)."""
-    with scratch_dir("scores") as tmp:
-        acc = {0: score(run.base, task, "base", None, n_prompts, seed, progress).accuracy}
-        for step in run.steps:
-            folder = checkpoint_folder(run, step, tmp)
-            acc[step] = score(folder, task, "full", None, n_prompts, seed, progress).accuracy
-            if folder.parent == tmp:  # a merged copy: only one on disk at a time
-                shutil.rmtree(folder)
-    return acc
+    return {step: s.accuracy for step, s in scored_checkpoints(run, task, n_prompts=n_prompts, seed=seed,
+                                                                progress=progress)}

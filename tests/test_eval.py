@@ -1,0 +1,129 @@
+"""`rlcast eval RUN`: every checkpoint of a run scored on held-out prompts as `rlcast train` scores them and recorded in
+RUN/run.json (created for a run rlcast did not train), nothing scored twice, an interrupted call resumed."""
+
+import json
+import shutil
+
+import pytest
+
+from rlcast.training.runs import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step testbed run (checkpoints 1 and 2) whose run.json holds train's own held-out accuracies (16 prompts)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield train(tmp_path_factory.mktemp("trained") / "run",
+                    TrainConfig(eval_prompts=16, batch_size=16, num_generations=4, steps=2, save_every=1),
+                    progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def foreign(trained, tmp_path):
+    """The same checkpoint folders without run.json: a run rlcast did not train."""
+    return shutil.copytree(trained, tmp_path / "foreign", ignore=shutil.ignore_patterns("run.json", ".rlcast*"))
+
+
+def _one_line(result, code, *words):
+    got, out, err = result
+    assert got == code, (got, out, err)
+    if code == 1:
+        assert err.strip().startswith("error:") and "\n" not in err.strip(), err
+    for word in words:
+        assert word in err, err
+
+
+def test_a_run_without_run_json_is_scored_as_train_scores_it(run_cli, trained, foreign):
+    base = json.loads((trained / "run.json").read_text())["base"]
+    _one_line(run_cli("forecast", foreign, "--base", base), 1, "rlcast eval")  # the error names the way out
+    _one_line(run_cli("eval", foreign, "--base", base), 1, "no task", "pass --task")
+    assert not (foreign / "run.json").exists()
+
+    code, out, err = run_cli("eval", foreign, "--base", base, "--task", "arith", "--prompts", "16")
+    assert code == 0, err
+    assert "3 of 3 models to score" in err and f"wrote {foreign / 'run.json'}" in err
+    made, own = (json.loads((folder / "run.json").read_text()) for folder in (foreign, trained))
+    assert made["rlcast"] == {"command": "eval", "settings": {"n_prompts": 16, "seed": 0, "task": "arith",
+                                                              "task_args": {}}}
+    assert made["base"] == base and made["eval"] == "greedy, test split"
+    # the same prompts, greedy, as train scored its in-memory models: the same accuracies and intervals
+    assert made["base_accuracy"] == own["base_accuracy"] and made["base_ci"] == own["base_ci"]
+    assert [(e["step"], e["path"], e["accuracy"], e["ci"]) for e in made["checkpoints"]] == \
+        [(e["step"], e["path"], e["accuracy"], e["ci"]) for e in own["checkpoints"]]
+    assert f"{own['base_accuracy']:.3f}" in out and f"{own['checkpoints'][-1]['accuracy']:.3f}" in out  # the table
+
+    from rlcast.io.runs import load_run
+
+    assert load_run(foreign).accuracy == load_run(trained).accuracy  # what forecast and compare read
+
+
+def test_a_checkpoint_already_scored_is_not_scored_again_and_an_interrupted_call_resumes(run_cli, trained, foreign,
+                                                                                        monkeypatch):
+    from rlcast.apps import evaluate
+
+    base = json.loads((trained / "run.json").read_text())["base"]
+    scored = []
+    real = evaluate.scored_checkpoints
+
+    def interrupted(*args, **kwargs):
+        for step, score in real(*args, **kwargs):
+            scored.append(step)
+            yield step, score
+            if len(scored) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "scored_checkpoints", interrupted)
+    code, _, err = run_cli("eval", foreign, "--base", base, "-t", "arith", "-n", "16")
+    assert code == 130 and "interrupted" in err and scored == [0, 1]
+    half = json.loads((foreign / "run.json").read_text())
+    assert [e.get("accuracy") is not None for e in half["checkpoints"]] == [True, False]  # base and step 1 kept
+    _one_line(run_cli("forecast", foreign), 1, "1 checkpoint(s) with a held-out accuracy",
+              f"`rlcast eval {foreign}` scores every checkpoint")  # the error names the way out
+
+    code, _, err = run_cli("eval", foreign, "--base", base, "-t", "arith", "-n", "16")
+    assert code == 0 and "1 of 3 models to score (2 already scored" in err, err
+    assert scored == [0, 1, 2]  # only step 2 scored
+    before = (foreign / "run.json").read_bytes()
+    code, _, err = run_cli("eval", foreign, "-n", "16")  # the run.json now names base and task
+    assert code == 0 and "0 of 3 models to score" in err and "unchanged" in err, err
+    assert (foreign / "run.json").read_bytes() == before and scored == [0, 1, 2]
+
+
+def test_a_run_of_rlcast_train_is_updated_in_place_only_for_new_settings(run_cli, trained, tmp_path):
+    run = shutil.copytree(trained, tmp_path / "run")
+    before = (run / "run.json").read_bytes()
+    code, _, err = run_cli("eval", run)  # train's own settings: 16 prompts of its task, seed 0
+    assert code == 0 and "0 of 3 models to score" in err, err
+    assert (run / "run.json").read_bytes() == before
+    _one_line(run_cli("eval", run, "-n", "8"), 1, "with 16 prompts", "with 8 prompts", "--force")
+    assert (run / "run.json").read_bytes() == before
+    code, _, err = run_cli("eval", run, "-n", "8", "--force")
+    assert code == 0 and "3 of 3 models to score" in err, err
+    old, new = json.loads(before), json.loads((run / "run.json").read_text())
+    assert new["rlcast"]["settings"]["n_prompts"] == 8
+    assert {k: v for k, v in new.items() if k not in ("rlcast", "base_accuracy", "base_ci", "checkpoints")} == \
+        {k: v for k, v in old.items() if k not in ("base_accuracy", "base_ci", "checkpoints")}  # the rest kept
+    assert [e["generation_batches"] for e in new["checkpoints"]] == [e["generation_batches"] for e in
+                                                                      old["checkpoints"]]
+    assert not list(run.glob(".run.json*"))  # written atomically: no temporary left
+
+
+def test_a_hand_written_run_json_and_one_model_options_are_refused(run_cli, trained, tmp_path):
+    run = shutil.copytree(trained, tmp_path / "run")
+    own = json.loads((run / "run.json").read_text())
+    hand = {"base": own["base"], "task": "arith", "checkpoints": [{"step": 1, "path": "checkpoint-1"},
+                                                                   {"step": 2, "path": "checkpoint-2"}]}
+    (run / "run.json").write_text(json.dumps(hand))
+    _one_line(run_cli("eval", run), 1, "written by hand", "--force")
+    assert json.loads((run / "run.json").read_text()) == hand
+    _one_line(run_cli("eval", run, "--samples", "4", "--json", tmp_path / "x.json"), 2, "--samples, --json",
+              "for one model")
+    _one_line(run_cli("eval", run / "checkpoint-1", "--base", own["base"]), 2, "--base", "run folder")
