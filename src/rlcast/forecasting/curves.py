@@ -145,7 +145,8 @@ def checked(curve: Curve, min_checkpoints: int = 3) -> Curve:
     if n < min_checkpoints:
         where = f" up to step {curve.last}" if len(curve.steps) else ""
         raise RlcastError(f"{curve.run}: {n} checkpoint(s) with a held-out accuracy{where}; forecasting needs at "
-                          f"least {min_checkpoints} (run.json `accuracy` entries)")
+                          f"least {min_checkpoints} (run.json `accuracy` entries: `rlcast eval {curve.run}` scores "
+                          f"every checkpoint and records them)")
     if np.ptp(curve.accuracy) < 1e-9:
         raise RlcastError(f"{curve.run}: the held-out accuracy is constant ({curve.accuracy[0]:.3f}) up to step "
                           f"{curve.last}: no curve to fit")

@@ -109,7 +109,8 @@ class AlphaRL(AlphaRLStep):
         missing = [s for s in self.run_.steps if s not in self.run_.accuracy]
         if missing:
             raise RlcastError(f"alpharl: no accuracy for step {missing[0]} in the run manifest "
-                              f"(alpharl needs an evaluated accuracy for every window checkpoint)")
+                              f"(alpharl needs an evaluated accuracy for every window checkpoint: `rlcast eval "
+                              f"{self.run_.root or 'RUN'}` scores them)")
         super()._fit()
         self.y_ = torch.tensor([self.run_.accuracy[s] for s in self.steps_], dtype=torch.float64)
         low, high = float(self.y_.min()), float(self.y_.max())

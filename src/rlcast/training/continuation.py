@@ -68,7 +68,7 @@ def continue_from(out, run, step: int, steps: int, weights=None, method: str | E
     if (weights is None) == (method is None) or (method is not None and target is None):
         raise RlcastError("continue from either a weights folder or a method's prediction (method and target)")
     if out.exists() and any(out.iterdir()):
-        raise RlcastError(f"{out}: exists and is not empty (resume=True / --resume continues it, or another --out)")
+        raise RlcastError(f"{out}: exists and is not empty (--resume continues it; or give another --out)")
     source, config = read_manifest(run, action="continue")
     if config.lora:
         raise RlcastError(f"{run}: a LoRA run; a prediction is a merged dense model, to which neither the adapter nor "
