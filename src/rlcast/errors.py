@@ -10,12 +10,16 @@ class RlcastError(Exception):
     """Bad input or an impossible request. The CLI prints it as one line and exits non-zero."""
 
 
-def check_int(value, name: str, minimum: int | None = None) -> int:
-    """`value` when it is an integer (not a bool) >= `minimum`, else an RlcastError naming the setting `name`."""
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`value` when it is an integer (not a bool) in [minimum, maximum], else an RlcastError naming the setting
+    `name`."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RlcastError(f"{name} must be an integer (got {value!r})")
+        raise RlcastError(f"{name} must be an integer (got {value!r:.60})")
     if minimum is not None and value < minimum:
         raise RlcastError(f"{name} must be >= {minimum} (got {value})")
+    if maximum is not None and value > maximum:
+        shown = value if value.bit_length() < 64 else f"about 2^{value.bit_length() - 1}"
+        raise RlcastError(f"{name} must be <= {maximum} (got {shown})")
     return value
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlcast.errors import RlcastError
 from rlcast.io.lora import Delta, LowRankDelta
 
 OVERSAMPLE = 8
@@ -152,8 +153,30 @@ def from_factors(delta: LowRankDelta, k: int) -> Spectrum:
     return _pad(spec, k)
 
 
-def top_k(delta: Delta, k: int = 1, exact: bool = False, seed: int = 0) -> Spectrum:
-    """Top-k singular triplets of a delta (dense 2-D, LowRankDelta, or 1-D recorded as a unit vector and its norm)."""
+def top_k(delta: Delta, k: int = 1, exact: bool = False, seed: int = 0, name: str = "delta") -> Spectrum:
+    """Top-k singular triplets of a delta (dense 2-D, LowRankDelta, or 1-D recorded as a unit vector and its norm).
+
+    Finite entries can still be too large for float32 maths (1e38: the norm overflows, the SVD fails to converge or
+    returns NaN): that is a one-line error naming the tensor `name`, never a traceback or a NaN spectrum.
+    """
+    try:
+        spec = _top_k(delta, k, exact, seed)
+    except (torch.linalg.LinAlgError, FloatingPointError) as err:
+        raise RlcastError(f"tensor {name}: its SVD failed ({str(err).splitlines()[0][:120]}); "
+                          f"{_largest(delta)}") from None
+    if not (math.isfinite(spec.fro) and bool(torch.isfinite(spec.s).all())):
+        raise RlcastError(f"tensor {name}: its singular values overflow float32; {_largest(delta)}")
+    return spec
+
+
+def _largest(delta: Delta) -> str:
+    """The largest |entry| of a delta, for an error message (its factors' for a LoRA delta)."""
+    parts = (delta.B, delta.A) if isinstance(delta, LowRankDelta) else (delta,)
+    value = max((float(p.detach().abs().max()) for p in parts if p.numel()), default=0.0)
+    return f"its largest entry is {value:.3g} (trained weights are many orders of magnitude smaller)"
+
+
+def _top_k(delta: Delta, k: int, exact: bool, seed: int) -> Spectrum:
     if isinstance(delta, LowRankDelta):
         return from_factors(delta, k)
     d = delta.float()
@@ -164,6 +187,8 @@ def top_k(delta: Delta, k: int = 1, exact: bool = False, seed: int = 0) -> Spect
     if d.dim() != 2:
         d = d.reshape(d.shape[0], -1)
     fro = torch.linalg.vector_norm(d).item()
+    if not math.isfinite(fro):  # checked before LAPACK, which would print its own complaints and fail
+        raise FloatingPointError("its norm overflows float32")
     if fro == 0:
         m, n = d.shape
         return Spectrum(d.new_zeros(m, k), d.new_zeros(k), d.new_zeros(n, k), 0.0, 0.0, False, "zero")

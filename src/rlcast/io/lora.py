@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Iterable
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.io.files import read_json
 from rlcast.io.tensors import TensorReader
 from rlcast.io.verl import VerlShards, lora_config, shard_files
 
@@ -21,12 +21,9 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 def read_adapter_config(folder: Path) -> dict:
     """Parse adapter_config.json; an unreadable or unsupported adapter is a one-line error."""
     path = Path(folder) / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text())
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        raise RlcastError(f"{path}: unreadable adapter config ({err})") from None
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise RlcastError(f"{path}: unreadable adapter config (not a JSON object)")
     if config.get("use_dora"):
         raise RlcastError(f"{path}: DoRA adapters are not supported (the update is not a low-rank product)")
     peft_type = str(config.get("peft_type", "LORA")).upper()

@@ -17,7 +17,6 @@ and the field.
 
 from __future__ import annotations
 
-import json
 import math
 import reprlib
 from collections import Counter
@@ -25,9 +24,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rlcast.errors import RlcastError
+from rlcast.io.files import read_json
 from rlcast.io.writer import write_json_atomic
 
 FORMAT = 2  # the format rlcast writes; 1 (no "format" key) stays readable
+MAX_STEP = 2**63 - 1  # steps and counts must fit a 64-bit integer (numpy, torch and the trainers hold them so)
+MAX_REWARD = 1e12  # |train_reward| above this is no reward a run logs (1e308 overflows every fit of the curve)
 
 
 def _show(value) -> str:
@@ -67,6 +69,15 @@ class _Fields:
         value = self.get(key, int, "a step number (an integer >= 0)")
         if value is not None and value < 0:
             self.fail(key, "a step number (an integer >= 0)")
+        if value is not None and value > MAX_STEP:
+            self.fail(key, "a step number below 2^63")
+        return value
+
+    def count(self, key: str) -> int | None:
+        """A positive integer setting (steps, prompts), below MAX_STEP."""
+        value = self.get(key, int, "an integer >= 1")
+        if value is not None and not 1 <= value <= MAX_STEP:
+            self.fail(key, "an integer in 1 .. 2^63 - 1")
         return value
 
     def accuracy(self, key: str) -> float | None:
@@ -75,10 +86,11 @@ class _Fields:
             self.fail(key, "a number in [0, 1]")
         return None if value is None else float(value)
 
-    def number(self, key: str) -> float | None:
-        value = self.get(key, (int, float), "a finite number")
-        if value is not None and not math.isfinite(value):
-            self.fail(key, "a finite number")
+    def number(self, key: str, bound: float = math.inf) -> float | None:
+        expected = "a finite number" + (f" within +-{bound:g}" if bound < math.inf else "")
+        value = self.get(key, (int, float), expected)
+        if value is not None and not (math.isfinite(value) and abs(value) <= bound):
+            self.fail(key, expected)
         return None if value is None else float(value)
 
     def interval(self, key: str) -> list[float] | None:
@@ -113,7 +125,7 @@ class Entry:
         if step is None:
             raise RlcastError(f"{where}: {prefix}step is missing")
         return cls(step=step, path=f.text("path"), accuracy=f.accuracy("accuracy"), ci=f.interval("ci"),
-                   train_reward=f.number("train_reward"), generation_batches=f.step("generation_batches"),
+                   train_reward=f.number("train_reward", MAX_REWARD), generation_batches=f.step("generation_batches"),
                    extra=f.rest(cls.KEYS))
 
     def to_json(self) -> dict:
@@ -146,12 +158,7 @@ class Manifest:
     def read(cls, path: str | Path) -> Manifest:
         """The manifest in the file `path`; unreadable JSON or a field of the wrong type is a one-line error."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
-            raise RlcastError(f"{path}: unreadable run manifest ({reason})") from None
-        return cls.parse(data, path)
+        return cls.parse(read_json(path, "run manifest"), path)
 
     @classmethod
     def parse(cls, data, path: str | Path | None = None) -> Manifest:
@@ -167,7 +174,8 @@ class Manifest:
             raise RlcastError(f"{where}: config is missing (format 2 stores the run's config)")
         if config is not None:
             c = _Fields(config, where, "config.")
-            c.get("max_completion_length", int, "an integer")
+            for key in ("max_completion_length", "steps", "num_iterations", "eval_prompts", "save_every"):
+                c.count(key)  # what forecast, resume and continue compute with: a bad one fails here, named
             c.get("lora", bool, "true or false")
         continued = f.object("continued_from")
         if continued is not None:

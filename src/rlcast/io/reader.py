@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Iterable
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.io.files import read_json
 from rlcast.io.lora import Adapter, Delta, LowRankDelta
 from rlcast.io.runs import Checkpoint, Run
 from rlcast.io.selections import select_names
@@ -23,8 +23,8 @@ _EMBED = re.compile(r"(^|\.)(embed_tokens|wte|embed_in|word_embeddings)\.weight$
 
 def _tied(folder: Path) -> bool:
     try:
-        return bool(json.loads((folder / "config.json").read_text()).get("tie_word_embeddings"))
-    except (OSError, ValueError, AttributeError):
+        return bool(read_json(folder / "config.json", "model config").get("tie_word_embeddings"))
+    except (RlcastError, AttributeError):
         return False
 
 

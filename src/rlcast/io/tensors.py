@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.io.files import read_json, regular_file
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
@@ -40,7 +41,7 @@ class _SafetensorsFile:
     def open(cls, path: Path) -> _SafetensorsFile:
         """Read and check the header: a JSON object of tensors whose byte ranges tile the data exactly (as the
         safetensors library requires), so that anything this accepts, transformers loads."""
-        size = path.stat().st_size
+        size = regular_file(path, "weights file").stat().st_size
         try:
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
@@ -116,11 +117,7 @@ def read_model_config(folder: Path) -> dict:
     if not path.is_file():
         raise RlcastError(f"{folder}: no config.json (not a Hugging Face model folder: transformers cannot load it, "
                           "nor a model written from it)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
-        raise RlcastError(f"{path}: unreadable model config ({reason})") from None
+    config = read_json(path, "model config")
     if not isinstance(config, dict):
         raise RlcastError(f"{path}: unreadable model config (a JSON {type(config).__name__}, not an object)")
     return config
@@ -134,6 +131,23 @@ def _reason(err: Exception) -> str:
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return f"refused a non-tensor object ({lines[i + 1]}); rlcast never unpickles code"
     return lines[0][:200] if lines else type(err).__name__
+
+
+def load_pickle(path: Path, what: str = "file"):
+    """`torch.load(path, weights_only=True)`, memory-mapped where the format allows: a regular file only, and a pickle
+    it refuses (code, an unknown global) or cannot read is a one-line error naming the file, never a traceback."""
+    regular_file(path, what)
+    try:
+        with warnings.catch_warnings():  # a refused pickle also warns about its protocol: one line only
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:  # legacy (non-zip) pickles cannot be memory-mapped
+                if "mmap" not in str(err):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad input file
+        raise RlcastError(f"{path}: cannot load with torch.load(weights_only=True): {_reason(err)}") from None
 
 
 class TensorReader:
@@ -163,13 +177,13 @@ class TensorReader:
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             index = self.folder / index_name
             if index.is_file():
+                weight_map = read_json(index, "shard index")
                 try:
-                    weight_map = json.loads(index.read_text())["weight_map"]
+                    weight_map = weight_map["weight_map"]
                     if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
                         raise ValueError("weight_map is not an object of file names")
-                except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
-                    reason = "nested too deeply" if isinstance(err, RecursionError) else err
-                    raise RlcastError(f"{index}: unreadable shard index ({reason})") from None
+                except (ValueError, KeyError, TypeError) as err:
+                    raise RlcastError(f"{index}: unreadable shard index ({err})") from None
                 files = list(dict.fromkeys(weight_map.values()))
                 missing = [f for f in files if not (self.folder / f).is_file()]
                 if missing:
@@ -192,17 +206,7 @@ class TensorReader:
 
     def _load_pickle(self, path: Path) -> dict:
         if path not in self._pickles:
-            try:
-                with warnings.catch_warnings():  # a refused pickle also warns about its protocol: one line only
-                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                    try:
-                        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                    except RuntimeError as err:  # legacy (non-zip) pickles cannot be memory-mapped
-                        if "mmap" not in str(err):
-                            raise
-                        state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad input file
-                raise RlcastError(f"{path}: cannot load with torch.load(weights_only=True): {_reason(err)}") from None
+            state = load_pickle(path, "weights file")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -18,7 +18,6 @@ DTensor and its mesh and placements on the weights_only allow-list), so only the
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from rlcast.errors import RlcastError
+from rlcast.io.files import read_json
 
 SHARD_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 _WRAPPER_PREFIX = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
@@ -47,12 +47,12 @@ def is_lora_key(key: str) -> bool:
 def lora_config(folder: Path) -> dict:
     """{"r", "lora_alpha"} of a verl LoRA checkpoint, from its lora_train_meta.json (the shards hold no alpha)."""
     path = Path(folder) / "lora_train_meta.json"
+    if not path.exists():
+        raise RlcastError(f"{path}: missing; verl LoRA shards need it for the LoRA scale lora_alpha / r")
+    meta = read_json(path, "LoRA metadata")
     try:
-        meta = json.loads(path.read_text())
         r, alpha = int(meta["r"]), float(meta["lora_alpha"])
-    except FileNotFoundError:
-        raise RlcastError(f"{path}: missing; verl LoRA shards need it for the LoRA scale lora_alpha / r") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OverflowError, ValueError, KeyError, TypeError) as err:
         raise RlcastError(f"{path}: unreadable LoRA metadata ({err})") from None
     if r <= 0 or alpha <= 0:
         raise RlcastError(f"{path}: r={r}, lora_alpha={alpha} (both must be positive; verl writes 0 when "
@@ -123,9 +123,10 @@ class VerlShards:
         (world,) = sizes
         config = self.folder / "fsdp_config.json"
         if config.is_file():
+            fsdp = read_json(config, "FSDP config")
             try:
-                declared = int(json.loads(config.read_text())["world_size"])
-            except (OSError, ValueError, KeyError, TypeError) as err:
+                declared = int(fsdp["world_size"])
+            except (OverflowError, ValueError, KeyError, TypeError) as err:
                 raise RlcastError(f"{config}: unreadable FSDP config ({err})") from None
             if declared != world:
                 raise RlcastError(f"{config}: world_size {declared} does not match the shard files "

@@ -268,7 +268,9 @@ def check_output(out: Path, command: str, *, folder: bool = False, settings: dic
     """Check the output `out` (a folder, or a file) of the rlcast `command` before any work; returns it.
 
     An output never is, contains or lies inside an input, whatever `force`: `run`'s checkpoints and base (and its
-    run.json), the other `inputs` ({label: path}), and the run folder itself (an output may go inside it). An existing
+    run.json), the other `inputs` ({label: path}), and the run folder itself (an output may go inside it); `run` may
+    also be a list of runs (forecast reads several). Every path a command writes or deletes goes through here: results,
+    model folders, caches, scratch and snapshot folders (`--accel snapshot_dir`). An existing
     output is replaced only when the same command wrote it and, for a result with `settings`, with the same settings;
     `force` lifts that. `replaces=False`: the command refuses an existing output itself (train, continue, demo).
     The folders it writes in must be writable, tried for real; `option` says where to write instead.
@@ -297,16 +299,19 @@ def check_output(out: Path, command: str, *, folder: bool = False, settings: dic
 
 
 def _inputs(run, inputs: dict):
-    """(label, path, is the run folder) of every input: the run's folder, run.json, checkpoints and base, then
+    """(label, path, is a run folder) of every input: each run's folder, run.json, checkpoints and base, then
     `inputs`."""
-    if run is not None:
+    runs = [] if run is None else list(run) if isinstance(run, (list, tuple)) else [run]
+    for i, run in enumerate(runs):
+        of = f" of run {i + 1}" if len(runs) > 1 else ""
         if run.root is not None:
-            yield "the run folder", run.root, True
+            yield f"the run folder{of}", run.root, True
             if (Path(run.root) / "run.json").exists():
-                yield "the run's run.json", Path(run.root) / "run.json", False
+                yield f"the run's run.json{of}", Path(run.root) / "run.json", False
         for ckpt in run.checkpoints:
-            yield f"checkpoint {ckpt.step}", ckpt.path, False
-        yield "the base model", run.base, False
+            yield f"checkpoint {ckpt.step}{of}", ckpt.path, False
+        if run.base is not None:
+            yield f"the base model{of}", run.base, False
     for label, path in inputs.items():
         if path is not None:
             yield label, path, False
