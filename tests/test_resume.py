@@ -3,7 +3,10 @@ scored) resumes to the same weights and the same run.json as an uninterrupted ru
 one-line refusal before any model is loaded (issue 27, items 4 and 8)."""
 
 import json
+import os
 import shutil
+import signal
+import time
 
 import pytest
 import torch
@@ -112,6 +115,23 @@ def test_resume_scores_a_complete_checkpoint_that_run_json_does_not_record(strai
     same_run(run, straight)
 
 
+def test_a_run_interrupted_under_an_older_rlcast_resumes(straight, tmp_path, monkeypatch):
+    """Its checkpoints carry no generation count (ManifestCallback's saved state, which the Trainer's save expects
+    once the callback is stateful), and an interrupt while checkpoint-2 was scored lost its record."""
+    out = tmp_path / "run"
+    cut_scoring_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(out, RUN, progress=False)
+    monkeypatch.undo()
+    edit(out, lambda m: m.update(status="running"))
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["ManifestCallback"]
+    state_file.write_text(json.dumps(state))
+    train(out, resume=True, progress=False)
+    same_run(out, straight)
+
+
 @pytest.fixture()
 def no_model(monkeypatch):
     """Refusals come before any model is loaded."""
@@ -184,3 +204,11 @@ def test_cli_interrupt_prints_the_resume_command(straight, tmp_path, run_cli, mo
     assert f"interrupted; resume with: rlcast train --out '{run}' --resume --accelerate jumps --accel every=2" in \
         " ".join(err.split())
     assert "hint" not in _state
+
+    def terminated(*args, **kwargs):  # SIGTERM: the CLI turns it into the same interrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(runs, "train", terminated)
+    code, _, err = run_cli("train", "--out", run, "--resume")
+    assert code == 143 and f"terminated; resume with: rlcast train --out '{run}' --resume" in " ".join(err.split())
