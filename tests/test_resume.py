@@ -163,6 +163,11 @@ def test_resume_refuses_an_incomplete_checkpoint_in_the_way_and_keeps_it(straigh
     edit(run, lambda m: m.update(checkpoints=m["checkpoints"][:1]))
     refused(run, "checkpoint-4: incomplete checkpoint .* move it out of the run to resume from checkpoint-2")
     assert (run / "checkpoint-4" / "model.safetensors").is_file()
+    (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hist')  # cut mid-write
+    refused(run, "checkpoint-4: incomplete checkpoint")
+    (run / "checkpoint-4" / "trainer_state.json").unlink()
+    os.mkfifo(run / "checkpoint-4" / "trainer_state.json")  # read as it is, it would hang the resume
+    refused(run, "checkpoint-4/trainer_state.json: the trainer state is a FIFO")
 
 
 def jumps(every):

@@ -43,6 +43,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFT
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.files import read_json, regular_file
 from rlcast.io.manifest import FORMAT, Entry, Manifest
 from rlcast.io.writer import atomic_folder, check_output, claim_folder, json_safe, output_record
 from rlcast.training.support import config_from_dict, preserved_rng
@@ -214,11 +215,15 @@ def _checkpoints(out: Path) -> list[int]:
 
 def _trainer_state(folder: Path) -> dict | None:
     """The checkpoint's trainer_state.json, or None when the checkpoint is incomplete: the Trainer writes that file
-    last, so a save cut short (by an rlcast older than `_save_atomically`) has none or a truncated one."""
+    last, so a save cut short (by an rlcast older than `_save_atomically`) has none or a truncated one. A FIFO or a
+    device in its place is a one-line error."""
     path = folder / "trainer_state.json"
+    if not path.exists():
+        return None
+    regular_file(path, "trainer state")
     try:
-        state = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        state = read_json(path, "trainer state")
+    except RlcastError:
         return None
     return state if isinstance(state, dict) and isinstance(state.get("stateful_callbacks", {}), dict) else None
 
