@@ -336,6 +336,7 @@ def test_metrics_reach_report_to_loggers_and_log_history(tmp_path, monkeypatch):
     cb = AccelerateCallback(_config(method="auto", methods=[user_method, "relex"], window=4, every=6,
                                     snapshot_every=2, max_backtest_error=100.0))
     trainer = _trainer(tmp_path / "run", [cb], steps=7, logging_steps=5)
+    cb.bind(trainer)  # ahead of the report_to integrations
     reporter = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Reporter))
     trainer.train()
     assert len(cb.jumps) == 1 and cb.jumps[0]["step"] == 6

@@ -151,3 +151,97 @@ def test_a_users_own_forecaster_is_checked_and_broken_ones_named():
         with pytest.raises(RlcastError) as err:
             check_forecaster(cls)
         assert rule in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- TRL's conventions for the callbacks
+
+
+def _tiny(hidden: int = 16):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+
+
+def _args(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**({"num_iterations": 2, "steps_per_generation": 1, "gradient_accumulation_steps": 1,
+                               "output_dir": "unused"} | kw))
+
+
+def test_a_lookahead_method_is_given_its_trainer_never_finds_it_on_the_stack():
+    from types import SimpleNamespace
+
+    from rlcast.training.lookahead import Rank1Boost
+
+    boost = Rank1Boost()
+    state = SimpleNamespace(global_step=0, stateful_callbacks={})
+    with pytest.raises(RlcastError, match=r"not bound to its trainer: call rank1.bind\(trainer\)") as err:
+        boost.on_train_begin(_args(), state, None, model=_tiny())
+    assert "\n" not in str(err.value)
+    with pytest.raises(RlcastError, match="bind: needs TRL's GRPOTrainer or RLOOTrainer"):
+        boost.bind(SimpleNamespace(_buffered_inputs=None))  # not a Trainer
+
+
+@pytest.mark.parametrize("shard", ["ds_id", "ds_numel"])
+def test_callbacks_that_edit_weights_refuse_deepspeed_zero3_parameters(shard, tmp_path):
+    from types import SimpleNamespace
+
+    from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
+    from rlcast.training.lookahead import SFPO
+
+    model = _tiny()
+    setattr(model.model.layers[0].mlp.up_proj.weight, shard, 7)  # what ZeRO-3 leaves on a partitioned parameter
+    state = SimpleNamespace(global_step=0, stateful_callbacks={})
+    sfpo = SFPO(K=1)
+    sfpo.trainer_ = object()  # bound (the trainer is not used before the check)
+    jumps = AccelerateCallback(AccelerateConfig(method="weight-linear", window=3, eval_prompts=8, verbose=False))
+    for callback, who in ((sfpo, "lookahead sfpo"), (jumps, "accelerate")):
+        with pytest.raises(RlcastError) as err:
+            callback.on_train_begin(_args(output_dir=str(tmp_path / "run")), state, None, model=model)
+        message = str(err.value)
+        assert message.startswith(f"{who}: parameter model.layers.0.mlp.up_proj.weight is sharded (DeepSpeed ZeRO-3)")
+        assert "\n" not in message
+    assert not (tmp_path / "run").exists()  # refused before any snapshot was written
+
+
+def test_callbacks_that_edit_weights_refuse_an_fsdp_model():
+    from torch import nn
+
+    from rlcast.training.support import check_unsharded
+
+    class FullyShardedDataParallel(nn.Module):  # what torch's FSDP wraps a model in (matched by name, no import)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    with pytest.raises(RlcastError, match="sharded by FSDP"):
+        check_unsharded(FullyShardedDataParallel(_tiny()), "lookahead rank1")
+    check_unsharded(_tiny(), "lookahead rank1")  # whole parameters: no error
+
+
+def test_the_public_callbacks_document_args_and_usage():
+    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.training.lookahead import LOOKAHEAD
+
+    for cls in (AccelerateCallback, *LOOKAHEAD.values()):
+        doc = cls.__doc__ or ""
+        assert "Args:" in doc and "Usage:" in doc and "bind(trainer)" in doc, cls.__name__
+
+
+def test_one_factory_builds_every_accelerator_from_a_name_and_settings():
+    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.training.accelerators import ACCELERATORS, make_accelerator
+    from rlcast.training.lookahead import SFPO
+
+    assert ACCELERATORS == ("jumps", "sfpo", "gxpo", "rank1")
+    sfpo = make_accelerator("sfpo", ["K=2", "alpha=0.5"])
+    assert isinstance(sfpo, SFPO) and (sfpo.K, sfpo.alpha, sfpo.num_iterations) == (2, 0.5, 3)
+    jumps = make_accelerator("jumps", {"every": 5}, task="arith", task_args={"ops": "+"})
+    assert isinstance(jumps, AccelerateCallback) and jumps.config.task_args == {"ops": "+"}
+    assert make_accelerator("jumps", ["task=rg:chain_sum"], task="arith").config.task == "rg:chain_sum"
+    with pytest.raises(RlcastError, match="--accelerate 'magic': known: jumps, sfpo, gxpo, rank1"):
+        make_accelerator("magic")
+    with pytest.raises(RlcastError, match="--accel 'beta=1': unknown key 'beta'"):
+        make_accelerator("gxpo", ["beta=1"])

@@ -51,8 +51,12 @@ def _trainer(out, callbacks, steps, num_iterations, max_grad_norm=1.0, reward=No
                       max_steps=steps, learning_rate=1e-2, lr_scheduler_type="constant", num_iterations=num_iterations,
                       max_grad_norm=max_grad_norm, logging_steps=100, save_strategy="no", report_to=[], use_cpu=True,
                       seed=0, disable_tqdm=True)
-    return GRPOTrainer(model=model, reward_funcs=reward or Digits(), args=args, train_dataset=Dataset.from_list(rows),
-                       processing_class=tok, callbacks=list(callbacks))
+    trainer = GRPOTrainer(model=model, reward_funcs=reward or Digits(), args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok, callbacks=list(callbacks))
+    for callback in callbacks:  # the explicit handle on the trainer, as rlcast.training.runs.train gives it
+        if hasattr(callback, "bind"):
+            callback.bind(trainer)
+    return trainer
 
 
 def _train(tmp_path, name, callbacks=(), steps=6, num_iterations=1, **kw) -> dict[str, torch.Tensor]:

@@ -324,16 +324,15 @@ def compare_cmd(
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
                      params=params, keep=out / "models" if keep else None, compute=compute, task_args=task_args,
                      force=force)
-    print_table(result, _wide_console())
+    print_table(result, Console())
     save(result, out)
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
 
 
 def _wide_console() -> Console:
-    """stdout console for result tables: at least 140 columns on a terminal; piped or logged, wide enough for any
-    table (rich tables take their natural width), so no column is cut off."""
+    """stdout console at least 140 columns wide, so result tables are not truncated when piped to a file."""
     out = Console()
-    out.width = max(out.width, 140) if out.is_terminal else 1000
+    out.width = max(out.width, 140)
     return out
 
 
@@ -837,7 +836,7 @@ def analyze_cmd(
         check_output(Path(cache_dir), "analyze", folder=True, run=full, replaces=False, option="--cache-dir DIR")
     result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed,
                      compute=compute)
-    print_summary(result, _wide_console())
+    print_summary(result, Console())
     path = result.save(folder)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
@@ -863,7 +862,7 @@ def forecast_cmd(
                                    "worth the remaining steps."),
     stop: bool = typer.Option(False, "--stop", help="End with the stop rule, one line per run: `stop: +0.004 [-0.010, "
                               "+0.015] expected by step T, below --min-gain 0.01` (P(gain >= min-gain by the planned "
-                              "last step) < 0.3 at this validation and the one before) or `continue: ...`."),
+                              "last step) < 0.2) or `continue: ...`."),
     follow: bool = typer.Option(False, "--follow", help="With --stop, one live log (e.g. verl's console log): re-read "
                                 "as it grows, a decision at each new validation; ends on Ctrl-C or at the planned "
                                 "last step (the log's, else --target)."),
@@ -882,10 +881,10 @@ def forecast_cmd(
     """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
     from rlcast.apps.forecast import forecast, log_inputs, print_report, read_by, save
     from rlcast.apps.stopping import decision, follow as follow_log
-    from rlcast.forecasting.stop import THRESHOLD, check_rule
+    from rlcast.forecasting.stop import check_rule
     from rlcast.io.writer import check_output, output_record
 
-    check_rule(min_gain, THRESHOLD)
+    check_rule(min_gain, 0.2)
     if follow:
         wrong = [name for name, bad in (("--stop missing", not stop), ("several sources", len(runs) > 1),
                                         ("--until", until is not None), ("--json", json_out is not None),

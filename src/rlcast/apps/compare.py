@@ -323,9 +323,4 @@ def save(result: Comparison, out: Path) -> Path:
 
 
 def print_table(result: Comparison, console: Console | None = None) -> None:
-    """The table on `console` (default: stdout); piped or logged, at its full width: no column cut off."""
-    console, rendered = console or Console(), table(result)
-    if not console.is_terminal:  # a pipe or a log file has no width: 80 columns would cut the gain column
-        natural = console.measure(rendered, options=console.options.update_width(10_000)).maximum
-        console = Console(file=console.file, width=max(console.width, natural))
-    console.print(rendered)
+    (console or Console()).print(table(result))

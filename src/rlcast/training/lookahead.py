@@ -63,16 +63,19 @@ Integration. Each method is a `transformers.TrainerCallback` (a dataclass of its
 `num_iterations` = `method.num_iterations` (K + 1, 3, fast_steps + 1): TRL then generates every num_iterations
 steps and computes `old_per_token_logps` at theta0, so every step's ratio is against theta0, exactly as in the
 papers. The callback snapshots theta0 (and GXPO's g0, g1) in `on_pre_optimizer_step` (gradients after clipping),
-repositions in `on_optimizer_step` after the last fast step, and reads the gate after the batch's last step. It
-finds the trainer by walking up the stack in `on_train_begin` (callbacks are not given it) and uses three of its
-attributes: `_buffered_inputs` (a new object = a new generation batch; set to None after every step once the gate
-has fired, so TRL generates a batch per step), `_metrics` (our `lookahead/*` metrics go through TRL's logging;
-SFPO's gate reads TRL's `entropy`) and `args`. After the gate a regenerated batch samples new completions for the
-prompts TRL's sampler hands it (the same prompt batch num_iterations times), one optimizer step each.
+repositions in `on_optimizer_step` after the last fast step, and reads the gate after the batch's last step. The
+model comes with the callback arguments (TRL passes `model` to every event); the trainer does not, so it is given as
+an explicit handle, `method.bind(trainer)` (`rlcast train` binds it), and three of its attributes are used:
+`_buffered_inputs` (a new object = a new generation batch; set to None after every step once the gate has fired, so
+TRL generates a batch per step), `_metrics` (our `lookahead/*` metrics go through TRL's logging; SFPO's gate reads
+TRL's `entropy`) and `args`. After the gate a regenerated batch samples new completions for the prompts TRL's sampler
+hands it (the same prompt batch num_iterations times), one optimizer step each.
 
     from rlcast.training.lookahead import SFPO
     sfpo = SFPO(K=3, alpha=0.8)
     trainer = GRPOTrainer(..., args=GRPOConfig(..., num_iterations=sfpo.num_iterations), callbacks=[sfpo])
+    sfpo.bind(trainer)  # its generation buffer and metrics; unbound, training stops at the start with one line
+    trainer.train()
 
 `rlcast train --accelerate sfpo|gxpo|rank1 --accel KEY=VALUE` sets the fields and num_iterations.
 
@@ -82,8 +85,8 @@ written, so a failed reposition leaves the weights as the fast steps left them (
 `lookahead/failed`) and training goes on. Memory: theta0 (and rank-1's theta_start), theta0 + g0 + g1 (GXPO) on the
 parameters' device, in their dtype; targets are computed in float32. Resume: the gate's history and state are saved
 with the trainer checkpoint (`ExportableState`) and restored in `on_train_begin`; TRL regenerates at the first
-resumed step, so a resumed run starts a new batch. One process (DDP works, as its gradients are all-reduced; FSDP's
-sharded tensors break the rank-1 subspace).
+resumed step, so a resumed run starts a new batch. One process (DDP works, as its gradients are all-reduced); a model
+sharded by FSDP or DeepSpeed ZeRO-3 is refused at the start in one line (a reposition needs whole tensors).
 """
 
 from __future__ import annotations
@@ -91,7 +94,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +101,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from rlcast.errors import RlcastError
+from rlcast.training.support import check_unsharded
 
 log = logging.getLogger("rlcast.lookahead")
 
@@ -149,18 +152,6 @@ def zscore(history: list[float], value: float, window: int, include_value: bool)
 
 
 # ---------------------------------------------------------------------------------------------- the callback
-
-def _calling_trainer():
-    """The Trainer whose training loop called us (callbacks are not given it): the nearest `self` up the stack that is
-    a Trainer with TRL's generation buffer (GRPOTrainer, RLOOTrainer)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Trainer) and hasattr(owner, "_buffered_inputs"):
-            return owner
-        frame = frame.f_back
-    return None
-
 
 class _PreClipNorm:
     """The norm of the gradients of the coming backward pass before the Trainer clips them (a post-accumulate hook
@@ -238,9 +229,20 @@ class Lookahead(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ trainer events
 
+    def bind(self, trainer) -> "Lookahead":
+        """Give the method its trainer (TRL's callback events pass the model, not the trainer): a GRPOTrainer or
+        RLOOTrainer, whose generation buffer tells a new batch and whose metrics carry `lookahead/*`. Returns self."""
+        self._check(isinstance(trainer, Trainer) and hasattr(trainer, "_buffered_inputs"),
+                    f"bind: needs TRL's GRPOTrainer or RLOOTrainer (its generation buffer), got "
+                    f"{type(trainer).__name__}")
+        self.trainer_ = trainer
+        return self
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.trainer_ = _calling_trainer()
-        self._check(self.trainer_ is not None, "needs TRL's GRPOTrainer or RLOOTrainer (its generation buffer)")
+        self._check(self.trainer_ is not None, f"not bound to its trainer: call {self.name}.bind(trainer) once "
+                                               f"GRPOTrainer(..., callbacks=[{self.name}]) is built (rlcast "
+                                               f"train does)")
+        check_unsharded(model, f"lookahead {self.name}")
         self._check(args.num_iterations == self.num_iterations,
                     f"needs num_iterations={self.num_iterations} (GRPOConfig(num_iterations=...), rlcast --hp "
                     f"num_iterations=...), got {args.num_iterations}")
@@ -329,7 +331,20 @@ class Lookahead(TrainerCallback, ExportableState):
 @dataclass(eq=False)
 class SFPO(Lookahead):
     """SFPO (module docstring): K fast steps, theta~ = theta0 + alpha (thetaK - theta0), one slow step; the entropy
-    z-score gate (`gate_window` 0: no gate)."""
+    z-score gate (`gate_window` 0: no gate).
+
+    Args:
+        K: fast steps on each generation batch before the reposition (TRL's num_iterations is K + 1).
+        alpha: reposition weight: 0 back to theta0, 1 plain GRPO, the paper's 0.8.
+        gate_window: entropy values the gate's z-score is taken over (0: never gated).
+        gate_threshold: z-score at or above which the gate switches SFPO off for good.
+        after_gate: optimizer steps per generation batch once gated (a divisor of K + 1).
+
+    Usage:
+        sfpo = SFPO(K=3, alpha=0.8)
+        trainer = GRPOTrainer(..., args=GRPOConfig(..., num_iterations=sfpo.num_iterations), callbacks=[sfpo])
+        sfpo.bind(trainer); trainer.train()
+    """
 
     K: int = 3
     alpha: float = 0.8
@@ -366,7 +381,20 @@ class SFPO(Lookahead):
 class GXPO(Lookahead):
     """GXPO (module docstring): two fast steps, theta~ = theta0 + alpha q (theta2 - theta0) with q from the gradient
     ratio g1 / g0 extrapolated to K steps, one corrective step; the corrective-gradient-norm gate (`tau`;
-    `gate_window` 0: no gate)."""
+    `gate_window` 0: no gate).
+
+    Args:
+        K: virtual steps the gradient ratio is extrapolated to (>= 2; TRL's num_iterations is 3).
+        alpha: reposition weight on q (theta2 - theta0), the paper's 0.5.
+        tau: the gate's threshold on the corrective gradient norm's z-score.
+        gate_window: corrective norms the gate's z-score is taken over (0: never gated).
+        after_gate: optimizer steps per generation batch once gated (a divisor of 3).
+
+    Usage:
+        gxpo = GXPO(K=5, alpha=0.5)
+        trainer = GRPOTrainer(..., args=GRPOConfig(..., num_iterations=gxpo.num_iterations), callbacks=[gxpo])
+        gxpo.bind(trainer); trainer.train()
+    """
 
     K: int = 5
     alpha: float = 0.5
@@ -421,7 +449,19 @@ class GXPO(Lookahead):
 class Rank1Boost(Lookahead):
     """Ours (module docstring): `fast_steps` ordinary steps, then per 2-D tensor theta~ = thetaK + (boost - 1)
     U U^T (thetaK - theta0) V V^T, [U, V] the tracked top-`rank` singular subspace of the run's update since training
-    began; one ordinary step from theta~. boost = 1 is plain GRPO with fast_steps + 1 steps per batch."""
+    began; one ordinary step from theta~. boost = 1 is plain GRPO with fast_steps + 1 steps per batch.
+
+    Args:
+        fast_steps: ordinary steps on each generation batch before the boost (TRL's num_iterations is fast_steps + 1).
+        boost: factor on the batch's update within the tracked subspace (1: plain GRPO).
+        rank: dimension of the tracked top singular subspace of the run's update.
+        seed: seed of the subspace tracking's random start.
+
+    Usage:
+        boost = Rank1Boost(boost=2.0)
+        trainer = GRPOTrainer(..., args=GRPOConfig(..., num_iterations=boost.num_iterations), callbacks=[boost])
+        boost.bind(trainer); trainer.train()
+    """
 
     fast_steps: int = 1
     boost: float = 2.0

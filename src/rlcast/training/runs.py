@@ -617,6 +617,9 @@ def _train(out: Path, config: TrainConfig, task, manifest: Manifest, newest: int
                                    config.keep_optimizer, _generations_before(manifest, config, newest))
     trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks],
                        on_generation=manifest_cb.count_generation if config.kind == "rl" else None)
+    for callback in callbacks:  # the accelerators' explicit handle on their trainer (TRL's events do not pass it)
+        if hasattr(callback, "bind"):
+            callback.bind(trainer)
     _save_atomically(trainer, out)
     # the Trainer prints every log dict (PrinterCallback) or draws a tqdm bar; the rich bar below replaces both
     trainer.remove_callback(PrinterCallback)

@@ -107,6 +107,24 @@ def _parse(hint, text: str):
     raise ValueError(f"{text!r} is not a valid {names}")
 
 
+def check_unsharded(model, who: str) -> None:
+    """A callback that edits the weights in place needs whole parameters: a model sharded by FSDP (FlatParameter,
+    DTensor, an FSDP module) or DeepSpeed ZeRO-3 (parameters carrying `ds_id` / `ds_numel`) is a one-line error
+    naming `who` and the first sharded parameter. (TRL's SyncRefModelCallback gathers ZeRO-3 shards instead; a jump or
+    a reposition of a shard would need the whole tensor: its SVD, its rank-1 direction.)"""
+    wrapper = next((type(m).__name__ for m in model.modules()
+                    if "FSDP" in type(m).__name__ or type(m).__name__ == "FullyShardedDataParallel"), None)
+    if wrapper is not None:
+        raise RlcastError(f"{who}: the model is sharded by FSDP ({wrapper}); this callback edits whole weights in "
+                          f"place: train it without parameter sharding (DDP, DeepSpeed ZeRO-1/2)")
+    for name, param in model.named_parameters():
+        kind = ("DeepSpeed ZeRO-3" if hasattr(param, "ds_id") or hasattr(param, "ds_numel")
+                else "FSDP" if type(param).__name__ in ("FlatParameter", "DTensor") else None)
+        if kind is not None:
+            raise RlcastError(f"{who}: parameter {name} is sharded ({kind}); this callback edits whole weights in "
+                              f"place: train it without parameter sharding (DDP, DeepSpeed ZeRO-1/2)")
+
+
 @contextmanager
 def preserved_rng() -> Iterator[None]:
     """Restore torch's global CPU and CUDA RNG states on exit.

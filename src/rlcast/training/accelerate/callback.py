@@ -8,13 +8,12 @@ prediction for H steps ahead into the parameters, score again, keep or roll back
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState
+from transformers.trainer_callback import DefaultFlowCallback, ExportableState
 
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.writer import json_safe
@@ -24,7 +23,7 @@ from rlcast.training.accelerate.check import CheckSet, paired_se, rewards, verdi
 from rlcast.training.accelerate.config import AccelerateConfig, label, min_checkpoints
 from rlcast.training.accelerate.jumps import apply, restore
 from rlcast.training.accelerate.snapshots import SnapshotWindow, trainable
-from rlcast.training.support import config_from_dict
+from rlcast.training.support import check_unsharded, config_from_dict
 
 log = logging.getLogger("rlcast.accelerate")
 
@@ -36,7 +35,23 @@ def _clock() -> float:
 
 
 class AccelerateCallback(TrainerCallback, ExportableState):
-    """Jump a TRL GRPO/RLOO run ahead with an extrapolator every `config.every` steps, check, keep or roll back."""
+    """Jump a TRL GRPO/RLOO run ahead with an extrapolator every `config.every` steps, check, keep or roll back.
+
+    Everything it acts on comes with TRL's callback arguments (`model`, `processing_class`, `optimizer`, `args`,
+    `state`); a model sharded by FSDP or DeepSpeed ZeRO-3 is refused at the start in one line (a jump writes whole
+    tensors).
+
+    Args:
+        config: an `AccelerateConfig` (or its dict, as transformers rebuilds it from a checkpoint): the method, how
+            often and how far to jump, the check's task and prompts, the snapshot window (docs/JUMPS.md).
+
+    Usage:
+        jumps = AccelerateCallback(AccelerateConfig(every=10, task="arith"))
+        trainer = GRPOTrainer(..., callbacks=[jumps])
+        jumps.bind(trainer)   # optional: its accelerate/* metrics then reach every report_to logger
+        trainer.train()
+        print(jumps.summary())
+    """
 
     def __init__(self, config: AccelerateConfig | dict = AccelerateConfig()):
         if isinstance(config, dict):  # rebuilt by transformers from the args saved in a checkpoint
@@ -158,29 +173,20 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ trainer events
 
-    def _move_before_reporters(self) -> None:
-        """Stand right after the trainer's DefaultFlowCallback, ahead of the `report_to` integrations.
-
-        They are registered before user callbacks and send the `logs` dict as soon as they get it; in front of them,
-        `on_log` can add the jump's metrics in time. The handler is the nearest caller that is a CallbackHandler
-        (its call_event runs our event and iterates its list by index: moving ourselves earlier neither skips nor
-        repeats a callback). Not found (another trainer loop): the metrics still reach every logger after us.
-        """
-        frame = sys._getframe(1)
-        while frame is not None and not isinstance(frame.f_locals.get("self"), CallbackHandler):
-            frame = frame.f_back
-        handler = frame.f_locals["self"] if frame is not None else None
-        if handler is None or self not in handler.callbacks:
-            return
-        handler.callbacks.remove(self)
+    def bind(self, trainer) -> "AccelerateCallback":
+        """Stand right after `trainer`'s DefaultFlowCallback, ahead of its `report_to` integrations (an explicit
+        handle: callback events are not given the trainer). They are registered before user callbacks and send the
+        `logs` dict as soon as they get it; in front of them, `on_log` adds the jump's metrics in time. Unbound, the
+        metrics reach the loggers after it. Adds the callback when the trainer does not hold it yet; returns self."""
+        handler = trainer.callback_handler
+        if self in handler.callbacks:
+            handler.callbacks.remove(self)
         flow = [i for i, cb in enumerate(handler.callbacks) if isinstance(cb, DefaultFlowCallback)]
         handler.callbacks.insert(flow[0] + 1 if flow else 0, self)
-
-    def on_init_end(self, args, state, control, **kwargs):
-        self._move_before_reporters()
+        return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._move_before_reporters()  # also for a callback added with trainer.add_callback after __init__
+        check_unsharded(model, "accelerate")
         self.window.root = Path(self.config.snapshot_dir or Path(args.output_dir) / ".rlcast-accelerate")
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict) and "attributes" in saved:
