@@ -56,6 +56,7 @@ def main() -> None:
                                                      task="arith", eval_prompts=100))
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[accelerate])
+    accelerate.bind(trainer)  # ahead of report_to loggers, so they get the accelerate/* metrics
     trainer.train()
 
     for jump in accelerate.jumps:

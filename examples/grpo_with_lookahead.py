@@ -57,6 +57,7 @@ def main() -> None:
                         activation_checkpointing=False)  # TRL turns it on by default
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[method])
+    method.bind(trainer)  # its explicit handle on the trainer: the generation buffer and the metrics
     trainer.train()
     print(f"{method.name}: {method.repositions_} repositions ({method.failed_} failed) over {method.batches_} "
           f"generation batches; {'on to the end' if method.on_ else f'gate fired after batch {method.off_at_}'}")
