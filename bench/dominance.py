@@ -43,18 +43,22 @@ import torch
 import rlcast
 from common import (Results, add_out, add_seeds, console, finished, fmt, new_parser, quiet_transformers, run_name,
                     spread)
+from extrapolation import METHODS
 from rlcast.apps.analysis import analyze
+from rlcast.apps.compare import compare
 from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.io.runs import load_run
 from rlcast.io.writer import scratch_dir
 
-DURATION = "~1.5 min per run on 2 shared CPU cores (1000 prompts, ranks 1,2,4); 15 runs per seed"
+DURATION = ("~25 s per run on 2 shared CPU cores (1000 prompts, ranks 1,2,4; 15 runs per seed), ~3.5 min more per run "
+            "with --retained-seeds")
 LIBRARY = Path("/work/runs/library")
 LEARNING_RATES = "3e-5,6e-5,1.2e-4,2.4e-4,4.8e-4"
 BEST_LR = 1.2e-4  # the tuned learning rate of the steady preset (seed 100)
 HALF = 0.5  # the recovery the line's learning rate is defined by
 KEYS = ("n_prompts", "ranks", "seed", "selection")  # the settings a reused row must share
+CUTOFFS = (0.2, 0.4)  # bench/extrapolation.py's windows
 
 
 def numbers(text: str, kind=float) -> list:
@@ -86,6 +90,33 @@ def measure(folder: Path, args) -> dict:
            "modules": len(two_d), "checkpoints": len(energy.steps)}
     row["seconds"] = time.perf_counter() - start
     return row
+
+
+def mirror(folder: Path, into: Path) -> Path:
+    """The run `folder` as links to its checkpoints' files (run.json copied) in `into`: the methods cache spectra
+    under RUN/.rlcast-cache, which must land here, not in the library's run."""
+    into.mkdir()
+    (into / "run.json").write_bytes((folder / "run.json").read_bytes())
+    for checkpoint in folder.glob("checkpoint-*"):
+        (into / checkpoint.name).mkdir()
+        for file in checkpoint.iterdir():
+            (into / checkpoint.name / file.name).symlink_to(file)
+    return into
+
+
+def retained(folder: Path, args) -> dict:
+    """bench/extrapolation.py's retained accuracy without its continuations: every method of it predicts the final
+    checkpoint from the windows up to 20 % and 40 % of the steps (`rlcast.apps.compare`, same prompts);
+    retained = acc(prediction) / acc(final checkpoint)."""
+    start = time.perf_counter()
+    with scratch_dir("bench-dominance-run") as tmp:
+        result = compare(load_run(mirror(folder, tmp / folder.name)), cutoffs=CUTOFFS, methods=METHODS.split(","),
+                         n_prompts=args.n_prompts, seed=0, progress=False)
+    final = result.row("real", result.target).accuracy
+    rows = [{"method": r.method, "cutoff": r.cutoff, "fraction": r.fraction, "accuracy": r.accuracy,
+             "retained": None if r.accuracy is None else r.accuracy / final, "reason": r.reason}
+            for r in result.rows if r.method != "real"]
+    return {"target": result.target, "final": final, "rows": rows, "seconds": time.perf_counter() - start}
 
 
 def crossing(points: list[tuple[float, float]], level: float = HALF) -> float:
@@ -175,13 +206,30 @@ def summarize(rows: list[dict], lrs: list[float]) -> tuple[dict, str]:
     return {"lr_half_recovery": half, "grid": grid, "best_lr": BEST_LR}, line
 
 
-def show(row: dict) -> None:
-    ranks = " ".join(f"k{k} {v['gain_recovery']:.0%} [{fmt(v['gain_recovery_ci'][0], '.0%')}, "
-                     f"{fmt(v['gain_recovery_ci'][1], '.0%')}]" for k, v in row["ranks"].items())
-    console.print(f"{row['name']}: base {row['base']:.3f} full {row['full']:.3f} gain recovery {ranks}; step R^2 held "
-                  f"out {fmt(row['step_r2_heldout'], '.2f')} (median {fmt(row['median_step_r2_heldout'], '.2f')}); "
-                  f"rank-1 energy {row['rank1_energy_last']:.2f} "
-                  f"({row['seconds']:.0f} s)")
+def pct_ci(cell: dict) -> str:
+    lo, hi = cell["gain_recovery_ci"]
+    return f"{cell['gain_recovery']:.0%} [{fmt(lo, '.0%')}, {fmt(hi, '.0%')}]"
+
+
+def lines(rows: list[dict]) -> list[str]:
+    """One line per run (mu, seed, lr order): gain recovery per rank with its interval, the rank-1 trajectories'
+    held-out step R^2 (median over modules) and energy; then, for runs with bench/extrapolation.py's retained accuracy,
+    one line per run with it per method and window."""
+    out = []
+    for r in sorted(rows, key=lambda r: (r["mu"], r["seed"], r["learning_rate"])):
+        ranks = " ".join(f"k{k}={pct_ci(v)}" for k, v in r["ranks"].items())
+        out.append(f"mu={r['mu']} lr={r['learning_rate']:g} ({r['learning_rate'] / BEST_LR:.2g}x best) "
+                   f"seed={r['seed']}: base={r['base']:.3f} full={r['full']:.3f} gain recovery {ranks} "
+                   f"step_r2_heldout={fmt(r['median_step_r2_heldout'], '.2f')} "
+                   f"rank1_energy={r['rank1_energy_last']:.2f}")
+    for r in sorted((r for r in rows if r.get("retained")), key=lambda r: (r["seed"], r["learning_rate"])):
+        by_cut = {}
+        for m in r["retained"]["rows"]:
+            by_cut.setdefault(m["fraction"], []).append(f"{m['method']}={fmt(m['retained'], '.2f')}")
+        cuts = " | ".join(f"@{f:.1f}: {' '.join(v)}" for f, v in sorted(by_cut.items()))
+        out.append(f"retained mu={r['mu']} lr={r['learning_rate']:g} seed={r['seed']} "
+                   f"rank1_gain={pct_ci(r['ranks']['1'])} {cuts}")
+    return out
 
 
 def main() -> None:
@@ -195,17 +243,21 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=1000, help="held-out prompts, the same for every model")
     parser.add_argument("--selection", default="blocks", choices=("blocks", "all-2d", "all"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the SVD and the bootstrap")
+    parser.add_argument("--retained-seeds", default="", metavar="S,...",
+                        help="the mu 1 runs of these seeds also get bench/extrapolation.py's retained accuracy "
+                             "(every method from 20 %% and 40 %% windows, no continuation; minutes per run)")
     add_out(parser, "the result file")
-    parser.add_argument("--report", type=Path, metavar="JSON", help="only print the last line of this result file")
+    parser.add_argument("--report", type=Path, metavar="JSON", help="only print the lines of this result file")
     args = parser.parse_args()
     if args.report:
         record = json.loads(args.report.read_text())
         _, line = summarize(record["rows"], numbers(record["settings"]["lrs"]))
-        print(line)
+        print("\n".join([*lines(record["rows"]), line]))
         return
     quiet_transformers()
     torch.set_num_threads(1)  # the cores are shared with the library's training
     lrs, mus, args.ranks = numbers(args.lrs), numbers(args.mu, int), numbers(args.ranks, int)
+    with_retained = set(numbers(args.retained_seeds, int))
     if not args.runs.is_dir():
         raise SystemExit(f"--runs {args.runs}: not a folder")
     source = Path(rlcast.__file__).parent  # the code that measured (may be a frozen copy beside this checkout)
@@ -221,15 +273,16 @@ def main() -> None:
             for lr in lrs:
                 name = run_name(seed, lr, mu)
                 folder = args.runs / name
-                if name in kept:
-                    results.add(kept[name])
-                    continue
-                if not finished(folder):
+                if name not in kept and not finished(folder):
                     skipped.append(name)
                     continue
-                row = {"name": name, "seed": seed, "learning_rate": lr, "mu": mu, "run": str(folder),
-                       **measure(folder, args)}
-                show(row)
+                row = kept.get(name) or {"name": name, "seed": seed, "learning_rate": lr, "mu": mu,
+                                         "run": str(folder), **measure(folder, args)}
+                if name not in kept:
+                    console.print(lines([row])[0])
+                if mu == 1 and seed in with_retained and not row.get("retained"):
+                    row["retained"] = retained(folder, args)
+                    console.print(lines([row])[-1])
                 results.add(row)
     summary, line = summarize(results.rows, lrs)
     results.finish({**summary, "skipped_unfinished": skipped}, line)

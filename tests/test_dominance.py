@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,28 @@ def test_report_states_the_verdict():
     said, _ = verdict({}, dom, {})
     assert any(s.startswith("Rank-1 dominance does not hold on this run (-4 % of the gain [-41 %, 22 %])")
                for s in said), said
+
+
+def test_bench_half_recovery_is_interpolated_in_log_lr(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    from dominance import crossing, summarize
+
+    assert crossing([(6e-5, 0.28), (3e-5, 0.72), (1.2e-4, -0.04)]) == pytest.approx(3e-5 * math.sqrt(2))
+    assert crossing([(3e-5, 0.4), (6e-5, 0.9)]) == -math.inf  # already below at the smallest lr
+    assert crossing([(3e-5, 0.9), (6e-5, 0.6), (1.2e-4, math.nan)]) == math.inf  # never below (nan left out)
+
+    def row(seed, lr, gain, ci=(0.1, 0.9)):
+        return {"seed": seed, "learning_rate": lr, "mu": 1, "step_r2_heldout": 0.0, "median_step_r2_heldout": 0.0,
+                "rank1_energy_last": 0.5, "share_step_r2_heldout_lt_0": 0.5,
+                "ranks": {"1": {"gain_recovery": gain, "gain_recovery_ci": list(ci)}}}
+
+    lrs = [3e-5, 6e-5, 1.2e-4]
+    _, one = summarize([row(100, 3e-5, 0.72, (0.54, 0.89)), row(100, 6e-5, 0.28), row(100, 1.2e-4, -0.04)], lrs)
+    assert one == ("lr_half_recovery=4.2e-05 (0.35x best) [4.2e-05..4.2e-05] recovery_at_min_lr=72% [54%, 89%] "
+                   "recovery_at_best_lr=-4% [10%, 90%] seeds=100 mu=1")
+    rows = [row(0, 3e-5, 0.9), row(0, 6e-5, 0.1), row(1, 3e-5, 0.9), row(1, 6e-5, 0.7), row(1, 1.2e-4, 0.1)]
+    summary, two = summarize(rows, lrs)
+    assert summary["lr_half_recovery"]["mu1"]["per_seed"] == {"0": "4.2e-05", "1": "7.6e-05"}
+    # median of two seeds in log lr: their geometric mean; one seed at 1.2e-4, so its interval is shown
+    assert two == ("lr_half_recovery=5.7e-05 (0.47x best) [4.2e-05..7.6e-05] recovery_at_min_lr=90% (seeds 90%..90%) "
+                   "recovery_at_best_lr=10% [10%, 90%] seeds=0,1 mu=1")
