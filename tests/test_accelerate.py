@@ -371,7 +371,8 @@ def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     assert [j["step"] for j in saved["jumps"]] == [4, 8] and saved["offset"] == 7
     assert saved["snapshots"] == [[8, 15]]  # the jumped weights of step 8 (virtual 8 + 7) anchor the window
     snapshots = out / ".rlcast-accelerate"
-    assert sorted(p.name for p in snapshots.iterdir()) == ["step-15", "step-17"]  # they survive the interruption
+    assert sorted(p.name for p in snapshots.iterdir()) == [".rlcast-output", "step-15", "step-17"]  # they survive
+    # the interruption, in the folder the window created and marked (the only one it ever deletes)
 
     fresh = _callback()
     trainer = _trainer(out, [fresh], steps=13, save_steps=9)

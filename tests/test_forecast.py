@@ -153,6 +153,7 @@ def test_read_curve_from_run_json_and_trainer_state(runs):
     assert curve.reward_steps.tolist() == list(range(5, 125, 5))  # trainer_state's log, denser than run.json's
     assert curve.window(60).steps.max() == 60 and curve.window(60).reward_steps.max() == 60
 
+
 def test_read_log_gives_the_curve_read_curve_gives(runs):
     """The run folder's reader (rlcast.io.logs) is where read_curve's data comes from: the same arrays either way."""
     from rlcast.io.logs import read_log
@@ -161,7 +162,6 @@ def test_read_log_gives_the_curve_read_curve_gives(runs):
     for name in ("steps", "accuracy", "sd", "reward_steps", "reward"):
         assert np.array_equal(getattr(loaded, name), getattr(logged, name)), name
     assert (logged.run, logged.planned, logged.eval_prompts, logged.task) == (str(runs[0]), 300, 1000, "arith")
-
 
 
 def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
@@ -191,9 +191,9 @@ def test_cli_forecast_one_run_json_and_weights(runs, run_cli, tmp_path):
 
 def test_cli_forecast_json_never_replaces_what_it_reads(runs, run_cli):
     manifest = (runs[0] / "run.json").read_bytes()
-    for target in (runs[0], runs[0] / "run.json"):
+    for target, label in ((runs[0], "the run folder"), (runs[0] / "run.json", "the run's run.json")):
         code, _, err = run_cli("forecast", runs[0], "--no-weights", "--json", target)
-        assert code == 1 and "the run.json of run 1" in err and "an input of this command" in err
+        assert code == 1 and f"is {label}, an input of this command" in err
         assert len(err.strip().splitlines()) == 1 and (runs[0] / "run.json").read_bytes() == manifest
 
 

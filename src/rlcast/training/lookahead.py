@@ -100,11 +100,13 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.training.support import check_unsharded
 
 log = logging.getLogger("rlcast.lookahead")
 
+MAX_STEPS = 100  # fast / virtual steps per generation batch (the papers use 3-10)
+MAX_WINDOW = 10**6  # batches in a gate's window
 RATIO_RANGE = (-2.0, 3.0)  # GXPO: per-coordinate gradient ratio r = g1 / g0 is clamped to this range
 DELTA = 1e-8  # GXPO: |g0| and |S_2| at or below this count as zero
 
@@ -182,6 +184,7 @@ class Lookahead(TrainerCallback, ExportableState):
     name = ""
     fast_steps: int
     after_gate = 1  # optimizer steps per generation batch once the gate has fired (a field of the gated methods)
+    BOUNDS: dict[str, tuple] = {}  # field -> (low, high): ints for integer fields, floats for real ones
 
     @property
     def num_iterations(self) -> int:
@@ -205,6 +208,7 @@ class Lookahead(TrainerCallback, ExportableState):
         self.history_: list[float] = []  # gate observations
         self.repositions_ = 0
         self.failed_ = 0
+        self._numbers()
         self._check(self.after_gate >= 1 and self.num_iterations % self.after_gate == 0,
                     f"after_gate must be >= 1 and divide the {self.num_iterations} steps per batch while on (TRL "
                     f"regenerates on that schedule), got {self.after_gate}")
@@ -212,6 +216,16 @@ class Lookahead(TrainerCallback, ExportableState):
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
             raise RlcastError(f"lookahead {self.name}: {message}")
+
+    def _numbers(self) -> None:
+        """Every hyper-parameter's type, finiteness and range (BOUNDS), checked where it enters: a NaN alpha or an
+        infinite boost would make every reposition fail silently, a huge K overflow TRL's step counts."""
+        for name, (low, high) in self.BOUNDS.items():
+            value, where = getattr(self, name), f"lookahead {self.name}: {name}"
+            if isinstance(low, int) and isinstance(high, int):
+                check_int(value, where, low, high)
+            else:
+                check_number(value, where, low, high)
 
     # ------------------------------------------------------------------ method hooks
 
@@ -352,11 +366,9 @@ class SFPO(Lookahead):
     gate_threshold: float = 1.0
     after_gate: int = 1
     name = "sfpo"
-
-    def __post_init__(self):
-        super().__post_init__()
-        self._check(self.K >= 1, f"K must be >= 1 fast step (got {self.K})")
-        self._check(self.gate_window >= 0, f"gate_window must be >= 0 (got {self.gate_window})")
+    # alpha 0 restarts from theta0, 1 is plain GRPO, above 1 extrapolates: far beyond the published 0.8 it diverges
+    BOUNDS = {"K": (1, MAX_STEPS), "alpha": (0.0, 10.0), "gate_window": (0, MAX_WINDOW),
+              "gate_threshold": (-math.inf, math.inf), "after_gate": (1, MAX_STEPS + 1)}
 
     @property
     def fast_steps(self) -> int:
@@ -403,11 +415,13 @@ class GXPO(Lookahead):
     after_gate: int = 1
     name = "gxpo"
     fast_steps = 2
+    # alpha q scales theta2 - theta0 (q in [1, K/2 + 1]): negative moves against the steps (alpha -1e6 zeroed the
+    # accuracy); K virtual steps cost K multiplications per coordinate and batch
+    BOUNDS = {"K": (2, MAX_STEPS), "alpha": (0.0, 10.0), "tau": (-math.inf, math.inf),
+              "gate_window": (0, MAX_WINDOW), "after_gate": (1, 3)}
 
     def __post_init__(self):
         super().__post_init__()
-        self._check(self.K >= 2, f"K must be >= 2 virtual steps (got {self.K})")
-        self._check(self.gate_window >= 0, f"gate_window must be >= 0 (got {self.gate_window})")
         self.grads_: list[list[torch.Tensor]] = []  # g0, g1 of the current batch
         self.meter_: _PreClipNorm | None = None
         self.corrective_norm_: float | None = None
@@ -468,11 +482,12 @@ class Rank1Boost(Lookahead):
     rank: int = 1
     seed: int = 0
     name = "rank1"
+    # boost 1 is plain GRPO, 0 removes the batch's component along the run's direction; an infinite boost made every
+    # reposition non-finite (silently skipped), 1e30 overflowed float32
+    BOUNDS = {"fast_steps": (1, MAX_STEPS), "boost": (0.0, 100.0), "rank": (1, 1024), "seed": (0, 2**63 - 1)}
 
     def __post_init__(self):
         super().__post_init__()
-        self._check(self.fast_steps >= 1, f"fast_steps must be >= 1 (got {self.fast_steps})")
-        self._check(self.rank >= 1, f"rank must be >= 1 (got {self.rank})")
         self.start_: dict[str, torch.Tensor] = {}  # the 2-D trainable tensors when training began
         self.basis_: dict[str, torch.Tensor] = {}  # per 2-D tensor: V, its tracked right singular vectors (n x rank)
 

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import DefaultFlowCallback, ExportableState
 
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import json_safe
+from rlcast.io.writer import check_output, json_safe
 from rlcast.training.accelerate import reporting
 from rlcast.training.accelerate.backtest import choose, fit
 from rlcast.training.accelerate.check import CheckSet, paired_se, rewards, verdict
@@ -103,14 +103,30 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         steps = self.window.virtual
         return fit(self.methods[method], self.window, steps, self.config.method_params).predict(target - steps[0])
 
-    def _reward(self, model, tokenizer) -> torch.Tensor:
-        """Greedy reward of every check prompt, in prompt order (paired before/after the jump)."""
+    def check_run(self, output_dir, model=None) -> None:
+        """What the settings must agree with in this run, checked before any work (`runs.train` calls it before the
+        base is scored, `on_train_begin` again before the first step): an explicit snapshot_dir never is, contains
+        or lies inside the run's output folder or the model (`io.writer.check_output`, writability tried for real),
+        and the check's task builds with enough train prompts (a bad one fails now, not at every jump attempt)."""
+        if self.config.snapshot_dir:
+            check_output(Path(self.config.snapshot_dir), "accelerate", folder=True, replaces=False,
+                         inputs={"the run's output folder": output_dir, "the model": model},
+                         option="--accel snapshot_dir=DIR")
+        self._checks()
+
+    def _checks(self) -> CheckSet:
+        """The check prompts, built once."""
         if self._check_set is None:
             self._check_set = CheckSet(get_task(self.config.task, self.config.task_args or None),
                                        self.config.eval_prompts)
+        return self._check_set
+
+    def _reward(self, model, tokenizer) -> torch.Tensor:
+        """Greedy reward of every check prompt, in prompt order (paired before/after the jump)."""
+        checks = self._checks()
         start = _clock()
         try:
-            return rewards(model, tokenizer, self._check_set, self.config.eval_batch_size)
+            return rewards(model, tokenizer, checks, self.config.eval_batch_size)
         finally:
             self.seconds["eval"] += _clock() - start
 
@@ -187,7 +203,9 @@ class AccelerateCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         check_unsharded(model, "accelerate")
-        self.window.root = Path(self.config.snapshot_dir or Path(args.output_dir) / ".rlcast-accelerate")
+        path = getattr(model, "name_or_path", None)
+        self.check_run(args.output_dir, path if path and Path(path).exists() else None)
+        self.window.open(Path(self.config.snapshot_dir or args.output_dir), args.output_dir)
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict) and "attributes" in saved:
             # resumed: restore our state even when restore_callback_states_from_checkpoint is off (its default)
@@ -198,7 +216,7 @@ class AccelerateCallback(TrainerCallback, ExportableState):
             log.warning("accelerate: no snapshot left in %s; the window restarts at step %d", self.window.root,
                         state.global_step)
         else:
-            self.window.delete()
+            self.window.clear()
             self.snapshots = []
         self.segment_start = state.global_step
         self.last_attempt = max(self.last_attempt, state.global_step)

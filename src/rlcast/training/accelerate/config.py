@@ -6,13 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rlcast.errors import RlcastError
+from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.io.writer import json_safe
-from rlcast.methods import METHODS, Extrapolator
+from rlcast.methods import METHODS, Extrapolator, make_extrapolator
 
 # auto's default candidates, chosen on tuning seeds (100, 101) of the steady preset: alpharl-step and rre back-tested
 # at 2-5x the error of standing still on every attempt (never chosen), next retrains its MLPs at every fit
 AUTO_METHODS = ("weight-linear", "drift", "relex")
+MAX_COUNT = 10**9  # the largest step count, window or prompt count a setting may take (a bigger one is a typo)
 
 
 def label(method) -> str:
@@ -49,7 +50,9 @@ class AccelerateConfig:
     task / task_args / eval_prompts / eval_batch_size: the check; optimizer_state: "keep" or "reset" Adam's moments
     after a kept jump; methods: auto's candidates (default AUTO_METHODS); method_params: {name: {param: value}} for
     `make_extrapolator`; max_backtest_error: skip the jump when the best back-test error is >= this (None: no
-    back-test of a fixed method, no limit for auto); snapshot_dir: default OUTPUT_DIR/.rlcast-accelerate.
+    back-test of a fixed method, no limit for auto); snapshot_dir: where the snapshots go, in a folder of their own
+    (`snapshots.FOLDER`, the only thing ever deleted; never the run's output folder, inside or around it, nor the
+    model), default OUTPUT_DIR. Every number is checked here (type, finite, range): a bad one never reaches a jump.
     """
 
     method: str | Any = "auto"
@@ -75,17 +78,28 @@ class AccelerateConfig:
     verbose: bool = True
 
     def __post_init__(self):
-        if self.horizon < 1:
-            raise RlcastError(f"accelerate: horizon must be >= 1 step (got {self.horizon})")
-        if self.every < 1:
-            raise RlcastError(f"accelerate: every must be >= 1 step (got {self.every})")
-        if self.eval_prompts < 1:
-            raise RlcastError(f"accelerate: eval_prompts must be >= 1 (got {self.eval_prompts})")
-        if self.tolerance < 0 or not 0 < self.collapse <= 1:
-            raise RlcastError(f"accelerate: need tolerance >= 0 and 0 < collapse <= 1 (got {self.tolerance}, "
-                              f"{self.collapse})")
-        if not (0 < self.shrink <= 1 <= self.grow):
-            raise RlcastError(f"accelerate: need 0 < shrink <= 1 <= grow (got shrink={self.shrink}, grow={self.grow})")
+        # every number checked for type, finiteness and range here, where it enters (a NaN tolerance would keep
+        # every jump; a zero batch size would fail at each attempt, after training started)
+        for name in ("every", "horizon", "window", "eval_prompts", "eval_batch_size"):
+            check_int(getattr(self, name), f"accelerate: {name}", 1, MAX_COUNT)
+        for name in ("snapshot_every", "max_horizon"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), f"accelerate: {name}", 1, MAX_COUNT)
+        check_number(self.tolerance, "accelerate: tolerance", 0, 1)
+        check_number(self.collapse, "accelerate: collapse", 0, 1, above=True)
+        check_number(self.shrink, "accelerate: shrink", 0, 1, above=True)
+        check_number(self.grow, "accelerate: grow", 1, 100)
+        if self.max_backtest_error is not None:
+            check_number(self.max_backtest_error, "accelerate: max_backtest_error", 0, above=True)
+        for name in ("task", "optimizer_state") + (("snapshot_dir",) if self.snapshot_dir is not None else ()):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise RlcastError(f"accelerate: {name} must be a non-empty string (got {getattr(self, name)!r:.60})")
+        for name in ("task_args", "method_params"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise RlcastError(f"accelerate: {name} must be a JSON object (got {getattr(self, name)!r:.60})")
+        for name in ("keep_snapshots", "verbose"):
+            if not isinstance(getattr(self, name), bool):
+                raise RlcastError(f"accelerate: {name} must be true or false (got {getattr(self, name)!r:.60})")
         if self.optimizer_state not in ("keep", "reset"):
             raise RlcastError(f"accelerate: optimizer_state must be keep or reset (got {self.optimizer_state!r})")
         if self.method != "auto":
@@ -104,6 +118,16 @@ class AccelerateConfig:
             raise RlcastError(f"accelerate: window {self.window} is shorter than method {label(self.method)} needs "
                               f"({need} snapshots: an anchor, {min_checkpoints(self.method)} more"
                               f"{' and one to back-test on' if self.backtesting else ''})")
+        stray = sorted(set(self.method_params or {}) - {label(m) for m in self.candidates})
+        if stray:
+            raise RlcastError(f"accelerate: method_params for {', '.join(map(str, stray))}: not among the methods "
+                              f"({', '.join(label(m) for m in self.candidates)})")
+        for m in self.candidates:  # a method's bad parameter fails now, not at each jump attempt
+            if isinstance(m, str):
+                given = (self.method_params or {}).get(m, {})
+                if not isinstance(given, dict):
+                    raise RlcastError(f"accelerate: method_params.{m} must be a JSON object (got {given!r:.60})")
+                make_extrapolator(m, **({"selection": "all"} | given))
         if not 1 <= self.snapshot_interval <= self.every:
             raise RlcastError(f"accelerate: snapshot_every must be in 1..every={self.every} "
                               f"(got {self.snapshot_interval})")
