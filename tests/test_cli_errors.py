@@ -126,8 +126,9 @@ def test_bad_option_values_are_usage_errors_before_torch_loads(tmp_path):
     assert done.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2] []", done.stdout + done.stderr
     for words in (["'rank-1' is not one of 'jumps', 'sfpo', 'gxpo', 'rank1'"],
                   ["'--hp'", "'learning_rate=abc': 'abc' is not a number or none"],
-                  ["unknown key 'nosuch'", "keys: learning_rate, "], ["'4.5' is not an integer or none"],
-                  ["'--steps'", "greater than or equal to 1"], ["'-n'", "greater than or equal to 1"], ["'dev' is not one of 'test', 'train'"]):
+                  ["unknown key 'nosuch'", "known: learning_rate, "], ["'4.5' is not an integer or none"],
+                  ["'--steps'", "greater than or equal to 1"], ["'-n'", "greater than or equal to 1"],
+                  ["'dev' is not one of 'test', 'train'"]):
         assert all(word in done.stderr for word in words), (words, done.stderr)
     assert "Value error" not in done.stderr and "NoneType" not in done.stderr  # no pydantic / typing reprs
     assert not out.exists()
@@ -146,10 +147,10 @@ def test_debug_goes_before_or_after_the_command_and_version_prints(run_cli, tmp_
 
 
 def test_override_types_say_none_not_nonetype():
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
     from rlcast.training.runs import TrainConfig
 
-    with pytest.raises(RlcastError, match=r"'abc' is not a valid float or none$"):
+    with pytest.raises(RlcastError, match=r"'abc' is not a number or none$"):
         parse_overrides(TrainConfig, ["learning_rate=abc"], ["learning_rate"], "--hp")
 
 
@@ -359,3 +360,24 @@ def test_extrapolate_does_not_import_trl(planted, tmp_path):
     done = subprocess.run([sys.executable, "-c", EXTRAPOLATE, *args], capture_output=True, text=True)
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
     assert (out / "config.json").exists()
+
+
+# --- result tables piped or logged: no column cut off ---
+
+def test_compare_table_keeps_its_gain_column_when_piped(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from rlcast.apps.compare import Comparison, Row, print_table
+
+    long = "/very/long/path/of/a/run/" * 6
+    result = Comparison(run=long, task="arith", target=300, n_prompts=200, seed=0, cutoffs=[60], params={},
+                        rows=[Row("real", 0, 300, 0.5, 0.45, 0.55), Row("real", 60, 300, 0.55, 0.5, 0.6),
+                              Row("real", 300, 300, 0.6, 0.55, 0.65, 100.0),
+                              Row("weight-linear", 60, 300, 0.58, 0.53, 0.63, 96.7, 0.03)],
+                        forecasts=[{"cutoff": 60, "target": 300, "median": 0.59, "low": 0.5, "high": 0.66}])
+    piped = io.StringIO()  # not a terminal: rich would give it 80 columns
+    print_table(result, Console(file=piped))
+    text = piped.getvalue()
+    assert "+0.030" in text and "96.7%" in text and "gain" in text and "…" not in text, text
