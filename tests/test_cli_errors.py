@@ -4,9 +4,11 @@ line naming them (exit 1) before any work, wrong folders with the way out, and h
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 from rich.progress import Progress
@@ -381,3 +383,16 @@ def test_compare_table_keeps_its_gain_column_when_piped(tmp_path):
     print_table(result, Console(file=piped))
     text = piped.getvalue()
     assert "+0.030" in text and "96.7%" in text and "gain" in text and "…" not in text, text
+
+
+# --- the first hour: make targets ---
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_demo_installs_no_test_extras_and_make_test_does():
+    root = Path(__file__).resolve().parent.parent
+    plan = lambda target: subprocess.run(["make", "-n", "-B", "-C", str(root), target], capture_output=True,  # noqa: E731
+                                         text=True, check=True).stdout
+    demo, test = plan("demo"), plan("test")
+    assert "pip install -q -e .\n" in demo and "[test]" not in demo and "rlcast demo" in demo
+    assert '-e ".[test]"' in test and "pytest" in test
+    assert "rlcast-demo/" in (root / ".gitignore").read_text().splitlines()  # `rlcast demo`'s default output
