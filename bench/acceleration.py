@@ -57,12 +57,12 @@ import torch
 from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
 from rlcast.evaluation.curves import outcome
 from rlcast.io.manifest import Manifest
+from rlcast.io.options import parse_overrides
 from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
-from rlcast.training.support import parse_overrides
 
 DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
             "finished plain runs are reused)")

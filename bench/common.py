@@ -97,7 +97,7 @@ def add_preset(parser: argparse.ArgumentParser, default: str = "steady") -> None
 def train_config(args: argparse.Namespace, **fields):
     """The TrainConfig of --preset with the --hp overrides, then `fields` (run settings such as seed, steps)."""
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
 
     config = dataclasses.replace(preset(args.preset), **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
     return dataclasses.replace(config, **fields)

@@ -8,7 +8,7 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.intervals import wilson
 from rlcast.evaluation.tasks import Example, get_task, math_equal
-from rlcast.training.support import parse_overrides
+from rlcast.io.options import parse_overrides
 from rlcast.training.testbed import base_model
 
 

@@ -139,7 +139,7 @@ def _compute(device: str, backend: str, ray_address: str | None, workers: int | 
 
 def _task_args(items: list[str] | None) -> dict | None:
     """--task-arg KEY=VALUE items as a dict; None when none is given (the run's own arguments then apply)."""
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
 
     return parse_overrides(None, items, None, "--task-arg") if items else None
 
@@ -262,7 +262,7 @@ def _fractions(text: str) -> list[float]:
 
 def _method_params(items: list[str] | None) -> dict[str, dict]:
     """--param METHOD.KEY=VALUE items as {method: {key: value}}, values parsed as JSON when they parse."""
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
 
     params: dict[str, dict] = {}
     for item in items or []:
@@ -613,23 +613,17 @@ HP_KEYS = ", ".join(HP_TYPES)
 
 
 def _check_hp(items: list[str] | None) -> None:
-    """--hp items with a known key and a number where the field takes one: usage errors (exit 2) while parsing, before
-    training.runs imports torch and TRL; TrainConfig then checks the values (learning_rate > 0, ...)."""
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        key, text = key.strip().replace("-", "_"), text.strip()
-        if not sep or key not in HP_TYPES:
-            raise typer.BadParameter(f"{item!r}: " + ("expected KEY=VALUE" if not sep else f"unknown key {key!r}")
-                                     + f"; keys: {HP_KEYS}", param_hint="'--hp'")
-        kinds = get_args(HP_TYPES[key]) or (HP_TYPES[key],)
-        if type(None) in kinds and text.lower() in ("none", "null") or str in kinds:
-            continue
-        kind = int if int in kinds else float
-        try:
-            kind(text)
-        except ValueError:
-            raise typer.BadParameter(f"{item!r}: {text!r} is not {'an integer' if kind is int else 'a number'}"
-                                     + (" or none" if type(None) in kinds else ""), param_hint="'--hp'") from None
+    """--hp items parsed against HP_TYPES by the one KEY=VALUE parser (`io.options`, no torch): usage errors (exit 2)
+    while parsing, before training.runs imports torch and TRL; TrainConfig then checks the values (learning_rate > 0,
+    ...)."""
+    from rlcast.io.options import parse_overrides
+
+    try:
+        parse_overrides(HP_TYPES, items, HP_TYPES, "--hp")
+    except RlcastError as err:
+        raise typer.BadParameter(str(err).removeprefix("--hp "), param_hint="'--hp'") from None
+
+
 ACCEL_KEYS = ("method, every, horizon, window, tolerance, task, task_args, eval_prompts, snapshot_every, max_horizon, "
               "grow, shrink, collapse, optimizer_state, methods, method_params, max_backtest_error, snapshot_dir, "
               "keep_snapshots, eval_batch_size, verbose")  # the fields of training.accelerate.AccelerateConfig
@@ -680,7 +674,7 @@ def train_cmd(
     from rlcast.io.manifest import Manifest
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
     from rlcast.training.runs import preset as named_preset
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
 
     given = {"task": task, "task_args": _task_args(task_arg),
              "algo": algo.lower() if algo else None,
@@ -759,7 +753,7 @@ def continue_cmd(
     from rlcast.evaluation.tasks import task_variant
     from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
 
     params = parse_overrides(None, param, None, "--param")
     if (params or target is not None) and method is None:
@@ -969,7 +963,7 @@ def tune_cmd(
     from rlcast.io.writer import output_record
     from rlcast.training.runs import HYPERPARAMETERS, TrainConfig
     from rlcast.training.runs import preset as named_preset
-    from rlcast.training.support import parse_overrides
+    from rlcast.io.options import parse_overrides
     from rlcast.tune import Sweep
     from rlcast.tune.report import leaderboard, write_report
     from rlcast.tune.runs import RlcastTrial, parse_grid, train_line

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from rlcast.errors import RlcastError
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
 from rlcast.training.lookahead import LOOKAHEAD, Lookahead
-from rlcast.training.support import parse_overrides
+from rlcast.io.options import parse_overrides
 
 ACCELERATORS = ("jumps", *LOOKAHEAD)
 
