@@ -29,7 +29,7 @@ from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve
 from rlcast.forecasting.curves import with_weights
 from rlcast.io.logs import detect, read_log
 from rlcast.io.logs.runfolder import manifest_run
-from rlcast.io.runs import Run, load_run
+from rlcast.io.runs import Checkpoint, Run, load_run
 from rlcast.io.writer import write_json_atomic
 
 UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged
@@ -69,6 +69,24 @@ def open_run(path: str | Path, base: str | None = None) -> tuple[Run, str | None
         if not (Path(path).expanduser() / "run.json").is_file():
             raise
         return manifest_run(path), str(err)
+
+
+def read_by(paths: list[str | Path], base: str | None = None) -> list[Run]:
+    """Everything `forecast` reads, as runs for `io.writer.check_output` (its --json output never is, contains or lies
+    inside any of it): each run's folder and run.json, its base and checkpoint folders (their trainer_state.json), also
+    the folders a run.json names when the weights in them cannot be read."""
+    runs = []
+    for path in paths:
+        if detect(path)[0] != "run":
+            continue  # a log: `log_inputs`
+        run, unreadable = open_run(path, base)
+        if unreadable:
+            root, manifest = run.root, run.manifest
+            named = [Checkpoint(e.step, (root / e.path).resolve(), "full") for e in manifest.checkpoints if e.path]
+            origin = base or manifest.base
+            run = Run((root / origin).resolve() if origin else None, named, root, manifest)
+        runs.append(run)
+    return runs
 
 
 def log_inputs(paths: list[str | Path], base: str | None = None) -> dict[str, Path]:

@@ -46,7 +46,7 @@ from rlcast.evaluation.tasks import get_task
 from rlcast.io.files import read_json, regular_file
 from rlcast.io.manifest import FORMAT, Entry, Manifest
 from rlcast.io.writer import atomic_folder, check_output, claim_folder, json_safe, output_record
-from rlcast.training.support import config_from_dict, preserved_rng
+from rlcast.training.support import check_resume_state, config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
 
 # algorithm -> the TRL loss fields it sets (GRPOConfig for the GRPO family)
@@ -64,6 +64,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULERS = tuple(s.value for s in SchedulerType)  # transformers' lr_scheduler_type names
 # learning rate when none is given: (RL or SFT, LoRA) -> lr, from an lr sweep of 300-step GRPO on the testbed
 # (full: 3e-6 .. 1e-3, LoRA: 3e-5 .. 1e-3); full fine-tuning at >= 1e-4 and LoRA at 1e-3 fell below the base
+MAX_COUNT = 10**9  # the largest step count, batch or prompt count a setting may take (beyond: a typo, or an overflow)
 DEFAULT_LR = {("rl", False): 1e-5, ("rl", True): 3e-5, ("sft", False): 1e-4, ("sft", True): 1e-3}
 
 
@@ -107,15 +108,16 @@ class TrainConfig:
             raise RlcastError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGOS)}")
         for name in ("steps", "save_every", "eval_prompts", "batch_size", "num_generations", "num_iterations",
                      "lora_r"):
-            check_int(getattr(self, name), name, 1)
-        for name in ("seed", "warmup_steps"):
-            check_int(getattr(self, name), name, 0)
+            check_int(getattr(self, name), name, 1, MAX_COUNT)
+        check_int(self.seed, "seed", 0, 2**32 - 1)  # numpy's seeds are 32-bit
+        check_int(self.warmup_steps, "warmup_steps", 0, MAX_COUNT)
         for name in ("max_completion_length", "schedule_steps"):
             if getattr(self, name) is not None:
-                check_int(getattr(self, name), name, 1)
-        for name in ("learning_rate", "epsilon_high"):
-            if getattr(self, name) is not None:
-                check_number(getattr(self, name), name, 0, above=True)
+                check_int(getattr(self, name), name, 1, MAX_COUNT)
+        if self.learning_rate is not None:  # above 1, Adam's first step alone overflows the weights to NaN
+            check_number(self.learning_rate, "learning_rate", 0, 1, above=True)
+        if self.epsilon_high is not None:
+            check_number(self.epsilon_high, "epsilon_high", 0, above=True)
         for name in ("temperature", "epsilon", "lora_alpha"):
             check_number(getattr(self, name), name, 0, above=True)
         for name in ("beta", "weight_decay"):
@@ -572,6 +574,11 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
     newest = _resume_point(out, manifest, callbacks) if manifest is not None else None
     model = Path(config.model) if config.model and Path(config.model).exists() else None
     check_output(out, "train", folder=True, inputs={"the base model": model}, replaces=False)
+    for callback in callbacks:
+        if hasattr(callback, "check_run"):  # an accelerator's settings checked against this run before any work
+            callback.check_run(out, model)
+    if newest is not None:
+        check_resume_state(out / f"checkpoint-{newest}")  # a pickle weights_only refuses: one line, now
     claim_folder(out, output_record("train"))
     if manifest is None:  # written before any work, so that a run interrupted at any moment can be resumed
         manifest = Manifest(config=config.to_json(), task=task.name, task_args=dict(config.task_args),
