@@ -35,6 +35,7 @@ from rlcast.io.selections import parse_name
 from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
+STEP = "optimizer step"  # the unit of every step axis and of the title
 
 
 def results_dir(run) -> Path:
@@ -130,8 +131,9 @@ def _cells(grid: torch.Tensor):
                 yield (i, j), float(grid[i, j])
 
 
-def accuracy_plot(accuracy: dict[int, float], dominance: dict | None) -> str | None:
-    """Accuracy against the step (manifest accuracies), with the rank-k models of `rlcast dominance` marked."""
+def accuracy_plot(accuracy: dict[int, float], dominance: dict | None, xlabel: str = STEP) -> str | None:
+    """Accuracy against the step (manifest accuracies), with the rank-k models of `rlcast dominance` marked; `xlabel`
+    names the step axis in the title's unit (`step_axis`)."""
     import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
     if not accuracy and not dominance:
@@ -150,7 +152,7 @@ def accuracy_plot(accuracy: dict[int, float], dominance: dict | None) -> str | N
         ax.errorbar(step, full["accuracy"], yerr=[[full["accuracy"] - full["ci_low"]],
                                                   [full["ci_high"] - full["accuracy"]]],
                     fmt="D", color="black", capsize=3, label="full checkpoint (dominance eval)")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -180,7 +182,7 @@ def spectrum_plot(traj) -> str:
         energy = torch.stack([mt.rank1_energy for n, mt in traj.modules.items()
                               if mt.u is not None and parse_name(n)[1] == kind]).nanmean(0)
         axes[1].plot(traj.steps, energy.numpy(), "o-", ms=3, label=kind)
-    axes[1].set_xlabel("step")
+    axes[1].set_xlabel(STEP)
     axes[1].set_ylabel("rank-1 energy s_1^2 / ||dW||_F^2")
     axes[1].set_title("rank-1 energy over training (mean per module type)", fontsize=10)
     axes[1].grid(alpha=0.3)
@@ -208,7 +210,7 @@ def u1_projection_plot(traj, modules: list[dict], n: int = 6) -> str:
         ax.annotate("start", xy[0].tolist(), fontsize=7)
         ax.set_title(f"{m['name'].removesuffix('.weight')}\nPC1+PC2 = {float(share):.0%} of variance", fontsize=8)
         ax.tick_params(labelsize=7)
-        fig.colorbar(points, ax=ax, shrink=0.8, label="step")
+        fig.colorbar(points, ax=ax, shrink=0.8, label=STEP)
     for ax in list(axes.flat)[len(picked):]:
         ax.axis("off")
     fig.tight_layout()
@@ -236,7 +238,7 @@ def fan_chart(curve, result) -> str:
     ax.errorbar(curve.steps, curve.accuracy, yerr=np.where(np.isfinite(curve.sd), 1.96 * curve.sd, 0), fmt="o",
                 color="tab:blue", ms=4, capsize=2, label="checkpoints (95 % CI)")
     ax.axvline(curve.last, color="0.5", ls=":", lw=1)
-    ax.set_xlabel("step")
+    ax.set_xlabel(STEP)
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"forecast of step {result.target_step} from the checkpoints up to step {curve.last}", fontsize=10)
     ax.grid(alpha=0.3)
@@ -361,23 +363,67 @@ def _number(value) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def steps_per_batch(manifest: Manifest | None) -> float | None:
+    """Optimizer steps per generation batch of an RL run (run.json's `generation_batches` of its last checkpoint);
+    None when the run does not record them (SFT, a run rlcast did not train)."""
+    last = next((e for e in reversed(manifest.checkpoints) if e.generation_batches), None) if manifest else None
+    return last.step / last.generation_batches if last else None
+
+
+def _per_batch(ratio: float) -> str:
+    return f"{ratio:.0f}" if abs(ratio - round(ratio)) < 0.05 else f"{ratio:.1f} on average"
+
+
+def step_axis(manifest: Manifest | None) -> str:
+    """The step axis label, saying how many optimizer steps make a generation batch when the run records it."""
+    ratio = steps_per_batch(manifest)
+    return STEP if ratio is None else f"{STEP} ({_per_batch(ratio)} per generation batch)"
+
+
+def story(accuracy: dict[int, float], manifest: Manifest | None) -> str | None:
+    """The run's story in one sentence: held-out accuracy from the base (or first checkpoint) to the last, its gain
+    and its peak, counted in optimizer steps and, for RL runs, generation batches (and how many steps make one)."""
+    if len(accuracy) < 2:
+        return None
+    first, last = min(accuracy), max(accuracy)
+    start = "the base" if first == 0 else f"step {first}"
+    entry = next((e for e in manifest.checkpoints if e.step == last), None) if manifest else None
+    ratio = steps_per_batch(manifest)
+    cost = f"{last} optimizer steps" + (f", {entry.generation_batches} generation batches ({_per_batch(ratio)} "
+                                        f"optimizer step{'' if ratio == 1 else 's'} per batch)"
+                                        if entry and entry.generation_batches and ratio else "")
+    peak = max(accuracy, key=lambda s: (accuracy[s], -s))
+    peaked = (f", after a peak of {accuracy[peak]:.3f} at step {peak}" if peak not in (first, last)
+              and accuracy[peak] - accuracy[last] > 0.01 else "")
+    return (f"Held-out accuracy went from {accuracy[first]:.3f} ({start}) to {accuracy[last]:.3f} at the last "
+            f"checkpoint, step {last}: {accuracy[last] - accuracy[first]:+.3f} in {cost}{peaked}.")
+
+
 def verdict(overall: dict, dom: dict | None, accuracy: dict[int, float]) -> tuple[list[str], list[dict]]:
     """What the run shows, in words, from the numbers: the gain, the rank-1 share of it, whether the rank-1
     trajectories stay linear out of sample; and the table of this run's figures next to the papers'."""
     said, rows = [], []
-    if len(accuracy) >= 2:
-        first, last = min(accuracy), max(accuracy)
-        said.append(f"Held-out accuracy went from {accuracy[first]:.3f} at step {first} to {accuracy[last]:.3f} at "
-                    f"step {last}.")
     rank1 = next(((s, r) for s, r in zip(dom["ranks"], dom["recovery"]) if s.get("k") == 1), None) if dom else None
     if rank1:
         score, rec = rank1
-        said.append(f"Keeping only the top singular direction of every update (rank 1) keeps {_share(rec['recovery'])} "
-                    f"of the full model's accuracy {_ci(rec['recovery_ci'])} and {_share(rec['gain_recovery'])} of the "
-                    f"gain over the base {_ci(rec['gain_recovery_ci'])} (step {dom['step']}, {dom['n_prompts']} "
-                    f"prompts, paired bootstrap 95 %).")
-        text = rank1_verdict(dom).text  # holds / does not hold / not measurable, as `rlcast dominance` prints it
-        said.append(html.escape(text[0].upper() + text[1:] + "."))
+        judged = rank1_verdict(dom)  # holds / does not hold / not measurable, as `rlcast dominance` prints it
+        where = f"(step {dom['step']}, {dom['n_prompts']} prompts, paired bootstrap 95 %)"
+        if judged.state == "not measurable":  # a share with a 250-point interval is no finding: not stated as one
+            said.append(f"Keeping only the top singular direction of every update (rank 1) keeps "
+                        f"{_share(rec['recovery'])} of the full model's accuracy {_ci(rec['recovery_ci'])} {where}; "
+                        f"its share of the gain over the base is not measurable on this many prompts.")
+        else:
+            said.append(f"Keeping only the top singular direction of every update (rank 1) keeps "
+                        f"{_share(rec['recovery'])} of the full model's accuracy {_ci(rec['recovery_ci'])} and "
+                        f"{_share(rec['gain_recovery'])} of the gain over the base {_ci(rec['gain_recovery_ci'])} "
+                        f"{where}.")
+        said.append(html.escape(judged.text[0].upper() + judged.text[1:] + "."))
+        if judged.state != "not measurable" and rec["gain_recovery_ci"][1] < 0:  # below the base, beyond noise
+            said.append(f"The rank-1 model scores below the base ({score['accuracy']:.3f} against "
+                        f"{dom['base']['accuracy']:.3f}): the update's top direction alone undoes part of what the "
+                        f"run learned. The published weight-extrapolation methods (AlphaRL, NExt, RELEX) assume "
+                        f"rank-1 dominance; it does not hold on this run, so extrapolating along that direction moves "
+                        f"away from the run's gains rather than ahead of them.")
         rows.append({"measure": "rank-1 model / full model accuracy", "this run": rec["recovery"],
                      "published": f"{PUBLISHED['rank1_accuracy'][1]} ({PUBLISHED['rank1_accuracy'][0]})"})
     else:
@@ -461,14 +507,16 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
     said, published = verdict(dyn["summary"]["overall"], dom, accuracy)
     said += [html.escape(note) for note in verdict_notes]
-    story = ("<p class=verdict>" + " ".join(said) + "</p>"
+    told = story(accuracy, manifest)
+    story_ = ((f"<p class=verdict>{html.escape(told)}</p>" if told else "") + "<p class=verdict>" + " ".join(said)
+              + "</p>"
              + (table(published) + "<p class=note>published: AlphaRL (arXiv 2510.00553), NExt (arXiv 2604.11446), "
                 "on 7B-scale runs.</p>" if published else ""))
-    sections = [("What this run shows", story), *lead]
+    sections = [("What this run shows", story_), *lead]
     if forecast := forecast_section(run, traj):  # where the held-out accuracy is heading
         sections.append(("Forecast", forecast))
     sections += [  # plots
-        ("Accuracy against the step", _img(accuracy_plot(accuracy, dom), "accuracy vs step")),
+        ("Accuracy against the step", _img(accuracy_plot(accuracy, dom, step_axis(manifest)), "accuracy vs step")),
         ("Singular spectra and rank-1 energy", _img(spectrum_plot(traj), "spectra")
          + _img(heatmaps(modules, [("rank1_energy_last", f"rank-1 energy at step {traj.steps[-1]}")], 0, 1,
                          "viridis"), "rank-1 energy")),
@@ -497,7 +545,9 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         ("Run", table(info)),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"{manifest.algo or '?'} on {task_name}, steps {traj.steps[0]}-{traj.steps[-1]}"
+    ratio = steps_per_batch(manifest)
+    title = (f"{manifest.algo or '?'} on {task_name}, {STEP}s {traj.steps[0]}-{traj.steps[-1]}"
+             + (f" ({_per_batch(ratio)} per generation batch)" if ratio else ""))
     body = "".join(f"<h2>{html.escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (f"<!doctype html>\n{html_record(output_record('report'))}\n<html><head><meta charset='utf-8'>"
             f"<title>rlcast: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
