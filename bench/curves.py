@@ -27,6 +27,7 @@ import torch
 
 from common import (Results, add_preset, add_seeds, console, new_parser, plain_run, reuse_rollouts, run_name,
                     train_config)
+from rlcast.io.manifest import Manifest
 from rlcast.io.writer import write_text_atomic
 
 DURATION = "~10 h on 2 CPU cores for the default grid (4 seeds x 5 learning rates x mu 1, 2, 4; mu 4 ~10 min a run)"
@@ -97,7 +98,7 @@ def main() -> None:
                                              save_every=args.save_every), mu)
         run = plain_run(args.out / name, config)
         commit_curve(run, destination, results.provenance)
-        final = json.loads((run / "run.json").read_text())["checkpoints"][-1]["accuracy"]
+        final = Manifest.read(run / "run.json").checkpoints[-1].accuracy
         results.add({"name": name, "seed": seed, "learning_rate": lr, "mu": mu, "final": final})
         console.print(f"{name}: final {final:.3f} -> {destination}")
     done = sorted(p.name for p in (args.library / args.preset).glob("seed*-lr*-mu*") if p.is_dir())

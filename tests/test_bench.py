@@ -134,3 +134,30 @@ def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_b
     assert fastest(list(med), med, "speedup") == (4.0, 4)
     med[4.0, 4]["final"] = 0.504 - 2 * FINAL_NOISE
     assert fastest(list(med), med, "speedup") == (4.0, 2)
+
+
+def test_every_script_keeps_the_one_accounting():
+    """Read in the scripts' source (no import, no training): run.json only through Manifest.read, --seeds only through
+    common.parse_seeds, KEY=VALUE only through rlcast.io.options.parse_overrides, the goal only from
+    rlcast.evaluation.curves, accelerators only from the factory; every script declares DURATION."""
+    for script in sorted(set(BENCH.glob("*.py")) - {BENCH / "common.py", BENCH / "run.py"}):
+        source = script.read_text()
+        name = script.name
+        assert not re.search(r"json\.loads\(\(?[^)]*run\.json", source), f"{name} reads run.json without Manifest.read"
+        if "--seeds" in source:
+            assert "add_seeds(" in source or "type=parse_seeds" in source, f"{name}: --seeds not parsed by parse_seeds"
+        assert not re.search(r"\.partition\(\"=\"\)", source), f"{name} parses KEY=VALUE itself"
+        assert not re.search(r"\b0\.98\b|^GOAL\s*=", source, re.M), f"{name} has its own goal"
+        assert not re.search(r"LOOKAHEAD\[|AccelerateCallback\(", source), f"{name} builds an accelerator itself"
+        assert re.search(r"^DURATION\s*=", source, re.M), f"{name} declares no DURATION"
+
+
+def test_acceleration_takes_seeds_and_best_plain_as_every_script_does(bench_modules):
+    from acceleration import best_plain
+    from common import parse_seeds
+
+    assert best_plain("1.2e-4,2") == (1.2e-4, 2)
+    for bad in ("1.2e-4", "x,2", "1e-4,0", "-1,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected LR,MU"):
+            best_plain(bad)
+    assert parse_seeds("5") == [0, 1, 2, 3, 4]  # acceleration.py's default, as a count like every script's
