@@ -1,195 +1,219 @@
-"""How well `rlcast forecast` predicts where finished runs end, from 20 % and 40 % of their checkpoints.
+"""How well `rlcast forecast` predicts where runs end, and what its stop rule saves, on three sets of curves.
 
-Each finished run (run.json status "finished") is put on the generation-batch axis (run.json's `generation_batches`
-where recorded, else step // num_iterations), cut at 20 % and 40 % of its length, and its final held-out accuracy
-forecast from the checkpoints up to the cut only (rlcast.apps.forecast.forecast_curve: every forecaster and their
-back-tested combination). Per run and cut: the real final, the combined forecast with its 90 % interval, every
-forecaster's, and "no further gain" (the last accuracy at the cut). The last line:
+Sets (every curve read by `rlcast.io.logs.read_log`, as `rlcast forecast` reads it):
+    testbed   the committed curve library, docs/results/curves/PRESET/seedS-lrX-muM/ (bench/curves.py; on the
+              generation-batch axis), its seeds chosen by --seeds (default: the benchmark seeds, every seed < 100)
+    smollm2   the committed curves of SmolLM2 runs (a preset folder named smollm2*), skipped when none is committed
+    logs      real logs: every *.log / *.log.gz in --logs DIR (the verl logs of eric-haibin-lin/verl-data, branch
+              experiments, gsm8k/*.log); --held-out NAME is held aside while tuning, reported alone and pooled
+Per curve: its final (the mean of its last 3 held-out scores) forecast from 20 % and 40 % of its steps (from its third
+validation when that comes later, as on a 100-step log validated every 10 steps; the combined
+forecast's median and 90 % interval at its last step), beside "no further change" (the mean of the last 3 scores
+seen); and the stop rule (`rlcast.forecasting.stop`) replayed at every validation from the third on: the first stop
+gives steps_saved (the share of the run's steps after it) and the loss (the full run's final minus the mean of the
+last 3 scores seen at the stop). On the logs, oracle_saved: what stopping at the first point whose last-3 mean is
+within 0.01 of the final would save. One line per set, the held-aside log alone, and last the pooled line:
 
-    mae_20=X mae_40=Y coverage_90=Z rank_spearman_20=W best_single=NAME seconds=S
+    mae_20= mae_40= naive_20= naive_40= coverage_90= width_90= steps_saved= loss_mean= loss_max= runs=
 
-MAE of the combined forecast over runs; coverage_90: share of real finals (both cuts) inside the combined 90 %
-intervals; rank_spearman_20: Spearman correlation between the 20 % forecasts and the real finals across the runs of
-one seed of one task and model (its learning rates and rollout reuse), median over seeds; best_single: the
-forecaster with the lowest MAE over both cuts. Before it, the rank ceiling: how well the real finals rank against a redraw of their own score
-noise, about the best rank_spearman_20 a perfect forecaster could get. Tune forecaster settings on tuning seeds
-(>= 100) only.
+Settings (forecasting.combine, forecasting.stop) were chosen on the tuning seeds (--seeds 100-199) and the two logs
+that are not held out.
 
-    .venv/bin/python bench/forecast.py --runs /work/runs/baselines/*
+    .venv/bin/python bench/forecast.py --logs ../shared/outside-curves --eval-size 1319 --out docs/results/forecast
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
+import re
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlcast.apps.forecast import forecast_curve, open_run
+from common import Results, add_out, console, machine, new_parser, parse_seeds
+from rlcast.apps.forecast import forecast_curve
 from rlcast.errors import RlcastError
-from rlcast.forecasting import Combination, read_curve
-from rlcast.forecasting.curves import with_weights
-from rlcast.methods.base import parameters
+from rlcast.forecasting import Curve
+from rlcast.forecasting.stop import MIN_GAIN, PATIENCE, THRESHOLD, decide
+from rlcast.io.logs import read_log
 
+DURATION = "~1 min per curve on 2 CPU cores (a forecast at every validation); the three verl logs ~3 min"
+LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves"
 CUTS = (0.2, 0.4)
+NAME = re.compile(r"seed(\d+)-lr([^-]+)-mu(\d+)")
+PACKAGES = ("rlcast", "numpy", "torch", "transformers", "trl")
 
 
-def finished(path: Path) -> bool:
-    try:
-        return json.loads((path / "run.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
+def library(root: Path, smollm2: bool, seeds: list[int] | None) -> list[Path]:
+    """The committed curve folders of the testbed presets (or of the SmolLM2 ones), of `seeds` (None: < 100)."""
+    found = []
+    for folder in sorted(root.glob("*/seed*-lr*-mu*")):
+        match = NAME.fullmatch(folder.name)
+        if not match or folder.parent.name.startswith("smollm2") != smollm2 or not (folder / "run.json").is_file():
+            continue
+        seed = int(match.group(1))
+        if (seed in seeds) if seeds is not None else seed < 100:
+            found.append(folder)
+    return found
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+def logs(folder: Path | None) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".log", ".log.gz"))) if folder else []
 
 
-def noise_ceiling(group: list[dict], draws: int = 2000, seed: int = 0) -> float:
-    """Mean Spearman between the group's real finals and finals redrawn from their own binomial score noise: finals
-    closer together than the noise cannot be ranked reliably by anyone, forecaster or a second evaluation."""
-    rng = np.random.default_rng(seed)
-    finals = np.array([r["final"] for r in group])
-    prompts = np.array([r["prompts"] or 1000 for r in group])
-    return float(np.nanmean([spearman(list(finals), list(rng.binomial(prompts, finals) / prompts))
-                             for _ in range(draws)]))
+def settled(curve: Curve, upto: int | None = None) -> float:
+    """The mean of the last 3 held-out scores after the base (up to step `upto`)."""
+    keep = (curve.steps > 0) & (curve.steps <= (upto if upto is not None else curve.last))
+    return float(curve.accuracy[keep][-3:].mean())
 
 
-def evaluate_run(path: Path, weights: bool, members: list[str] | None, params: dict) -> dict:
-    run, unreadable = open_run(path)
-    curve = read_curve(run)
-    if weights and unreadable is None:
-        curve = with_weights(curve, run)
-    config = (run.manifest.config if run.manifest else None) or {}
-    curve = curve.generation_axis()
-    length, final = curve.last, float(curve.accuracy[-1])
-    settled = float(np.mean(curve.accuracy[-3:]))  # the last 3 scores: less of one checkpoint's swing
-    out = {"run": str(path), "seed": config.get("seed"), "task": config.get("task"), "model": config.get("model"),
-           "prompts": config.get("eval_prompts"), "lr": config.get("learning_rate"),
-           "mu": config.get("num_iterations", 1), "length": length, "final": final, "settled": settled}
+def evaluate(curve: Curve, name: str) -> dict:
+    """A curve's forecasts from 20 % / 40 % and its stop-rule replay (one combination fit per validation, reused)."""
+    length, final = curve.last, settled(curve)
+    fits: dict[int, object] = {}
+
+    def fitted(step: int):
+        if step not in fits:
+            fits[step] = forecast_curve(curve.window(step), length, min_gain=MIN_GAIN)
+        return fits[step]
+
+    row = {"curve": name, "length": length, "final": final, "points": int((curve.steps > 0).sum())}
+    third = int(curve.steps[curve.steps > 0][2])  # a forecast needs 3 scores: a short log's 20 % may hold 2
     for cut in CUTS:
-        window = curve.window(int(round(cut * length)))
-        model = Combination(members, **params) if members else Combination(**params)
-        r = forecast_curve(window, length, model=model)
-        out[cut] = {"cutoff": window.last, "stop": float(window.accuracy[-1]), "combined": r.combined,
-                    "forecasters": {k: v for k, v in r.forecasters.items() if "reason" not in v},
-                    "weights": {k: v["weight"] for k, v in r.forecasters.items() if "weight" in v}}
+        window = curve.window(max(int(round(cut * length)), third))
+        r = fitted(window.last)
+        row[f"cut_{int(100 * cut)}"] = {"cutoff": window.last, "naive": settled(curve, window.last),
+                                        "forecast": r.combined, "chosen": r.model.chosen_,
+                                        "members": {k: v["median"] for k, v in r.forecasters.items() if "median" in v}}
+    stops, below = [], 0
+    for step in curve.steps[curve.steps > 0][2:]:
+        r = fitted(int(step))
+        made = decide(r.model.curve_, length, MIN_GAIN, THRESHOLD, r.model, patience=1)
+        stops.append({"step": int(step), "p_gain": made.p_gain, "gain": made.gain})
+        below = below + 1 if made.stop else 0
+        if below >= PATIENCE and step < length:
+            row["stop"] = {"step": int(step), "saved": (length - step) / length, "loss": final - settled(curve, step)}
+            break
+    else:
+        row["stop"] = {"step": None, "saved": 0.0, "loss": 0.0}
+    row["decisions"] = stops
+    level = np.array([settled(curve, s) for s in curve.steps[curve.steps > 0]])
+    close = np.flatnonzero(np.abs(level - final) <= 0.01)
+    first = curve.steps[curve.steps > 0][close[0]] if len(close) else length
+    row["oracle_saved"] = float((length - first) / length)
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    out = {}
+    for cut in CUTS:
+        key = f"cut_{int(100 * cut)}"
+        out[f"mae_{int(100 * cut)}"] = float(np.mean([abs(r[key]["forecast"]["median"] - r["final"]) for r in rows]))
+        out[f"naive_{int(100 * cut)}"] = float(np.mean([abs(r[key]["naive"] - r["final"]) for r in rows]))
+    both = [(r[f"cut_{int(100 * c)}"]["forecast"], r["final"]) for r in rows for c in CUTS]
+    out["coverage_90"] = float(np.mean([f["low"] <= y <= f["high"] for f, y in both]))
+    out["width_90"] = float(np.mean([f["high"] - f["low"] for f, _ in both]))
+    out["steps_saved"] = float(np.mean([r["stop"]["saved"] for r in rows]))
+    out["loss_mean"] = float(np.mean([r["stop"]["loss"] for r in rows]))
+    out["loss_max"] = float(np.max([r["stop"]["loss"] for r in rows]))
+    out["oracle_saved"] = float(np.mean([r["oracle_saved"] for r in rows]))
+    out["runs"] = len(rows)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="run folders (unfinished ones are skipped)")
-    parser.add_argument("--no-weights", action="store_true", help="leave out the weight-based forecaster")
-    parser.add_argument("--members", help="comma-separated forecasters to combine (default: all)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting of the combination (rlcast.forecasting.Combination: power, growth, s_prior, "
-                             "s_strength, spread, min_origin); repeatable; tune on tuning seeds only")
-    parser.add_argument("--json", help="write every figure here")
-    args = parser.parse_args()
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or key not in parameters(Combination):
-            parser.error(f"--param {item!r}: expected KEY=VALUE with KEY one of Combination's settings")
+def line(label: str, s: dict, oracle: bool = False) -> str:
+    if not s:
+        return f"{label}: no curves"
+    keys = ["mae_20", "mae_40", "naive_20", "naive_40", "coverage_90", "width_90", "steps_saved", "loss_mean",
+            "loss_max"] + (["oracle_saved"] if oracle else [])
+    return (f"{label}" + "".join(f" {k}={s[k]:.3f}" for k in keys) + f" runs={s['runs']}").strip()
+
+
+def provenance() -> dict:
+    """The commit (dirty or not) and the package versions the figures were measured with."""
+    here = Path(__file__).resolve().parent
+    git = lambda *a: subprocess.run(["git", "-C", str(here), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    versions = {}
+    for package in PACKAGES:
         try:
-            params[key] = float(value) if "." in value or "e" in value else int(value)
-        except ValueError:
-            parser.error(f"--param {item!r}: {value!r} is not a number")
-    try:
-        Combination(**params)  # a bad setting fails here, before any run is read
-    except RlcastError as err:
-        parser.error(str(err))
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+    return {"machine": machine(), "commit": git("rev-parse", "HEAD") + ("+dirty" if dirty else ""),
+            "versions": versions, "command": ["bench/forecast.py", *sys.argv[1:]]}
+
+
+def main() -> None:
+    parser = new_parser(__doc__)
+    parser.add_argument("--seeds", type=parse_seeds, default=None,
+                        help="testbed seeds: a count N (0..N-1), a list 100,101 or a range 100-199 (default: every "
+                             "committed seed < 100, the benchmark seeds)")
+    parser.add_argument("--library", type=Path, default=LIBRARY, help="the curve library (default: %(default)s)")
+    parser.add_argument("--logs", type=Path, help="a folder of real logs (*.log, *.log.gz)")
+    parser.add_argument("--eval-size", type=int, default=None, metavar="N",
+                        help="validation prompts per score in the logs, for the noise model (GSM8K's test: 1319)")
+    parser.add_argument("--held-out", default="gemma", metavar="NAME",
+                        help="the log (a part of its file name) kept aside while tuning (default: %(default)s)")
+    add_out(parser, "the result file")
+    args = parser.parse_args()
+    if args.logs is not None and not args.logs.is_dir():
+        parser.error(f"--logs {args.logs}: not a folder")
+    if args.eval_size is not None and args.eval_size < 1:
+        parser.error(f"--eval-size {args.eval_size}: expected a number of prompts >= 1")
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    console = Console(soft_wrap=True)
-    paths = [Path(p) for p in args.runs if Path(p).is_dir()]
-    done = [p for p in paths if finished(p)]
-    for p in sorted(set(paths) - set(done)):
-        console.print(f"[dim]skipped {p}: not finished[/]", highlight=False)
-    if not done:
-        raise SystemExit("no finished runs")
-    members = args.members.split(",") if args.members else None
-    rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        job = bar.add_task("runs", total=len(done))
-        for path in done:
-            bar.update(job, description=path.name)
+    sets = {"testbed": library(args.library, False, args.seeds), "smollm2": library(args.library, True, None),
+            "logs": logs(args.logs)}
+    if args.logs is not None and not sets["logs"]:
+        parser.error(f"--logs {args.logs}: no *.log or *.log.gz in it")
+    results = Results(__file__, args, {"provenance": provenance(), "min_gain": MIN_GAIN, "threshold": THRESHOLD,
+                                       "patience": PATIENCE})
+    rows: dict[str, list[dict]] = {name: [] for name in sets}
+    for name, paths in sets.items():
+        if not paths:
+            why = {"testbed": f"no committed curve of these seeds under {args.library}",
+                   "smollm2": f"no SmolLM2 curve committed under {args.library} (a smollm2* preset folder)",
+                   "logs": "no --logs given"}[name]
+            console.print(f"{name}: skipped ({why})")
+            continue
+        for path in paths:
             try:
-                rows.append(evaluate_run(path, not args.no_weights, members, params))
+                curve = Curve.from_log(read_log(path, eval_size=args.eval_size if name == "logs" else None))
             except RlcastError as err:
-                console.print(f"[red]{path.name}: {err}[/]", highlight=False)
-            bar.advance(job)
-    names = sorted({k for r in rows for cut in CUTS for k in r[cut]["forecasters"]})
-    for r in rows:
-        parts = [f"{Path(r['run']).name}: final {r['final']:.3f} at {r['length']}"]
-        for cut in CUTS:
-            c = r[cut]
-            hit = c["combined"]["low"] <= r["final"] <= c["combined"]["high"]
-            each = " ".join(f"{k}={v['median']:.3f}" for k, v in c["forecasters"].items())
-            parts.append(f"  {int(100 * cut)}% (step {c['cutoff']}, {c['stop']:.3f}): combined "
-                         f"{c['combined']['median']:.3f} [{c['combined']['low']:.3f}, {c['combined']['high']:.3f}]"
-                         f"{'' if hit else ' MISS'} | {each}")
-        console.print("\n".join(parts), highlight=False)
-
-    def mae(cut, key=None):
-        errs = [abs((r[cut]["combined"] if key is None else r[cut]["forecasters"][key])["median"] - r["final"])
-                for r in rows if key is None or key in r[cut]["forecasters"]]
-        return float(np.mean(errs)) if errs else float("nan")
-
-    settled = {cut: float(np.mean([abs(r[cut]["combined"]["median"] - r["settled"]) for r in rows])) for cut in CUTS}
-    console.print(f"combined     against the mean of each run's last 3 scores: mae_20={settled[0.2]:.4f} "
-                  f"mae_40={settled[0.4]:.4f} (how much of the error is the last checkpoint's own swing)",
-                  highlight=False)
-    stop = {cut: float(np.mean([abs(r[cut]["stop"] - r["final"]) for r in rows])) for cut in CUTS}
-    single = {k: (mae(0.2, k) + mae(0.4, k)) / 2 for k in names}
-    for k in names:
-        cover = np.mean([r[cut]["forecasters"][k]["low"] <= r["final"] <= r[cut]["forecasters"][k]["high"]
-                         for r in rows for cut in CUTS if k in r[cut]["forecasters"]])
-        console.print(f"{k:12s} mae_20={mae(0.2, k):.4f} mae_40={mae(0.4, k):.4f} coverage_90={cover:.2f}",
-                      highlight=False)
-    console.print(f"{'no gain':12s} mae_20={stop[0.2]:.4f} mae_40={stop[0.4]:.4f}", highlight=False)
-    coverage = float(np.mean([r[cut]["combined"]["low"] <= r["final"] <= r[cut]["combined"]["high"]
-                              for r in rows for cut in CUTS]))
-    def interval_score(c: dict, y: float, alpha: float = 0.1) -> float:
-        """Width of the 90 % interval plus 2 / alpha times how far outside it y falls (lower is better: Gneiting and
-        Raftery's score rewards narrow intervals only while they still hold the truth)."""
-        return c["high"] - c["low"] + 2 / alpha * (max(c["low"] - y, 0.0) + max(y - c["high"], 0.0))
-
-    score = float(np.mean([interval_score(r[cut]["combined"], r["final"]) for r in rows for cut in CUTS]))
-    console.print(f"combined     interval_score_90={score:.4f} mean_width_90="
-                  f"{np.mean([r[c]['combined']['high'] - r[c]['combined']['low'] for r in rows for c in CUTS]):.4f}"
-                  f" settings={params or 'defaults'}", highlight=False)
-    by_seed: dict = {}  # runs ranked together: one seed of one task and model
-    for r in rows:
-        by_seed.setdefault((r["seed"], r["task"], r["model"]), []).append(r)
-    rhos = [spearman([r[0.2]["combined"]["median"] for r in group], [r["final"] for r in group])
-            for group in by_seed.values() if len(group) >= 3]
-    rho = statistics.median(rhos) if rhos else float("nan")
-    ceilings = [noise_ceiling(group) for group in by_seed.values() if len(group) >= 3]
-    if ceilings:
-        console.print(f"rank ceiling: Spearman of the real finals with a redraw of their own score noise (binomial "
-                      f"over the held-out prompts, 2000 draws), median over groups {statistics.median(ceilings):.2f} "
-                      f"(per group {', '.join(f'{c:.2f}' for c in ceilings)}): what a perfect forecaster could "
-                      f"expect", highlight=False)
-    best = min(single, key=single.get)
-    combined = (mae(0.2) + mae(0.4)) / 2
-    console.print(f"combined     mae={combined:.4f} vs best single {best} {single[best]:.4f}; runs={len(rows)} "
-                  f"groups={len(by_seed)} (spearman over {len(rhos)} seed/task groups with >= 3 runs)", highlight=False)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows}, indent=1, default=str))
-    print(f"mae_20={mae(0.2):.4f} mae_40={mae(0.4):.4f} coverage_90={coverage:.2f} rank_spearman_20={rho:.2f} "
-          f"best_single={best} seconds={time.perf_counter() - start:.0f}")
+                console.print(f"[red]{path}: {err}[/]")
+                continue
+            label = path.name if name == "logs" else f"{path.parent.name}/{path.name}"
+            row = {"set": name, **evaluate(curve.generation_axis(), label)}
+            row["held_out"] = name == "logs" and args.held_out in path.name
+            rows[name].append(row)
+            results.add(row)
+            stop = row["stop"]
+            console.print(f"{label}: final {row['final']:.3f} at {row['length']}; " + "; ".join(
+                f"{c}% {row[f'cut_{c}']['forecast']['median']:.3f} [{row[f'cut_{c}']['forecast']['low']:.3f}, "
+                f"{row[f'cut_{c}']['forecast']['high']:.3f}] naive {row[f'cut_{c}']['naive']:.3f} "
+                f"({row[f'cut_{c}']['chosen']})" for c in (20, 40))
+                + f"; stop at {stop['step']} saved {stop['saved']:.2f} loss {stop['loss']:+.3f}"
+                + (f" (oracle {row['oracle_saved']:.2f})" if name == "logs" else ""))
+    summaries = {name: summary(r) for name, r in rows.items()}
+    for name, s in summaries.items():
+        if s:
+            console.print(line(f"set={name}", s, oracle=name == "logs"))
+    aside = [r for r in rows["logs"] if r["held_out"]]
+    tuned = [r for r in rows["logs"] if not r["held_out"]]
+    if aside:
+        summaries["logs_held_out"], summaries["logs_tuning"] = summary(aside), summary(tuned)
+        console.print(line(f"set=logs held-out ({args.held_out})", summaries["logs_held_out"], oracle=True))
+        console.print(line("set=logs tuning", summaries["logs_tuning"], oracle=True))
+    pooled = [r for rs in rows.values() for r in rs]
+    if not pooled:
+        raise SystemExit("no curves: commit curves under docs/results/curves/ or give --logs DIR")
+    summaries["pooled"] = summary(pooled)
+    results.finish(summaries, line("", summaries["pooled"]))
 
 
 if __name__ == "__main__":

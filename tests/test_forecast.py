@@ -111,6 +111,91 @@ def test_combination_never_uses_data_past_the_cutoff():
     assert np.array_equal(first.paths, second.paths) and np.array_equal(first.center, second.center)
 
 
+def jump_then_creep(seed=0, prompts=1319, steps=np.arange(10, 440, 10)):
+    """A real run's shape (the verl logs of issue 29): the answer format learnt in 30 steps (0.01 -> 0.46), then a
+    creep to 0.55 by step 430, scored on `prompts` prompts."""
+    rng = np.random.default_rng(seed)
+    x = steps.astype(float)
+    true = np.where(x <= 30, 0.01 + 0.45 * (x / 30) ** 3, 0.46 + 0.09 * (1 - (x / 30) ** -0.8) / (1 - (430 / 30) ** -0.8))
+    acc = rng.binomial(prompts, true) / prompts
+    return Curve("jump", steps, acc, np.sqrt(true * (1 - true) / prompts), eval_prompts=prompts), true
+
+
+def test_knee_is_the_end_of_the_format_jump_and_absent_on_a_steady_climb():
+    from rlcast.forecasting import knee
+
+    curve, _ = jump_then_creep()
+    assert 30 <= knee(curve.window(120)) <= 50
+    steady = planted(0, truth=lambda x: 0.26 + 0.0008 * np.asarray(x, dtype=float))
+    assert knee(steady) == 0  # one slope: no knee, the fits read every point
+
+
+def test_flat_and_ceiling_on_a_plateau_after_the_jump():
+    """"No further gain" is the mean of the last 3 scores; the ceiling reads the recent creep, not the jump, and
+    forecasts the end of a real run's shape better than no further change from 20 % of it."""
+    curve, true = jump_then_creep(3)
+    window = curve.window(90)
+    flat = make_forecaster("flat", samples=400).fit(window)
+    assert flat.predict([430]).center[0] == pytest.approx(window.accuracy[-3:].mean())
+    spread = flat.predict([430]).paths[:, 0].std()
+    assert spread == pytest.approx(np.sqrt((window.sd[-3:] ** 2).sum()) / 3, rel=0.15)
+    ceiling = make_forecaster("ceiling", samples=400).fit(window)
+    late = ceiling.predict([430, np.inf])
+    assert abs(late.center[0] - true[-1]) < abs(flat.predict([430]).center[0] - true[-1])
+    assert abs(late.center[0] - true[-1]) < 0.03 and late.center[0] <= late.center[1] < 1  # it levels off
+    assert make_forecaster("ceiling", alpha=0.5).fit(window).predict([430]).center[0] > late.center[0]
+    for bad in ({"alpha": 0}, {"recent": 1.5}):
+        with pytest.raises(RlcastError, match="ceiling"):
+            make_forecaster("ceiling", **bad)
+
+
+def test_combination_is_never_worse_than_its_best_member_on_its_back_test():
+    for curve in (jump_then_creep(1)[0].window(170), planted(2).window(150)):
+        model = Combination(samples=50).fit(curve)
+        members = [k for k in model.mse_ if k != "combined"]
+        assert model.chosen_ == "combined" or model.weights_[model.chosen_] == 1.0
+        own = model.mse_["combined"] if model.chosen_ == "combined" else model.mse_[model.chosen_]
+        assert own <= min(model.mse_[k] for k in members) + 1e-12
+        weighted = Combination(samples=50, select=False).fit(curve)
+        assert weighted.chosen_ == "combined"
+
+
+class Counting(Forecaster):
+    """Counts its fits and the points each one saw: a flat line at the mean of the last 3."""
+
+    fits: list = []
+
+    def __init__(self, samples: int = 0, seed: int = 0):
+        super().__init__(samples, seed)
+
+    def _fit(self, curve):
+        Counting.fits.append(len(curve.steps) + len(curve.reward))
+        self.level_ = float(curve.accuracy[-3:].mean())
+
+    def _curves(self, steps):
+        return np.full(len(steps), self.level_), np.zeros((0, len(steps)))
+
+
+def test_backtest_cost_is_flat_in_the_number_of_points():
+    """Issue 27: the back-test fitted every origin against every later step (O(n^2) x paths). Origins and scored steps
+    are capped and every fit sees at most MAX_POINTS pooled scores and as many rewards: the same number of fits, of
+    the same size, at 100 and at 20 000 points."""
+    from rlcast.forecasting.base import MAX_POINTS
+    from rlcast.forecasting.combine import MAX_ORIGINS, MAX_SCORED
+
+    counts = {}
+    for n in (100, 20_000):
+        steps = np.arange(0, n + 1)
+        true = 0.6 - 0.35 / (1 + steps / (0.1 * n))
+        curve = Curve("long", steps, true, np.full(n + 1, 0.01), steps[1:].astype(float), true[1:], eval_prompts=1000)
+        Counting.fits = []
+        model = Combination([Counting()], alongside=(), samples=20).fit(curve)
+        counts[n] = (len(Counting.fits), max(Counting.fits), len(model.backtest_["Counting"]["pairs"]))
+        assert max(Counting.fits) <= 2 * (MAX_POINTS + 1)
+        assert counts[n][2] <= MAX_ORIGINS * MAX_SCORED
+    assert counts[100][0] == counts[20_000][0] == 1 + MAX_ORIGINS  # the member's own fit and one per origin
+
+
 # --- the command on tiny runs ---
 
 def write_run(root, seed=0, task="arith", steps=range(10, 130, 10), lift=0.0, weights=True):

@@ -666,6 +666,10 @@ def train_cmd(
                                            "method, typed as there; repeatable. Keys: jumps: " + ACCEL_KEYS + "; "
                                            "sfpo: K, alpha, gate_window, gate_threshold; gxpo: K, alpha, tau, "
                                            "gate_window; rank1: fast_steps, boost, rank."),
+    stop_when_flat: bool = typer.Option(False, "--stop-when-flat", help="Forecast the held-out accuracy at every "
+                                        "checkpoint and end the run once P(gain >= 0.01 by the last step) < 0.3 at "
+                                        "two checkpoints in a row (rlcast.training.ForecastCallback; the decisions "
+                                        "print as `rlcast forecast --stop` does)."),
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     _check_hp(hp)
@@ -702,13 +706,20 @@ def train_cmd(
         callbacks.append(method)
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
+    stopper = None
+    if stop_when_flat:
+        from rlcast.training.forecast_callback import ForecastCallback
+
+        stopper = ForecastCallback(stop=True)
+        callbacks.append(stopper)
     try:
         path = train(out, config, callbacks=callbacks, resume=resume)
     except KeyboardInterrupt:
         if (Path(out) / "run.json").is_file():  # main() prints it after "interrupted"
             _state["hint"] = "resume with: " + shlex.join(
                 ["rlcast", "train", "--out", out, "--resume"] + (["--accelerate", accelerate] if accelerate else [])
-                + [arg for item in accel or [] for arg in ("--accel", item)])
+                + [arg for item in accel or [] for arg in ("--accel", item)]
+                + (["--stop-when-flat"] if stop_when_flat else []))
         raise
     manifest = Manifest.read(path / "run.json")
     last = manifest.checkpoints[-1] if manifest.checkpoints else None
@@ -718,12 +729,17 @@ def train_cmd(
         summary = callbacks[0].summary()
         console.print(f"accelerate: {summary['kept']}/{summary['attempts']} jumps kept, +{summary['steps_gained']} "
                       f"steps, overhead {summary['cost_step_equivalents'] or 0:.1f} step-equivalents", highlight=False)
-    elif callbacks:
+    elif accelerate is not None:
         method = callbacks[0]
         console.print(f"lookahead {method.name}: {method.repositions_} repositions ({method.failed_} failed) over "
                       f"{method.batches_} generation batches; "
                       + ("on to the end" if method.on_ else f"the gate switched it off after batch "
                          f"{method.off_at_}, then {method.after_gate} step(s) per batch"), highlight=False)
+    if stopper is not None and stopper.decisions:
+        made = stopper.decisions[-1]
+        console.print((f"stopped when flat at step {stopper.stopped_at}: " if stopper.stopped_at is not None
+                       else f"ran to the end (last forecast at step {made.cutoff}): ") + made.line(),
+                      highlight=False, markup=False)
 
 
 @command("continue")
@@ -856,7 +872,7 @@ def forecast_cmd(
                                    "worth the remaining steps."),
     stop: bool = typer.Option(False, "--stop", help="End with the stop rule, one line per run: `stop: +0.004 [-0.010, "
                               "+0.015] expected by step T, below --min-gain 0.01` (P(gain >= min-gain by the planned "
-                              "last step) < 0.2) or `continue: ...`."),
+                              "last step) < 0.3 at this validation and the one before) or `continue: ...`."),
     follow: bool = typer.Option(False, "--follow", help="With --stop, one live log (e.g. verl's console log): re-read "
                                 "as it grows, a decision at each new validation; ends on Ctrl-C or at the planned "
                                 "last step (the log's, else --target)."),
@@ -875,10 +891,10 @@ def forecast_cmd(
     """Where each run will end: held-out accuracy at the target and at convergence, 90 % intervals, stop/continue."""
     from rlcast.apps.forecast import forecast, log_inputs, print_report, read_by, save
     from rlcast.apps.stopping import decision, follow as follow_log
-    from rlcast.forecasting.stop import check_rule
+    from rlcast.forecasting.stop import THRESHOLD, check_rule
     from rlcast.io.writer import check_output, output_record
 
-    check_rule(min_gain, 0.2)
+    check_rule(min_gain, THRESHOLD)
     if follow:
         wrong = [name for name, bad in (("--stop missing", not stop), ("several sources", len(runs) > 1),
                                         ("--until", until is not None), ("--json", json_out is not None),
