@@ -3,6 +3,7 @@ RUN/run.json (created for a run rlcast did not train), nothing scored twice, an 
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,55 @@ def test_a_hand_written_run_json_and_one_model_options_are_refused(run_cli, trai
     _one_line(run_cli("eval", run, "--samples", "4", "--json", tmp_path / "x.json"), 2, "--samples, --json",
               "for one model")
     _one_line(run_cli("eval", run / "checkpoint-1", "--base", own["base"]), 2, "--base", "run folder")
+
+
+# --- the README's walk-through as written ---
+
+def _walk_through() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return readme[readme.index("## Walk-through on your own run"):readme.index("## Forecasting methods")]
+
+
+def test_every_walk_through_command_parses(tmp_path, monkeypatch):
+    """Every `rlcast ...` of the walk-through names real options with values of the right type."""
+    import re
+
+    from typer.main import get_command
+
+    from rlcast.apps import cli
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("RUN", "runs/steady"):
+        (tmp_path / folder).mkdir(parents=True)
+    commands = [" ".join(c.split()) for c in re.findall(r"`(rlcast [^`]+)`", _walk_through())]
+    commands = [c for c in commands if len(c.split()) > 2 or c.split()[1] in ("forecast",)]
+    assert any(c.startswith("rlcast continue") for c in commands) and any("--until" in c for c in commands)
+    group = get_command(cli.app)
+    for line in commands:
+        name, *args = line.split()[1:]
+        group.commands[name].make_context(name, [a for a in args if not a.startswith("#")])
+    cont = next(c for c in commands if c.startswith("rlcast continue"))
+    # a run of `rlcast train` keeps the optimizer state of its newest checkpoint only: cutoff would fail at --at
+    assert "--optimizer fresh" in cont and "--preset steady" in _walk_through()
+
+
+def test_the_in_python_snippet_fits_a_window_and_predicts_a_later_step(tmp_path, monkeypatch):
+    from rlcast.io.synthetic import planted_run
+    from rlcast.methods import relex
+
+    planted_run(tmp_path / "runs" / "steady", steps=[30, 60, 90, 120, 150], hidden=32, layers=1)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## In Python"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    fitted = []
+    real_fit = relex.Relex.fit
+
+    def fit(self, run, *args, **kwargs):
+        fitted.append(run.steps)
+        return real_fit(self, run, *args, **kwargs)
+
+    monkeypatch.setattr(relex.Relex, "fit", fit)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert fitted == [[30, 60]]  # the window up to step 60, not every checkpoint
+    assert (tmp_path / "pred-150" / "config.json").exists()  # a later step than the window's
