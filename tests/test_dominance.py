@@ -222,3 +222,20 @@ def test_bench_half_recovery_is_interpolated_in_log_lr(monkeypatch):
     # median of two seeds in log lr: their geometric mean; one seed at 1.2e-4, so its interval is shown
     assert two == ("lr_half_recovery=5.7e-05 (0.47x best) [4.2e-05..7.6e-05] recovery_at_min_lr=90% (seeds 90%..90%) "
                    "recovery_at_best_lr=10% [10%, 90%] seeds=0,1 mu=1")
+
+
+def test_the_testbed_relation_quotes_the_committed_bench_result():
+    """The verdict's "stops holding above ~Nx the tuned learning rate" is bench/dominance.py's committed figure."""
+    import json
+    import re
+
+    from rlcast.apps.dominance import TESTBED_RELATION
+
+    record = json.loads((Path(__file__).resolve().parent.parent / "docs/results/dominance/dominance.json").read_text())
+    half = record["summary"]["lr_half_recovery"]["mu1"]
+    x, seeds, at_min, at_best = re.search(r"~([\d.]+)x the tuned .* (\d+) seeds?: (-?\d+) % of the gain at 0.25x, "
+                                          r"(-?\d+) % at 1x", TESTBED_RELATION).groups()
+    assert x == f"{half['median_x_best']:.2g}" and int(seeds) == len(half["per_seed"])
+    plain = [r for r in record["rows"] if r["mu"] == 1]
+    gain = lambda lr: [round(100 * r["ranks"]["1"]["gain_recovery"]) for r in plain if r["learning_rate"] == lr]  # noqa: E731
+    assert gain(3e-5) == [int(at_min)] and gain(1.2e-4) == [int(at_best)]
