@@ -4,9 +4,11 @@ line naming them (exit 1) before any work, wrong folders with the way out, and h
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 from rich.progress import Progress
@@ -127,7 +129,8 @@ def test_bad_option_values_are_usage_errors_before_torch_loads(tmp_path):
     for words in (["'rank-1' is not one of 'jumps', 'sfpo', 'gxpo', 'rank1'"],
                   ["'--hp'", "'learning_rate=abc': 'abc' is not a number or none"],
                   ["unknown key 'nosuch'", "known: learning_rate, "], ["'4.5' is not an integer or none"],
-                  ["'--steps'", "greater than or equal to 1"], ["'-n'", "greater than or equal to 1"], ["'dev' is not one of 'test', 'train'"]):
+                  ["'--steps'", "greater than or equal to 1"], ["'-n'", "greater than or equal to 1"],
+                  ["'dev' is not one of 'test', 'train'"]):
         assert all(word in done.stderr for word in words), (words, done.stderr)
     assert "Value error" not in done.stderr and "NoneType" not in done.stderr  # no pydantic / typing reprs
     assert not out.exists()
@@ -359,3 +362,37 @@ def test_extrapolate_does_not_import_trl(planted, tmp_path):
     done = subprocess.run([sys.executable, "-c", EXTRAPOLATE, *args], capture_output=True, text=True)
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
     assert (out / "config.json").exists()
+
+
+# --- result tables piped or logged: no column cut off ---
+
+def test_compare_table_keeps_its_gain_column_when_piped(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from rlcast.apps.compare import Comparison, Row, print_table
+
+    long = "/very/long/path/of/a/run/" * 6
+    result = Comparison(run=long, task="arith", target=300, n_prompts=200, seed=0, cutoffs=[60], params={},
+                        rows=[Row("real", 0, 300, 0.5, 0.45, 0.55), Row("real", 60, 300, 0.55, 0.5, 0.6),
+                              Row("real", 300, 300, 0.6, 0.55, 0.65, 100.0),
+                              Row("weight-linear", 60, 300, 0.58, 0.53, 0.63, 96.7, 0.03)],
+                        forecasts=[{"cutoff": 60, "target": 300, "median": 0.59, "low": 0.5, "high": 0.66}])
+    piped = io.StringIO()  # not a terminal: rich would give it 80 columns
+    print_table(result, Console(file=piped))
+    text = piped.getvalue()
+    assert "+0.030" in text and "96.7%" in text and "gain" in text and "…" not in text, text
+
+
+# --- the first hour: make targets ---
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_demo_installs_no_test_extras_and_make_test_does():
+    root = Path(__file__).resolve().parent.parent
+    plan = lambda target: subprocess.run(["make", "-n", "-B", "-C", str(root), target], capture_output=True,  # noqa: E731
+                                         text=True, check=True).stdout
+    demo, test = plan("demo"), plan("test")
+    assert "pip install -q -e .\n" in demo and "[test]" not in demo and "rlcast demo" in demo
+    assert '-e ".[test]"' in test and "pytest" in test
+    assert "rlcast-demo/" in (root / ".gitignore").read_text().splitlines()  # `rlcast demo`'s default output
