@@ -2,16 +2,21 @@
 # (see README.md).
 PY := .venv/bin/python
 
-.venv/.installed: pyproject.toml
+# rlcast alone (what the demo needs), then the test extras on top (what the tests need)
+.venv/.base: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+.venv/.installed: .venv/.base
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 setup: .venv/.installed
 
-demo: .venv/.installed
+demo: .venv/.base
 	.venv/bin/rlcast demo --out demo-out
 
 test: .venv/.installed

@@ -102,6 +102,7 @@ Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs
 Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
 Optimizer = Literal["cutoff", "fresh"]  # training.continuation.OPTIMIZERS
 Accelerator = Literal["jumps", "sfpo", "gxpo", "rank1"]  # "jumps" and training.lookahead.LOOKAHEAD
+RolloutMethod = Literal["skip", "adaptive"]  # training.rollouts.ROLLOUTS
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
 # --- options shared by several commands, declared once ---
@@ -324,15 +325,16 @@ def compare_cmd(
     result = compare(full, fractions, target=target, task=task, methods=names, n_prompts=n_prompts, seed=seed,
                      params=params, keep=out / "models" if keep else None, compute=compute, task_args=task_args,
                      force=force)
-    print_table(result, Console())
+    print_table(result, _wide_console())
     save(result, out)
     console.print(f"[green]wrote[/] {out / 'compare.json'} and {out / 'compare.png'}", highlight=False)
 
 
 def _wide_console() -> Console:
-    """stdout console at least 140 columns wide, so result tables are not truncated when piped to a file."""
+    """stdout console for result tables: at least 140 columns on a terminal; piped or logged, wide enough for any
+    table (rich tables take their natural width), so no column is cut off."""
     out = Console()
-    out.width = max(out.width, 140)
+    out.width = max(out.width, 140) if out.is_terminal else 1000
     return out
 
 
@@ -608,7 +610,7 @@ HP_TYPES: dict[str, object] = {
     "max_completion_length": int | None, "beta": float, "num_iterations": int, "lr_scheduler_type": str,
     "warmup_steps": int, "schedule_steps": int | None, "weight_decay": float, "lora_r": int, "lora_alpha": int,
     "lora_dropout": float, "loss_type": str | None, "epsilon": float, "epsilon_high": float | None,
-    "scale_rewards": str | None, "keep_optimizer": str}
+    "scale_rewards": str | None, "keep_optimizer": str, "m2po_threshold": float | None}
 HP_KEYS = ", ".join(HP_TYPES)
 
 
@@ -666,6 +668,15 @@ def train_cmd(
                                            "method, typed as there; repeatable. Keys: jumps: " + ACCEL_KEYS + "; "
                                            "sfpo: K, alpha, gate_window, gate_threshold; gxpo: K, alpha, tau, "
                                            "gate_window; rank1: fast_steps, boost, rank."),
+    rollouts: RolloutMethod | None = typer.Option(None, "--rollouts", metavar="METHOD", help="Which rollouts a GRPO-"
+                                                  "family run generates: skip (GRESO: skip prompts whose groups "
+                                                  "were zero-variance, revisited with an exploration probability) "
+                                                  "| adaptive (Reinforce-Ada: sample each prompt in rounds until its "
+                                                  "group has signal): rlcast.training.rollouts."),
+    rollout: list[str] | None = typer.Option(None, "--rollout", metavar="KEY=VALUE", help="Setting of the "
+                                             "--rollouts method, typed as there; repeatable. Keys: skip: target, "
+                                             "explore, step, min_explore, max_skips, seed; adaptive: round_size, "
+                                             "budget, balance."),
     stop_when_flat: bool = typer.Option(False, "--stop-when-flat", help="Forecast the held-out accuracy at every "
                                         "checkpoint and end the run once P(gain >= 0.01 by the last step) < 0.3 at "
                                         "two checkpoints in a row (rlcast.training.ForecastCallback; the decisions "
@@ -706,6 +717,18 @@ def train_cmd(
         callbacks.append(method)
     elif accel:
         raise RlcastError("--accel settings need --accelerate")
+    selector = None
+    if rollouts is not None:
+        from rlcast.training.rollouts import make_rollouts
+        from rlcast.training.runs import GRPO_FAMILY
+
+        selector = make_rollouts(rollouts, rollout or [])
+        if config.algo not in GRPO_FAMILY:
+            raise RlcastError(f"--rollouts works with the GRPO family ({', '.join(GRPO_FAMILY)}), not {config.algo}")
+        selector.check_group(config.num_generations)
+        callbacks.append(selector)
+    elif rollout:
+        raise RlcastError("--rollout settings need --rollouts")
     stopper = None
     if stop_when_flat:
         from rlcast.training.forecast_callback import ForecastCallback
@@ -719,6 +742,8 @@ def train_cmd(
             _state["hint"] = "resume with: " + shlex.join(
                 ["rlcast", "train", "--out", out, "--resume"] + (["--accelerate", accelerate] if accelerate else [])
                 + [arg for item in accel or [] for arg in ("--accel", item)]
+                + (["--rollouts", rollouts] if rollouts else [])
+                + [arg for item in rollout or [] for arg in ("--rollout", item)]
                 + (["--stop-when-flat"] if stop_when_flat else []))
         raise
     manifest = Manifest.read(path / "run.json")
@@ -735,6 +760,11 @@ def train_cmd(
                       f"{method.batches_} generation batches; "
                       + ("on to the end" if method.on_ else f"the gate switched it off after batch "
                          f"{method.off_at_}, then {method.after_gate} step(s) per batch"), highlight=False)
+    if selector is not None:
+        console.print(f"rollouts {selector.name}: {selector.completions_} completions ({selector.tokens_} tokens) over "
+                      f"{selector.batches_} generation batches"
+                      + (f", exploration probability {selector.explore_:.2f}" if rollouts == "skip" else ""),
+                      highlight=False)
     if stopper is not None and stopper.decisions:
         made = stopper.decisions[-1]
         console.print((f"stopped when flat at step {stopper.stopped_at}: " if stopper.stopped_at is not None
@@ -846,7 +876,7 @@ def analyze_cmd(
         check_output(Path(cache_dir), "analyze", folder=True, run=full, replaces=False, option="--cache-dir DIR")
     result = analyze(full, rank=rank, exact=exact, selection=selection, cache_dir=cache_dir, seed=seed,
                      compute=compute)
-    print_summary(result, Console())
+    print_summary(result, _wide_console())
     path = result.save(folder)
     console.print(f"[green]wrote[/] {path}", highlight=False)
 

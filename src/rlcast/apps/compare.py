@@ -196,7 +196,7 @@ def compare(run: Run, cutoffs: list[float] = (0.1, 0.2, 0.4), target: str | int 
     reader = RunReader(run)
     real_steps = sorted(set([0] + used + [target]))
     # before anything is evaluated: bad settings fail first
-    with compute.open() as (where, pool), scratch_dir("compare") as work:
+    with compute.open() as (where, pool), scratch_dir("compare", run) as work:
         # headers, names and shapes now; NaN/Inf is named as each checkpoint streams in, before it is evaluated (a
         # check() here would read every real checkpoint twice)
         reader.open(s for s in real_steps if s)
@@ -323,4 +323,9 @@ def save(result: Comparison, out: Path) -> Path:
 
 
 def print_table(result: Comparison, console: Console | None = None) -> None:
-    (console or Console()).print(table(result))
+    """The table on `console` (default: stdout); piped or logged, at its full width: no column cut off."""
+    console, rendered = console or Console(), table(result)
+    if not console.is_terminal:  # a pipe or a log file has no width: 80 columns would cut the gain column
+        natural = console.measure(rendered, options=console.options.update_width(10_000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural))
+    console.print(rendered)
