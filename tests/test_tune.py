@@ -191,5 +191,6 @@ def test_tiny_real_sweep_on_the_testbed(tmp_path, run_cli):
     assert [len(t["curve"]) for t in saved["trials"] if t["status"] == "finished"] == [3]  # base, batch 1, batch 2
     assert (out / "trials" / saved["winner"] / "run.json").exists()
     assert "rlcast-output" in (out / "report.html").read_text()[:300]
+    assert saved["train_command"] == stdout.strip().splitlines()[-1]
     assert stdout.strip().splitlines()[-1].startswith("rlcast train --preset default --hp batch_size=16 "
                                                              "--hp learning_rate=")

@@ -1047,6 +1047,9 @@ def tune_cmd(
     winner = sweep.winner
     line = train_line(trial, winner.config, {k: v for k, v in options.items() if v is not None},
                       str(Path(out) / "tuned")) if winner else None
+    if line:
+        sweep.extra["train_command"] = line
+        sweep.save()
     page = write_report(sweep, Path(out) / "report.html", line, output_record("tune", sweep.settings))
     c = sweep.compute()
     console.print(f"[green]wrote[/] {Path(out) / 'tune.json'} and {page}: {c['batches']}/{c['full_batches']} "

@@ -162,6 +162,7 @@ class Sweep:
         self.trials = [Trial(i, dict(zip(self.grid, values)), passes=passes(dict(zip(self.grid, values))))
                        for i, values in enumerate(itertools.product(*self.grid.values()))]
         self.out = None if out is None else Path(out)
+        self.extra: dict = {}  # more for tune.json (the CLI's winner command)
         self.settings = {"grid": self.grid, "budget": self.budget, "rungs": self.rungs, "seed": self.seed,
                          **self.scheduler.settings(), **(settings or {})}
         if self.out is not None:
@@ -330,7 +331,7 @@ class Sweep:
         winner = self.winner
         return {"settings": self.settings, "rungs": self.rungs, "budget": self.budget,
                 "compute": self.compute(), "winner": None if winner is None else winner.id,
-                "trials": [t.to_json() for t in self.trials]}
+                "trials": [t.to_json() for t in self.trials], **self.extra}
 
 
 def _check_grid(grid: dict) -> dict[str, list]:
