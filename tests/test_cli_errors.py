@@ -396,3 +396,14 @@ def test_make_demo_installs_no_test_extras_and_make_test_does():
     assert "pip install -q -e .\n" in demo and "[test]" not in demo and "rlcast demo" in demo
     assert '-e ".[test]"' in test and "pytest" in test
     assert "rlcast-demo/" in (root / ".gitignore").read_text().splitlines()  # `rlcast demo`'s default output
+
+
+def test_no_python_reprs_in_user_messages():
+    """What a user reads names options and values, not Python: no `resume=True`, `NoneType`, pydantic's "Value error,"."""
+    import re
+
+    src = Path(__file__).resolve().parent.parent / "src" / "rlcast"
+    call = re.compile(r"RlcastError\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)", re.S)
+    found = [(path.name, message[:80]) for path in src.rglob("*.py") for message in call.findall(path.read_text())
+             if any(word in message for word in ("resume=True", "NoneType", "Value error"))]
+    assert found == []
