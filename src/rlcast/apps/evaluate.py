@@ -124,10 +124,6 @@ def evaluate_run(plan_: EvalPlan, progress: bool = True, on_score=None) -> Manif
     `on_score(step, Score)` is called after each. Returns the manifest as written."""
     run, manifest, settings = plan_.run, plan_.manifest, plan_.settings
     entries = {e.step: e for e in manifest.checkpoints}
-    for ckpt in run.checkpoints:  # a checkpoint the manifest does not list yet
-        if ckpt.step not in entries:
-            entries[ckpt.step] = Entry(ckpt.step, _relative(ckpt.path, Path(run.root)))
-    manifest.checkpoints = sorted(entries.values(), key=lambda e: e.step)
     if manifest.to_json() != plan_.before:  # before the first score: run.json says how its accuracies are scored
         manifest.write(plan_.path)
     task = get_task(settings["task"], settings["task_args"] or None)
