@@ -185,6 +185,16 @@ def test_forecast_json_spares_the_folders_of_a_run_known_by_its_run_json(run, ru
     assert code == 0, err
 
 
+def test_a_temp_dir_inside_the_run_is_refused_before_any_work(run, run_cli, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(run / "checkpoint-30"))  # TMPDIR=RUN/checkpoint-30
+    before = files(run)
+    one_line(run_cli("compare", run, "--methods", "weight-linear", "--cutoffs", "0.5", "--n-prompts", "4",
+                     "--device", "cpu", "--out", run.parent / "cmp"), "is inside checkpoint 30", "TMPDIR=DIR")
+    assert files(run) == before
+
+
 # --- 5. special files: regular files only, JSON with a size limit
 
 def test_a_fifo_or_a_device_for_run_json_is_one_line(run, run_cli, tmp_path):

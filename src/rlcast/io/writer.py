@@ -422,12 +422,16 @@ def sweep(folder: Path) -> None:
 
 
 @contextmanager
-def scratch_dir(purpose: str):
+def scratch_dir(purpose: str, run=None):
     """A private folder in the system temp dir (TMPDIR), deleted when the block ends (also on SIGTERM and SIGINT:
-    the CLI turns them into exceptions); leftovers of killed processes are swept first."""
+    the CLI turns them into exceptions); leftovers of killed processes are swept first. With `run` (a Run or a list),
+    the folder follows the rule for outputs (`check_output`): a TMPDIR inside the run's checkpoints or base is
+    refused before any work."""
     root = Path(tempfile.gettempdir())
-    sweep(root)
     path = _temp_path(root, purpose)
+    if run is not None:
+        check_output(path, purpose, folder=True, run=run, replaces=False, option="TMPDIR=DIR")
+    sweep(root)
     path.mkdir(mode=0o700)
     try:
         yield path
