@@ -194,3 +194,37 @@ def test_tiny_real_sweep_on_the_testbed(tmp_path, run_cli):
     assert saved["train_command"] == stdout.strip().splitlines()[-1]
     assert stdout.strip().splitlines()[-1].startswith("rlcast train --preset default --hp batch_size=16 "
                                                              "--hp learning_rate=")
+
+
+def test_output_folder_rules(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(RlcastError, match="is not a folder"):
+        Sweep(synthetic, GRID, 300, out=tmp_path / "file")
+    with pytest.raises(RlcastError, match="nothing to resume"):
+        Sweep(synthetic, GRID, 300, out=tmp_path / "new", resume=True)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep me")
+    with pytest.raises(RlcastError, match="exists and is not empty"):
+        Sweep(synthetic, GRID, 300, out=tmp_path / "theirs")
+    assert (tmp_path / "file").read_text() == "mine" and (tmp_path / "theirs" / "notes.txt").exists()
+
+
+def checkpointed(config: dict, report) -> None:
+    """A train_fn that resumes from its checkpoint in report.folder and logs every batch it trains."""
+    state = report.folder / "state.json"
+    start = json.loads(state.read_text())["batches"] if state.exists() else -10
+    assert start == report.last or (start == -10 and report.last == -1)
+    for batches in range(start + 10, 301, 10):
+        with (report.folder / "trained.log").open("a") as log:
+            log.write(f"{batches}\n")
+        state.write_text(json.dumps({"batches": batches}))
+        if not report(batches, float(planted(config, batches))):
+            return
+
+
+def test_a_promoted_trial_resumes_from_its_checkpoint_and_never_retrains(tmp_path):
+    sweep = Sweep(checkpointed, GRID, 300, scheduler="asha", rungs=[30, 100], out=tmp_path / "s").run()
+    for t in sweep.trials:
+        trained = (tmp_path / "s" / "trials" / t.id / "trained.log").read_text().split()
+        assert trained == [str(b) for b in range(0, t.batches + 1, 10)]  # each batch once, up to where it stopped
+    assert sweep.winner.config == BEST

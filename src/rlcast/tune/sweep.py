@@ -172,6 +172,8 @@ class Sweep:
 
     def _claim(self, resume: bool) -> None:
         check_output(self.out, "tune", folder=True, replaces=False)
+        if self.out.exists() and not self.out.is_dir():
+            raise RlcastError(f"{self.out}: exists and is not a folder; write elsewhere with --out DIR")
         state = self.out / STATE
         if resume:
             if not state.exists():
