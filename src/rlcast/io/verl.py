@@ -27,7 +27,7 @@ import torch
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from rlcast.errors import RlcastError
-from rlcast.io.files import read_json
+from rlcast.io.files import read_json, regular_file
 
 SHARD_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 _WRAPPER_PREFIX = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
@@ -74,6 +74,7 @@ def _quiet_device_mesh():
 
 def _load_rank(path: Path) -> dict[str, torch.Tensor]:
     """One rank's state dict, memory-mapped, weights_only; wrapper prefixes stripped from the keys."""
+    regular_file(path, "shard file")  # a FIFO would block torch.load
     try:
         with _quiet_device_mesh():
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
