@@ -980,7 +980,8 @@ def tune_cmd(
                                         "can still win | asha: the top by current score | median: the median-stopping "
                                         "rule | random: random search."),
     keep: float | None = typer.Option(None, "--keep", metavar="FRACTION", help="forecast, asha: the fraction of a "
-                                      "rung's trials that may go on; random: the fraction of the grid drawn."),
+                                      "rung's trials that may go on (default: 1/3); random: the fraction of the grid "
+                                      "drawn."),
     forecaster: str | None = typer.Option(None, "--forecaster", metavar="NAME", help="forecast: the forecaster of "
                                           "rlcast.forecasting (default: power)."),
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or smollm2 (default: "
@@ -996,7 +997,7 @@ def tune_cmd(
     workers: int = typer.Option(1, "--workers", metavar="N", help="Trials trained at once, each in a worker "
                                                                   "process."),
     backend: TuneBackend = typer.Option("embedded", "--backend", help="embedded: worker processes of this machine | "
-                                        "ray: each trial a Ray Tune trial (pip install rlcast[ray])."),
+                                        "ray: each trial a Ray Tune trial (needs the ray extra of rlcast)."),
     ray_address: str | None = RAY_ADDRESS,
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep in OUT (same settings)."),
 ) -> None:
