@@ -118,6 +118,7 @@ def test_paths_and_names_are_checked_before_heavy_imports(planted, tmp_path):
     assert done.stdout.strip() == "[2, 2, 2, 2, 1] []", done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_bad_option_values_are_usage_errors_before_torch_loads(tmp_path):
     """Values of the wrong type or name exit 2 while parsing, without importing torch (that took 8-14 s)."""
     out = tmp_path / "t"
@@ -387,6 +388,7 @@ def test_compare_table_keeps_its_gain_column_when_piped(tmp_path):
 
 # --- the first hour: make targets ---
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_demo_installs_no_test_extras_and_make_test_does():
     root = Path(__file__).resolve().parent.parent

@@ -13,16 +13,17 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-step testbed run (checkpoints 1 and 2) whose run.json holds train's own held-out accuracies (16 prompts)."""
+def trained(tmp_path_factory, tiny_model):
+    """A 2-step run of the tiny testbed model (checkpoints 1 and 2) whose run.json holds train's own held-out
+    accuracies (16 prompts)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield train(tmp_path_factory.mktemp("trained") / "run",
-                    TrainConfig(eval_prompts=16, batch_size=16, num_generations=4, steps=2, save_every=1),
-                    progress=False)
+                    TrainConfig(eval_prompts=16, batch_size=16, num_generations=4, steps=2, save_every=1,
+                                model=str(tiny_model)), progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -42,6 +43,7 @@ def _one_line(result, code, *words):
         assert word in err, err
 
 
+@pytest.mark.slow  # trains the tiny model for 2 steps, scores 16 prompts per model
 def test_a_run_without_run_json_is_scored_as_train_scores_it(run_cli, trained, foreign):
     base = json.loads((trained / "run.json").read_text())["base"]
     _one_line(run_cli("forecast", foreign, "--base", base), 1, "rlcast eval")  # the error names the way out
@@ -66,6 +68,7 @@ def test_a_run_without_run_json_is_scored_as_train_scores_it(run_cli, trained, f
     assert load_run(foreign).accuracy == load_run(trained).accuracy  # what forecast and compare read
 
 
+@pytest.mark.slow  # trains the tiny model for 2 steps, scores 16 prompts per model
 def test_a_checkpoint_already_scored_is_not_scored_again_and_an_interrupted_call_resumes(run_cli, trained, foreign,
                                                                                         monkeypatch):
     from rlcast.apps import evaluate
@@ -98,6 +101,7 @@ def test_a_checkpoint_already_scored_is_not_scored_again_and_an_interrupted_call
     assert (foreign / "run.json").read_bytes() == before and scored == [0, 1, 2]
 
 
+@pytest.mark.slow  # trains the tiny model for 2 steps, scores 16 prompts per model
 def test_a_run_of_rlcast_train_is_updated_in_place_only_for_new_settings(run_cli, trained, tmp_path):
     run = shutil.copytree(trained, tmp_path / "run")
     before = (run / "run.json").read_bytes()
@@ -117,6 +121,7 @@ def test_a_run_of_rlcast_train_is_updated_in_place_only_for_new_settings(run_cli
     assert not list(run.glob(".run.json*"))  # written atomically: no temporary left
 
 
+@pytest.mark.slow  # trains the tiny model for 2 steps, scores 16 prompts per model
 def test_a_hand_written_run_json_and_one_model_options_are_refused(run_cli, trained, tmp_path):
     run = shutil.copytree(trained, tmp_path / "run")
     own = json.loads((run / "run.json").read_text())
