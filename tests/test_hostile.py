@@ -113,6 +113,16 @@ def test_the_snapshot_window_deletes_only_what_it_created_and_marked(tmp_path):
         SnapshotWindow(2).open(mine, tmp_path / "run")
     assert (mine / FOLDER / "step-0" / "model.safetensors").is_file()
 
+    # an older rlcast's folder (marked step-N snapshots, no record of its own) is adopted, so its run resumes
+    legacy = tmp_path / "legacy"
+    old = SnapshotWindow(2)
+    old.root = legacy / FOLDER
+    old.add(tiny_model(), 0, 0)
+    window = SnapshotWindow(2)
+    window.open(legacy, tmp_path / "run")
+    window.delete()
+    assert not (legacy / FOLDER).exists() and legacy.is_dir()
+
 
 def test_training_begins_and_ends_without_touching_a_users_snapshot_dir(tmp_path):
     """--accel snapshot_dir=DIR used to delete DIR recursively at the start and at the end of training."""
