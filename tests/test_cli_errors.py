@@ -137,6 +137,15 @@ def test_bad_option_values_are_usage_errors_before_torch_loads(tmp_path):
     assert not out.exists()
 
 
+def test_accelerator_settings_of_the_wrong_type_or_key_are_usage_errors(run_cli, tmp_path):
+    out = tmp_path / "t"
+    _usage_error(run_cli("train", "--out", out, "--accelerate", "rank1", "--accel", "boost=x"), "'--accel'",
+                 "'boost=x': 'x' is not a number")
+    _usage_error(run_cli("train", "--out", out, "--accelerate", "sfpo", "--accel", "boots=2"), "'--accel'",
+                 "unknown key 'boots'")
+    assert not out.exists()
+
+
 def test_debug_goes_before_or_after_the_command_and_version_prints(run_cli, tmp_path):
     from importlib.metadata import version
 

@@ -704,9 +704,13 @@ def train_cmd(
         config = dataclasses.replace(named_preset(preset), **given)
     callbacks = []
     if accelerate is not None:
-        from rlcast.training.accelerators import make_accelerator
+        from rlcast.training.accelerators import accelerator_settings, make_accelerator
 
-        method = make_accelerator(accelerate, accel or [], task=config.task, task_args=config.task_args)
+        try:  # an unknown key or a value of the wrong type: a usage error (exit 2), as for --hp
+            settings = accelerator_settings(accelerate, accel or [])
+        except RlcastError as err:
+            raise typer.BadParameter(str(err).removeprefix("--accel "), param_hint="'--accel'") from None
+        method = make_accelerator(accelerate, settings, task=config.task, task_args=config.task_args)
         if config.algo == "sft":
             raise RlcastError("--accelerate works with RL runs, not sft")
         if accelerate != "jumps":  # a lookahead method sets the optimizer steps per generation batch
