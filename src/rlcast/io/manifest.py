@@ -5,7 +5,7 @@ Read (with the whole schema check) and written only here. Format 2, written by `
     {"format": 2, "config": {TrainConfig's fields}, "base": PATH, "task": SPEC, "task_args": {...}, "algo": NAME,
      "eval": "greedy, test split", "base_accuracy": A, "base_ci": [LO, HI],
      "checkpoints": [{"step": N, "path": "checkpoint-N", "accuracy": A, "ci": [LO, HI], "train_reward": R,
-                      "generation_batches": G}, ...],
+                      "generation_batches": G, "completions": C, "tokens": T}, ...],
      "steps_done": N, "status": "running" | "interrupted" | "finished", "started": TIME, "finished": TIME,
      "continued_from": {"run": PATH, "step": N, "optimizer": NAME, "weights": PATH | "prediction": {...}}}
 
@@ -107,16 +107,20 @@ class _Fields:
 @dataclass
 class Entry:
     """One checkpoint of the manifest: its step, its folder (relative to the run), its held-out accuracy, and for RL
-    runs the rollout batches generated until then (`generation_batches`: the cost a run pays for)."""
+    runs the rollout batches generated until then (`generation_batches`: the cost a run pays for), the completions
+    and the completion tokens generated until then (`completions`, `tokens`: what rollout methods that skip prompts
+    or generate in rounds change; training.rollouts)."""
     step: int
     path: str | None = None
     accuracy: float | None = None
     ci: list[float] | None = None
     train_reward: float | None = None
     generation_batches: int | None = None
+    completions: int | None = None
+    tokens: int | None = None
     extra: dict = field(default_factory=dict)  # keys this rlcast does not know, kept as read
 
-    KEYS = ("step", "path", "accuracy", "ci", "train_reward", "generation_batches")
+    KEYS = ("step", "path", "accuracy", "ci", "train_reward", "generation_batches", "completions", "tokens")
 
     @classmethod
     def parse(cls, data, where: str, prefix: str) -> Entry:
@@ -126,7 +130,7 @@ class Entry:
             raise RlcastError(f"{where}: {prefix}step is missing")
         return cls(step=step, path=f.text("path"), accuracy=f.accuracy("accuracy"), ci=f.interval("ci"),
                    train_reward=f.number("train_reward", MAX_REWARD), generation_batches=f.step("generation_batches"),
-                   extra=f.rest(cls.KEYS))
+                   completions=f.step("completions"), tokens=f.step("tokens"), extra=f.rest(cls.KEYS))
 
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in self.KEYS if getattr(self, k) is not None}

@@ -24,6 +24,7 @@ length (the GRPO paper), `dr-grpo` by a constant and without dividing advantages
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -46,6 +47,7 @@ from rlcast.evaluation.tasks import get_task
 from rlcast.io.files import read_json, regular_file
 from rlcast.io.manifest import FORMAT, Entry, Manifest
 from rlcast.io.writer import atomic_folder, check_output, claim_folder, json_safe, output_record
+from rlcast.training.rollouts import CLIPPED_LOSSES, M2POTrainer
 from rlcast.training.support import check_resume_state, config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf
 
@@ -101,6 +103,8 @@ class TrainConfig:
     epsilon: float = 0.2                    # lower clip range of the policy ratio
     epsilon_high: float | None = None       # upper clip range; None: epsilon (dapo: 0.28)
     scale_rewards: str | None = None        # GRPO family only: group | batch | none (dr-grpo: none)
+    m2po_threshold: float | None = None     # GRPO family: M2PO's second-moment trust region instead of clipping
+                                            # (training.rollouts.M2POTrainer; the paper: 0.04); None: TRL's clipping
     keep_optimizer: str = "last"            # optimizer + scheduler state in the newest checkpoint only, or in "all"
 
     def __post_init__(self):
@@ -136,6 +140,11 @@ class TrainConfig:
             raise RlcastError(f"unknown loss_type {self.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
         if self.scale_rewards is not None and self.scale_rewards not in SCALE_REWARDS:
             raise RlcastError(f"unknown scale_rewards {self.scale_rewards!r}; known: {', '.join(SCALE_REWARDS)}")
+        if self.m2po_threshold is not None:
+            check_number(self.m2po_threshold, "m2po_threshold", 0, above=True)
+            if self.algo not in GRPO_FAMILY or (self.loss_type or "grpo") not in CLIPPED_LOSSES:
+                raise RlcastError(f"m2po_threshold replaces the ratio clipping of the {', '.join(CLIPPED_LOSSES)} "
+                                  f"losses (GRPO family), not algo {self.algo} / loss_type {self.loss_type}")
         if self.keep_optimizer not in ("last", "all"):
             raise RlcastError(f"keep_optimizer {self.keep_optimizer!r}: expected last or all")
 
@@ -239,10 +248,11 @@ def _last_reward(log_history) -> float | None:
     return rewards[-1] if rewards else None
 
 
-def _saved_generations(stateful_callbacks: dict) -> int | None:
-    """The generation batches ManifestCallback counted until a checkpoint, as saved in its trainer_state.json."""
+def _saved_generations(stateful_callbacks: dict, key: str = "generation_batches") -> int | None:
+    """The generation batches (`key`: or completions, tokens) ManifestCallback counted until a checkpoint, as saved
+    in its trainer_state.json."""
     saved = stateful_callbacks.get(ManifestCallback.__name__)
-    value = saved.get("attributes", {}).get("generation_batches") if isinstance(saved, dict) else None
+    value = saved.get("attributes", {}).get(key) if isinstance(saved, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -253,30 +263,41 @@ class ManifestCallback(TrainerCallback, ExportableState):
     RL checkpoints also record `generation_batches`, the rollout batches generated so far (the cost a run pays for):
     `count_generation` is called once per generation batch (by the reward function, which TRL calls once per batch).
     It is ceil(steps / num_iterations) unless a callback makes TRL generate early (`rlcast.training.lookahead` after
-    its gate); `generation_batches=None` for SFT. The count is saved with each checkpoint (ExportableState), so a
-    resume continues it, and on_train_begin scores the checkpoint a resume starts from when run.json has no record of
-    it (an interrupt cut its scoring short).
+    its gate); `generation_batches=None` for SFT. They also record the `completions` and completion `tokens`
+    generated, counted by the same reward function, which TRL calls on every completion once (rollout methods that
+    skip prompts or generate in rounds included: `training.rollouts`; its later adaptive rounds are no new batch).
+    The counts are saved with each checkpoint (ExportableState), so a resume continues them, and on_train_begin
+    scores the checkpoint a resume starts from when run.json has no record of it (an interrupt cut its scoring short).
     """
 
+    COUNTS = ("generation_batches", "completions", "tokens")
+
     def __init__(self, out: Path, manifest: Manifest, task, tokenizer, eval_prompts: int, progress: bool,
-                 keep_optimizer: str = "last", generation_batches: int | None = None):
+                 keep_optimizer: str = "last", generation_batches: int | None = None, completions: int | None = None,
+                 tokens: int | None = None):
         self.out, self.manifest, self.task, self.tokenizer = out, manifest, task, tokenizer
         self.eval_prompts, self.progress, self.keep_optimizer = eval_prompts, progress, keep_optimizer
-        self.generation_batches = generation_batches
+        self.generation_batches, self.completions, self.tokens = generation_batches, completions, tokens
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"generation_batches": self.generation_batches}}
+        return {"args": {}, "attributes": {key: getattr(self, key) for key in self.COUNTS}}
 
-    def count_generation(self) -> None:
-        self.generation_batches += 1
+    def count_generation(self, completions: int = 0, tokens: int = 0, new_batch: bool = True) -> None:
+        """A reward call: `completions` of `tokens` completion tokens scored; `new_batch`: the first of its batch."""
+        self.generation_batches += new_batch
+        if self.completions is not None:
+            self.completions += completions
+        if self.tokens is not None:
+            self.tokens += tokens
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if step == 0:
             return
-        saved = _saved_generations(state.stateful_callbacks or {})
-        if self.generation_batches is not None and saved is not None:
-            self.generation_batches = saved
+        for key in self.COUNTS:
+            saved = _saved_generations(state.stateful_callbacks or {}, key)
+            if getattr(self, key) is not None and saved is not None:
+                setattr(self, key, saved)
         if all(e.step != step for e in self.manifest.checkpoints):
             self._record(step, state, model)
 
@@ -293,7 +314,8 @@ class ManifestCallback(TrainerCallback, ExportableState):
         with preserved_rng():  # the rollouts after this checkpoint must not depend on the evaluation
             result = evaluate(model, self.task, n_prompts=self.eval_prompts, tokenizer=self.tokenizer, progress=False)
         self.manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
-                                   _last_reward(state.log_history), self.generation_batches))
+                                   _last_reward(state.log_history), self.generation_batches, self.completions,
+                                   self.tokens))
         self.manifest.write(self.out / "run.json")
         if self.progress:
             Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} "
@@ -421,15 +443,16 @@ def _start(out: Path, config: TrainConfig | None, resume: bool):
             stored = dataclasses.replace(stored, steps=config.steps)
         return manifest, stored.resolve(task), task
     if out.exists() and any(out.iterdir()):
-        raise RlcastError(f"{out}: exists and is not empty (pass resume=True / --resume, or another --out)")
+        raise RlcastError(f"{out}: exists and is not empty (--resume continues it; or give another --out)")
     config = config or TrainConfig()
     task = get_task(config.task, config.task_args or None)
     return None, config.resolve(task), task
 
 
 def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: list, on_generation=None):
-    """TRL's GRPO / RLOO / SFT trainer for `config` on the task's train split; RL calls `on_generation()` once per
-    generation batch."""
+    """TRL's GRPO / RLOO / SFT trainer for `config` on the task's train split (M2POTrainer with `m2po_threshold`); RL
+    calls `on_generation(completions, tokens, new_batch)` once per reward call (once per generation batch, more with
+    adaptive rollouts: `training.rollouts`)."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     examples = task.examples("train", None, seed=config.seed)
 
@@ -459,9 +482,10 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
 
     data = Dataset.from_dict({"prompt": [as_prompt(ex) for ex in examples], "idx": list(range(len(examples)))})
 
-    def reward(prompts, completions, idx, **_):
+    def reward(prompts, completions, idx, completion_ids=(), rollout_round=None, **_):
         if on_generation is not None:
-            on_generation()
+            on_generation(len(completions), sum(len(ids) for ids in completion_ids),
+                          not rollout_round or rollout_round[0] == 0)
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [task.score(t, examples[i]) for t, i in zip(texts, idx)]
 
@@ -473,6 +497,8 @@ def _trainer(config: TrainConfig, out: Path, net, tokenizer, task, callbacks: li
     else:
         args = GRPOConfig(**common, **rl, loss_type=config.loss_type, scale_rewards=config.scale_rewards)
         trainer_cls = GRPOTrainer
+        if config.m2po_threshold is not None:
+            trainer_cls = functools.partial(M2POTrainer, m2po_threshold=config.m2po_threshold)
     return trainer_cls(model=net, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer,
                        callbacks=callbacks, peft_config=peft_config)
 
@@ -519,7 +545,8 @@ def _check_accelerators(folder: Path, saved: dict, callbacks) -> None:
     names = lambda d: ", ".join(sorted(d)) or "no accelerator"  # noqa: E731
     change = (f"was trained with {names(before)}; this resume has {names(now)}" if before.keys() != now.keys()
               else f"was trained with other {names(now)} settings")
-    raise RlcastError(f"{folder}: {change}; resume with the --accelerate and --accel settings the run started with")
+    raise RlcastError(f"{folder}: {change}; resume with the --accelerate and --accel settings "
+                       f"(--rollouts and --rollout) the run started with")
 
 
 def _score_unrecorded(out: Path, manifest: Manifest, config: TrainConfig, task, below: int, progress: bool) -> None:
@@ -538,9 +565,11 @@ def _score_unrecorded(out: Path, manifest: Manifest, config: TrainConfig, task, 
         if config.kind == "rl" and count is None:
             count = -(-step // config.num_iterations)
         history = state.get("log_history")
+        saved = state.get("stateful_callbacks") or {}
         manifest.record(Entry(step, f"checkpoint-{step}", result.accuracy, [result.ci_low, result.ci_high],
                               _last_reward(history if isinstance(history, list) else []),
-                              count if config.kind == "rl" else None))
+                              count if config.kind == "rl" else None, _saved_generations(saved, "completions"),
+                              _saved_generations(saved, "tokens")))
         manifest.write(out / "run.json")
         if progress:
             Console(stderr=True).print(f"step {step}: held-out accuracy {result.accuracy:.3f} (not recorded before)",
@@ -558,6 +587,25 @@ def _generations_before(manifest: Manifest, config: TrainConfig, newest: int | N
     entry = next((c for c in manifest.checkpoints if c.step == newest), None)
     recorded = entry.generation_batches if entry is not None else None
     return recorded if recorded is not None else -(-newest // config.num_iterations)
+
+
+def _completions_before(out: Path, manifest: Manifest, config: TrainConfig,
+                        newest: int | None) -> tuple[int | None, int | None]:
+    """Completions and completion tokens generated before this (RL) training starts: 0, or on resume those recorded
+    at the checkpoint it resumes from (run.json, else the counts saved in the checkpoint); a run started before
+    rlcast counted them ran no rollout method, so its generation batches x batch_size completions, its tokens unknown
+    (None: not counted from then on)."""
+    if config.kind != "rl":
+        return None, None
+    if newest is None:
+        return 0, 0
+    entry = next((c for c in manifest.checkpoints if c.step == newest), None)
+    if entry is not None and entry.completions is not None:
+        return entry.completions, entry.tokens
+    saved = (_trainer_state(out / f"checkpoint-{newest}") or {}).get("stateful_callbacks") or {}
+    if _saved_generations(saved, "completions") is not None:
+        return _saved_generations(saved, "completions"), _saved_generations(saved, "tokens")
+    return _generations_before(manifest, config, newest) * config.batch_size, None
 
 
 def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = False, progress: bool = True) -> Path:
@@ -621,7 +669,8 @@ def _train(out: Path, config: TrainConfig, task, manifest: Manifest, newest: int
 
     set_seed(config.seed)
     manifest_cb = ManifestCallback(out, manifest, task, tokenizer, config.eval_prompts, progress,
-                                   config.keep_optimizer, _generations_before(manifest, config, newest))
+                                   config.keep_optimizer, _generations_before(manifest, config, newest),
+                                   *_completions_before(out, manifest, config, newest))
     trainer = _trainer(config, out, net, tokenizer, task, [manifest_cb, *callbacks],
                        on_generation=manifest_cb.count_generation if config.kind == "rl" else None)
     for callback in callbacks:  # the accelerators' explicit handle on their trainer (TRL's events do not pass it)
