@@ -20,7 +20,8 @@ back-test beat it (`select`, `chosen_`): then that member's.
 
 Interval, calibrated on the same back-test: the combination's own errors (where every member forecast) give its s
 the same way; at step T past the cutoff c its sd is sqrt(max(boot, (s h_T)^2) + `spread` * D), h_T = log(T / c)^growth,
-boot the members' own bootstrap variance and D their weighted disagreement at T (both weighted). Its asymptote
+boot the members' own bootstrap variance and D their disagreement around the center at T, weighted by the
+back-test's weights even when one member was chosen. Its asymptote
 (step inf) mixes the saturating members' asymptotes by their weights.
 """
 
@@ -55,7 +56,8 @@ class Combination(Forecaster):
     {label: {"pairs": [(origin, step)], "errors": array}}, `growth_` {label: s}, `weights_`, `s_` (the
     combination's error growth), `mse_` {label or "combined": back-test mean squared error on the pairs every
     weighted member forecast} and `chosen_` ("combined", or the one member whose back-test beat the weighted mean:
-    then it alone carries the weight, so the combination is never worse than its best member on its own past).
+    then it alone carries the weight, so the combination is never worse than its best member on its own past;
+    `mixture_` keeps the back-test's weights, whose members' disagreement still widens the interval).
     """
 
     reference = "rlcast"
@@ -90,6 +92,7 @@ class Combination(Forecaster):
         self.growth_ = {k: self._growth(curve, b["pairs"], b["errors"]) for k, b in self.backtest_.items()}
         raw = {k: 0.0 if k in self.shown_ else s ** (-2 * self.power) for k, s in self.growth_.items()}
         self.weights_ = {k: v / sum(raw.values()) for k, v in raw.items()}
+        self.mixture_ = dict(self.weights_)  # the back-test's weights, kept for the interval when one member is chosen
         weighted = [k for k in self.weights_ if self.weights_[k]]
         lookup = {k: dict(zip(self.backtest_[k]["pairs"], self.backtest_[k]["errors"])) for k in weighted}
         pairs = sorted(set.intersection(*(set(lookup[k]) for k in weighted)))
@@ -138,10 +141,12 @@ class Combination(Forecaster):
         return center, paths
 
     def _finite(self, steps):
-        preds = {k: m.predict(steps) for k, m in self.members_.items() if self.weights_[k]}
+        preds = {k: m.predict(steps) for k, m in self.members_.items() if self.mixture_[k]}
         center = sum(self.weights_[k] * p.center for k, p in preds.items())
         boot = sum(self.weights_[k] * _robust_var(p.paths) for k, p in preds.items())
-        spread = sum(self.weights_[k] * (p.center - center) ** 2 for k, p in preds.items())
+        # the members' disagreement around the center, by the back-test's weights even when one member was chosen: the
+        # choice on short back-test horizons is no certainty at the forecast's horizon
+        spread = sum(self.mixture_[k] * (p.center - center) ** 2 for k, p in preds.items())
         horizon = np.log(np.maximum(steps, self.curve_.last) / self.curve_.last) ** self.growth
         sd = np.sqrt(np.maximum(boot, (self.s_ * horizon) ** 2) + self.spread * spread)
         z = np.random.default_rng(self.seed + 1).standard_normal(self.samples)
