@@ -189,10 +189,7 @@ def test_adaptive_run_counts_every_round(questions, tmp_path, monkeypatch):
     (["--rollouts", "skip", "--rollout", "target=nan"], ["target", "finite"]),
     (["--rollouts", "skip", "--rollout", "max_skips=0"], ["max_skips", ">= 1"]),
     (["--rollouts", "skip", "--rollout", "explore=0.1", "--rollout", "min_explore=0.5"], ["min_explore"]),
-    (["--rollouts", "skip", "--rollout", "speed=3"], ["--rollout", "unknown key 'speed'"]),
-    (["--rollouts", "skip", "--rollout", "target"], ["--rollout", "KEY=VALUE"]),
     (["--rollouts", "adaptive", "--rollout", "budget=-4"], ["budget", ">= 1"]),
-    (["--rollouts", "adaptive", "--rollout", "balance=maybe"], ["balance", "true or false"]),
     (["--rollouts", "adaptive", "--rollout", "budget=4", "--hp", "num_generations=8"], ["budget 4", ">= num_generations 8"]),
     (["--rollout", "target=0.5"], ["--rollout settings need --rollouts"]),
     (["--rollouts", "skip", "--algo", "rloo"], ["GRPO family", "rloo"]),
@@ -205,6 +202,15 @@ def test_bad_rollout_values_are_one_line(run_cli, tmp_path, args, words):
     assert code == 1 and message.startswith("error:") and "\n" not in message, (code, err)
     assert all(w in message for w in words), message
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("item, words", [("speed=3", "unknown key 'speed'"), ("target", "expected KEY=VALUE"),
+                                         ("balance=maybe", "'maybe' is not true or false")])
+def test_rollout_settings_of_the_wrong_key_or_type_are_usage_errors(run_cli, tmp_path, item, words):
+    method = "adaptive" if item.startswith("balance") else "skip"
+    code, out, err = run_cli("train", "--out", tmp_path / "run", "--rollouts", method, "--rollout", item)
+    assert code == 2 and "Usage: " in err and "'--rollout'" in err and words in err, (code, err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_adaptive_budget_must_hold_the_group():

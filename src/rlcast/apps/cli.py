@@ -723,10 +723,14 @@ def train_cmd(
         raise RlcastError("--accel settings need --accelerate")
     selector = None
     if rollouts is not None:
-        from rlcast.training.rollouts import make_rollouts
+        from rlcast.training.rollouts import make_rollouts, rollout_settings
         from rlcast.training.runs import GRPO_FAMILY
 
-        selector = make_rollouts(rollouts, rollout or [])
+        try:  # an unknown key or a value of the wrong type: a usage error (exit 2), as for --hp and --accel
+            settings = rollout_settings(rollouts, rollout or [])
+        except RlcastError as err:
+            raise typer.BadParameter(str(err).removeprefix("--rollout "), param_hint="'--rollout'") from None
+        selector = make_rollouts(rollouts, settings)
         if config.algo not in GRPO_FAMILY:
             raise RlcastError(f"--rollouts works with the GRPO family ({', '.join(GRPO_FAMILY)}), not {config.algo}")
         selector.check_group(config.num_generations)
