@@ -107,16 +107,18 @@ def mirror(folder: Path, into: Path) -> Path:
 def retained(folder: Path, args) -> dict:
     """bench/extrapolation.py's retained accuracy without its continuations: every method of it predicts the final
     checkpoint from the windows up to 20 % and 40 % of the steps (`rlcast.apps.compare`, same prompts);
-    retained = acc(prediction) / acc(final checkpoint)."""
+    retained = acc(prediction) / acc(final checkpoint), and `stop` the same for the cutoff's own checkpoint."""
     start = time.perf_counter()
     with scratch_dir("bench-dominance-run") as tmp:
         result = compare(load_run(mirror(folder, tmp / folder.name)), cutoffs=CUTOFFS, methods=METHODS.split(","),
                          n_prompts=args.n_prompts, seed=0, progress=False)
     final = result.row("real", result.target).accuracy
+    stop = {str(c): result.row("real", c).accuracy / final for c in result.cutoffs}  # stopping at the cutoff
     rows = [{"method": r.method, "cutoff": r.cutoff, "fraction": r.fraction, "accuracy": r.accuracy,
              "retained": None if r.accuracy is None else r.accuracy / final, "reason": r.reason}
             for r in result.rows if r.method != "real"]
-    return {"target": result.target, "final": final, "rows": rows, "seconds": time.perf_counter() - start}
+    return {"target": result.target, "final": final, "stop": stop, "rows": rows,
+            "seconds": time.perf_counter() - start}
 
 
 def crossing(points: list[tuple[float, float]], level: float = HALF) -> float:
@@ -225,8 +227,9 @@ def lines(rows: list[dict]) -> list[str]:
     for r in sorted((r for r in rows if r.get("retained")), key=lambda r: (r["seed"], r["learning_rate"])):
         by_cut = {}
         for m in r["retained"]["rows"]:
-            by_cut.setdefault(m["fraction"], []).append(f"{m['method']}={fmt(m['retained'], '.2f')}")
-        cuts = " | ".join(f"@{f:.1f}: {' '.join(v)}" for f, v in sorted(by_cut.items()))
+            by_cut.setdefault(m["cutoff"], []).append(f"{m['method']}={fmt(m['retained'], '.2f')}")
+        cuts = " | ".join(f"@{c / r['retained']['target']:.1f}: stop={r['retained']['stop'][str(c)]:.2f} "
+                          f"{' '.join(v)}" for c, v in sorted(by_cut.items()))
         out.append(f"retained mu={r['mu']} lr={r['learning_rate']:g} seed={r['seed']} "
                    f"rank1_gain={pct_ci(r['ranks']['1'])} {cuts}")
     return out
@@ -280,7 +283,7 @@ def main() -> None:
                                          "run": str(folder), **measure(folder, args)}
                 if name not in kept:
                     console.print(lines([row])[0])
-                if mu == 1 and seed in with_retained and not row.get("retained"):
+                if mu == 1 and seed in with_retained and "stop" not in row.get("retained", {}):
                     row["retained"] = retained(folder, args)
                     console.print(lines([row])[-1])
                 results.add(row)
