@@ -188,3 +188,17 @@ def test_a_rank1_model_below_the_base_says_what_it_means_for_extrapolation():
     assert "assume rank-1 dominance; it does not hold on this run" in said
     holds = " ".join(verdict({}, _dominance(0.8, (0.6, 0.95), 0.48), {})[0])
     assert "below the base" not in holds and "80% of the gain over the base [0.600, 0.950]" in holds
+
+
+def test_a_run_without_accuracies_names_the_command_that_scores_it(run_root, cache, tmp_path):
+    from rlcast.apps.report import build_report
+    from rlcast.io.runs import load_run
+
+    run = load_run(run_root)
+    run.manifest = type(run.manifest).parse({"base": "base", "task": "arith", "algo": "grpo",
+                                             "checkpoints": [{"step": s, "path": f"checkpoint-{s}"} for s in STEPS]})
+    page = build_report(run, out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache).read_text()
+    story = page[page.index("What this run shows"):page.index("<h2>Accuracy against the step")]
+    assert "No held-out accuracy is recorded" in story and "rlcast eval RUN scores the base" in story
+    forecast = page[page.index("<h2>Forecast</h2>"):]
+    assert "no forecast: " in forecast and f"`rlcast eval {run_root}` scores every checkpoint" in forecast

@@ -249,10 +249,10 @@ def fan_chart(curve, result) -> str:
 
 def forecast_section(run, trajectory=None) -> str | None:
     """The forecast of the run's planned last step (a finished run: twice its last checkpoint): fan chart and table;
-    None with fewer than 3 checkpoints with accuracies. `trajectory` (the report's spectra) feeds the weight-based
-    forecaster."""
+    None for a run of fewer than 3 checkpoints; a note naming `rlcast eval` when too few of them have accuracies.
+    `trajectory` (the report's spectra) feeds the weight-based forecaster."""
     curve = read_curve(run)
-    if int((curve.steps > 0).sum()) < 3:
+    if len(run.checkpoints) < 3:
         return None
     try:
         curve = checked(curve)
@@ -380,11 +380,13 @@ def step_axis(manifest: Manifest | None) -> str:
     return STEP if ratio is None else f"{STEP} ({_per_batch(ratio)} per generation batch)"
 
 
-def story(accuracy: dict[int, float], manifest: Manifest | None) -> str | None:
+def story(accuracy: dict[int, float], manifest: Manifest | None) -> str:
     """The run's story in one sentence: held-out accuracy from the base (or first checkpoint) to the last, its gain
-    and its peak, counted in optimizer steps and, for RL runs, generation batches (and how many steps make one)."""
+    and its peak, counted in optimizer steps and, for RL runs, generation batches (and how many steps make one); for
+    a run without accuracies, the command that scores them."""
     if len(accuracy) < 2:
-        return None
+        return ("No held-out accuracy is recorded for this run's checkpoints: rlcast eval RUN scores the base and "
+                "every checkpoint and records them in RUN/run.json.")
     first, last = min(accuracy), max(accuracy)
     start = "the base" if first == 0 else f"step {first}"
     entry = next((e for e in manifest.checkpoints if e.step == last), None) if manifest else None
@@ -507,8 +509,7 @@ def build_report(run, out: Path | None = None, task: str | None = None, selectio
         r2_panels += [("pls_r2", "PLS R^2 vs accuracy (in-sample)"), ("pls_r2_heldout", "PLS R^2 (held-out)")]
     said, published = verdict(dyn["summary"]["overall"], dom, accuracy)
     said += [html.escape(note) for note in verdict_notes]
-    told = story(accuracy, manifest)
-    story_ = ((f"<p class=verdict>{html.escape(told)}</p>" if told else "") + "<p class=verdict>" + " ".join(said)
+    story_ = (f"<p class=verdict>{html.escape(story(accuracy, manifest))}</p><p class=verdict>" + " ".join(said)
               + "</p>"
              + (table(published) + "<p class=note>published: AlphaRL (arXiv 2510.00553), NExt (arXiv 2604.11446), "
                 "on 7B-scale runs.</p>" if published else ""))
