@@ -222,6 +222,14 @@ def test_a_fifo_or_a_device_for_run_json_is_one_line(run, run_cli, tmp_path):
                  "run.json: the run manifest is a device")
 
 
+def test_a_run_json_that_is_a_device_is_never_skipped(run, run_cli):
+    (run / "run.json").unlink()
+    (run / "run.json").symlink_to("/dev/zero")
+    with no_hang():
+        one_line(run_cli("analyze", run, "--device", "cpu"), "run.json: the run manifest is a device")
+    assert not (run / "rlcast").exists()
+
+
 def test_a_fifo_for_weights_is_one_line(run, run_cli):
     weights = run / "checkpoint-30" / "model.safetensors"
     weights.unlink()

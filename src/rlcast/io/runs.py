@@ -157,7 +157,7 @@ def load_run(path: str | Path | None = None, base: str | Path | None = None,
         raise RlcastError(f"{root}: run folder not found")
     manifest = None
     folders: dict[int, Path] = {}
-    if root is not None and (root / "run.json").is_file():
+    if root is not None and (root / "run.json").exists():  # a FIFO or a device is refused there
         manifest = Manifest.read(root / "run.json")
         for i, entry in enumerate(manifest.checkpoints):
             if entry.path is None:
