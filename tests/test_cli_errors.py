@@ -124,14 +124,16 @@ def test_bad_option_values_are_usage_errors_before_torch_loads(tmp_path):
     out = tmp_path / "t"
     checks = [f"train|--out|{out}|--accelerate|rank-1", f"train|--out|{out}|--hp|learning_rate=abc",
               f"train|--out|{out}|--hp|nosuch=1", f"train|--out|{out}|--hp|max_completion_length=4.5",
-              f"train|--out|{out}|--steps|0", "eval|testbed|-n|0", "eval|testbed|--split|dev"]
+              f"train|--out|{out}|--steps|0", "eval|testbed|-n|0", "eval|testbed|--split|dev",
+              "eval|testbed|--task|aritm"]
     done = subprocess.run([sys.executable, "-c", CHEAP_CHECKS, *checks], capture_output=True, text=True)
-    assert done.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2] []", done.stdout + done.stderr
+    assert done.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2, 2] []", done.stdout + done.stderr
     for words in (["'rank-1' is not one of 'jumps', 'sfpo', 'gxpo', 'rank1'"],
                   ["'--hp'", "'learning_rate=abc': 'abc' is not a number or none"],
                   ["unknown key 'nosuch'", "known: learning_rate, "], ["'4.5' is not an integer or none"],
                   ["'--steps'", "greater than or equal to 1"], ["'-n'", "greater than or equal to 1"],
-                  ["'dev' is not one of 'test', 'train'"]):
+                  ["'dev' is not one of 'test', 'train'"],
+                  ["'--task'", "'aritm' is not arith, rg:<reasoning-gym dataset> or jsonl:<path>"]):
         assert all(word in done.stderr for word in words), (words, done.stderr)
     assert "Value error" not in done.stderr and "NoneType" not in done.stderr  # no pydantic / typing reprs
     assert not out.exists()
@@ -144,6 +146,26 @@ def test_accelerator_settings_of_the_wrong_type_or_key_are_usage_errors(run_cli,
     _usage_error(run_cli("train", "--out", out, "--accelerate", "sfpo", "--accel", "boots=2"), "'--accel'",
                  "unknown key 'boots'")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["arith", "aritm", "rg:", "rg:chain_sum", "jsonl:", "jsonl:x.jsonl", "gsm8k", ""])
+def test_the_task_forms_checked_while_parsing_are_get_tasks(spec):
+    """What --task refuses while parsing is exactly what get_task calls an unknown task."""
+    import typer
+
+    from rlcast.evaluation.tasks import get_task
+
+    try:
+        cli._task_spec(spec)
+        parsed = True
+    except typer.BadParameter:
+        parsed = False
+    try:
+        get_task(spec)
+        known = True
+    except RlcastError as err:
+        known = "unknown task" not in str(err)
+    assert parsed == known, spec
 
 
 def test_debug_goes_before_or_after_the_command_and_version_prints(run_cli, tmp_path):

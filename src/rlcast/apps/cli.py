@@ -33,9 +33,28 @@ def _value_names(params: list) -> list:
     return params
 
 
+def _task_forms(params: list) -> list:
+    """Every --task option checks its value's form while parsing (`_task_spec`), before the command imports torch."""
+    for param in params:
+        if param.name == "task" and param.callback is None:
+            param.callback = lambda ctx, param, value: _task_spec(value)
+    return params
+
+
+TASK_FORMS = ("rg:", "jsonl:")  # besides "arith": evaluation.tasks.get_task's specs (a test pins them)
+
+
+def _task_spec(value: str | None) -> str | None:
+    """--task's form (arith | rg:NAME | jsonl:PATH), checked while parsing: a typo is a usage error before torch loads
+    (`evaluation.tasks.get_task` checks the rest: the dataset, the file)."""
+    if value is None or value == "arith" or any(value.startswith(p) and len(value) > len(p) for p in TASK_FORMS):
+        return value
+    raise typer.BadParameter(f"{value!r} is not arith, rg:<reasoning-gym dataset> or jsonl:<path>")
+
+
 class _Command(TyperCommand):
     def get_params(self, ctx):
-        return _value_names(super().get_params(ctx))
+        return _task_forms(_value_names(super().get_params(ctx)))
 
 
 class _Group(TyperGroup):
