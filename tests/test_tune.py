@@ -46,8 +46,8 @@ def crashing(config: dict, report, every: int = 10) -> None:
 class Interrupt:
     """train_fn that is interrupted (KeyboardInterrupt) at its `after`-th report, once."""
 
-    def __init__(self, after: int):
-        self.after, self.calls = after, 0
+    def __init__(self, after: int, train_fn=synthetic):
+        self.after, self.calls, self.train_fn = after, 0, train_fn
 
     def __call__(self, config, report):
         def counted(batches, accuracy):
@@ -55,7 +55,7 @@ class Interrupt:
             if self.calls == self.after:
                 raise KeyboardInterrupt
             return report(batches, accuracy)
-        synthetic(config, counted)
+        self.train_fn(config, counted)
 
 
 def decisions(sweep: Sweep) -> list:
@@ -141,10 +141,14 @@ def test_ray_engine_takes_the_embedded_decisions(tmp_path):
     embedded = Sweep(coarse, grid, 300, **settings).run()
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    with pytest.raises(KeyboardInterrupt):  # interrupted on its way to the second rung, embedded
+        Sweep(Interrupt(after=7, train_fn=coarse), grid, 300, out=tmp_path / "i", **settings).run()
     try:
         on_ray = run_on_ray(Sweep(coarse, grid, 300, out=tmp_path / "r", workers=1, **settings))
+        resumed = run_on_ray(Sweep(coarse, grid, 300, out=tmp_path / "i", workers=1, resume=True, **settings))
     finally:
         ray.shutdown()
+    assert decisions(resumed) == decisions(embedded)
     assert [t.status for t in embedded.trials] == ["stopped", "finished", "crashed"]
     assert decisions(on_ray) == decisions(embedded)
     assert on_ray.winner.id == embedded.winner.id

@@ -6,7 +6,9 @@ scheduler answers, so a trial never trains past a rung unasked. The scheduler (`
 pauses each trial at the rung; when every trial still in the sweep has reached it (or crashed), it takes the
 decision with the embedded engine's own code (`Sweep.settle`: the same scheduler, the same curves) and stops or
 unpauses the trials. A promoted trial restarts from its Ray checkpoint and calls train_fn again, which resumes from
-its own checkpoint (`report.folder`). Same decisions, same winner as the embedded engine for the same seeds.
+its own checkpoint (`report.folder`). Same decisions, same winner as the embedded engine for the same seeds. A
+resumed sweep (OUT/tune.json) first decides the rungs all its trials have reached, as the embedded engine does, and
+goes on on Ray from there.
 
 Ray is a heavy optional dependency (pip install rlcast[ray]): it is imported inside the functions that need it.
 """
@@ -27,7 +29,8 @@ STATE = "rung.json"
 
 
 def _trainable(config: dict, train_fn, trials: dict, rungs: list[int], folders: dict) -> None:
-    """One Ray Tune trial: the trial `config["index"]` trained rung after rung, every point reported to Ray."""
+    """One Ray Tune trial: the trial `config["index"]` trained rung after rung, every point reported to Ray (a
+    restarted one first reports where it stands, with no accuracy)."""
     from ray import tune  # heavy optional dependency (rlcast[ray]): the Ray engine only
 
     index = config["index"]
@@ -46,6 +49,11 @@ def _trainable(config: dict, train_fn, trials: dict, rungs: list[int], folders: 
                          "sd": math.nan if point[2] is None else point[2]},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
+    if last >= 0:  # resumed (a promotion, or a resumed sweep): say where it stands, so a trial at a rung waits
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / STATE).write_text(json.dumps({"last": last}))
+            tune.report({"batches": last, "accuracy": math.nan, "sd": math.nan},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
     for until in [r for r in rungs if r > last]:
         folder = None if folders[index] is None else Path(folders[index])
         _, error = _segment(train_fn, trial_id, values, until, last, folder, send)
@@ -89,7 +97,7 @@ def _scheduler_class():
             sd = result.get("sd")
             point = [int(result["batches"]), float(result["accuracy"]),
                      None if sd is None or math.isnan(sd) else float(sd)]
-            if not ours.points or point[0] > ours.points[-1][0]:
+            if not math.isnan(point[1]) and (not ours.points or point[0] > ours.points[-1][0]):
                 ours.points.append(point)
                 self.sweep.save()
                 self.sweep.on_update(self.sweep)
@@ -156,28 +164,27 @@ def run_on_ray(sweep: Sweep, address: str | None = None) -> Sweep:
     its trials, tune.json and winner as `sweep.run()` gives them."""
     from ray import tune  # heavy optional dependency (rlcast[ray]): the Ray engine only
 
-    if any(t.points or t.status == "crashed" for t in sweep.trials):
-        raise RlcastError("--resume continues a sweep on the embedded engine (--backend embedded); a Ray sweep "
-                          "starts afresh")
-    admitted = sweep.admit()
-    if not admitted:
+    alive = sweep.admit()
+    if not alive:
         raise RlcastError("no trial to run")
-    trials = {t.index: (t.id, t.config, -1) for t in admitted}
-    folders = {t.index: None if sweep.out is None else str((sweep.out / "trials" / t.id).resolve())
-               for t in admitted}
-    for t in admitted:
+    last = len(sweep.rungs) - 1
+    rung = 0  # a resumed sweep: the rungs every trial has reached are decided as the embedded engine decides them
+    while rung < last and all(t.batches >= sweep.rungs[rung] or t.status == "crashed" for t in alive):
+        sweep.settle(rung, alive)
+        alive, rung = [t for t in alive if t.status in ("pending", "running")], rung + 1
+    for t in alive:
         t.status = "running"
-    scheduler = _scheduler_class()(sweep, 0)
+    trials = {t.index: (t.id, t.config, t.last) for t in alive}
+    folders = {t.index: None if sweep.out is None else str((sweep.out / "trials" / t.id).resolve()) for t in alive}
+    scheduler = _scheduler_class()(sweep, rung)
     with connect("ray", address, sweep.workers or 1), scratch_dir("ray-tune") as storage:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trainable, train_fn=sweep.train_fn, trials=trials,
                                                      rungs=sweep.rungs, folders=folders), {"cpu": 1}),
-            param_space={"index": tune.grid_search([t.index for t in admitted])},
+            param_space={"index": tune.grid_search([t.index for t in alive])},
             tune_config=tune.TuneConfig(scheduler=scheduler),  # concurrency: the CPUs (a paused trial holds none)
             run_config=tune.RunConfig(storage_path=str(storage), name="tune", verbose=0))
         tuner.fit()
-    last = len(sweep.rungs) - 1
-    alive = [t for t in sweep.trials if t.status in ("pending", "running")]
-    sweep.settle(last, alive)
+    sweep.settle(last, [t for t in sweep.trials if t.status in ("pending", "running")])
     sweep.on_update(sweep)
     return sweep
