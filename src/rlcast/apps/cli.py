@@ -1056,7 +1056,7 @@ def tune_cmd(
     except ValueError:
         raise RlcastError(f"--rungs {rungs!r}: expected comma-separated generation batches like 30,100") from None
     trial = RlcastTrial(base, budget, save_every)
-    settings = {"base": base.to_json(), "save_every": save_every, "backend": backend}
+    settings = {"base": base.to_json(), "save_every": save_every}  # not the backend: both decide alike
     live = Live(console=console, refresh_per_second=2, transient=True)
     sweep = Sweep(trial, values, budget, scheduler=scheduler, rungs=rung_list, out=out,
                   workers=workers, seed=base.seed, passes=trial.passes, eval_prompts=base.eval_prompts,
