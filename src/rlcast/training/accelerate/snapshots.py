@@ -73,8 +73,9 @@ class SnapshotWindow:
         if root.is_symlink() or root.exists() and not root.is_dir():
             raise RlcastError(f"{root}: exists and is not a snapshot folder; remove it or set {option}")
         if root.is_dir() and not _ours(root, owner):
-            legacy = read_record(root) is None and all(
-                re.fullmatch(r"step-\d+", p.name) and (p / MARKER).is_file() for p in root.iterdir())
+            legacy = read_record(root) is None and all(  # marked snapshots, their caches and temporaries only
+                re.fullmatch(r"step-\d+", p.name) and (p / MARKER).is_file() or p.name == ".rlcast-cache"
+                or re.match(r"\.step-\d+\.rlcast-", p.name) for p in root.iterdir())
             if not legacy:
                 used = (read_record(root) or {}).get("settings", {}).get("run") if _ours(root) else None
                 why = f"holds the snapshots of the run {used}" if used else "was not created by rlcast"
