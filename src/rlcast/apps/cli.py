@@ -629,7 +629,7 @@ HP_TYPES: dict[str, object] = {
     "max_completion_length": int | None, "beta": float, "num_iterations": int, "lr_scheduler_type": str,
     "warmup_steps": int, "schedule_steps": int | None, "weight_decay": float, "lora_r": int, "lora_alpha": int,
     "lora_dropout": float, "loss_type": str | None, "epsilon": float, "epsilon_high": float | None,
-    "scale_rewards": str | None, "keep_optimizer": str, "m2po_threshold": float | None}
+    "scale_rewards": str | None, "m2po_threshold": float | None, "keep_optimizer": str}
 HP_KEYS = ", ".join(HP_TYPES)
 
 
@@ -698,8 +698,8 @@ def train_cmd(
                                              "budget, balance."),
     stop_when_flat: bool = typer.Option(False, "--stop-when-flat", help="Forecast the held-out accuracy at every "
                                         "checkpoint and end the run once P(gain >= 0.01 by the last step) < 0.3 at "
-                                        "two checkpoints in a row (rlcast.training.ForecastCallback; the decisions "
-                                        "print as `rlcast forecast --stop` does)."),
+                                        "two checkpoints in a row (the ForecastCallback of rlcast.training; the "
+                                        "decisions print as `rlcast forecast --stop` does)."),
 ) -> None:
     """GRPO-family / RLOO / SFT through TRL with checkpoints every N steps and a run.json manifest rlcast can analyse."""
     _check_hp(hp)
