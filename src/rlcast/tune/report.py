@@ -24,14 +24,15 @@ COLORS = {"finished": "green", "running": "cyan", "pending": "white", "stopped":
 
 
 def leaderboard(sweep: Sweep) -> Table:
-    """The trials by score (best first), with their status, compute and latest forecast."""
+    """The trials by rung reached, then score (the leader first), with their status, compute and latest forecast."""
     winner = sweep.winner
     done = sum(t.batches for t in sweep.trials)
     table = Table(title=f"rlcast tune: {sweep.scheduler.name} scheduler, rungs {sweep.rungs} generation batches, "
                         f"{done}/{sweep.budget * len(sweep.trials)} batches spent", title_justify="left")
     for col in ("#", "trial", "config", "status", "batches", "accuracy", "score", "forecast at budget"):
         table.add_column(col, justify="right" if col in ("#", "batches", "accuracy", "score") else "left")
-    order = sorted(sweep.trials, key=lambda t: (t.score() is None, -(t.score() or 0.0), t.index))
+    # the furthest rung first (scores of different rungs do not compare), then the score there
+    order = sorted(sweep.trials, key=lambda t: (-t.rung, t.score() is None, -(t.score() or 0.0), t.index))
     for place, t in enumerate(order, 1):
         forecast = t.forecasts[-1] if t.forecasts else None
         table.add_row(str(place), t.id + (" *" if t is winner else ""), t.name,
