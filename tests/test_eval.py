@@ -100,6 +100,12 @@ def test_a_checkpoint_already_scored_is_not_scored_again_and_an_interrupted_call
     assert code == 0 and "0 of 3 models to score" in err and "unchanged" in err, err
     assert (foreign / "run.json").read_bytes() == before and scored == [0, 1, 2]
 
+    shutil.copytree(foreign / "checkpoint-2", foreign / "checkpoint-3")  # the run wrote another checkpoint since
+    code, _, err = run_cli("eval", foreign)
+    assert code == 0 and "1 of 4 models to score (3 already scored" in err and scored == [0, 1, 2, 3], err
+    steps = {e["step"]: e for e in json.loads((foreign / "run.json").read_text())["checkpoints"]}
+    assert steps[3]["path"] == "checkpoint-3" and steps[3]["accuracy"] == steps[2]["accuracy"]  # the same weights
+
 
 @pytest.mark.slow  # trains the tiny model for 2 steps, scores 16 prompts per model
 def test_a_run_of_rlcast_train_is_updated_in_place_only_for_new_settings(run_cli, trained, tmp_path):

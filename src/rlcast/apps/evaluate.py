@@ -10,11 +10,13 @@ under the `rlcast` key: it is rlcast's own file from then on); a run.json of `rl
 or of an earlier `rlcast eval` is updated in place, atomically, its other keys kept. A checkpoint already scored with
 the same settings (task and arguments, prompts, seed) is not scored again; accuracies of other settings are replaced
 only with `--force` (all of them, so that a curve never mixes two settings). A run.json written by hand is an input
-and stays untouched unless `--force`.
+and stays untouched unless `--force`. Checkpoints a run wrote after `rlcast eval` created its run.json (a run still
+training elsewhere) are added and scored on the next call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import run_task, scored_checkpoints
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import FORMAT, Entry, Manifest
-from rlcast.io.runs import Run
+from rlcast.io.runs import Run, load_run, step_folders
 from rlcast.io.writer import RECORD, is_writable, output_record
 
 EVAL = "greedy, test split"  # how run.json's accuracies are measured, here as in `rlcast train`
@@ -59,10 +61,27 @@ def _settings(task: str, task_args: dict, n_prompts: int, seed: int) -> dict:
                                   "seed": seed})["settings"]
 
 
+def _by_eval(manifest: Manifest) -> bool:
+    """Whether `rlcast eval` created this run.json (a run rlcast did not train)."""
+    record = manifest.extra.get(RECORD)
+    return manifest.format != FORMAT and isinstance(record, dict) and record.get("command") == "eval"
+
+
 def _owned(manifest: Manifest) -> bool:
     """Whether rlcast wrote this run.json (train / continue: format 2; eval: its record)."""
-    record = manifest.extra.get(RECORD)
-    return manifest.format == FORMAT or isinstance(record, dict) and record.get("command") == "eval"
+    return manifest.format == FORMAT or _by_eval(manifest)
+
+
+def _new_checkpoints(run: Run, manifest: Manifest) -> Run:
+    """`run` with the checkpoints written since `rlcast eval` created its run.json (a run still training elsewhere),
+    each added to `manifest` unscored; run.json alone would hide them from every command."""
+    new = {step: folder for step, folder in step_folders(run.root).items() if step and step not in run.steps}
+    if not new:
+        return run
+    added = load_run(base=run.base, checkpoints=new).checkpoints
+    manifest.checkpoints = sorted(manifest.checkpoints + [Entry(c.step, _relative(c.path, Path(run.root)))
+                                                          for c in added], key=lambda e: e.step)
+    return dataclasses.replace(run, checkpoints=sorted(run.checkpoints + added, key=lambda c: c.step))
 
 
 def plan(run: Run, task: str | None = None, task_args: dict | None = None, n_prompts: int | None = None,
@@ -91,6 +110,8 @@ def plan(run: Run, task: str | None = None, task_args: dict | None = None, n_pro
                           f"run.json of its own: pass --force to let it update this one (its keys are kept)")
     else:
         manifest = Manifest.parse(before, path)  # a copy: the run's own manifest stays as read
+        if _by_eval(manifest):
+            run = _new_checkpoints(run, manifest)
     old = recorded_settings(manifest)
     has_scores = manifest.accuracy != {}
     if has_scores and old != settings:

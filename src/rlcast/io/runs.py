@@ -142,6 +142,12 @@ def _discover(root: Path) -> dict[int, Path]:
     return out
 
 
+def step_folders(root: str | Path) -> dict[int, Path]:
+    """{step: weights folder} of the step folders directly under `root` (TRL, verl, OpenRLHF names), whatever its
+    run.json lists: `rlcast eval` adds the checkpoints a run wrote since to a run.json of its own."""
+    return _discover(Path(root))
+
+
 def _resolve(path: str | Path, root: Path | None) -> Path:
     path = Path(path).expanduser()
     if not path.is_absolute() and root is not None and (root / path).exists():
