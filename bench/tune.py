@@ -112,6 +112,7 @@ def compare(curves: dict, grid: dict, budget: int, settings: dict, seed: int, ev
     median = evaluate(curves, grid, budget, MedianStopping(), settings["rungs"], seed, eval_prompts)
     return {"forecast": forecast, "asha": asha, "median": median,
             "random": {"compute_fraction": float(np.mean([d["compute_fraction"] for d in draws])),
+                       "pass_fraction": float(np.mean([d["pass_fraction"] for d in draws])),
                        "regret": float(np.mean([d["regret"] for d in draws])), "trials": full,
                        "regret_max": max(d["regret"] for d in draws)}}
 
