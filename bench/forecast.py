@@ -25,9 +25,6 @@ that are not held out.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +40,7 @@ from rlcast.io.logs import read_log
 DURATION = "~1 min per curve on 2 CPU cores (a forecast at every validation); the three verl logs ~3 min"
 LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves"
 CUTS = (0.2, 0.4)
-NAME = re.compile(r"seed(\d+)-lr([^-]+)-mu(\d+)")
-PACKAGES = ("rlcast", "numpy", "torch", "transformers", "trl")
+NAME = re.compile(r"seed(\d+)-lr(.+)-mu(\d+)")
 
 
 def library(root: Path, smollm2: bool, seeds: list[int] | None) -> list[Path]:
@@ -134,21 +130,6 @@ def line(label: str, s: dict, oracle: bool = False) -> str:
     return (f"{label}" + "".join(f" {k}={s[k]:.3f}" for k in keys) + f" runs={s['runs']}").strip()
 
 
-def provenance() -> dict:
-    """The commit (dirty or not) and the package versions the figures were measured with."""
-    here = Path(__file__).resolve().parent
-    git = lambda *a: subprocess.run(["git", "-C", str(here), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
-    return {"machine": machine(), "commit": git("rev-parse", "HEAD") + ("+dirty" if dirty else ""),
-            "versions": versions, "command": ["bench/forecast.py", *sys.argv[1:]]}
-
-
 def main() -> None:
     parser = new_parser(__doc__)
     parser.add_argument("--seeds", type=parse_seeds, default=None,
@@ -171,8 +152,7 @@ def main() -> None:
             "logs": logs(args.logs)}
     if args.logs is not None and not sets["logs"]:
         parser.error(f"--logs {args.logs}: no *.log or *.log.gz in it")
-    results = Results(__file__, args, {"provenance": provenance(), "min_gain": MIN_GAIN, "threshold": THRESHOLD,
-                                       "patience": PATIENCE})
+    results = Results(__file__, args, {"min_gain": MIN_GAIN, "threshold": THRESHOLD, "patience": PATIENCE})
     rows: dict[str, list[dict]] = {name: [] for name in sets}
     for name, paths in sets.items():
         if not paths:

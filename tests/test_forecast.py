@@ -130,6 +130,18 @@ def test_knee_is_the_end_of_the_format_jump_and_absent_on_a_steady_climb():
     assert knee(steady) == 0  # one slope: no knee, the fits read every point
 
 
+def test_the_format_jump_is_no_swing():
+    """A real run's jump is not checkpoint-to-checkpoint scatter: no unstable flag, and a future checkpoint's noise
+    is one evaluation's, not the jump's."""
+    from rlcast.apps.forecast import instability
+
+    curve = jump_then_creep(2)[0].window(200)
+    assert curve.swing() > 0.03  # the jump alone, read as swing
+    assert instability(curve) is None
+    noise = make_forecaster("flat").fit(curve).predict([430]).noise[0]
+    assert noise == pytest.approx(curve.evaluation_noise(np.array([curve.accuracy[-3:].mean()]))[0], rel=0.3)
+
+
 def test_flat_and_ceiling_on_a_plateau_after_the_jump():
     """"No further gain" is the mean of the last 3 scores; the ceiling reads the recent creep, not the jump, and
     forecasts the end of a real run's shape better than no further change from 20 % of it."""

@@ -14,7 +14,7 @@ from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from rlcast.errors import RlcastError
 from rlcast.forecasting import Combination, Curve
 from rlcast.forecasting.stop import decide
-from rlcast.training.forecast_callback import ForecastCallback
+from rlcast.training import ForecastCallback
 
 STEPS = np.arange(20, 320, 20)
 PLANNED = 300
@@ -73,6 +73,7 @@ def test_callback_ends_a_flat_run_early_and_logs_through_the_trainers_loggers(tm
     assert len(recorder.logs) == len(callback.decisions)  # one logs dict per forecast, each at its own step
 
 
+@pytest.mark.slow
 def test_callback_leaves_a_rising_run_alone(tmp_path):
     callback, recorder, stopped, _ = drive(rising, tmp_path)
     assert stopped is None and callback.stopped_at is None and not callback.failures
@@ -147,6 +148,7 @@ def verl_line(step, score):
            f"val/test_score/openai/gsm8k:{score:.3f}\n"
 
 
+@pytest.mark.slow
 def test_follow_prints_a_decision_at_each_new_validation(tmp_path):
     from rlcast.apps.stopping import follow
 

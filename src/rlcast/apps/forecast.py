@@ -27,6 +27,7 @@ from rich.table import Table
 from rlcast.errors import RlcastError
 from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked
 from rlcast.forecasting.curves import with_weights
+from rlcast.forecasting.knee import after_knee
 from rlcast.io.logs import detect, read_log
 from rlcast.io.logs.runfolder import manifest_run
 from rlcast.io.runs import Checkpoint, Run, load_run
@@ -185,7 +186,9 @@ def forecast_curve(curve: Curve, target: int, reach: float | None = None, min_ga
 
 
 def instability(curve: Curve) -> str | None:
-    """A warning when the scores swing between checkpoints well beyond their evaluation noise (Curve.swing)."""
+    """A warning when the scores swing between checkpoints well beyond their evaluation noise (Curve.swing, after the
+    early jump: the format jump of a real run is no swing)."""
+    curve = after_knee(curve)
     swing = curve.swing()
     noise = float(np.median(curve.evaluation_noise(curve.accuracy[curve.steps > 0])))
     if not (np.isfinite(swing) and noise > 0 and swing > UNSTABLE * noise):
