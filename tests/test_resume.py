@@ -89,6 +89,7 @@ def cut_scoring_at(monkeypatch, call):
     monkeypatch.setattr(runs, "evaluate", cut)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,at,recorded", [("save", 4, [2]), ("scoring", 2, []), ("scoring", 3, [2]),
                                                ("scoring", 1, [])])
 def test_an_interrupt_anywhere_resumes_to_the_uninterrupted_run(straight, tmp_path, monkeypatch, where, at, recorded):
@@ -107,6 +108,7 @@ def test_an_interrupt_anywhere_resumes_to_the_uninterrupted_run(straight, tmp_pa
     same_run(out, straight)
 
 
+@pytest.mark.slow
 def test_resume_scores_a_complete_checkpoint_that_run_json_does_not_record(straight, tmp_path):
     """An older rlcast resumed past a checkpoint whose scoring was interrupted: run.json lacked it for good."""
     run = copy(straight, tmp_path)
@@ -115,6 +117,7 @@ def test_resume_scores_a_complete_checkpoint_that_run_json_does_not_record(strai
     same_run(run, straight)
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_under_an_older_rlcast_resumes(straight, tmp_path, monkeypatch):
     """Its checkpoints carry no generation count (ManifestCallback's saved state, which the Trainer's save expects
     once the callback is stateful), and an interrupt while checkpoint-2 was scored lost its record."""
@@ -131,7 +134,8 @@ def test_a_run_interrupted_under_an_older_rlcast_resumes(straight, tmp_path, mon
     train(out, resume=True, progress=False)
     # the completion tokens an older rlcast generated are unknown: not recorded from then on (its completions are)
     assert all("tokens" not in c for c in manifest(out)["checkpoints"])
-    edit(out, lambda m: [c.update(tokens=s["tokens"]) for c, s in zip(m["checkpoints"], manifest(straight)["checkpoints"])])
+    tokens = [c["tokens"] for c in manifest(straight)["checkpoints"]]
+    edit(out, lambda m: [c.update(tokens=t) for c, t in zip(m["checkpoints"], tokens)])
     same_run(out, straight)
 
 
@@ -177,6 +181,7 @@ def jumps(every):
     return AccelerateCallback(AccelerateConfig(every=every, eval_prompts=8))
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_accelerator(straight, tmp_path, no_model):
     run = copy(straight, tmp_path)
     refused(run, "checkpoint-4: was trained with no accelerator; this resume has AccelerateCallback; resume with the "
@@ -192,6 +197,7 @@ def test_resume_refuses_another_accelerator(straight, tmp_path, no_model):
         train(run, resume=True, callbacks=[jumps(2)], progress=False)
 
 
+@pytest.mark.slow
 def test_cli_resume_accepts_the_same_command_line(straight, tmp_path, run_cli):
     run = copy(straight, tmp_path)
     code, _, err = run_cli("train", "--out", run, *ARGS, "--resume")

@@ -98,6 +98,7 @@ def test_a_prompt_whose_group_always_scores_the_same_is_skipped_and_still_revisi
     assert skip.explore_ == skip.min_explore  # one prompt in eight cannot reach the 0.5 target: p went down
 
 
+@pytest.mark.slow
 def test_skipping_in_a_run_skips_the_zero_variance_prompt_and_revisits_it(questions, tmp_path, monkeypatch):
     scored = Scored(monkeypatch)
     skip = RecordingSkip(explore=0.0, min_explore=0.0, step=0.0, max_skips=1)  # skip every time it may
@@ -114,6 +115,7 @@ def test_skipping_in_a_run_skips_the_zero_variance_prompt_and_revisits_it(questi
     assert rates and max(rates) > 0 and logged(run, 8, "rollouts/completions")
 
 
+@pytest.mark.slow
 def test_with_skipping_off_the_run_is_bit_identical_to_the_plain_one(questions, tmp_path, monkeypatch):
     scored = Scored(monkeypatch)
     plain = train(tmp_path / "plain", config(questions, steps=6), progress=False)
@@ -126,6 +128,7 @@ def test_with_skipping_off_the_run_is_bit_identical_to_the_plain_one(questions, 
     assert last_entry(plain)["tokens"] == plain_scored[1]
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_counts_and_the_skip_history(questions, tmp_path):
     def run(out, steps, resume=False):
         cfg = dataclasses.replace(config(questions, steps=steps), save_every=4)
@@ -172,6 +175,7 @@ def test_adaptive_stops_a_group_once_it_has_signal():
     assert ada.form_group([1, 1, 1, 1, 1, 0], 4) == [0, 1, 2, 5]  # balanced: half successes where possible
 
 
+@pytest.mark.slow
 def test_adaptive_run_counts_every_round(questions, tmp_path, monkeypatch):
     scored = Scored(monkeypatch)
     ada = AdaptiveRollouts()
@@ -190,7 +194,8 @@ def test_adaptive_run_counts_every_round(questions, tmp_path, monkeypatch):
     (["--rollouts", "skip", "--rollout", "max_skips=0"], ["max_skips", ">= 1"]),
     (["--rollouts", "skip", "--rollout", "explore=0.1", "--rollout", "min_explore=0.5"], ["min_explore"]),
     (["--rollouts", "adaptive", "--rollout", "budget=-4"], ["budget", ">= 1"]),
-    (["--rollouts", "adaptive", "--rollout", "budget=4", "--hp", "num_generations=8"], ["budget 4", ">= num_generations 8"]),
+    (["--rollouts", "adaptive", "--rollout", "budget=4", "--hp", "num_generations=8"],
+     ["budget 4", ">= num_generations 8"]),
     (["--rollout", "target=0.5"], ["--rollout settings need --rollouts"]),
     (["--rollouts", "skip", "--algo", "rloo"], ["GRPO family", "rloo"]),
     (["--hp", "m2po_threshold=-1"], ["m2po_threshold", "> 0"]),
@@ -255,6 +260,7 @@ def loss(tmp_path, net, tokenizer, inputs, **hp):
     return value, trainer
 
 
+@pytest.mark.slow
 def test_m2po_equals_the_plain_loss_when_nothing_exceeds_the_threshold_and_masks_a_planted_outlier(loss_inputs,
                                                                                                     tmp_path):
     net, tokenizer, inputs = loss_inputs
