@@ -108,6 +108,7 @@ def test_misconfiguration_is_an_error_at_construction():
     assert AccelerateCallback(**args).config == cb.config and cb.config.snapshot_interval == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,lora", [("grpo", False), ("grpo", True), ("rloo", False)])
 def test_accelerated_rl_jumps_and_keeps_adam_moments(tmp_path, algo, lora):
     cb = Recording(_config())
@@ -141,6 +142,7 @@ def test_accelerated_rl_jumps_and_keeps_adam_moments(tmp_path, algo, lora):
     assert summary["kept"] == 2 and summary["steps_gained"] == 7 and summary["cost_step_equivalents"] > 0
 
 
+@pytest.mark.slow
 def test_optimizer_reset_clears_adam_moments_after_a_kept_jump(tmp_path):
     cb = Recording(_config(optimizer_state="reset"))
     _trainer(tmp_path / "run", [cb], steps=5).train()
@@ -164,6 +166,7 @@ class BadPrediction(AccelerateCallback):
         return real * 0.0 if jumped else torch.ones_like(real)
 
 
+@pytest.mark.slow
 def test_forced_rollbacks_restore_the_exact_run(tmp_path):
     cb = BadPrediction(_config(tolerance=0.05))
     accelerated = _trainer(tmp_path / "acc", [cb], steps=13)
@@ -196,6 +199,7 @@ class FailingApply(Recording):
             yield item
 
 
+@pytest.mark.slow
 def test_an_exception_inside_apply_restores_the_exact_weights_and_training_goes_on(tmp_path):
     cb = FailingApply(_config())
     accelerated = _trainer(tmp_path / "acc", [cb], steps=9)
@@ -252,6 +256,7 @@ def registered_faulty():
 DOWN = "model.layers.0.mlp.down_proj.weight"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,reason", [
     ("shape", f"rejected: {DOWN} predicted with shape (1, 64), the parameter has (32, 64)"),
     ("name", f"rejected: {DOWN}.extra is not a trainable parameter"),
@@ -329,6 +334,7 @@ class Reporter(TrainerCallback):
         self.sent.append(dict(logs))
 
 
+@pytest.mark.slow
 def test_metrics_reach_report_to_loggers_and_log_history(tmp_path, monkeypatch):
     # registered exactly as report_to registers its integrations: by the Trainer, before the user's callbacks
     monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda report_to: [Reporter])
@@ -356,6 +362,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_restores_the_callback_state(tmp_path):
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

@@ -91,6 +91,7 @@ def test_run_reader_pickles_as_its_run(planted):
     assert copy._readers == {} and copy.device == reader.device and torch.equal(copy.delta(20, name), before)
 
 
+@pytest.mark.slow
 def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
     run = load_run(planted)
     local = analyze(run, rank=2, selection="all", cache_dir=tmp_path / "local", progress=False,
@@ -108,6 +109,7 @@ def test_ray_gives_the_local_results(planted, tmp_path, ray_cluster):
 FAST = {"next": {"epochs": 5}}  # a few epochs: the MLPs' quality is not what is tested here
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_predicts_the_same_tensors_on_ray(planted, method, ray_cluster):
     """The fitted estimator pickles to the Ray tasks (its fitted state with it) and they compute the local tensors."""
@@ -124,6 +126,7 @@ def test_every_method_predicts_the_same_tensors_on_ray(planted, method, ray_clus
         assert b.device.type == "cpu" and b.dtype == torch.float32 and torch.equal(a, b), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["weight-linear", "relex", "drift"])
 def test_cli_extrapolate_on_ray_writes_the_local_model(planted, tmp_path, run_cli, method, ray_cluster):
     for backend in ("local", "ray"):
@@ -133,6 +136,7 @@ def test_cli_extrapolate_on_ray_writes_the_local_model(planted, tmp_path, run_cl
     assert_same_weights(tmp_path / "local", tmp_path / "ray")
 
 
+@pytest.mark.slow
 def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster):
     """compare passes its backend to the methods' predictions: the models it evaluates are the local ones."""
     base = base_model(progress=False)

@@ -21,6 +21,7 @@ def bench_modules(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
 
 
+@pytest.mark.slow
 def test_run_list_names_every_bench_script_with_its_docstring():
     out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--list"], capture_output=True, text=True,
                          check=True).stdout
@@ -33,6 +34,7 @@ def test_run_list_names_every_bench_script_with_its_docstring():
     assert "[< 8 min on one GPU" in out  # a declared duration, on the line under its script
 
 
+@pytest.mark.slow
 def test_run_refuses_an_unknown_bench_in_one_line():
     proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "no_such_bench"], capture_output=True, text=True)
     assert proc.returncode == 2 and "no benchmark 'no_such_bench'" in proc.stderr and "gpu_check" in proc.stderr
@@ -67,6 +69,7 @@ def test_goal_metrics_on_the_generation_batch_axis_and_their_spread(bench_module
     assert spread([3.0, None, 1.0, float("nan"), 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
 
 
+@pytest.mark.slow
 def test_gpu_check_quick_on_the_cpu_agrees_with_itself(bench_modules, monkeypatch, capsys, tmp_path,
                                                          torch_single_thread):
     import gpu_check
@@ -82,7 +85,8 @@ def test_gpu_check_quick_on_the_cpu_agrees_with_itself(bench_modules, monkeypatc
     assert all(c.diff == 0.0 for c in checks)  # the CPU against itself: every path, the GRPO steps too, is exact
     assert any("--device cpu: every path runs on the CPU against itself" in line for line in lines)
     record = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(record) == {"bench", "argv", "settings", "rows", "summary", "line", "seconds"}
+    assert set(record) == {"bench", "argv", "provenance", "settings", "rows", "summary", "line", "seconds"}
+    assert {"machine", "commit", "versions", "command"} <= set(record["provenance"])
     assert record["bench"] == "gpu_check" and record["line"] == lines[-1] and len(record["rows"]) == paths
     assert record["summary"]["ok"] == paths and record["settings"]["device"] == "cpu"
 

@@ -110,6 +110,7 @@ print(codes, [m for m in ("torch", "transformers", "trl") if m in sys.modules])
 """
 
 
+@pytest.mark.slow
 def test_paths_and_names_are_checked_before_heavy_imports(planted, tmp_path):
     run = planted / "plain"
     checks = [f"analyze|{planted / 'nonexistent'}", f"extrapolate|{run}|-m|weight_linear|--until|1|--target|2|--out|x",
@@ -277,6 +278,7 @@ def plus_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_eval_scores_a_checkpoint_on_its_runs_task_variant(run_cli, plus_run, tmp_path, torch_single_thread):
     ckpt = plus_run / "checkpoint-1"
     for i, (args, ops) in enumerate(((["--task", "arith"], "+"), ([], "+"), (["--task-arg", "ops=+-"], "+-"))):
@@ -387,6 +389,7 @@ except SystemExit as exit_:
 """
 
 
+@pytest.mark.slow
 def test_extrapolate_does_not_import_trl(planted, tmp_path):
     out = tmp_path / "pred"
     args = ["extrapolate", str(planted / "plain"), "-m", "weight-linear", "--until", "20", "--target", "30", "--out",

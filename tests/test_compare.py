@@ -34,6 +34,7 @@ def run_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     run = load_run(run_dir)
     result = compare(run, [0.2, 0.25, 0.6], methods=["weight-linear", "relex", "alpharl"], n_prompts=8,
@@ -75,6 +76,7 @@ class Stop(Extrapolator):
         return self.reader_.weight(self.last_, name)
 
 
+@pytest.mark.slow
 def test_compare_takes_user_extrapolators(run_dir):
     run = load_run(run_dir)
     result = compare(run, [0.6], methods=[Stop(), "weight-linear"], n_prompts=8, progress=False,
@@ -87,6 +89,7 @@ def test_compare_takes_user_extrapolators(run_dir):
         compare(run, [0.6], methods=["spline"], n_prompts=8, progress=False)
 
 
+@pytest.mark.slow
 def test_next_chooses_c_on_the_train_split_only(run_dir, monkeypatch):
     """select_c (run by fit) evaluates every candidate in memory on train prompts only, never on test prompts."""
     run = load_run(run_dir)
@@ -110,6 +113,7 @@ def test_next_chooses_c_on_the_train_split_only(run_dir, monkeypatch):
     assert ex.summary()["c"] == ex.c_ and set(ex.summary()["c_scores"]) == {"0.5", "2.0"}
 
 
+@pytest.mark.slow
 def test_next_c_in_memory_equals_written_models(run_dir):
     """The in-memory candidates score exactly like the models the old code wrote and re-loaded: same c chosen."""
     run = load_run(run_dir)
@@ -131,6 +135,7 @@ def test_next_c_in_memory_equals_written_models(run_dir):
     assert local.c_ == ex.c_ and local.c_scores_.items() <= ex.c_scores_.items() and len(local.c_scores_) < len(grid)
 
 
+@pytest.mark.slow
 def test_next_local_search_climbs_to_the_grid_choice_on_unimodal_scores(run_dir, monkeypatch):
     """c_search="local" scores the candidate nearest 1.5 and its neighbours, and moves while one is strictly better:
     on scores unimodal in c it picks what scoring the whole grid picks, from fewer candidates."""
@@ -155,6 +160,7 @@ def test_next_local_search_climbs_to_the_grid_choice_on_unimodal_scores(run_dir,
         assert ex.c_ == peak and len(scored) == len(set(scored)) <= 3 + abs(grid.index(peak) - 3), (peak, scored)
 
 
+@pytest.mark.slow
 def test_cli_compare(run_dir, tmp_path):
     out = tmp_path / "cmp"
     runner = CliRunner(env={"COLUMNS": "200"})

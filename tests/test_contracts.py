@@ -15,7 +15,7 @@ from rlcast.methods import METHODS, Extrapolator, check_extrapolator
 from rlcast.methods.checks import planted
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-FAST = {"next": {"epochs": 20}}  # NExt trains its MLPs at every fit: fewer epochs keep the check in seconds
+FAST = {"next": {"epochs": 5}}  # NExt trains its MLPs at every fit: fewer epochs keep the check in seconds
 
 
 @pytest.fixture(scope="module")

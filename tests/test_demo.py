@@ -101,6 +101,7 @@ def test_demo_refuses_an_unknown_accelerator_before_any_training(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("torch_single_thread")
 def test_demo_quick_through_the_cli_writes_the_report_and_summary(tmp_path, monkeypatch):
     tiny = DemoConfig(batches=4, save_every=1, eval_prompts=20, compare_methods=("weight-linear",),

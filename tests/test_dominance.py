@@ -101,6 +101,7 @@ class ParityTask(ArithTask):
         return float(sum(map(ord, completion)) % 2 == 0)
 
 
+@pytest.mark.slow
 def test_dominance_end_to_end_on_a_rank2_run(tmp_path):
     from rlcast.apps.dominance import dominance
     from rlcast.io.synthetic import tiny_llama
@@ -158,6 +159,7 @@ def _weight_scorer(run, base_acc=0.3, full_acc=0.7):
     return score
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise, state", [(0.0, "holds"), (1.0, "does not hold")])
 def test_verdict_on_planted_runs(tmp_path, monkeypatch, noise, state):
     """A planted rank-1 update: its rank-1 model is the checkpoint, so dominance holds; the same update under dense

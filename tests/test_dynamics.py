@@ -129,6 +129,7 @@ def _scalar_r2(steps, c, n_fit):
     return r2_of(c, full), r2_of(c[n_fit:], held)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "saturating"])
 def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
     from rlcast.io.runs import load_run

@@ -123,6 +123,7 @@ def test_load_model_errors(tmp_path):
         load_model(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_evaluate_testbed_greedy_and_sampled():
     base = base_model()
     recorded = json.loads((base / "testbed.json").read_text())
@@ -158,6 +159,7 @@ def test_cli_eval_writes_json(tmp_path):
     assert bad.exit_code == 2 and "'nope' is not arith, rg:<reasoning-gym dataset> or jsonl:<path>" in bad.output
 
 
+@pytest.mark.slow
 def test_shared_prompt_prefix_is_encoded_once_with_the_same_completions(tmp_path, monkeypatch):
     """Greedy batches whose prompts share a long prefix (a chat template's system turn) encode it once; the
     completions are those of the plain batched generation."""

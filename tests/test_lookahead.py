@@ -102,6 +102,7 @@ def test_rank1_tracks_the_runs_top_direction():
     assert abs(float(U[:, 0] @ u)) > 0.98 and abs(float(V[:, 0] @ v)) > 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plain_mu,method,identity", [
     (3, lambda: SFPO(K=2, alpha=1.0), lambda: SFPO(K=2, alpha=0.5)),
     (3, lambda: GXPO(K=2, alpha=1.0), lambda: GXPO(K=5, alpha=0.5)),
@@ -120,6 +121,7 @@ def test_each_method_reduces_exactly_to_plain_reuse(tmp_path, plain_mu, method, 
     assert other.repositions_ == 6 // other.num_iterations and not _same(moved, plain)
 
 
+@pytest.mark.slow
 def test_sfpo_gate_fires_and_training_goes_on_as_plain_grpo(tmp_path):
     """The z-score gate on TRL's entropy switches SFPO off after a batch; from then on no reposition and one optimizer
     step per generation batch (the reward function, called once per batch, counts them)."""
@@ -152,6 +154,7 @@ class BatchCount(TrainerCallback):
             self.done_at.append(state.global_step)
 
 
+@pytest.mark.slow
 def test_gxpo_gate_reads_the_corrective_gradient_before_clipping(tmp_path):
     """GXPO's gate scores the corrective step's gradient norm before the Trainer clips it (here to 1e-4)."""
     gxpo, reward = GXPO(K=5, alpha=0.5, tau=-1e9, gate_window=2), Digits()
@@ -175,6 +178,7 @@ class Failing(SFPO):
         self.pairs = getattr(self, "pairs", []) + [(before, {n: p.detach().clone() for n, p in self.params_})]
 
 
+@pytest.mark.slow
 def test_a_failed_reposition_leaves_the_weights_as_they_were(tmp_path):
     failing = Failing(K=1, alpha=0.5, gate_window=0)
     _train(tmp_path, "failing", [failing], steps=4, num_iterations=2)
@@ -199,6 +203,7 @@ def test_misconfiguration_is_a_one_line_error(tmp_path):
     assert GXPO(**saved["args"]).K == 3 and saved["attributes"]["on_"] is True
 
 
+@pytest.mark.slow
 def test_cli_train_with_a_lookahead_method_records_generation_batches(tmp_path):
     """rlcast train --accelerate sfpo sets num_iterations = K + 1; run.json counts the generation batches paid for:
     one per 2 steps while SFPO is on, one per step after its gate fired (after step 4)."""
@@ -228,6 +233,7 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_gate_and_the_generation_count(tmp_path):
     """The gate fired before the checkpoint: the resumed run goes on as plain GRPO (one batch per step), and run.json
     counts the batches across the interruption as an uninterrupted run does."""

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,7 @@ def test_alpharl_anchor_last_adds_onto_last_checkpoint(planted):
     assert torch.allclose(w - reader.weight(30, name), reader.delta(100, name), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_relex_chunked_gram_matches_single_chunk(planted):
     whole = make_extrapolator("relex").fit(planted.window(50))
     tiny = make_extrapolator("relex", chunk_mb=0).fit(planted.window(50))  # one row per chunk
@@ -128,6 +130,7 @@ def test_relex_chunked_gram_matches_single_chunk(planted):
     assert torch.allclose(dict(whole.predict(100))[name], dict(tiny.predict(100))[name], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["weight-linear", "relex", "alpharl-step", "alpharl"])
 def test_lora_run_factors(lora, method):
     params = {"target_accuracy": 0.7} if method == "alpharl" else {}
@@ -136,6 +139,7 @@ def test_lora_run_factors(lora, method):
     assert delta_error(ex, lora, 100, names=set(ex.targets_)) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["planted", "lora"])
 def test_next_learns_the_planted_update(request, fixture):
     run = request.getfixturevalue(fixture)
@@ -150,6 +154,7 @@ def test_next_learns_the_planted_update(request, fixture):
     assert err < 0.5 * baseline
 
 
+@pytest.mark.slow
 def test_next_default_scale_and_anchor(lora):
     ex = make_extrapolator("next", epochs=5, horizon=2).fit(lora.window(40))
     stream = ex.predict(40)  # target at the cutoff: predict-extend by zero steps = the last checkpoint
@@ -159,6 +164,7 @@ def test_next_default_scale_and_anchor(lora):
     assert ex.c_ == 1.5 and ex.summary()["c"] == 1.5
 
 
+@pytest.mark.slow
 def test_next_nets_train_concurrently_and_reproducibly(planted):
     """NExt trains its MLPs one per core at a time: each net draws from its own seeded generator, never the global
     RNG, so two fits agree exactly whatever the other threads (or the caller) did with the global RNG."""
@@ -198,9 +204,11 @@ def same(a, b) -> bool:
     return a == b
 
 
+SLOW = pytest.mark.slow  # one Gram row chunk per row, NExt's MLP training: seconds each
 ESTIMATORS = [("weight-linear", {}), ("alpharl", {"target_accuracy": 0.7, "selection": "all"}), ("alpharl", {}),
-              ("alpharl-step", {"anchor": "last"}), ("relex", {"rank": 2, "chunk_mb": 0}),
-              ("next", {"epochs": 5, "horizon": 2}), ("next", {"epochs": 5, "c": 0.5}), ("drift", {"damping": 0.5}),
+              ("alpharl-step", {"anchor": "last"}), pytest.param("relex", {"rank": 2, "chunk_mb": 0}, marks=SLOW),
+              pytest.param("next", {"epochs": 5, "horizon": 2}, marks=SLOW),
+              pytest.param("next", {"epochs": 5, "c": 0.5}, marks=SLOW), ("drift", {"damping": 0.5}),
               ("rre", {"iterates": 3})]
 
 
@@ -260,6 +268,7 @@ def test_user_extrapolator_registers_and_builds(planted):
         register("bad")(dict)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_model_that_loads_and_generates(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -279,6 +288,7 @@ def test_cli_writes_a_model_that_loads_and_generates(tmp_path):
     assert torch.allclose(w, truth.bfloat16().float(), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     root = planted_run(tmp_path / "run", steps=[10, 20, 30], hidden=32, layers=1)
     cmd = [sys.executable, "-c", "from rlcast.apps.cli import main; main()", "extrapolate", str(root), "--method",
@@ -349,6 +359,8 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="anonymous resident memory read from Linux's /proc")
 def test_stream_holds_one_tensor_at_a_time(tmp_path):
     """On a ~220 MB model, streaming a prediction grows anonymous memory by a few tensors per worker, never by a
     model."""

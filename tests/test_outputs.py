@@ -207,6 +207,7 @@ with atomic_folder(folder / "model") as tmp, atomic_file(folder / "result.json")
 """
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_processes_are_swept_and_nothing_else(tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()

@@ -32,6 +32,7 @@ def test_steady_preset_resolves_to_a_shipped_base_and_disjoint_splits():
         get_task("arith", {"ops": "*"})
 
 
+@pytest.mark.slow
 def test_steady_preset_smoke_run(tmp_path):
     config = dataclasses.replace(preset("steady"), steps=2, save_every=1, eval_prompts=8, batch_size=16,
                                  num_generations=4)

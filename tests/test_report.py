@@ -30,6 +30,7 @@ def _images(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path):
     from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report
@@ -56,6 +57,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
     assert not list(tmp_path.glob(".report.html.rlcast-*"))
 
 
+@pytest.mark.slow
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
     from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report, results_dir
@@ -84,6 +86,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
     assert f"{rec.recovery:.0%} of the full model's accuracy" in story and "0.992 (AlphaRL)" in story
 
 
+@pytest.mark.slow
 def test_report_places_lead_sections_and_notes_after_the_verdict(run_root, cache, tmp_path):
     from rlcast.io.runs import load_run
     from rlcast.apps.report import build_report
@@ -113,6 +116,7 @@ def test_r2_heat_map_colours_keep_outliers_apart():
     assert png.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_cli_dynamics_writes_json_and_errors_are_one_line(run_root, tmp_path):
     cmd = [sys.executable, "-m", "rlcast.apps.cli"]
     ok = subprocess.run(cmd + ["dynamics", str(run_root), "--json", str(tmp_path / "d.json")], capture_output=True,
@@ -147,6 +151,7 @@ def test_the_story_counts_optimizer_steps_and_generation_batches():
     assert "after a peak of 0.500 at step 100" in story(peaked, None) and "batches" not in story(peaked, None)
 
 
+@pytest.mark.slow
 def test_the_title_and_the_axis_name_the_same_unit(run_root, cache, tmp_path):
     from rlcast.apps.report import build_report
     from rlcast.io.runs import load_run
@@ -190,6 +195,7 @@ def test_a_rank1_model_below_the_base_says_what_it_means_for_extrapolation():
     assert "below the base" not in holds and "80% of the gain over the base [0.600, 0.950]" in holds
 
 
+@pytest.mark.slow
 def test_a_run_without_accuracies_names_the_command_that_scores_it(run_root, cache, tmp_path):
     from rlcast.apps.report import build_report
     from rlcast.io.runs import load_run

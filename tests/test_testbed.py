@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +30,7 @@ def test_base_model_is_the_partly_competent_asset(tmp_path):
     assert base_model(cache_dir=tmp_path) == path
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
     tiny = Config(hidden=32, layers=1, intermediate=64, steps=8, batch_size=16)
     a = build(tmp_path / "a", tiny, progress=False, eval_prompts=16)

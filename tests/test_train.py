@@ -39,6 +39,7 @@ class RecordArgs(TrainerCallback):
         self.args = args
 
 
+@pytest.mark.slow
 def test_grpo_run_layout_and_manifest(tmp_path):
     out = train(tmp_path / "run", config(steps=4, save_every=2, seed=1, learning_rate=1e-3), progress=False)
     manifest = json.loads((out / "run.json").read_text())
@@ -62,6 +63,7 @@ def test_grpo_run_layout_and_manifest(tmp_path):
         train(out, config(steps=2, save_every=2), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,loss_type,epsilon_high,scale_rewards", [
     ("grpo", "grpo", 0.2, "group"), ("dr-grpo", "dr_grpo", 0.2, "none"), ("dapo", "dapo", 0.28, "group"),
     ("bnpo", "bnpo", 0.2, "group"), ("rloo", None, 0.2, None)])
@@ -75,6 +77,7 @@ def test_every_rl_algorithm_sets_its_trl_loss_fields(tmp_path, algo, loss_type, 
     assert seen.args.num_iterations == 1
 
 
+@pytest.mark.slow
 def test_rollouts_reused_num_iterations_times(tmp_path):
     """num_iterations = 2: each generation batch serves two optimizer steps (4 steps, 2 generation rounds, counted in
     run.json)."""
@@ -90,6 +93,7 @@ def test_rollouts_reused_num_iterations_times(tmp_path):
         TrainConfig(num_iterations=0)
 
 
+@pytest.mark.slow
 def test_lora_and_sft_runs(tmp_path):
     lora = train(tmp_path / "lora", config(algo="dapo", lora=True, steps=2, save_every=2, lora_r=4), progress=False)
     assert (lora / "checkpoint-2" / "adapter_model.safetensors").exists()
@@ -133,6 +137,7 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     run = config(steps=4, save_every=2)  # default lr: the rollouts keep mattering (at 1e-3 the rewards hit 0)
     straight = train(tmp_path / "straight", run, progress=False)
@@ -170,6 +175,7 @@ def test_resume_refuses_an_old_or_unreadable_manifest_in_one_line(tmp_path):
         train(old, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_train_with_preset_hp_and_accelerate(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--preset", "default", "--algo", "dapo", "--steps", "4", "--save-every", "2",
@@ -213,6 +219,7 @@ def weights(folder):
     return load_file(folder / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_continuing_from_the_cutoffs_own_weights_reproduces_the_run(source, tmp_path):
     assert (source / "checkpoint-2" / "optimizer.pt").exists()  # keep_optimizer="all"
     mask = writer._umask()  # the Trainer's safetensors are 0600: rlcast gives them the umask's mode
@@ -245,6 +252,7 @@ def test_continuing_from_the_cutoffs_own_weights_reproduces_the_run(source, tmp_
     assert files(source) == before  # nothing of the source run was written
 
 
+@pytest.mark.slow
 def test_continue_checks_its_inputs_before_loading_a_model(source, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -294,6 +302,7 @@ def test_continue_checks_its_inputs_before_loading_a_model(source, tmp_path, mon
         continue_from(out, source, 2, 4, weights=start, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_continue_predicts_then_trains(source, tmp_path):
     out = tmp_path / "next"
     args = ["continue", str(source), "--method", "weight-linear", "--at", "2", "--target", "4", "--steps", "4",

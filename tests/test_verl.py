@@ -128,6 +128,7 @@ def _assert_same_spectra(a, b) -> None:
         assert sa[key] == pytest.approx(sb[key], rel=1e-5, abs=1e-7), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["full1", "full2", "hsdp", "single"])
 def test_full_shards_equal_merged_folders(runs, layout, tmp_path):
     run = load_run(runs[layout], base=runs["base"])
@@ -141,6 +142,7 @@ def test_full_shards_equal_merged_folders(runs, layout, tmp_path):
                          analyze(merged.run, rank=2, selection="all", cache_dir=tmp_path / "b", progress=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["lora1", "lora2", "lora_only"])
 def test_lora_shards_equal_peft_adapters(runs, layout, tmp_path):
     run = load_run(runs[layout], base=runs["base"])
