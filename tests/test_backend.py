@@ -22,7 +22,6 @@ from rlcast.io.reader import RunReader
 from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.methods import METHODS, make_extrapolator
-from rlcast.training.testbed import base_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once
@@ -137,9 +136,9 @@ def test_cli_extrapolate_on_ray_writes_the_local_model(planted, tmp_path, run_cl
 
 
 @pytest.mark.slow
-def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster):
+def test_compare_on_ray_evaluates_the_local_predictions(tmp_path, ray_cluster, tiny_model):
     """compare passes its backend to the methods' predictions: the models it evaluates are the local ones."""
-    base = base_model(progress=False)
+    base = tiny_model
     run = load_run(planted_run(tmp_path / "run", steps=[10, 20], base=base), base=base)
     run.manifest = Manifest(task="arith")
     rows = {}

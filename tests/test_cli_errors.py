@@ -264,11 +264,9 @@ def test_a_folder_of_runs_and_a_checkpoint_name_the_run_to_give(run_cli, planted
 # --- a checkpoint inside a run is scored on the run's task variant ---
 
 @pytest.fixture(scope="module")
-def plus_run(tmp_path_factory):
+def plus_run(tmp_path_factory, tiny_model):
     """An rlcast run trained on `arith` with ops=+ whose checkpoint-1 is the testbed base."""
-    from rlcast.training.testbed import base_model
-
-    base = base_model(cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    base = tiny_model
     run = tmp_path_factory.mktemp("plus") / "run"
     (run / "checkpoint-1").mkdir(parents=True)
     for f in base.iterdir():

@@ -18,15 +18,14 @@ from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import write_model
 from rlcast.methods import Extrapolator, make_extrapolator
 from rlcast.methods import next as next_module
-from rlcast.training.testbed import base_model
 
 STEPS = [10, 20, 30, 40, 50]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_model):
     """Exactly linear rank-1 updates on the testbed arith model, with a run.json manifest (task, accuracies)."""
-    base = base_model(progress=False)
+    base = tiny_model
     root = planted_run(tmp_path_factory.mktemp("cmp") / "run", steps=STEPS, base=base)
     manifest = {"base": str(base), "task": "arith", "base_accuracy": 0.4,
                 "checkpoints": [{"step": s, "path": f"checkpoint-{s}", "accuracy": 0.4 + 0.002 * s} for s in STEPS]}

@@ -9,7 +9,6 @@ from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.intervals import wilson
 from rlcast.evaluation.tasks import Example, get_task, math_equal
 from rlcast.io.options import parse_overrides
-from rlcast.training.testbed import base_model
 
 
 def test_arith_splits_are_disjoint_and_fixed():
@@ -109,8 +108,8 @@ def test_wilson_interval():
     assert wilson(0, 10)[0] == 0.0
 
 
-def test_load_model_errors(tmp_path):
-    base = base_model()
+def test_load_model_errors(tmp_path, tiny_model):
+    base = tiny_model
     no_weights = tmp_path / "no_weights"
     shutil.copytree(base, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(RlcastError, match="no weights"):
@@ -124,8 +123,8 @@ def test_load_model_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_testbed_greedy_and_sampled():
-    base = base_model()
+def test_evaluate_testbed_greedy_and_sampled(tiny_model):
+    base = tiny_model
     recorded = json.loads((base / "testbed.json").read_text())
     model, tok = load_model(base)
     greedy = evaluate(model, "arith", n_prompts=recorded["eval_prompts"], tokenizer=tok, progress=False)
@@ -160,7 +159,7 @@ def test_cli_eval_writes_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_shared_prompt_prefix_is_encoded_once_with_the_same_completions(tmp_path, monkeypatch):
+def test_shared_prompt_prefix_is_encoded_once_with_the_same_completions(tmp_path, monkeypatch, tiny_model):
     """Greedy batches whose prompts share a long prefix (a chat template's system turn) encode it once; the
     completions are those of the plain batched generation."""
     import rlcast.evaluation.generation as generation
@@ -169,7 +168,7 @@ def test_shared_prompt_prefix_is_encoded_once_with_the_same_completions(tmp_path
                          "answer": str(a + b)}) for a, b in [(12, 30), (5, 7), (48, 51), (3, 96), (60, 6), (77, 1)]]
     data = tmp_path / "sums.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    model, tok = load_model(base_model())
+    model, tok = load_model(tiny_model)
     task = get_task(f"jsonl:{data}")
     used = []
     original = generation._with_shared_prefix
