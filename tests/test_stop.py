@@ -132,6 +132,20 @@ def test_decision_line_format():
         decide(curve, 100)
 
 
+def test_no_stop_in_a_dip():
+    """A run whose last scores sit well below its best (a crash it may recover from) is no plateau: the forecast of
+    no gain from here does not stop it; the same scores without the earlier best do."""
+    from rlcast.forecasting.stop import in_dip
+
+    steps = np.arange(10, 160, 10)
+    level = np.array([0.30, 0.32, 0.33, 0.34, 0.35, 0.35, 0.35, 0.35, 0.36, 0.35, 0.30, 0.27, 0.26, 0.26, 0.26])
+    dip = Curve("dip", steps, level, np.full(len(steps), 0.015), eval_prompts=1000)
+    assert in_dip(dip) and not decide(dip, 300).stop
+    flat_low = Curve("low", steps, np.full(len(steps), 0.26) + 0.001 * (np.arange(len(steps)) % 2),
+                     np.full(len(steps), 0.014), eval_prompts=1000)
+    assert not in_dip(flat_low) and decide(flat_low, 300).stop
+
+
 def test_cli_stop_ends_with_one_line(tmp_path, run_cli):
     from test_forecast import write_run
 

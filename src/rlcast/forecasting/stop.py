@@ -3,8 +3,8 @@
 At a cutoff c the combination (`combine.Combination`, fitted on the curve up to c) samples the true accuracy curve;
 the gain is each sampled curve's value at the target step T minus its own value at c (the run's current level, its
 noise included). Stop when P(gain >= `min_gain`) < `threshold` at this validation and at the `patience` - 1 before it
-(each forecast from the scores up to it): the run is unlikely to gain `min_gain` more, and not only by one refit's
-whim. `rlcast forecast --stop` prints the decision as one line, `--follow` at every new validation of a live log,
+(each forecast from the scores up to it), unless the run is in a dip (`in_dip`: its last 3 scores well below its best
+3 so far): the run is unlikely to gain `min_gain` more, and not only by one refit's whim. `rlcast forecast --stop` prints the decision as one line, `--follow` at every new validation of a live log,
 `rlcast.training.ForecastCallback` at every evaluation, and `bench/forecast.py` replays it on every curve (steps
 saved against accuracy lost). THRESHOLD was chosen there, on the tuning set (testbed seed 100
 and two of the three verl logs) over thresholds {0.1, 0.2, 0.3} x patience {1, 2, 3}: 0.3 and 2 saved 33 % of both
@@ -23,6 +23,7 @@ from rlcast.errors import RlcastError
 from rlcast.forecasting.base import LEVEL, make_forecaster
 from rlcast.forecasting.combine import Combination
 from rlcast.forecasting.curves import Curve, checked
+from rlcast.forecasting.knee import after_knee
 
 MIN_GAIN = 0.01
 THRESHOLD = 0.3
@@ -78,7 +79,7 @@ def decide(curve: Curve, target: int, min_gain: float = MIN_GAIN, threshold: flo
     q = np.quantile(gain, [0.5, (1 - LEVEL) / 2, (1 + LEVEL) / 2])
     f = np.quantile(final, [0.5, (1 - LEVEL) / 2, (1 + LEVEL) / 2])
     p = float((gain >= min_gain).mean())
-    stop = p < threshold
+    stop = p < threshold and not in_dip(curve)
     for step in curve.steps[curve.steps > 0][:-1][::-1][:patience - 1] if stop else ():
         window = curve.window(int(step))
         try:
@@ -91,6 +92,18 @@ def decide(curve: Curve, target: int, min_gain: float = MIN_GAIN, threshold: flo
             break
     return Decision(stop, curve.last, int(target), float(q[0]), float(q[1]), float(q[2]), p, float(min_gain),
                     float(f[0]), float(f[1]), float(f[2]))
+
+
+def in_dip(curve: Curve) -> bool:
+    """Whether the mean of the last 3 scores sits below the best such mean so far (after the early jump) by more than
+    twice its own evaluation noise: a run in a dip is no plateau, and stopping there loses its best."""
+    after = after_knee(curve)
+    scores = after.accuracy[after.steps > 0]
+    if len(scores) < 4:
+        return False
+    means = np.convolve(scores, np.ones(3) / 3, mode="valid")
+    noise = float(after.evaluation_noise(np.array([means[-1]]))[0]) / np.sqrt(3)
+    return bool(noise > 0 and means.max() - means[-1] > 2 * noise)
 
 
 def _gain(model: Combination, cutoff: int, target: int) -> tuple[np.ndarray, np.ndarray]:
