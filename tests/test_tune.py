@@ -3,6 +3,7 @@ Ray engine, bad grid values, and one tiny real sweep of `rlcast train` runs."""
 
 import functools
 import json
+import os
 import sys
 import zlib
 
@@ -121,13 +122,27 @@ def test_resume_after_an_interrupt_takes_the_same_decisions(tmp_path):
     assert resumed.winner.id == whole.winner.id
 
 
+def ends_at_240(config: dict, report, die: bool = False) -> None:
+    """synthetic, except that lr 2.4e-4 ends after batch 20: by raising, or by killing its process (`die`)."""
+    def guarded(batches, accuracy):
+        if config["learning_rate"] == 2.4e-4 and batches > 20:
+            if die:
+                os._exit(3)
+            raise MemoryError("out of memory")
+        return report(batches, accuracy)
+    synthetic(config, guarded)
+
+
 @pytest.mark.slow
-def test_worker_processes_take_the_same_decisions():
+def test_worker_processes_take_the_same_decisions_and_survive_a_dead_worker():
     grid = {"learning_rate": [6e-5, 1.2e-4, 2.4e-4], "num_iterations": [2]}
-    here = Sweep(synthetic, grid, 300, scheduler="asha", rungs=[30], scheduler_settings={"keep": 0.34}).run()
-    pool = Sweep(synthetic, grid, 300, scheduler="asha", rungs=[30], workers=2,
-                 scheduler_settings={"keep": 0.34}).run()
-    assert decisions(pool) == decisions(here) and pool.winner.config == BEST
+    settings = dict(scheduler="asha", rungs=[30], scheduler_settings={"keep": 0.5})
+    here = Sweep(ends_at_240, grid, 300, **settings).run()
+    pool = Sweep(functools.partial(ends_at_240, die=True), grid, 300, workers=2, **settings).run()
+    assert decisions(pool)[:2] == decisions(here)[:2]
+    assert [d[:2] for d in decisions(pool)] == [d[:2] for d in decisions(here)]  # a dead worker's points are lost
+    assert pool.trials[2].status == "crashed" and pool.trials[2].reason == "the worker process died (out of memory?)"
+    assert pool.winner.config == BEST
 
 
 @pytest.mark.slow

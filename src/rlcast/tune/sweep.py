@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,11 +220,10 @@ class Sweep:
         """Run (or continue) the sweep to its end; returns itself (`winner`, `to_json()`)."""
         self.admit()
         try:
-            with self._pool() as pool:
-                for k, until in enumerate(self.rungs):
-                    todo = [t for t in self.trials if t.status in ("pending", "running")]
-                    self._train([t for t in todo if t.batches < until], until, pool)
-                    self.settle(k, todo)
+            for k, until in enumerate(self.rungs):
+                todo = [t for t in self.trials if t.status in ("pending", "running")]
+                self._train([t for t in todo if t.batches < until], until)
+                self.settle(k, todo)
         finally:
             self.save()
         self.on_update(self)
@@ -272,30 +270,12 @@ class Sweep:
         self.save()
         self.on_update(self)
 
-    @contextmanager
-    def _pool(self):
-        """The worker processes of the whole sweep (None: trials run in this process)."""
-        if self.workers is None:
-            yield None
-            return
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        pool = futures.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
-                                           initargs=(threads,))
-        try:
-            yield pool
-        except BaseException:  # an interrupt: the running trials end too (they resume from their checkpoints)
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in list((pool._processes or {}).values()):  # the executor has no public terminate
-                process.terminate()
-            raise
-        pool.shutdown()
-
-    def _train(self, trials: list[Trial], until: int, pool) -> None:
-        """Each trial up to `until`, here (pool None) or in the worker processes."""
+    def _train(self, trials: list[Trial], until: int) -> None:
+        """Each trial up to `until`: here, or `workers` at a time, each segment in a process of its own (a trial
+        that kills its process, out of memory, takes no other trial with it)."""
         for t in trials:
             t.status = "running"
-        if pool is None:
+        if self.workers is None:
             for t in trials:
                 def live(point, t=t):
                     t.points.append(point)
@@ -303,14 +283,33 @@ class Sweep:
                 _, error = _segment(self.train_fn, t.id, t.config, until, t.last, self._folder(t), live)
                 self._record(t, [], error)
             return
-        jobs = {pool.submit(_segment, self.train_fn, t.id, t.config, until, t.last, self._folder(t)): t
-                for t in trials}
-        for job in futures.as_completed(jobs):
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        running: set = set()
+
+        def one(t: Trial):
+            with futures.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init,
+                                             initargs=(threads,)) as process:
+                running.add(process)
+                try:
+                    return process.submit(_segment, self.train_fn, t.id, t.config, until, t.last,
+                                          self._folder(t)).result()
+                except futures.process.BrokenProcessPool:
+                    return [], "the worker process died (out of memory?)"
+                finally:
+                    running.discard(process)
+
+        with futures.ThreadPoolExecutor(self.workers) as pool:
+            jobs = {pool.submit(one, t): t for t in trials}
             try:
-                points, error = job.result()
-            except futures.process.BrokenProcessPool:
-                points, error = [], "the worker process died (out of memory?)"
-            self._record(jobs[job], points, error)
+                for job in futures.as_completed(jobs):
+                    self._record(jobs[job], *job.result())
+            except BaseException:  # an interrupt: the running trials end too (they resume from their checkpoints)
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in list(running):
+                    for child in list((process._processes or {}).values()):  # the executor has no public terminate
+                        child.terminate()
+                raise
 
     # --- results
 
