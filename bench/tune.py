@@ -1,4 +1,4 @@
-"""What `rlcast tune` saves: its schedulers replayed on the committed curve library, compute and regret at equal compute.
+"""What `rlcast tune` saves: its schedulers replayed on the curve library, compute and regret at equal compute.
 
 Each seed's grid (learning rates x rollout reuse mu, docs/results/curves/PRESET/seedS-lrX-muM/run.json, written by
 bench/curves.py: a held-out score every 10 generation batches over 300) is searched again by `rlcast.tune.Sweep`, a
@@ -196,7 +196,8 @@ def main() -> None:
                     "median_compute_fraction": float(np.mean(pick("median", "compute_fraction")))}
     else:
         console.print("no complete benchmark seed yet: the last line reports none")
-    line = (f"compute_fraction={fmt(summary.get('compute_fraction'))} regret_mean={fmt(summary.get('regret_mean'), '.4f')} "
+    line = (f"compute_fraction={fmt(summary.get('compute_fraction'))} "
+            f"regret_mean={fmt(summary.get('regret_mean'), '.4f')} "
             f"regret_max={fmt(summary.get('regret_max'), '.4f')} "
             f"asha_regret_mean={fmt(summary.get('asha_regret_mean'), '.4f')} "
             f"random_regret_mean={fmt(summary.get('random_regret_mean'), '.4f')} "

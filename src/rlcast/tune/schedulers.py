@@ -151,7 +151,8 @@ class MedianStopping(Scheduler):
         for t in trials:
             others = [mean[o.id] for o in trials if o is not t]
             if others and best[t.id] < float(np.median(others)):
-                stop[t.id] = f"best score {best[t.id]:.3f} below the others' median running mean {np.median(others):.3f}"
+                stop[t.id] = (f"best score {best[t.id]:.3f} below the others' median running mean "
+                              f"{np.median(others):.3f}")
         return stop
 
 
