@@ -8,7 +8,7 @@ noise included). Stop when P(gain >= `min_gain`) < `threshold` at this validatio
 `rlcast.training.ForecastCallback` at every evaluation, and `bench/forecast.py` replays it on every curve (steps
 saved against accuracy lost). THRESHOLD was chosen there, on the tuning set (testbed seed 100
 and two of the three verl logs) over thresholds {0.1, 0.2, 0.3} x patience {1, 2, 3}: 0.3 and 2 saved 33 % of both
-tuning logs' steps (the oracle: 58 %, 54 %) for at most 0.003 of accuracy, and on the 4 testbed curves lost <= 0.017
+tuning logs' steps (the oracle: 58 %, 54 %) for at most 0.003 of accuracy, and on the testbed curves lost <= 0.017
 but on one, whose accuracy sat flat for 100 of its 300 steps before climbing again (0.069: no curve fit foresees it;
 patience 1 lost 0.078 there and saved 4 % more on average).
 """
