@@ -134,7 +134,8 @@ def test_a_run_interrupted_under_an_older_rlcast_resumes(straight, tmp_path, mon
     train(out, resume=True, progress=False)
     # the completion tokens an older rlcast generated are unknown: not recorded from then on (its completions are)
     assert all("tokens" not in c for c in manifest(out)["checkpoints"])
-    edit(out, lambda m: [c.update(tokens=s["tokens"]) for c, s in zip(m["checkpoints"], manifest(straight)["checkpoints"])])
+    tokens = [c["tokens"] for c in manifest(straight)["checkpoints"]]
+    edit(out, lambda m: [c.update(tokens=t) for c, t in zip(m["checkpoints"], tokens)])
     same_run(out, straight)
 
 

@@ -90,8 +90,8 @@ def has_signal(rewards) -> bool:
 
 class Rollouts(TrainerCallback, ExportableState):
     """What both rollout methods share: the bind, the wrapped trainer methods, counts, metrics and resume state. A
-    method sets `name` and `BOUNDS`, and implements `_generation_batch(rows)` (the rows TRL hands one generation
-    batch, G consecutive rows per prompt -> TRL's output for it)."""
+    method sets `name` and `BOUNDS`, and implements `_generation_batch(groups)` (the rows TRL hands one generation
+    batch as groups of G rows of one prompt -> TRL's output for it)."""
 
     name = ""
     BOUNDS: dict[str, tuple] = {}  # field -> (low, high): ints for integer fields, floats for real ones
