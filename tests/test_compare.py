@@ -62,7 +62,9 @@ def test_compare_rows_same_prompts_and_reasons(run_dir, tmp_path):
     early, late = data["forecasts"]
     assert early["cutoff"] == 10 and "at least 3" in early["reason"]
     assert late["cutoff"] == 30 and late["low"] < late["median"] < late["high"]
-    assert 0.46 < late["median"] < 0.52  # above the cutoff's 0.46, near the planted 0.5
+    # between "no further gain" (the mean of the last 3 scores, 0.44) and the planted 0.5: 3 checkpoints leave nothing
+    # to back-test, so the members weigh the same
+    assert 0.44 < late["median"] < 0.52
     assert table(result).row_count == 10 + 1  # the forecast from step 30
 
 
