@@ -155,7 +155,8 @@ def test_cli_eval_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["n_prompts"] == 2 and len(saved["details"]) == 2 and saved["task"] == f"jsonl:{data}"
     bad = CliRunner().invoke(app, ["eval", "testbed", "--task", "nope"])  # a usage error, while parsing
-    assert bad.exit_code == 2 and "'nope' is not arith, rg:<reasoning-gym dataset> or jsonl:<path>" in bad.output
+    shown = " ".join(bad.output.replace("│", " ").split())  # the message as one line, out of rich's wrapped box
+    assert bad.exit_code == 2 and "'nope' is not arith, rg:<reasoning-gym dataset> or jsonl:<path>" in shown
 
 
 @pytest.mark.slow

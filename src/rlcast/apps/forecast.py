@@ -98,11 +98,14 @@ def log_inputs(paths: list[str | Path], base: str | None = None) -> dict[str, Pa
 
 
 def open_source(path: str | Path, base: str | None = None, metric: str | None = None, reward: str | None = None,
-                eval_size: int | None = None) -> tuple[Curve, Run | None, str | None]:
+                eval_size: int | None = None, checkpoints: bool = True) -> tuple[Curve, Run | None, str | None]:
     """(the curve of any log `rlcast.io.logs.read_log` reads, its run when its checkpoints load, else why not): run
-    folders and TRL folders may have checkpoints, the other formats are curves only."""
+    folders and TRL folders may have checkpoints, the other formats are curves only. `checkpoints=False` (no weights
+    wanted) skips resolving them: the curve alone is read, once."""
     fmt, _ = detect(path)
     curve = Curve.from_log(read_log(path, metric, reward, eval_size))
+    if not checkpoints:
+        return curve, None, "weights not wanted"
     if fmt == "run":
         run, unreadable = open_run(path, base)
         return curve, run, unreadable
@@ -129,7 +132,7 @@ def prepare(paths: list[str | Path], until: int | None = None, target: int | Non
     """
     runs, curves = [], []
     for path in paths:
-        full, run, unreadable = open_source(path, base, metric, reward, eval_size)
+        full, run, unreadable = open_source(path, base, metric, reward, eval_size, checkpoints=weights is not False)
         if weights and unreadable:
             raise RlcastError(f"{path}: --weights needs readable checkpoints ({unreadable})")
         window = full.window(until) if until is not None else full

@@ -41,9 +41,16 @@ def read_json(path: str | Path, what: str = "JSON file", limit_mb: float | None 
     try:
         # opened without blocking and checked again on the open file: a FIFO swapped in after the check cannot hang it
         with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise ValueError("not a regular file")
-            data = f.read(int(limit_mb * 2**20) + 1)
+            if info.st_size > limit_mb * 2**20:
+                raise ValueError(f"larger than {limit_mb:g} MB")
+            # the file's own size plus one byte: a file growing past the limit while read is still caught, and no
+            # buffer of the limit's size is reserved for a small file
+            data = f.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += f.read(int(limit_mb * 2**20) + 1 - len(data))
         if len(data) > limit_mb * 2**20:
             raise ValueError(f"larger than {limit_mb:g} MB")
         return json.loads(data.decode("utf-8"))

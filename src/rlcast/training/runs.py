@@ -620,6 +620,8 @@ def train(out, config: TrainConfig | None = None, callbacks=(), resume: bool = F
     out = Path(out)
     manifest, config, task = _start(out, config, resume)
     newest = _resume_point(out, manifest, callbacks) if manifest is not None else None
+    if config.model == "smollm2":
+        smollm2_gguf()  # a missing package is one line before run.json is written
     model = Path(config.model) if config.model and Path(config.model).exists() else None
     check_output(out, "train", folder=True, inputs={"the base model": model}, replaces=False)
     for callback in callbacks:

@@ -12,6 +12,7 @@ training reward from TRL's trainer_state.json.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 import json
 import math
 from pathlib import Path
@@ -33,16 +34,21 @@ def manifest_run(path: str | Path) -> Run:
     return Run(base=file.parent, checkpoints=[], root=file.parent, manifest=Manifest.read(file))
 
 
-def state_folders(root: Path, manifest: Manifest) -> list[Path]:
-    """Where a run's trainer_state.json may be: its checkpoint folders, newest first (run.json's entries, then the
-    checkpoint-N folders on disk), then the run folder itself."""
-    listed = [(e.step, Path(e.path).expanduser()) for e in manifest.checkpoints if e.path]
-    listed = [(s, p if p.is_absolute() else root / p) for s, p in listed]
-    on_disk = [(int(m.group(1)), c) for c in root.iterdir() if (m := trl.CHECKPOINT.match(c.name))]
-    return [p for _, p in sorted(listed + on_disk, key=lambda x: -x[0])] + [root]
+def state_folders(root: Path, manifest: Manifest) -> Iterator[Path]:
+    """Where a run's trainer_state.json may be, lazily (the first hit ends the search, so a run.json of 10^5 entries
+    costs no 10^5 file checks): the checkpoint-N folders on disk, newest first, then the run folder itself, then the
+    folders run.json names elsewhere."""
+    on_disk = sorted(((int(m.group(1)), c) for c in root.iterdir() if (m := trl.CHECKPOINT.match(c.name))),
+                     key=lambda x: -x[0])
+    yield from (c for _, c in on_disk)
+    yield root
+    for entry in reversed(manifest.checkpoints):
+        folder = Path(entry.path).expanduser() if entry.path else None
+        if folder is not None and folder.is_absolute() and folder.parent != root:
+            yield folder
 
 
-def from_manifest(manifest: Manifest, source: str, folders: list[Path], metric: str | None = None,
+def from_manifest(manifest: Manifest, source: str, folders: Iterable[Path], metric: str | None = None,
                   reward: str | None = None, eval_size: int | None = None) -> LogCurve:
     """The LogCurve of a run from its manifest and the first of `folders` holding a trainer_state.json."""
     state = next((Path(f) / trl.STATE for f in folders if (Path(f) / trl.STATE).is_file()), None)
