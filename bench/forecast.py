@@ -24,6 +24,7 @@ that are not held out.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -142,7 +143,11 @@ def main() -> None:
     parser.add_argument("--held-out", default="gemma", metavar="NAME",
                         help="the log (a part of its file name) kept aside while tuning (default: %(default)s)")
     add_out(parser, "the result file")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="only reprint the set lines and the last line of this result file (seconds, no curves)")
     args = parser.parse_args()
+    if args.report is not None:
+        return report(args.report)
     if args.logs is not None and not args.logs.is_dir():
         parser.error(f"--logs {args.logs}: not a folder")
     if args.eval_size is not None and args.eval_size < 1:
@@ -180,20 +185,37 @@ def main() -> None:
                 + f"; stop at {stop['step']} saved {stop['saved']:.2f} loss {stop['loss']:+.3f}"
                 + (f" (oracle {row['oracle_saved']:.2f})" if name == "logs" else ""))
     summaries = {name: summary(r) for name, r in rows.items()}
-    for name, s in summaries.items():
-        if s:
-            console.print(line(f"set={name}", s, oracle=name == "logs"))
     aside = [r for r in rows["logs"] if r["held_out"]]
     tuned = [r for r in rows["logs"] if not r["held_out"]]
     if aside:
         summaries["logs_held_out"], summaries["logs_tuning"] = summary(aside), summary(tuned)
-        console.print(line(f"set=logs held-out ({args.held_out})", summaries["logs_held_out"], oracle=True))
-        console.print(line("set=logs tuning", summaries["logs_tuning"], oracle=True))
     pooled = [r for rs in rows.values() for r in rs]
     if not pooled:
         raise SystemExit("no curves: commit curves under docs/results/curves/ or give --logs DIR")
     summaries["pooled"] = summary(pooled)
+    print_sets(summaries, args.held_out)
     results.finish(summaries, line("", summaries["pooled"]))
+
+
+def print_sets(summaries: dict, held_out: str) -> None:
+    """One line per set (and, when a log was kept aside, for it and for the logs tuned on)."""
+    for name in ("testbed", "smollm2", "logs"):
+        if summaries.get(name):
+            console.print(line(f"set={name}", summaries[name], oracle=name == "logs"))
+    if summaries.get("logs_held_out"):
+        console.print(line(f"set=logs held-out ({held_out})", summaries["logs_held_out"], oracle=True))
+        console.print(line("set=logs tuning", summaries["logs_tuning"], oracle=True))
+
+
+def report(path: Path) -> None:
+    """Reprint the set lines and the last line of a committed result file."""
+    try:
+        record = json.loads(path.read_text())
+        summaries, held_out = record["summary"], record["settings"].get("held_out", "gemma")
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise SystemExit(f"--report {path}: not a bench/forecast.py result file ({err})")
+    print_sets(summaries, held_out)
+    print(record["line"], flush=True)
 
 
 if __name__ == "__main__":
