@@ -151,7 +151,8 @@ def log_median(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     if not kept:
         return math.nan
-    return math.exp(statistics.median(math.log(v) if math.isfinite(v) else v for v in kept))
+    middle = statistics.median(math.log(v) if math.isfinite(v) else v for v in kept)
+    return middle if math.isinf(middle) else math.exp(middle)
 
 
 def rank1(row: dict) -> float | None:

@@ -137,6 +137,8 @@ def test_verdict_holds_does_not_hold_and_not_measurable():
     assert dominance_verdict(0.5, (0.2, 0.8)).state == "holds"
     wide = dominance_verdict(0.6, (-0.45, 0.7))  # 115 points wide
     assert wide.state == "not measurable" and "--n-prompts" in wide.text
+    below = dominance_verdict(-1.82, (-3.13, -1.17))  # 196 points wide, but all of it far below 50 %
+    assert below.state == "does not hold" and "(-182 % of the gain [-313 %, -117 %])" in below.text
     assert dominance_verdict(math.nan, (math.nan, math.nan)).state == "not measurable"  # no gain over the base
     assert dominance_verdict(0.3, None).state == "not measurable"
 
@@ -214,6 +216,8 @@ def test_bench_half_recovery_is_interpolated_in_log_lr(monkeypatch):
                 "rank1_energy_last": 0.5, "share_step_r2_heldout_lt_0": 0.5,
                 "ranks": {"1": {"gain_recovery": gain, "gain_recovery_ci": list(ci)}}}
 
+    summary, _ = summarize([{**row(100, 3e-5, 0.15), "mu": 2}, {**row(100, 6e-5, -0.3), "mu": 2}], [3e-5, 6e-5])
+    assert summary["lr_half_recovery"]["mu2"]["median"] == "<3e-05"  # below at the smallest lr: not 0
     lrs = [3e-5, 6e-5, 1.2e-4]
     _, one = summarize([row(100, 3e-5, 0.72, (0.54, 0.89)), row(100, 6e-5, 0.28), row(100, 1.2e-4, -0.04)], lrs)
     assert one == ("lr_half_recovery=4.2e-05 (0.35x best) [4.2e-05..4.2e-05] recovery_at_min_lr=72% [54%, 89%] "

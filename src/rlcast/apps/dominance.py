@@ -111,7 +111,7 @@ def recovery(base: Score, full: Score, rank: Score, seed: int = 0, resamples: in
 # --- the verdict in words ---
 
 HOLDS_AT = 0.5        # rank-1 gain recovery from which the premise is taken to hold (bench/dominance.py's 50 % line)
-MEASURABLE_WIDTH = 1.0  # a 95 % interval wider than 100 points of the gain says nothing either way
+MEASURABLE_WIDTH = 1.0  # a 95 % interval wider than 100 points of the gain, across 50 %, says nothing either way
 # Where it stops holding on the testbed: bench/dominance.py on the curve library's final checkpoints
 # (docs/results/dominance/dominance.json; tests/test_dominance.py checks these figures against that file).
 TESTBED_RELATION = ("on the testbed it stops holding above ~0.35x the tuned learning rate (steady preset, 1 seed: 72 % "
@@ -130,14 +130,14 @@ def _pct(x: float) -> str:
 
 def dominance_verdict(gain: float | None, ci) -> Verdict:
     """Whether rank-1 dominance holds, from the rank-1 gain recovery and its 95 % interval: holds from 50 % of the gain
-    on, "not measurable" when the interval is undefined or wider than 100 points (too few prompts, or too small a gain
-    over the base for a ratio to mean anything)."""
+    on, "not measurable" when the interval is undefined, or wider than 100 points and on both sides of 50 % (too few
+    prompts, or too small a gain over the base for a ratio to mean anything)."""
     lo, hi = ci if ci is not None else (None, None)
     if any(v is None or not math.isfinite(v) for v in (gain, lo, hi)):
         return Verdict("not measurable", "rank-1 dominance is not measurable on this run: the full checkpoint's gain "
                                          "over the base is too small for a share of it to be defined")
     measured = f"{_pct(gain)} of the gain [{_pct(lo)}, {_pct(hi)}]"
-    if hi - lo > MEASURABLE_WIDTH:
+    if hi - lo > MEASURABLE_WIDTH and lo < HOLDS_AT <= hi:  # wide and on both sides of the line
         return Verdict("not measurable", f"rank-1 dominance is not measurable on this run ({measured}: an interval "
                                          f"wider than 100 points; score more prompts with --n-prompts)")
     if gain >= HOLDS_AT:
