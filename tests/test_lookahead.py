@@ -219,12 +219,14 @@ def test_cli_train_with_a_lookahead_method_records_generation_batches(tmp_path):
     assert ("lookahead sfpo: 2 repositions (0 failed) over 4 generation batches; the gate switched it off after "
             "batch 2, then 1 step(s) per batch") in \
         result.output
-    for extra, message in [(["--accelerate", "magic"], "--accelerate 'magic': known: jumps, sfpo, gxpo, rank1"),
-                           (["--accelerate", "gxpo", "--accel", "beta=1"], "unknown key 'beta'; known: K, alpha, tau"),
-                           (["--accelerate", "rank1", "--hp", "num_iterations=3"],
-                            "--accelerate rank1 takes 2 optimizer steps per generation batch; --hp num_iterations=3")]:
-        bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "bad"), *common, *extra])
-        assert bad.exit_code == 1 and message in str(bad.exception) and "\n" not in str(bad.exception)
+    for extra, message in [(["--accelerate", "magic"], "'magic' is not one of 'jumps', 'sfpo', 'gxpo', 'rank1'"),
+                           (["--accelerate", "gxpo", "--accel", "beta=1"], "unknown key 'beta'; known: K, alpha, tau")]:
+        bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "bad"), *common, *extra])  # usage errors
+        assert bad.exit_code == 2 and message in " ".join(bad.output.replace("│", " ").split())
+    bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "bad"), *common, "--accelerate", "rank1", "--hp",
+                                   "num_iterations=3"])
+    message = "--accelerate rank1 takes 2 optimizer steps per generation batch; --hp num_iterations=3"
+    assert bad.exit_code == 1 and message in str(bad.exception) and "\n" not in str(bad.exception)
 
 
 class Crash(TrainerCallback):

@@ -185,11 +185,14 @@ def test_sigterm_and_sigint_remove_the_temporaries(run, tmp_path, run_cli, monke
 
     monkeypatch.setattr(writer, "_write_shards", stop)
     previous = signal.signal(signal.SIGTERM, unhandled)
+    # Python's own Ctrl-C handler, as a fresh `rlcast` process has it (an earlier test's ray.init may have replaced it)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         done = run_cli("compare", run, "--task", "arith", "--methods", "weight-linear", "--keep", "--out",
                        tmp_path / "cmp")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert done[0] == code and ("terminated" if sig == signal.SIGTERM else "interrupted") in done[2], done
     assert not [p for p in scratch.iterdir() if p.name.startswith("rlcast-")]  # the rlcast-compare-* folder
     assert [p.name for p in (tmp_path / "cmp" / "models").iterdir()] == [MARKER]  # no .real-0.rlcast-tmp-* folder
