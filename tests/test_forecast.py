@@ -2,6 +2,7 @@
 cutoff, the command end to end on a tiny run it builds, and the bad inputs that fail in one line before any fit."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,3 +349,28 @@ def test_bad_inputs_fail_in_one_line_before_any_fit(runs, run_cli, tmp_path, mon
     one_line([runs[0], other, "--no-weights"], "different tasks", str(other), "rg:letter_counting")
     with pytest.raises(RlcastError, match="unknown forecaster"):
         make_forecaster("no-such-forecaster")
+
+
+LIBRARY_CURVE = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves" / "steady" / "seed100-lr3e-05-mu1"
+
+
+def test_until_past_the_last_checkpoint_is_refused_not_clamped():
+    from rlcast.apps.forecast import prepare
+
+    with pytest.raises(RlcastError, match="--until 500 is after its last checkpoint \\(step 300\\)"):
+        prepare([LIBRARY_CURVE], until=500, weights=False)
+
+
+def test_the_table_says_when_no_back_test_set_the_weights():
+    from rich.console import Console
+
+    from rlcast.apps.forecast import forecast_curve, prepare, run_table
+
+    def caption(until):
+        (curve, target), = prepare([LIBRARY_CURVE], until=until, weights=False)
+        console = Console(width=400, record=True)
+        console.print(run_table(forecast_curve(curve, target)))
+        return " ".join(console.export_text().split())  # the caption wraps at the table's width
+
+    assert "equal weights: too few checkpoints" in caption(30) and "rolling-origin back-test" not in caption(30)
+    assert "weights from a rolling-origin back-test on steps <= 120" in caption(120)

@@ -135,6 +135,9 @@ def prepare(paths: list[str | Path], until: int | None = None, target: int | Non
         full, run, unreadable = open_source(path, base, metric, reward, eval_size, checkpoints=weights is not False)
         if weights and unreadable:
             raise RlcastError(f"{path}: --weights needs readable checkpoints ({unreadable})")
+        if until is not None and until > full.last:
+            raise RlcastError(f"{full.run}: --until {until} is after its last checkpoint (step {full.last}); leave "
+                              f"--until out to forecast from all of them")
         window = full.window(until) if until is not None else full
         points = int((window.steps > 0).sum())
         if points < 3 and detect(path)[0] != "run":  # checked()'s advice (rlcast eval) is for run folders
@@ -268,10 +271,13 @@ def _interval(d: dict | None) -> tuple[str, str]:
 
 def run_table(r: RunForecast) -> Table:
     """One run: each forecaster's forecast at the target and at convergence, its back-test weight, the combination."""
+    tested = any(f.get("backtests") for f in r.forecasters.values())
+    weights = (f"weights from a rolling-origin back-test on steps <= {r.cutoff}" if tested else
+               "equal weights: too few checkpoints up to this cutoff for a back-test (0 back-test errors each)")
     t = Table(title=f"{r.run}: held-out accuracy at step {r.target_step}, forecast from the checkpoints up to step "
                     f"{r.cutoff} (last {r.current:.3f})",
-              caption=f"90 % intervals for a checkpoint's score (its evaluation noise included); weights from a "
-                      f"rolling-origin back-test on steps <= {r.cutoff}; error growth: the forecast error's sd per "
+              caption=f"90 % intervals for a checkpoint's score (its evaluation noise included); {weights}; "
+                      f"error growth: the forecast error's sd per "
                       f"log-horizon (back-test errors, number of them); alongside: shown, not combined (it "
                       f"never levels off)", caption_justify="left")
     for col in ("forecaster", "weight", "error growth", f"step {r.target_step}", "90% interval", "convergence"):
