@@ -19,7 +19,7 @@ import numpy as np
 
 from rlcast.forecasting.base import Forecast, Forecaster, make_forecaster
 from rlcast.forecasting.curves import Curve
-from rlcast.methods.checks import check_params, expect_error, fail, state
+from rlcast.methods.checks import check_fit, check_params, expect_error, fail, state
 
 PROMPTS = 500
 
@@ -55,15 +55,7 @@ def check_forecaster(cls: type, curve: Curve | None = None, until: int | None = 
     steps = np.array([s for s in curve.steps if s > until] + [2 * curve.last], dtype=float)
     forecaster = make_forecaster(cls(), **(params or {}))
     expect_error(cls, "predict before fit", lambda: forecaster.predict(steps))
-    given, before = forecaster.get_params(), set(vars(forecaster))
-    if forecaster.fit(seen) is not forecaster:
-        fail(cls, "fit returns self", "fit(curve) returned something else")
-    added = sorted(k for k in set(vars(forecaster)) - before if not (k.endswith("_") or k.startswith("_")))
-    if added:
-        fail(cls, "learned state ends in _", f"fit set {added[0]}")
-    if forecaster.get_params() != given:
-        fail(cls, "fit leaves the parameters alone", f"get_params() changed from {given} to "
-                                                     f"{forecaster.get_params()}")
+    check_fit(cls, forecaster, seen, "curve")
     kept = state(forecaster)
     first = _forecast(cls, forecaster, steps)
     if state(forecaster) != kept:

@@ -103,6 +103,20 @@ def _same(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
+def check_fit(cls, estimator, data, what: str) -> None:
+    """`estimator.fit(data)` returns the estimator, sets only learned state (names ending in _) and leaves the
+    parameters as given: scikit-learn's rules, shared by extrapolators and forecasters."""
+    given, before = estimator.get_params(), set(vars(estimator))
+    if estimator.fit(data) is not estimator:
+        fail(cls, "fit returns self", f"fit({what}) returned something else")
+    added = sorted(k for k in set(vars(estimator)) - before if not (k.endswith("_") or k.startswith("_")))
+    if added:
+        fail(cls, "learned state ends in _", f"fit set {added[0]}")
+    if not _same(estimator.get_params(), given):
+        fail(cls, "fit leaves the parameters alone", f"get_params() changed from {given} to "
+                                                     f"{estimator.get_params()}")
+
+
 def planted(folder: str | Path) -> Run:
     """A small planted run in `folder`: a tiny Llama base, checkpoints at STEPS moving every tensor along a fixed
     rank-1 direction linearly in the step, and a run.json whose held-out accuracy rises linearly (0.2 + 0.004 t)."""
@@ -125,15 +139,7 @@ def check_extrapolator(cls: type, run: Run | None = None, target: int | None = N
     estimator = make_extrapolator(cls(), **(params or {}))
     target = run.steps[-1] + 20 if target is None else target
     expect_error(cls, "predict before fit", lambda: estimator.predict(target))
-    params, before = estimator.get_params(), set(vars(estimator))
-    if estimator.fit(run) is not estimator:
-        fail(cls, "fit returns self", "fit(run) returned something else")
-    added = sorted(k for k in set(vars(estimator)) - before if not (k.endswith("_") or k.startswith("_")))
-    if added:
-        fail(cls, "learned state ends in _", f"fit set {added[0]}")
-    if not _same(estimator.get_params(), params):
-        fail(cls, "fit leaves the parameters alone", f"get_params() changed from {params} to "
-                                                     f"{estimator.get_params()}")
+    check_fit(cls, estimator, run, "run")
     kept = state(estimator)
     first = _prediction(cls, estimator, run, target)
     if state(estimator) != kept:
