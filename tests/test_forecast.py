@@ -129,6 +129,22 @@ def test_knee_is_the_end_of_the_format_jump_and_absent_on_a_steady_climb():
     assert 30 <= knee(curve.window(120)) <= 50
     steady = planted(0, truth=lambda x: 0.26 + 0.0008 * np.asarray(x, dtype=float))
     assert knee(steady) == 0  # one slope: no knee, the fits read every point
+    # the testbed's climb with a local plateau (0.26 -> 0.40 by step 70, flat to 140; ~9 sd of its 1000-prompt
+    # evaluation): no format jump, so the back-test still sees the climb before the plateau
+    x = np.arange(0, 150, 10)
+    pause = 0.26 + 0.14 * np.minimum(x, 70) / 70
+    paused = Curve("pause", x, pause, np.sqrt(pause * (1 - pause) / 1000), eval_prompts=1000)
+    assert knee(paused) == 0
+
+
+def test_gain_spreads_by_the_error_the_horizon_adds():
+    """A path's error at the cutoff is shared by its later steps, the horizon adds its own: the gain from the cutoff
+    to a later step spreads by sqrt(sd_T^2 - sd_c^2), not by sd_T - sd_c (which made a plateau's gain look certain)."""
+    model = Combination(samples=4000).fit(planted(0).window(150))
+    paths = model.predict([150, 300]).paths
+    sd_c, sd_t = paths.std(0)
+    assert sd_t > sd_c > 0
+    assert np.std(paths[:, 1] - paths[:, 0]) == pytest.approx(np.sqrt(sd_t ** 2 - sd_c ** 2), rel=0.1)
 
 
 def test_the_format_jump_is_no_swing():

@@ -141,16 +141,21 @@ class Combination(Forecaster):
         return center, paths
 
     def _finite(self, steps):
-        preds = {k: m.predict(steps) for k, m in self.members_.items() if self.mixture_[k]}
+        at = np.append(steps, self.curve_.last)  # the cutoff's own sd last: the level's error now
+        preds = {k: m.predict(at) for k, m in self.members_.items() if self.mixture_[k]}
         center = sum(self.weights_[k] * p.center for k, p in preds.items())
         boot = sum(self.weights_[k] * _robust_var(p.paths) for k, p in preds.items())
         # the members' disagreement around the center, by the back-test's weights even when one member was chosen: the
         # choice on short back-test horizons is no certainty at the forecast's horizon
         spread = sum(self.mixture_[k] * (p.center - center) ** 2 for k, p in preds.items())
-        horizon = np.log(np.maximum(steps, self.curve_.last) / self.curve_.last) ** self.growth
+        horizon = np.log(np.maximum(at, self.curve_.last) / self.curve_.last) ** self.growth
         sd = np.sqrt(np.maximum(boot, (self.s_ * horizon) ** 2) + self.spread * spread)
-        z = np.random.default_rng(self.seed + 1).standard_normal(self.samples)
-        return center, center[None] + z[:, None] * sd[None]
+        # a path = the level's error at the cutoff (one draw shared by every step) + the error the horizon adds (its
+        # own draw): the gain from the cutoff then spreads by the added part, not by the difference of two sds
+        level = np.minimum(sd, sd[-1])[:-1]
+        sd, center = sd[:-1], center[:-1]
+        z = np.random.default_rng(self.seed + 1).standard_normal((2, self.samples))
+        return center, center[None] + z[0][:, None] * level[None] + z[1][:, None] * np.sqrt(sd ** 2 - level ** 2)[None]
 
     def _asymptote(self, k):
         """Center and paths at step inf: the saturating members' asymptotes mixed by their renormalised weights."""
