@@ -61,7 +61,7 @@ from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import atomic_folder, write_model
-from rlcast.methods import make_extrapolator
+from rlcast.extrapolation import make_extrapolator
 from rlcast.training.runs import PRESETS, TrainConfig, train
 from rlcast.training.testbed import SMOLLM2_PACKAGE, base_model, smollm2_gguf
 

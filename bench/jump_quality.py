@@ -37,7 +37,7 @@ from rlcast.io.options import parse_overrides
 from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import write_model
-from rlcast.methods import make_extrapolator
+from rlcast.extrapolation import make_extrapolator
 
 DURATION = "~15 min per run on 2 CPU cores (steady: a checkpoint every 10 steps, 3 methods, 2 horizons)"
 

@@ -21,7 +21,7 @@ from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
-from rlcast.methods import METHODS, make_extrapolator
+from rlcast.extrapolation import METHODS, make_extrapolator
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once

@@ -78,7 +78,7 @@ def test_cli_names_are_the_registries(tmp_path):
 
     from rlcast.core.backend import BACKENDS
     from rlcast.io.selections import SELECTIONS
-    from rlcast.methods import METHODS
+    from rlcast.extrapolation import METHODS
     from rlcast.training.accelerate import AccelerateConfig
     from rlcast.training.continuation import OPTIMIZERS
     from rlcast.training.lookahead import LOOKAHEAD
@@ -227,7 +227,7 @@ def test_derived_settings_are_filled_only_when_unset():
     ("alpharl", {"target_accuracy": 1.5}, "alpharl: target_accuracy must be <= 1"),
 ])
 def test_methods_check_their_parameters_on_construction(method, params, message):
-    from rlcast.methods import make_extrapolator
+    from rlcast.extrapolation import make_extrapolator
 
     with pytest.raises(RlcastError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_extrapolator(method, **params)
@@ -364,7 +364,7 @@ def test_every_app_takes_one_compute_value():
     from rlcast.apps.compare import compare
     from rlcast.apps.dominance import dominance
     from rlcast.core.backend import Compute
-    from rlcast.methods.base import write_prediction
+    from rlcast.extrapolation.base import write_prediction
 
     for fn in (analyze, compare, dominance, write_prediction):
         params = inspect.signature(fn).parameters

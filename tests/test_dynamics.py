@@ -5,8 +5,8 @@ import torch
 
 from rlcast.apps.dynamics import parse_name, split, step_r2, summarize
 from rlcast.core.numerics import r2
-from rlcast.methods.alpharl import pls_r2
-from rlcast.methods.relex import temporal_explained
+from rlcast.extrapolation.alpharl import pls_r2
+from rlcast.extrapolation.relex import temporal_explained
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 

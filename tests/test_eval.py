@@ -145,7 +145,7 @@ def test_a_hand_written_run_json_and_one_model_options_are_refused(run_cli, trai
 
 def _walk_through() -> str:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    return readme[readme.index("## Walk-through on your own run"):readme.index("## Forecasting methods")]
+    return readme[readme.index("## Walk-through on your own run"):readme.index("## Weight extrapolation methods")]
 
 
 def test_every_walk_through_command_parses(tmp_path, monkeypatch):
@@ -173,7 +173,7 @@ def test_every_walk_through_command_parses(tmp_path, monkeypatch):
 
 def test_the_in_python_snippet_fits_a_window_and_predicts_a_later_step(tmp_path, monkeypatch):
     from rlcast.io.synthetic import planted_run
-    from rlcast.methods import relex
+    from rlcast.extrapolation import relex
 
     planted_run(tmp_path / "runs" / "steady", steps=[30, 60, 90, 120, 150], hidden=32, layers=1)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -252,7 +252,7 @@ def extrapolate_cmd(
 ) -> None:
     """Predict the weights at step --target from the checkpoints up to --until and write them as an HF model folder."""
     from rlcast.evaluation.tasks import run_task_spec, task_variant
-    from rlcast.methods.base import make_extrapolator, write_prediction
+    from rlcast.extrapolation.base import make_extrapolator, write_prediction
 
     params = {k: v for k, v in {"selection": selection, "rank": rank, "target_accuracy": target_accuracy,
                                 "anchor": anchor, "horizon": horizon, "epochs": epochs, "c": c}.items()

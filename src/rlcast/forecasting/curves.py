@@ -24,7 +24,7 @@ from rlcast.io.logs.runfolder import from_manifest
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
 from rlcast.io.runs import Run
-from rlcast.methods.alpharl import rank1_path
+from rlcast.extrapolation.alpharl import rank1_path
 
 
 @dataclass(frozen=True)

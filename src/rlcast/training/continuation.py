@@ -37,8 +37,8 @@ from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import atomic_folder, base_layout, check_output, output_record
-from rlcast.methods import Extrapolator, make_extrapolator
-from rlcast.methods.base import write_prediction
+from rlcast.extrapolation import Extrapolator, make_extrapolator
+from rlcast.extrapolation.base import write_prediction
 from rlcast.training.runs import read_manifest, train
 
 OPTIMIZERS = ("cutoff", "fresh")

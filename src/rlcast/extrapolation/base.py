@@ -18,7 +18,7 @@ Tensors outside the method's module selection, or that no checkpoint changes, ar
 or the last window checkpoint for anchor="last").
 
 Add a method of your own: subclass `Extrapolator`, implement `_tensor(name, step)` (and `_fit()` if it learns
-anything), set `reference`, check it with `rlcast.methods.check_extrapolator(MyMethod)` and register it under a name
+anything), set `reference`, check it with `rlcast.extrapolation.check_extrapolator(MyMethod)` and register it under a name
 with `@register("my-method")`; `make_extrapolator`, `rlcast compare` and the live callback then take it like the
 built-in ones.
 """
