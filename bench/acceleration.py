@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
-from rlcast.evaluation.curves import outcome
+from rlcast.evaluation.speedup import outcome
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
 from rlcast.io.writer import write_json_atomic
@@ -124,7 +124,7 @@ def ratio(a, b) -> float | None:
 
 
 def compare(method: list[dict], reference: list[dict]) -> dict:
-    """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.curves.outcome`:
+    """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.speedup.outcome`:
     `held` says the method ends at or above the goal, else its crossing (kept as `crossed`) does not count (speedups
     0)."""
     result = outcome({r["batches"]: r["accuracy"] for r in reference}, {r["batches"]: r["accuracy"] for r in method})

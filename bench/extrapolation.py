@@ -34,7 +34,7 @@ import torch
 from common import (Results, add_out, add_preset, add_seeds, console, finished, fmt, new_parser, plain_run, progress,
                     quiet_transformers, spread, train_config)
 from rlcast.apps.compare import compare
-from rlcast.evaluation.curves import curve
+from rlcast.evaluation.speedup import curve
 from rlcast.io.runs import load_run
 from rlcast.training.continuation import continue_from
 

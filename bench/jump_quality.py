@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from common import Results, add_out, new_parser, progress, quiet_transformers
-from rlcast.evaluation.curves import curve
+from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import Manifest

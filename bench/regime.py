@@ -32,7 +32,7 @@ import torch
 from common import (Results, add_out, add_preset, add_seeds, finished, fmt, new_parser, plain_run,
                     progress, quiet_transformers, spreads, train_config)
 from rlcast.core.numerics import inner
-from rlcast.evaluation.curves import curve
+from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import Manifest

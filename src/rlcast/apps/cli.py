@@ -822,7 +822,7 @@ def continue_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
-    from rlcast.evaluation.curves import curve
+    from rlcast.evaluation.speedup import curve
     from rlcast.evaluation.tasks import task_variant
     from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from

@@ -37,7 +37,7 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import GOAL, batch_curve, outcome
+from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
 from rlcast.io.runs import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
