@@ -62,7 +62,7 @@ from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
-from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
+from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset, train
 
 DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
             "finished plain runs are reused)")
@@ -162,7 +162,7 @@ def main() -> None:
                         help="the method's setting; repeatable")
     parser.add_argument("--best-plain", type=best_plain, metavar="LR,MU",
                         help="the best plain learning rate and rollout reuse")
-    parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.runs.PRESETS")
+    parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.train.PRESETS")
     add_seeds(parser, "5")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N generation batches")
     parser.add_argument("--budget", type=int, help="generation batches per run (default: the preset's steps)")

@@ -89,14 +89,14 @@ def add_out(parser: argparse.ArgumentParser, what: str = "the runs and the resul
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "steady") -> None:
     """--preset NAME and repeatable --hp KEY=VALUE (a TrainConfig hyper-parameter on top of the preset)."""
-    parser.add_argument("--preset", default=default, help="a preset of rlcast.training.runs.PRESETS")
+    parser.add_argument("--preset", default=default, help="a preset of rlcast.training.train.PRESETS")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig hyper-parameter on top of the preset; repeatable")
 
 
 def train_config(args: argparse.Namespace, **fields):
     """The TrainConfig of --preset with the --hp overrides, then `fields` (run settings such as seed, steps)."""
-    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset
+    from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset
     from rlcast.io.options import parse_overrides
 
     config = dataclasses.replace(preset(args.preset), **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
@@ -129,7 +129,7 @@ def plain_run(out: Path, config) -> Path:
     """The finished run of the TrainConfig `config` in `out`: reused when finished (with exactly this config),
     resumed when interrupted, else trained."""
     from rlcast.evaluation.tasks import get_task
-    from rlcast.training.runs import TrainConfig, read_manifest, train
+    from rlcast.training.train import TrainConfig, read_manifest, train
 
     out = Path(out)
     if finished(out):

@@ -34,7 +34,7 @@ from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import write_model
 from rlcast.extrapolation import make_extrapolator

@@ -20,7 +20,7 @@ import torch
 
 from common import Results, add_out, new_parser, quiet_transformers
 from rlcast.apps.compare import cutoff_steps
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.extrapolation import make_extrapolator
 
 DURATION = "~25 min per cutoff on 2 CPU cores (the smollm2 run, both budgets; the run's budget alone: ~2-4 min)"

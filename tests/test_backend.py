@@ -19,7 +19,7 @@ from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.extrapolation import METHODS, make_extrapolator
 

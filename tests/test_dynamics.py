@@ -132,7 +132,7 @@ def _scalar_r2(steps, c, n_fit):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "saturating"])
 def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.apps.dynamics import analyze_dynamics
     from rlcast.io.synthetic import schedule
 

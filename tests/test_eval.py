@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcast.training.runs import TrainConfig, train
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -63,7 +63,7 @@ def test_a_run_without_run_json_is_scored_as_train_scores_it(run_cli, trained, f
         [(e["step"], e["path"], e["accuracy"], e["ci"]) for e in own["checkpoints"]]
     assert f"{own['base_accuracy']:.3f}" in out and f"{own['checkpoints'][-1]['accuracy']:.3f}" in out  # the table
 
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     assert load_run(foreign).accuracy == load_run(trained).accuracy  # what forecast and compare read
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run, load_run
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.selections import select_names
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
@@ -326,7 +326,7 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.core.backend import Backend
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.extrapolation import make_extrapolator
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files

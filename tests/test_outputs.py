@@ -17,7 +17,7 @@ from rlcast.apps import dominance as dominance_app
 from rlcast.apps.dominance import DominanceResult
 from rlcast.evaluation.scoring import Score
 from rlcast.io import writer
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import MARKER, atomic_folder, base_layout, scratch_dir, write_json_atomic, write_model
 

@@ -7,7 +7,7 @@ import pytest
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.training.runs import PRESETS, preset, train
+from rlcast.training.train import PRESETS, preset, train
 from rlcast.training.testbed import TESTBEDS, asset_dir, base_model
 
 

@@ -15,10 +15,10 @@ from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.io import writer
 from rlcast.io.manifest import FORMAT
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.training import continuation, runs
 from rlcast.training.continuation import continue_from
-from rlcast.training.runs import ALGOS, HYPERPARAMETERS, TrainConfig, read_manifest, train
+from rlcast.training.train import ALGOS, HYPERPARAMETERS, TrainConfig, read_manifest, train
 from rlcast.io.options import parse_overrides
 from rlcast.training.support import config_from_dict
 from rlcast.training.testbed import base_model

@@ -25,7 +25,7 @@ from rlcast.apps.analysis import analyze
 from rlcast.errors import RlcastError
 from rlcast.io.lora import LowRankDelta
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run, tiny_llama
 from rlcast.io.verl import VerlShards
 

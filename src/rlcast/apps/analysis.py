@@ -25,7 +25,7 @@ from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajector
 from rlcast.errors import RlcastError
 from rlcast.io.cache import cache_root
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.checkpoints import Run
 from rlcast.io.selections import check_selection, parse_name
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import atomic_folder, json_safe, output_record, write_json_atomic

@@ -33,7 +33,7 @@ from rlcast.evaluation.generation import check_prompts, evaluate
 from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
 from rlcast.forecasting import checked, read_curve
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.checkpoints import Run
 from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
                               write_json_atomic, write_model)
 from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator

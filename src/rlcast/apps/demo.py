@@ -39,12 +39,12 @@ from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
 from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
 from rlcast.training.accelerators import make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD
-from rlcast.training.runs import preset, train
+from rlcast.training.train import preset, train
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from rlcast.forecasting.curves import with_weights
 from rlcast.forecasting.knee import after_knee
 from rlcast.io.logs import detect, read_log
 from rlcast.io.logs.runfolder import manifest_run
-from rlcast.io.runs import Checkpoint, Run, load_run
+from rlcast.io.checkpoints import Checkpoint, Run, load_run
 from rlcast.io.writer import write_json_atomic
 
 UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged

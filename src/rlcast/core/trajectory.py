@@ -29,7 +29,7 @@ from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
 from rlcast.io.cache import cache_root
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.checkpoints import Run
 from rlcast.io.tensors import NOT_WEIGHTS
 from rlcast.io.writer import atomic_file, is_writable, write_text_atomic
 

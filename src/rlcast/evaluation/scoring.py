@@ -14,7 +14,7 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import TOKENIZER_FILES, evaluate
 from rlcast.evaluation.tasks import Task, get_task, run_task_spec
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.checkpoints import Run
 from rlcast.io.writer import scratch_dir, write_model
 
 

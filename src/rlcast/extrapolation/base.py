@@ -36,7 +36,7 @@ from rich.progress import Progress
 from rlcast.core.backend import Backend, Compute, map_tensors, resolve_device
 from rlcast.errors import RlcastError
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.checkpoints import Run
 from rlcast.io.selections import check_selection
 from rlcast.io.writer import check_output, output_record, write_model
 

@@ -27,7 +27,7 @@ import torch
 from rlcast.errors import RlcastError
 from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run, load_run
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.extrapolation.base import Extrapolator, make_extrapolator, parameters
 

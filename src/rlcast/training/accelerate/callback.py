@@ -104,8 +104,8 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         return fit(self.methods[method], self.window, steps, self.config.method_params).predict(target - steps[0])
 
     def check_run(self, output_dir, model=None) -> None:
-        """What the settings must agree with in this run, checked before any work (`runs.train` calls it before the
-        base is scored, `on_train_begin` again before the first step): an explicit snapshot_dir never is, contains
+        """What the settings must agree with in this run, checked before any work (`training.train.train` calls it before
+        the base is scored, `on_train_begin` again before the first step): an explicit snapshot_dir never is, contains
         or lies inside the run's output folder or the model (`io.writer.check_output`, writability tried for real),
         and the check's task builds with enough train prompts (a bad one fails now, not at every jump attempt)."""
         if self.config.snapshot_dir:

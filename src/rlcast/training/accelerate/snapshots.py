@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.errors import RlcastError
-from rlcast.io.runs import Run, load_run
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.writer import MARKER, atomic_folder, output_record, read_record, write_text_atomic
 
 SNAPSHOT_FILE = "model.safetensors"

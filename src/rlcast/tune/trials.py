@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
-from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, train
+from rlcast.training.train import HYPERPARAMETERS, TrainConfig, train
 from rlcast.io.options import parse_overrides
 
 Z95 = 1.959963984540054
