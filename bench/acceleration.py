@@ -58,7 +58,7 @@ from common import TUNING, Results, add_out, add_seeds, finished, new_parser, sp
 from rlcast.evaluation.speedup import outcome
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.io.writer import write_json_atomic
+from rlcast.io.atomic import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock

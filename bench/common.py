@@ -41,7 +41,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rlcast.errors import RlcastError
 from rlcast.evaluation.speedup import outcome
 from rlcast.io.manifest import Manifest
-from rlcast.io.writer import json_safe, write_text_atomic
+from rlcast.io.atomic import write_text_atomic
+from rlcast.io.records import json_safe
 
 # The training helpers import rlcast.training (TRL, ~0.5 GB and many seconds) inside the functions that need it:
 # the spectra benchmarks import this module too and measure their own memory and start-up.

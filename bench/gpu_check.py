@@ -60,7 +60,8 @@ from rlcast.io.manifest import Manifest
 from rlcast.io.checkpoints import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import atomic_folder, write_model
+from rlcast.io.atomic import atomic_folder
+from rlcast.io.writer import write_model
 from rlcast.extrapolation import make_extrapolator
 from rlcast.training.train import PRESETS, TrainConfig, train
 from rlcast.training.testbed import SMOLLM2_PACKAGE, base_model, smollm2_gguf

@@ -28,7 +28,8 @@ from rlcast.io.reader import RunReader
 from rlcast.io.checkpoints import Run
 from rlcast.io.selections import check_selection, parse_name
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import atomic_folder, json_safe, output_record, write_json_atomic
+from rlcast.io.atomic import atomic_folder, write_json_atomic
+from rlcast.io.records import json_safe, output_record
 
 RESULTS = "rlcast"  # default output folder inside the run: RUN/rlcast/analysis.json
 

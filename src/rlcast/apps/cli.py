@@ -331,7 +331,7 @@ def compare_cmd(
         raise RlcastError(f"--target {target!r}: expected 'last' or a checkpoint step")
 
     from rlcast.apps.compare import compare, print_table, save, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     task_args = _task_args(task_arg)
@@ -398,7 +398,7 @@ def dominance_cmd(
 
     from rlcast.apps.dominance import dominance, settings
     from rlcast.apps.report import results_dir
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     task_args = _task_args(task_arg)
@@ -447,7 +447,7 @@ def dynamics_cmd(
     from rich.table import Table
 
     from rlcast.apps.dynamics import SCALARS, analyze_dynamics, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
     from rlcast.apps.report import results_dir
     from rlcast.evaluation.tasks import task_variant
 
@@ -564,7 +564,9 @@ def eval_cmd(
 
     from rlcast.evaluation.generation import evaluate
     from rlcast.evaluation.tasks import get_task, run_task_spec
-    from rlcast.io.writer import check_output, output_record, write_json_atomic
+    from rlcast.io.atomic import write_json_atomic
+    from rlcast.io.outputs import check_output
+    from rlcast.io.records import output_record
 
     if testbed:
         from rlcast.training.testbed import base_model
@@ -889,7 +891,7 @@ def analyze_cmd(
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
 
     from rlcast.apps.analysis import analyze, default_out, example_run, print_summary, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     if example:
@@ -949,7 +951,8 @@ def forecast_cmd(
     from rlcast.apps.forecast import forecast, log_inputs, print_report, read_by, save
     from rlcast.apps.stopping import decision, follow as follow_log
     from rlcast.forecasting.stop import THRESHOLD, check_rule
-    from rlcast.io.writer import check_output, output_record
+    from rlcast.io.outputs import check_output
+    from rlcast.io.records import output_record
 
     check_rule(min_gain, THRESHOLD)
     if follow:
@@ -1034,7 +1037,7 @@ def tune_cmd(
 
     from rich.live import Live
 
-    from rlcast.io.writer import output_record
+    from rlcast.io.records import output_record
     from rlcast.training.train import HYPERPARAMETERS, TrainConfig
     from rlcast.training.train import preset as named_preset
     from rlcast.io.options import parse_overrides

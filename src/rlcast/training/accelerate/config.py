@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlcast.errors import RlcastError, check_int, check_number
-from rlcast.io.writer import json_safe
+from rlcast.io.records import json_safe
 from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator
 
 # auto's default candidates, chosen on tuning seeds (100, 101) of the steady preset: alpharl-step and rre back-tested
