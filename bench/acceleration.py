@@ -56,9 +56,9 @@ import torch
 
 from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
 from rlcast.evaluation.speedup import outcome
+from rlcast.io.atomic import write_json_atomic
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.io.atomic import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock

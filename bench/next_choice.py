@@ -20,8 +20,8 @@ import torch
 
 from common import Results, add_out, new_parser, quiet_transformers
 from rlcast.apps.compare import cutoff_steps
-from rlcast.io.checkpoints import load_run
 from rlcast.extrapolation import make_extrapolator
+from rlcast.io.checkpoints import load_run
 
 DURATION = "~25 min per cutoff on 2 CPU cores (the smollm2 run, both budgets; the run's budget alone: ~2-4 min)"
 

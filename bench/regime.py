@@ -32,12 +32,12 @@ import torch
 from common import (Results, add_out, add_preset, add_seeds, finished, fmt, new_parser, plain_run,
                     progress, quiet_transformers, spreads, train_config)
 from rlcast.core.numerics import inner
-from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.checkpoints import load_run
 
 DURATION = "~5 min per seed on 2 CPU cores (steady, 3 seeds by default); --model smollm2: ~75 min"
 METRICS = ("greedy", "sampled")

@@ -77,8 +77,8 @@ def test_cli_names_are_the_registries(tmp_path):
     from typing import get_args
 
     from rlcast.core.backend import BACKENDS
-    from rlcast.io.selections import SELECTIONS
     from rlcast.extrapolation import METHODS
+    from rlcast.io.selections import SELECTIONS
     from rlcast.training.accelerate import AccelerateConfig
     from rlcast.training.continuation import OPTIMIZERS
     from rlcast.training.lookahead import LOOKAHEAD

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rlcast.errors import RlcastError
-from rlcast.forecasting import FORECASTERS, Forecaster, check_forecaster
 from rlcast.extrapolation import METHODS, Extrapolator, check_extrapolator
 from rlcast.extrapolation.checks import planted
+from rlcast.forecasting import FORECASTERS, Forecaster, check_forecaster
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FAST = {"next": {"epochs": 5}}  # NExt trains its MLPs at every fit: fewer epochs keep the check in seconds

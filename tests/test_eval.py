@@ -172,8 +172,8 @@ def test_every_walk_through_command_parses(tmp_path, monkeypatch):
 
 
 def test_the_in_python_snippet_fits_a_window_and_predicts_a_later_step(tmp_path, monkeypatch):
-    from rlcast.io.synthetic import planted_run
     from rlcast.extrapolation import relex
+    from rlcast.io.synthetic import planted_run
 
     planted_run(tmp_path / "runs" / "steady", steps=[30, 60, 90, 120, 150], hidden=32, layers=1)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

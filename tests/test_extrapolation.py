@@ -326,8 +326,8 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.core.backend import Backend
-from rlcast.io.checkpoints import load_run
 from rlcast.extrapolation import make_extrapolator
+from rlcast.io.checkpoints import load_run
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files
     with open("/proc/self/status") as f:

@@ -20,8 +20,8 @@ from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
 from rlcast.training.lookahead import GXPO, SFPO, Rank1Boost, gxpo_point, gxpo_scale, sfpo_point, zscore
-from rlcast.training.train import TrainConfig, train
 from rlcast.training.testbed import char_tokenizer
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -17,11 +17,11 @@ from rlcast.apps import dominance as dominance_app
 from rlcast.apps.dominance import DominanceResult
 from rlcast.evaluation.scoring import Score
 from rlcast.io import temporaries, writer
-from rlcast.io.checkpoints import load_run
-from rlcast.io.synthetic import planted_run
 from rlcast.io.atomic import atomic_folder, write_json_atomic
+from rlcast.io.checkpoints import load_run
 from rlcast.io.outputs import scratch_dir
 from rlcast.io.records import MARKER
+from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import base_layout, write_model
 
 

@@ -31,15 +31,15 @@ from rlcast.core.backend import Backend, Compute
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts, evaluate
 from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
-from rlcast.forecasting import checked, read_curve
-from rlcast.io.reader import RunReader
-from rlcast.io.checkpoints import Run
-from rlcast.io.atomic import atomic_file, write_json_atomic
-from rlcast.io.outputs import check_output, claim_folder, scratch_dir
-from rlcast.io.records import STAMP, output_record
-from rlcast.io.writer import write_model
 from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator
 from rlcast.extrapolation.base import with_task
+from rlcast.forecasting import checked, read_curve
+from rlcast.io.atomic import atomic_file, write_json_atomic
+from rlcast.io.checkpoints import Run
+from rlcast.io.outputs import check_output, claim_folder, scratch_dir
+from rlcast.io.reader import RunReader
+from rlcast.io.records import STAMP, output_record
+from rlcast.io.writer import write_model
 
 REFERENCE = "real"
 

@@ -37,10 +37,10 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
-from rlcast.io.checkpoints import load_run
+from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
 from rlcast.io.atomic import write_text_atomic
+from rlcast.io.checkpoints import load_run
 from rlcast.io.outputs import check_output, claim_folder
 from rlcast.io.records import output_record
 from rlcast.training.accelerators import make_accelerator

@@ -28,10 +28,10 @@ from rlcast.errors import RlcastError
 from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked
 from rlcast.forecasting.curves import with_weights
 from rlcast.forecasting.knee import after_knee
+from rlcast.io.atomic import write_json_atomic
+from rlcast.io.checkpoints import Checkpoint, Run, load_run
 from rlcast.io.logs import detect, read_log
 from rlcast.io.logs.runfolder import manifest_run
-from rlcast.io.checkpoints import Checkpoint, Run, load_run
-from rlcast.io.atomic import write_json_atomic
 
 UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged
 REACH_GRID = 400  # steps between the cutoff and 10x the target at which sampled curves are checked for --reach

@@ -27,12 +27,12 @@ from safetensors.torch import load_file, save_file
 from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
-from rlcast.io.cache import cache_root
-from rlcast.io.reader import RunReader
-from rlcast.io.checkpoints import Run
-from rlcast.io.tensors import NOT_WEIGHTS
 from rlcast.io.atomic import atomic_file, write_text_atomic
+from rlcast.io.cache import cache_root
+from rlcast.io.checkpoints import Run
 from rlcast.io.outputs import is_writable
+from rlcast.io.reader import RunReader
+from rlcast.io.tensors import NOT_WEIGHTS
 
 CACHE_VERSION = 1
 

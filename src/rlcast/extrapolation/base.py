@@ -35,11 +35,11 @@ from rich.progress import Progress
 
 from rlcast.core.backend import Backend, Compute, map_tensors, resolve_device
 from rlcast.errors import RlcastError
-from rlcast.io.reader import RunReader
 from rlcast.io.checkpoints import Run
-from rlcast.io.selections import check_selection
 from rlcast.io.outputs import check_output
+from rlcast.io.reader import RunReader
 from rlcast.io.records import output_record
+from rlcast.io.selections import check_selection
 from rlcast.io.writer import write_model
 
 CPU = torch.device("cpu")

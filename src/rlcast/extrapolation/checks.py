@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.extrapolation.base import Extrapolator, make_extrapolator, parameters
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.synthetic import planted_run
-from rlcast.extrapolation.base import Extrapolator, make_extrapolator, parameters
 
 STEPS = (10, 20, 30, 40, 50, 60)  # the planted run's checkpoints; its accuracy rises linearly with the step
 

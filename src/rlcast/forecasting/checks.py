@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlcast.extrapolation.checks import check_fit, check_params, expect_error, fail, state
 from rlcast.forecasting.base import Forecast, Forecaster, make_forecaster
 from rlcast.forecasting.curves import Curve
-from rlcast.extrapolation.checks import check_fit, check_params, expect_error, fail, state
 
 PROMPTS = 500
 

@@ -19,12 +19,12 @@ import torch
 
 from rlcast.core.trajectory import Trajectory, build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.extrapolation.alpharl import rank1_path
+from rlcast.io.checkpoints import Run
 from rlcast.io.logs import LogCurve
 from rlcast.io.logs.runfolder import from_manifest
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.checkpoints import Run
-from rlcast.extrapolation.alpharl import rank1_path
 
 
 @dataclass(frozen=True)

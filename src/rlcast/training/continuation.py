@@ -33,15 +33,15 @@ from rich.console import Console
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.manifest import Entry, Manifest
-from rlcast.io.checkpoints import load_run
-from rlcast.io.tensors import TensorReader
-from rlcast.io.atomic import atomic_folder
-from rlcast.io.outputs import check_output
-from rlcast.io.records import output_record
-from rlcast.io.writer import base_layout
 from rlcast.extrapolation import Extrapolator, make_extrapolator
 from rlcast.extrapolation.base import write_prediction
+from rlcast.io.atomic import atomic_folder
+from rlcast.io.checkpoints import load_run
+from rlcast.io.manifest import Entry, Manifest
+from rlcast.io.outputs import check_output
+from rlcast.io.records import output_record
+from rlcast.io.tensors import TensorReader
+from rlcast.io.writer import base_layout
 from rlcast.training.train import read_manifest, train
 
 OPTIMIZERS = ("cutoff", "fresh")

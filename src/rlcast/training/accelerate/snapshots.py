@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.errors import RlcastError
-from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.atomic import atomic_folder, write_text_atomic
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.records import MARKER, output_record, read_record
 
 SNAPSHOT_FILE = "model.safetensors"
