@@ -55,14 +55,14 @@ from pathlib import Path
 import torch
 
 from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
-from rlcast.evaluation.curves import outcome
+from rlcast.evaluation.speedup import outcome
+from rlcast.io.atomic import write_json_atomic
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.io.writer import write_json_atomic
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
-from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset, train
+from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset, train
 
 DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
             "finished plain runs are reused)")
@@ -124,7 +124,7 @@ def ratio(a, b) -> float | None:
 
 
 def compare(method: list[dict], reference: list[dict]) -> dict:
-    """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.curves.outcome`:
+    """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.speedup.outcome`:
     `held` says the method ends at or above the goal, else its crossing (kept as `crossed`) does not count (speedups
     0)."""
     result = outcome({r["batches"]: r["accuracy"] for r in reference}, {r["batches"]: r["accuracy"] for r in method})
@@ -162,7 +162,7 @@ def main() -> None:
                         help="the method's setting; repeatable")
     parser.add_argument("--best-plain", type=best_plain, metavar="LR,MU",
                         help="the best plain learning rate and rollout reuse")
-    parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.runs.PRESETS")
+    parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.train.PRESETS")
     add_seeds(parser, "5")
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint every N generation batches")
     parser.add_argument("--budget", type=int, help="generation batches per run (default: the preset's steps)")

@@ -38,7 +38,7 @@ import torch
 
 from common import (Results, add_out, add_preset, add_seeds, console, goal_metrics, implied_wall, library_run,
                     new_parser, per_batch, plain_run, progress, reuse_rollouts, run_name, spread, train_config)
-from rlcast.evaluation.curves import curve
+from rlcast.evaluation.speedup import curve
 
 DURATION = "~6 h on 2 CPU cores (defaults: 2 seeds x 5 learning rates, 300 generation batches each)"
 FINAL_NOISE = 0.02  # one held-out score's standard deviation near 50 % on 1000 prompts: sqrt(.25 / 1000) = 0.016

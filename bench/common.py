@@ -12,7 +12,7 @@ A benchmark is a script `bench/NAME.py` whose docstring's first line says what i
 Conventions: `--seeds` is a count N (seeds 0..N-1), a list (100,101) or a range (100-104); seeds from 100 on are
 for tuning, the benchmarks report seeds 0..N-1. `--out` keeps the runs and the result file (default: a new temporary
 folder). A finished plain run found in --out is reused, an interrupted one resumed (`plain_run`). Speed is counted
-with `rlcast.evaluation.curves` (steps to 98 % of the reference run's final held-out accuracy, a goal crossed and
+with `rlcast.evaluation.speedup` (steps to 98 % of the reference run's final held-out accuracy, a goal crossed and
 lost by the end not counting), on the
 generation-batch axis when rollouts are reused (`reuse_rollouts`, `per_batch`), and summarised over seeds by
 `spread` (median, min, max).
@@ -39,9 +39,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import outcome
+from rlcast.evaluation.speedup import outcome
 from rlcast.io.manifest import Manifest
-from rlcast.io.writer import json_safe, write_text_atomic
+from rlcast.io.atomic import write_text_atomic
+from rlcast.io.records import json_safe
 
 # The training helpers import rlcast.training (TRL, ~0.5 GB and many seconds) inside the functions that need it:
 # the spectra benchmarks import this module too and measure their own memory and start-up.
@@ -89,14 +90,14 @@ def add_out(parser: argparse.ArgumentParser, what: str = "the runs and the resul
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "steady") -> None:
     """--preset NAME and repeatable --hp KEY=VALUE (a TrainConfig hyper-parameter on top of the preset)."""
-    parser.add_argument("--preset", default=default, help="a preset of rlcast.training.runs.PRESETS")
+    parser.add_argument("--preset", default=default, help="a preset of rlcast.training.train.PRESETS")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig hyper-parameter on top of the preset; repeatable")
 
 
 def train_config(args: argparse.Namespace, **fields):
     """The TrainConfig of --preset with the --hp overrides, then `fields` (run settings such as seed, steps)."""
-    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, preset
+    from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset
     from rlcast.io.options import parse_overrides
 
     config = dataclasses.replace(preset(args.preset), **parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp"))
@@ -129,7 +130,7 @@ def plain_run(out: Path, config) -> Path:
     """The finished run of the TrainConfig `config` in `out`: reused when finished (with exactly this config),
     resumed when interrupted, else trained."""
     from rlcast.evaluation.tasks import get_task
-    from rlcast.training.runs import TrainConfig, read_manifest, train
+    from rlcast.training.train import TrainConfig, read_manifest, train
 
     out = Path(out)
     if finished(out):
@@ -171,7 +172,7 @@ def per_batch(curve: dict[int, float], mu: int) -> dict[int, float]:
 # ----------------------------------------------------------------------------- metrics
 
 def goal_metrics(reference: dict[int, float], run: dict[int, float], overhead: float = 0.0) -> dict:
-    """Steps (or batches) to 98 % of the reference's final accuracy for both curves (`rlcast.evaluation.curves.outcome`:
+    """Steps (or batches) to 98 % of the reference's final accuracy for both curves (`rlcast.evaluation.speedup.outcome`:
     a run that crosses the goal and ends below it has not reached it; `crossed` keeps that crossing), and what they give:
 
         speedup            reference steps / run steps to the goal (0.0 when either never reaches it)

@@ -27,8 +27,8 @@ import torch
 
 from common import (Results, add_preset, add_seeds, console, new_parser, plain_run, reuse_rollouts, run_name,
                     train_config)
+from rlcast.io.atomic import write_text_atomic
 from rlcast.io.manifest import Manifest
-from rlcast.io.writer import write_text_atomic
 
 DURATION = "~10 h on 2 CPU cores for the default grid (4 seeds x 5 learning rates x mu 1, 2, 4; mu 4 ~10 min a run)"
 LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves"

@@ -48,8 +48,8 @@ from rlcast.apps.analysis import analyze
 from rlcast.apps.compare import compare
 from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
-from rlcast.io.runs import load_run
-from rlcast.io.writer import scratch_dir
+from rlcast.io.checkpoints import load_run
+from rlcast.io.outputs import scratch_dir
 
 DURATION = ("~25 s per run on 2 shared CPU cores (1000 prompts, ranks 1,2,4; 15 runs per seed), ~3.5 min more per run "
             "with --retained-seeds")

@@ -1,6 +1,6 @@
 """Every extrapolator on plain runs of a preset over seeds: accuracy from a window, alone and with k more RL steps.
 
-For each seed: a plain run of the preset (`rlcast.training.runs.train`, a checkpoint every `save_every` steps,
+For each seed: a plain run of the preset (`rlcast.training.train.train`, a checkpoint every `save_every` steps,
 each keeping its optimizer state), then `rlcast.apps.compare.compare` predicts the last step T from the window up to
 each cutoff c with every method. Per method and cutoff:
 
@@ -34,8 +34,8 @@ import torch
 from common import (Results, add_out, add_preset, add_seeds, console, finished, fmt, new_parser, plain_run, progress,
                     quiet_transformers, spread, train_config)
 from rlcast.apps.compare import compare
-from rlcast.evaluation.curves import curve
-from rlcast.io.runs import load_run
+from rlcast.evaluation.speedup import curve
+from rlcast.io.checkpoints import load_run
 from rlcast.training.continuation import continue_from
 
 DURATION = "~30-40 min per seed on 2 CPU cores (steady: 300 steps, 6 methods x 2 cutoffs, each continued)"

@@ -32,7 +32,7 @@ from trl import GRPOTrainer
 from common import (Results, add_out, add_preset, fmt, implied_wall, new_parser, quiet_transformers, spreads,
                     train_config)
 from rlcast.training.lookahead import LOOKAHEAD
-from rlcast.training.runs import train
+from rlcast.training.train import train
 
 DURATION = "~4 min on 2 CPU cores (smollm2, 6 steps); steady: ~1 min"
 

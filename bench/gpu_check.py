@@ -14,7 +14,7 @@ message otherwise, and with --quick).
     vllm           evaluation.generation.evaluate with vLLM on the device against transformers on the CPU, greedy, on
                    SmolLM2 (else the testbed); only when vllm imports and CUDA exists. vLLM computes in 16 bits, so
                    the agreement is |accuracy difference|; its time includes the engine's start-up
-    trl            training.runs.train: a few GRPO steps of the testbed with the same seed on the device and on the CPU
+    trl            training.train.train: a few GRPO steps of the testbed with the same seed on the device and on the CPU
                    (a child process that sees no GPU); the rollouts are sampled from each device's own random stream,
                    so the agreement is the relative difference of the update norms ||W_T - W_0||
 
@@ -57,12 +57,13 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
 from rlcast.io.manifest import Manifest
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import atomic_folder, write_model
-from rlcast.methods import make_extrapolator
-from rlcast.training.runs import PRESETS, TrainConfig, train
+from rlcast.io.atomic import atomic_folder
+from rlcast.io.writer import write_model
+from rlcast.extrapolation import make_extrapolator
+from rlcast.training.train import PRESETS, TrainConfig, train
 from rlcast.training.testbed import SMOLLM2_PACKAGE, base_model, smollm2_gguf
 
 DURATION = "< 8 min on one GPU with SmolLM2 (--quick on the CPU: ~10 s after the imports)"

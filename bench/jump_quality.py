@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from common import Results, add_out, new_parser, progress, quiet_transformers
-from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.tasks import get_task
+from rlcast.extrapolation import make_extrapolator
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.io.runs import load_run
 from rlcast.io.tensors import TensorReader
 from rlcast.io.writer import write_model
-from rlcast.methods import make_extrapolator
 
 DURATION = "~15 min per run on 2 CPU cores (steady: a checkpoint every 10 steps, 3 methods, 2 horizons)"
 

@@ -1,6 +1,6 @@
 """How long NExt's choice of c takes on a run, at the task's completion budget and at the run's, side by side.
 
-NExt (`rlcast.methods.next`) picks its predict-extend scale c in `fit` by scoring each candidate of `c_grid` on
+NExt (`rlcast.extrapolation.next`) picks its predict-extend scale c in `fit` by scoring each candidate of `c_grid` on
 `n_val` train prompts; compare and `rlcast continue` pass the run's training completion length (`max_new_tokens`).
 For each cutoff this fits NExt twice on the same window, for the run's last step: once at the task's own budget (256
 tokens for reasoning-gym) and once at the run's, and prints the seconds of each fit, the chosen c and the candidates'
@@ -20,8 +20,8 @@ import torch
 
 from common import Results, add_out, new_parser, quiet_transformers
 from rlcast.apps.compare import cutoff_steps
-from rlcast.io.runs import load_run
-from rlcast.methods import make_extrapolator
+from rlcast.extrapolation import make_extrapolator
+from rlcast.io.checkpoints import load_run
 
 DURATION = "~25 min per cutoff on 2 CPU cores (the smollm2 run, both budgets; the run's budget alone: ~2-4 min)"
 

@@ -60,7 +60,7 @@ def write_models(folder: Path, layers: int, seed: int) -> None:
 def phase(folder: Path, which: str, layers: int, full_svd: int) -> dict:
     """Run one measurement in this process and return its timings and peak RSS."""
     from rlcast.io.reader import RunReader
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.core.spectra import top_k
 
     reader = RunReader(load_run(checkpoints={1: folder / "ckpt"}, base=folder / "base"))

@@ -1,6 +1,6 @@
 """Is a preset's RL regime steady? Gains that keep accruing and weight updates that drift, over seeds.
 
-For each seed: `rlcast.training.runs.train` on the preset (its checkpoints are scored greedily on the held-out prompts as they
+For each seed: `rlcast.training.train.train` on the preset (its checkpoints are scored greedily on the held-out prompts as they
 are saved), then sampled avg@k at the training temperature at steps 0, T/5, T/2 and T, and the drift of the 2-D
 weights inside the transformer blocks. Per seed and metric (greedy pass@1, sampled avg@k):
 
@@ -32,12 +32,12 @@ import torch
 from common import (Results, add_out, add_preset, add_seeds, finished, fmt, new_parser, plain_run,
                     progress, quiet_transformers, spreads, train_config)
 from rlcast.core.numerics import inner
-from rlcast.evaluation.curves import curve
 from rlcast.evaluation.generation import evaluate, load_model
+from rlcast.evaluation.speedup import curve
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 
 DURATION = "~5 min per seed on 2 CPU cores (steady, 3 seeds by default); --model smollm2: ~75 min"
 METRICS = ("greedy", "sampled")

@@ -43,7 +43,7 @@ from common import (Results, add_out, bf16_header, console, machine, names_and_s
                     rl_like_delta)
 from rlcast.core.backend import connect, map_tensors
 from rlcast.core.trajectory import build_trajectory
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 
 LLAMA_70B = {"q_proj": (8192, 8192), "k_proj": (1024, 8192), "v_proj": (1024, 8192), "o_proj": (8192, 8192),
              "gate_proj": (28672, 8192), "up_proj": (28672, 8192), "down_proj": (8192, 28672)}

@@ -18,7 +18,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.methods import METHODS, WeightLinear, register
+from rlcast.extrapolation import METHODS, WeightLinear, register
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig, CheckSet, backtest
 from rlcast.training.accelerate.jumps import apply, restore
 from rlcast.training.accelerate.snapshots import SnapshotWindow

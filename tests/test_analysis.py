@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlcast.apps.analysis import analyze
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run, schedule, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -1,6 +1,6 @@
 """The import contract: layers point down only, no cycles, module-level imports except heavy optional ones.
 
-Layers, bottom to top: errors < io < core < evaluation < methods < forecasting < training < tune < apps
+Layers, bottom to top: errors < io < core < evaluation < extrapolation < forecasting < training < tune < apps
 (docs/ARCHITECTURE.md).
 A module may import its own layer or lower ones; the module graph (every rlcast import, wherever it is) has no cycle.
 A function-level import is allowed only for a heavy optional dependency (OPTIONAL), with a comment on its line, and
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import rlcast
 
-LAYERS = ["errors", "io", "core", "evaluation", "methods", "forecasting", "training", "tune", "apps"]
+LAYERS = ["errors", "io", "core", "evaluation", "extrapolation", "forecasting", "training", "tune", "apps"]
 OPTIONAL = {"vllm", "ray", "matplotlib", "tensorboard"}
 LAZY_MODULES = {"rlcast.apps.cli"}
 PACKAGE = Path(rlcast.__file__).parent

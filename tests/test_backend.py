@@ -17,11 +17,11 @@ from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Backend, Compute, connect, map_tensors, resolve_device
 from rlcast.core.trajectory import spectrum_entry
 from rlcast.errors import RlcastError
+from rlcast.extrapolation import METHODS, make_extrapolator
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
-from rlcast.methods import METHODS, make_extrapolator
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once

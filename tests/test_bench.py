@@ -143,7 +143,7 @@ def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_b
 def test_every_script_keeps_the_one_accounting():
     """Read in the scripts' source (no import, no training): run.json only through Manifest.read, --seeds only through
     common.parse_seeds, KEY=VALUE only through rlcast.io.options.parse_overrides, the goal only from
-    rlcast.evaluation.curves, accelerators only from the factory; every script declares DURATION."""
+    rlcast.evaluation.speedup, accelerators only from the factory; every script declares DURATION."""
     for script in sorted(set(BENCH.glob("*.py")) - {BENCH / "common.py", BENCH / "run.py"}):
         source = script.read_text()
         name = script.name

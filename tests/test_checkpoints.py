@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from rlcast.io.lora import LowRankDelta
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.selections import layer_of, select_names
 from rlcast.io.tensors import TensorReader
 from rlcast.errors import RlcastError

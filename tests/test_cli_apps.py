@@ -13,8 +13,8 @@ from rlcast.apps.analysis import example_run
 from rlcast.core import trajectory
 from rlcast.core.trajectory import default_cache_dir
 from rlcast.io.cache import cache_root
+from rlcast.io.checkpoints import load_run
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 from rlcast.io.writer import write_model
 from rlcast.training.testbed import base_model
 

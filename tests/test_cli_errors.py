@@ -77,12 +77,12 @@ def test_cli_names_are_the_registries(tmp_path):
     from typing import get_args
 
     from rlcast.core.backend import BACKENDS
+    from rlcast.extrapolation import METHODS
     from rlcast.io.selections import SELECTIONS
-    from rlcast.methods import METHODS
     from rlcast.training.accelerate import AccelerateConfig
     from rlcast.training.continuation import OPTIMIZERS
     from rlcast.training.lookahead import LOOKAHEAD
-    from rlcast.training.runs import ALGOS, HYPERPARAMETERS, PRESETS, TrainConfig
+    from rlcast.training.train import ALGOS, HYPERPARAMETERS, PRESETS, TrainConfig
 
     assert cli.METHOD_NAMES == tuple(METHODS)
     assert get_args(cli.Selection) == SELECTIONS and get_args(cli.BackendName) == BACKENDS
@@ -183,7 +183,7 @@ def test_debug_goes_before_or_after_the_command_and_version_prints(run_cli, tmp_
 
 def test_override_types_say_none_not_nonetype():
     from rlcast.io.options import parse_overrides
-    from rlcast.training.runs import TrainConfig
+    from rlcast.training.train import TrainConfig
 
     with pytest.raises(RlcastError, match=r"'abc' is not a number or none$"):
         parse_overrides(TrainConfig, ["learning_rate=abc"], ["learning_rate"], "--hp")
@@ -206,7 +206,7 @@ def test_train_rejects_bad_hyper_parameters_without_leaving_a_run(run_cli, tmp_p
 
 def test_derived_settings_are_filled_only_when_unset():
     from rlcast.evaluation.tasks import get_task
-    from rlcast.training.runs import DEFAULT_LR, TrainConfig
+    from rlcast.training.train import DEFAULT_LR, TrainConfig
 
     task = get_task("arith")
     assert TrainConfig().resolve(task).learning_rate == DEFAULT_LR[("rl", False)]
@@ -227,7 +227,7 @@ def test_derived_settings_are_filled_only_when_unset():
     ("alpharl", {"target_accuracy": 1.5}, "alpharl: target_accuracy must be <= 1"),
 ])
 def test_methods_check_their_parameters_on_construction(method, params, message):
-    from rlcast.methods import make_extrapolator
+    from rlcast.extrapolation import make_extrapolator
 
     with pytest.raises(RlcastError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_extrapolator(method, **params)
@@ -311,7 +311,7 @@ def test_run_task_spec_keeps_the_runs_arguments_unless_told_otherwise():
 # --- continue: the way out of a missing optimizer state, and a bar of the steps it runs ---
 
 def test_continue_without_optimizer_state_names_the_fresh_optimizer(run_cli, tmp_path):
-    from rlcast.training.runs import TrainConfig
+    from rlcast.training.train import TrainConfig
 
     run = tmp_path / "run"
     (run / "checkpoint-20").mkdir(parents=True)
@@ -328,7 +328,7 @@ def test_progress_counts_the_steps_this_invocation_runs():
     from transformers import TrainerState
 
     from rlcast.io.manifest import Manifest
-    from rlcast.training.runs import RichProgress
+    from rlcast.training.train import RichProgress
 
     bar = Progress(disable=True)
     progress = RichProgress(bar, "GRPO", Manifest(base_accuracy=0.5), total=70)
@@ -364,7 +364,7 @@ def test_every_app_takes_one_compute_value():
     from rlcast.apps.compare import compare
     from rlcast.apps.dominance import dominance
     from rlcast.core.backend import Compute
-    from rlcast.methods.base import write_prediction
+    from rlcast.extrapolation.base import write_prediction
 
     for fn in (analyze, compare, dominance, write_prediction):
         params = inspect.signature(fn).parameters

@@ -13,11 +13,11 @@ from rlcast.apps.compare import compare, save, table
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.runs import load_run
+from rlcast.extrapolation import Extrapolator, make_extrapolator
+from rlcast.extrapolation import next as next_module
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_run
 from rlcast.io.writer import write_model
-from rlcast.methods import Extrapolator, make_extrapolator
-from rlcast.methods import next as next_module
 
 STEPS = [10, 20, 30, 40, 50]
 

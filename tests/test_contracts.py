@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.extrapolation import METHODS, Extrapolator, check_extrapolator
+from rlcast.extrapolation.checks import planted
 from rlcast.forecasting import FORECASTERS, Forecaster, check_forecaster
-from rlcast.methods import METHODS, Extrapolator, check_extrapolator
-from rlcast.methods.checks import planted
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FAST = {"next": {"epochs": 5}}  # NExt trains its MLPs at every fit: fewer epochs keep the check in seconds
@@ -43,7 +43,7 @@ def test_every_registered_class_names_its_reference():
 def test_the_readme_method_table_is_the_registry():
     """One row per registered method, and each `source` cell equal to the class's `reference`."""
     text = README.read_text()
-    section = text[text.index("## Forecasting methods"):]
+    section = text[text.index("## Weight extrapolation methods"):]
     section = section[:section.index("\n## ", 1)]
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| `")]
@@ -113,7 +113,7 @@ def test_each_broken_rule_is_named_in_one_line(cls, rule, run):
 
 
 def test_a_class_that_is_no_extrapolator_is_refused():
-    with pytest.raises(RlcastError, match="not a subclass of rlcast.methods.base.Extrapolator"):
+    with pytest.raises(RlcastError, match="not a subclass of rlcast.extrapolation.base.Extrapolator"):
         check_extrapolator(Forecaster)
 
 

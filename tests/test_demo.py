@@ -1,4 +1,4 @@
-"""The demo's acceleration section and its CLI entry points (the accounting itself: tests/test_curves.py).
+"""The demo's acceleration section and its CLI entry points (the accounting itself: tests/test_speedup.py).
 
 The real `--quick` budget takes minutes; the success path runs `rlcast demo --quick` with an even smaller budget.
 """

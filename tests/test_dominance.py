@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.apps.dominance import Score, rank_k_tensors, recovery, write_rank_k
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import ArithTask

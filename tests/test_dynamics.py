@@ -5,8 +5,8 @@ import torch
 
 from rlcast.apps.dynamics import parse_name, split, step_r2, summarize
 from rlcast.core.numerics import r2
-from rlcast.methods.alpharl import pls_r2
-from rlcast.methods.relex import temporal_explained
+from rlcast.extrapolation.alpharl import pls_r2
+from rlcast.extrapolation.relex import temporal_explained
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 
@@ -132,7 +132,7 @@ def _scalar_r2(steps, c, n_fit):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "saturating"])
 def test_planted_runs_give_the_known_r2(runs, kind, tmp_path):
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.apps.dynamics import analyze_dynamics
     from rlcast.io.synthetic import schedule
 

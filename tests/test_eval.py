@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcast.training.runs import TrainConfig, train
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -63,7 +63,7 @@ def test_a_run_without_run_json_is_scored_as_train_scores_it(run_cli, trained, f
         [(e["step"], e["path"], e["accuracy"], e["ci"]) for e in own["checkpoints"]]
     assert f"{own['base_accuracy']:.3f}" in out and f"{own['checkpoints'][-1]['accuracy']:.3f}" in out  # the table
 
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     assert load_run(foreign).accuracy == load_run(trained).accuracy  # what forecast and compare read
 
@@ -145,7 +145,7 @@ def test_a_hand_written_run_json_and_one_model_options_are_refused(run_cli, trai
 
 def _walk_through() -> str:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    return readme[readme.index("## Walk-through on your own run"):readme.index("## Forecasting methods")]
+    return readme[readme.index("## Walk-through on your own run"):readme.index("## Weight extrapolation methods")]
 
 
 def test_every_walk_through_command_parses(tmp_path, monkeypatch):
@@ -172,8 +172,8 @@ def test_every_walk_through_command_parses(tmp_path, monkeypatch):
 
 
 def test_the_in_python_snippet_fits_a_window_and_predicts_a_later_step(tmp_path, monkeypatch):
+    from rlcast.extrapolation import relex
     from rlcast.io.synthetic import planted_run
-    from rlcast.methods import relex
 
     planted_run(tmp_path / "runs" / "steady", steps=[30, 60, 90, 120, 150], hidden=32, layers=1)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

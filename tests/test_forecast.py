@@ -10,7 +10,7 @@ import pytest
 from rlcast.errors import RlcastError
 from rlcast.forecasting import Combination, Curve, Forecaster, make_forecaster, read_curve
 from rlcast.forecasting.combine import ALONGSIDE, MEMBERS
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 
 A, R0, C_MID, B = 0.5, 0.26, 80.0, 1.0
 STEPS = np.arange(0, 310, 10)

@@ -11,9 +11,9 @@ from rlcast.apps.analysis import analyze
 from rlcast.apps.dominance import write_rank_k
 from rlcast.core.backend import Compute, resolve_device
 from rlcast.core.spectra import top_k
+from rlcast.io.checkpoints import load_run
 from rlcast.io.lora import LowRankDelta
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -339,7 +339,7 @@ class Exploit:
 def test_a_malicious_resume_pickle_is_one_line(run_cli, tmp_path, capsys):
     """A run to resume (run.json + a complete checkpoint) whose rng_state.pth runs code when unpickled."""
     from rlcast.evaluation.tasks import get_task
-    from rlcast.training.runs import TrainConfig
+    from rlcast.training.train import TrainConfig
 
     out = tmp_path / "run"
     checkpoint = tiny_llama(out / "checkpoint-2", hidden=32, layers=1, vocab=99)

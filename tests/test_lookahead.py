@@ -20,8 +20,8 @@ from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
 from rlcast.training.lookahead import GXPO, SFPO, Rank1Boost, gxpo_point, gxpo_scale, sfpo_point, zscore
-from rlcast.training.runs import TrainConfig, train
 from rlcast.training.testbed import char_tokenizer
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -53,7 +53,7 @@ def _trainer(out, callbacks, steps, num_iterations, max_grad_norm=1.0, reward=No
                       seed=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=model, reward_funcs=reward or Digits(), args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks))
-    for callback in callbacks:  # the explicit handle on the trainer, as rlcast.training.runs.train gives it
+    for callback in callbacks:  # the explicit handle on the trainer, as rlcast.training.train.train gives it
         if hasattr(callback, "bind"):
             callback.bind(trainer)
     return trainer

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import FORMAT, Entry, Manifest
-from rlcast.io.runs import load_run
 
 FORMAT2 = {  # as `rlcast train` and `rlcast continue` write it
     "format": 2, "config": {"task": "arith", "lora": False, "max_completion_length": 6, "steps": 4},

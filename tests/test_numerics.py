@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.core.numerics import align_signs, difference, gram, inner, line_fit, pls1, r2, row_chunks, rows
+from rlcast.io.checkpoints import load_run
 from rlcast.io.lora import LowRankDelta
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -16,10 +16,13 @@ from safetensors import safe_open
 from rlcast.apps import dominance as dominance_app
 from rlcast.apps.dominance import DominanceResult
 from rlcast.evaluation.scoring import Score
-from rlcast.io import writer
-from rlcast.io.runs import load_run
+from rlcast.io import temporaries, writer
+from rlcast.io.atomic import atomic_folder, write_json_atomic
+from rlcast.io.checkpoints import load_run
+from rlcast.io.outputs import scratch_dir
+from rlcast.io.records import MARKER
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import MARKER, atomic_folder, base_layout, scratch_dir, write_json_atomic, write_model
+from rlcast.io.writer import base_layout, write_model
 
 
 @pytest.fixture()
@@ -201,7 +204,8 @@ def test_sigterm_and_sigint_remove_the_temporaries(run, tmp_path, run_cli, monke
 KILL = """
 import os, signal, sys
 from pathlib import Path
-from rlcast.io.writer import atomic_file, atomic_folder, scratch_dir
+from rlcast.io.atomic import atomic_file, atomic_folder
+from rlcast.io.outputs import scratch_dir
 
 folder = Path(sys.argv[1])
 with atomic_folder(folder / "model") as tmp, atomic_file(folder / "result.json") as part, scratch_dir("compare"):
@@ -221,10 +225,10 @@ def test_temporaries_of_killed_processes_are_swept_and_nothing_else(tmp_path, mo
     left = sorted(p.name for p in [*out.iterdir(), *scratch.iterdir()])
     assert len(left) == 3 and all(f"-{killed.pid}-" in name for name in left), left  # named after their process
     # a replacement cut between its two renames: the old copy is back under its name
-    old = out / f".final.rlcast-old-{writer._HOST}-{killed.pid}-0123abcd"
+    old = out / f".final.rlcast-old-{temporaries._HOST}-{killed.pid}-0123abcd"
     old.mkdir()
     (old / "model.safetensors").write_text("previous")
-    alive = out / f".other.rlcast-tmp-{writer._HOST}-{os.getpid()}-0123abcd"  # a process still writing
+    alive = out / f".other.rlcast-tmp-{temporaries._HOST}-{os.getpid()}-0123abcd"  # a process still writing
     unrelated = [out / ".model.tmp-x1y2", out / "notes.txt", scratch / "rlcast-compare-1"]
     for path in [alive, *unrelated]:
         path.write_text("x")

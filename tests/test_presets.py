@@ -7,8 +7,8 @@ import pytest
 
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
-from rlcast.training.runs import PRESETS, preset, train
 from rlcast.training.testbed import TESTBEDS, asset_dir, base_model
+from rlcast.training.train import PRESETS, preset, train
 
 
 def test_steady_preset_resolves_to_a_shipped_base_and_disjoint_splits():

@@ -32,7 +32,7 @@ def _images(page: str) -> list[bytes]:
 
 @pytest.mark.slow
 def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path):
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report
 
     out = build_report(load_run(run_root), out=tmp_path / "report.html", rank=4, progress=False, cache_dir=cache)
@@ -59,7 +59,7 @@ def test_report_is_self_contained_and_embeds_its_plots(run_root, cache, tmp_path
 
 @pytest.mark.slow
 def test_report_reuses_saved_results(run_root, cache, tmp_path):
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report, results_dir
 
     from rlcast.apps.dominance import DominanceResult, recovery
@@ -88,7 +88,7 @@ def test_report_reuses_saved_results(run_root, cache, tmp_path):
 
 @pytest.mark.slow
 def test_report_places_lead_sections_and_notes_after_the_verdict(run_root, cache, tmp_path):
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
     from rlcast.apps.report import build_report
 
     page = build_report(load_run(run_root), out=tmp_path / "r.html", rank=4, progress=False, cache_dir=cache,
@@ -154,7 +154,7 @@ def test_the_story_counts_optimizer_steps_and_generation_batches():
 @pytest.mark.slow
 def test_the_title_and_the_axis_name_the_same_unit(run_root, cache, tmp_path):
     from rlcast.apps.report import build_report
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     data = json.loads((run_root / "run.json").read_text())
     for e in data["checkpoints"]:
@@ -198,7 +198,7 @@ def test_a_rank1_model_below_the_base_says_what_it_means_for_extrapolation():
 @pytest.mark.slow
 def test_a_run_without_accuracies_names_the_command_that_scores_it(run_root, cache, tmp_path):
     from rlcast.apps.report import build_report
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     run = load_run(run_root)
     run.manifest = type(run.manifest).parse({"base": "base", "task": "arith", "algo": "grpo",

@@ -15,9 +15,9 @@ from transformers import Trainer
 
 from rlcast.apps.cli import _state
 from rlcast.errors import RlcastError
-from rlcast.training import runs
+from rlcast.training import train as train_module
 from rlcast.training.accelerate import AccelerateCallback, AccelerateConfig
-from rlcast.training.runs import TrainConfig, train
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -78,7 +78,7 @@ def cut_save_at(monkeypatch, step):
 
 def cut_scoring_at(monkeypatch, call):
     """Ctrl-C inside the `call`-th held-out scoring of the run (1: the base, 2: checkpoint-2, 3: checkpoint-4)."""
-    evaluate, calls = runs.evaluate, []
+    evaluate, calls = train_module.evaluate, []
 
     def cut(*args, **kwargs):
         calls.append(1)
@@ -86,7 +86,7 @@ def cut_scoring_at(monkeypatch, call):
             raise KeyboardInterrupt
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "evaluate", cut)
+    monkeypatch.setattr(train_module, "evaluate", cut)
 
 
 @pytest.mark.slow
@@ -145,7 +145,7 @@ def no_model(monkeypatch):
     def load_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(runs, "load_model", load_model)
+    monkeypatch.setattr(train_module, "load_model", load_model)
 
 
 def refused(run, match, callbacks=()):
@@ -211,7 +211,7 @@ def test_cli_interrupt_prints_the_resume_command(straight, tmp_path, run_cli, mo
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "train", interrupted)
+    monkeypatch.setattr(train_module, "train", interrupted)
     run = copy(straight, tmp_path, "my run")
     code, _, err = run_cli("train", "--out", run, *ARGS, "--accelerate", "jumps", "--accel", "every=2")
     assert code == 130
@@ -223,6 +223,6 @@ def test_cli_interrupt_prints_the_resume_command(straight, tmp_path, run_cli, mo
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    monkeypatch.setattr(runs, "train", terminated)
+    monkeypatch.setattr(train_module, "train", terminated)
     code, _, err = run_cli("train", "--out", run, "--resume")
     assert code == 143 and f"terminated; resume with: rlcast train --out '{run}' --resume" in " ".join(err.split())

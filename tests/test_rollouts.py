@@ -16,9 +16,9 @@ from trl import GRPOTrainer
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import get_task
 from rlcast.evaluation.generation import load_model
-from rlcast.training import runs
+from rlcast.training import train as train_module
 from rlcast.training.rollouts import AdaptiveRollouts, SkipRollouts, m2po_mask, make_rollouts, prompt_key
-from rlcast.training.runs import TrainConfig, train
+from rlcast.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -253,7 +253,7 @@ def loss_inputs(tiny_model):
 
 def loss(tmp_path, net, tokenizer, inputs, **hp):
     cfg = TrainConfig(steps=1, batch_size=2, num_generations=2, **hp).resolve(get_task("arith", None))
-    trainer = runs._trainer(cfg, tmp_path, net, tokenizer, get_task("arith", None), [])
+    trainer = train_module._trainer(cfg, tmp_path, net, tokenizer, get_task("arith", None), [])
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
     value = trainer._compute_loss(trainer.model, inputs)

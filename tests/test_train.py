@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
-from rlcast.io import writer
+from rlcast.io import atomic
 from rlcast.io.manifest import FORMAT
-from rlcast.io.runs import load_run
-from rlcast.training import continuation, runs
+from rlcast.io.checkpoints import load_run
+from rlcast.training import continuation, train as train_module
 from rlcast.training.continuation import continue_from
-from rlcast.training.runs import ALGOS, HYPERPARAMETERS, TrainConfig, read_manifest, train
+from rlcast.training.train import ALGOS, HYPERPARAMETERS, TrainConfig, read_manifest, train
 from rlcast.io.options import parse_overrides
 from rlcast.training.support import config_from_dict
 from rlcast.training.testbed import base_model
@@ -222,7 +222,7 @@ def weights(folder):
 @pytest.mark.slow
 def test_continuing_from_the_cutoffs_own_weights_reproduces_the_run(source, tmp_path):
     assert (source / "checkpoint-2" / "optimizer.pt").exists()  # keep_optimizer="all"
-    mask = writer._umask()  # the Trainer's safetensors are 0600: rlcast gives them the umask's mode
+    mask = atomic._umask()  # the Trainer's safetensors are 0600: rlcast gives them the umask's mode
     assert (source / "checkpoint-2" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     before = files(source)
     # stop at 3 (before the source's schedule ends), then resume to 4: still the source run, bit for bit
@@ -258,7 +258,7 @@ def test_continue_checks_its_inputs_before_loading_a_model(source, tmp_path, mon
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(continuation, "load_model", no_model)
-    monkeypatch.setattr(runs, "load_model", no_model)
+    monkeypatch.setattr(train_module, "load_model", no_model)
     out, start = tmp_path / "out", source / "checkpoint-2"
 
     def fails(match, run=source, step=2, steps=4, **kw):

@@ -9,7 +9,7 @@ import torch
 
 from rlcast.core import spectra as linalg
 from rlcast.core import trajectory
-from rlcast.io.runs import load_run
+from rlcast.io.checkpoints import load_run
 from rlcast.io.synthetic import planted_deltas, planted_run, schedule
 from rlcast.core.trajectory import build_trajectory, default_cache_dir
 

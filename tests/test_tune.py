@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from rlcast.errors import RlcastError
-from rlcast.training.runs import preset
+from rlcast.training.train import preset
 from rlcast.tune import ASHA, ForecastScheduler, MedianStopping, RandomSearch, Sweep
-from rlcast.tune.runs import RlcastTrial, parse_grid, train_line
+from rlcast.tune.trials import RlcastTrial, parse_grid, train_line
 
 GRID = {"learning_rate": [3e-5, 6e-5, 1.2e-4, 2.4e-4, 4.8e-4], "num_iterations": [1, 2, 4]}
 BEST = {"learning_rate": 1.2e-4, "num_iterations": 2}

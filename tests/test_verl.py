@@ -23,9 +23,9 @@ from transformers.utils import logging
 
 from rlcast.apps.analysis import analyze
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import load_run
 from rlcast.io.lora import LowRankDelta
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import load_run
 from rlcast.io.synthetic import planted_run, tiny_llama
 from rlcast.io.verl import VerlShards
 

@@ -23,12 +23,13 @@ from rich.table import Table
 from rlcast.core.backend import Compute
 from rlcast.core.trajectory import ModuleTrajectory, Trajectory, build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.io.atomic import atomic_folder, write_json_atomic
 from rlcast.io.cache import cache_root
+from rlcast.io.checkpoints import Run
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.records import json_safe, output_record
 from rlcast.io.selections import check_selection, parse_name
 from rlcast.io.synthetic import planted_run
-from rlcast.io.writer import atomic_folder, json_safe, output_record, write_json_atomic
 
 RESULTS = "rlcast"  # default output folder inside the run: RUN/rlcast/analysis.json
 

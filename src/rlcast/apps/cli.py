@@ -117,8 +117,8 @@ def _quiet_libraries() -> None:
 Method = Literal["weight-linear", "alpharl-step", "alpharl", "relex", "next", "drift", "rre"]  # methods.METHODS
 Selection = Literal["blocks", "all-2d", "all"]  # io.selections.SELECTIONS
 BackendName = Literal["local", "ray"]  # core.backend.BACKENDS
-Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.runs.PRESETS
-Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.runs.ALGOS
+Preset = Literal["default", "steady", "steady-slow", "smollm2"]  # training.train.PRESETS
+Algo = Literal["grpo", "dr-grpo", "dapo", "bnpo", "rloo", "sft"]  # training.train.ALGOS
 Optimizer = Literal["cutoff", "fresh"]  # training.continuation.OPTIMIZERS
 Accelerator = Literal["jumps", "sfpo", "gxpo", "rank1"]  # "jumps" and training.lookahead.LOOKAHEAD
 RolloutMethod = Literal["skip", "adaptive"]  # training.rollouts.ROLLOUTS
@@ -170,7 +170,7 @@ def _unknown_method(name: str, option: str) -> typer.BadParameter:
 
 def _open_run(run: Path | None, base: Path | None = None, checkpoints: dict | None = None):
     """`load_run`; when a folder holds no run, its error also names the runs inside it or the run it belongs to."""
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     try:
         return load_run(run, base=base, checkpoints=checkpoints)
@@ -183,7 +183,7 @@ def _open_run(run: Path | None, base: Path | None = None, checkpoints: dict | No
 
 def _runs_near(folder: Path, base: Path | None) -> str | None:
     """Where the runs are, when `folder` is not one: the run whose checkpoint it is, or the runs inside it."""
-    from rlcast.io.runs import load_run
+    from rlcast.io.checkpoints import load_run
 
     def run_at(path: Path):
         try:
@@ -252,7 +252,7 @@ def extrapolate_cmd(
 ) -> None:
     """Predict the weights at step --target from the checkpoints up to --until and write them as an HF model folder."""
     from rlcast.evaluation.tasks import run_task_spec, task_variant
-    from rlcast.methods.base import make_extrapolator, write_prediction
+    from rlcast.extrapolation.base import make_extrapolator, write_prediction
 
     params = {k: v for k, v in {"selection": selection, "rank": rank, "target_accuracy": target_accuracy,
                                 "anchor": anchor, "horizon": horizon, "epochs": epochs, "c": c}.items()
@@ -331,7 +331,7 @@ def compare_cmd(
         raise RlcastError(f"--target {target!r}: expected 'last' or a checkpoint step")
 
     from rlcast.apps.compare import compare, print_table, save, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     task_args = _task_args(task_arg)
@@ -398,7 +398,7 @@ def dominance_cmd(
 
     from rlcast.apps.dominance import dominance, settings
     from rlcast.apps.report import results_dir
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     task_args = _task_args(task_arg)
@@ -447,7 +447,7 @@ def dynamics_cmd(
     from rich.table import Table
 
     from rlcast.apps.dynamics import SCALARS, analyze_dynamics, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
     from rlcast.apps.report import results_dir
     from rlcast.evaluation.tasks import task_variant
 
@@ -500,7 +500,7 @@ def report_cmd(
     console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-STEP_FOLDER = re.compile(r"checkpoint-\d+|global_step_?\d+(_hf)?")  # io.runs' step folders: TRL, verl, OpenRLHF
+STEP_FOLDER = re.compile(r"checkpoint-\d+|global_step_?\d+(_hf)?")  # io.checkpoints' step folders: TRL, verl, OpenRLHF
 
 
 def _is_run_folder(path: Path) -> bool:
@@ -564,7 +564,9 @@ def eval_cmd(
 
     from rlcast.evaluation.generation import evaluate
     from rlcast.evaluation.tasks import get_task, run_task_spec
-    from rlcast.io.writer import check_output, output_record, write_json_atomic
+    from rlcast.io.atomic import write_json_atomic
+    from rlcast.io.outputs import check_output
+    from rlcast.io.records import output_record
 
     if testbed:
         from rlcast.training.testbed import base_model
@@ -623,7 +625,7 @@ def _eval_run(folder: Path, task: str | None, task_args: dict | None, n_prompts:
     console.print(f"[green]wrote[/] {todo.path}" if changed else f"{todo.path}: unchanged", highlight=False)
 
 
-# training.runs.HYPERPARAMETERS with their TrainConfig types (a test pins them): --hp is checked before torch loads
+# training.train.HYPERPARAMETERS with their TrainConfig types (a test pins them): --hp is checked before torch loads
 HP_TYPES: dict[str, object] = {
     "learning_rate": float | None, "num_generations": int, "batch_size": int, "temperature": float,
     "max_completion_length": int | None, "beta": float, "num_iterations": int, "lr_scheduler_type": str,
@@ -635,7 +637,7 @@ HP_KEYS = ", ".join(HP_TYPES)
 
 def _check_hp(items: list[str] | None) -> None:
     """--hp items parsed against HP_TYPES by the one KEY=VALUE parser (`io.options`, no torch): usage errors (exit 2)
-    while parsing, before training.runs imports torch and TRL; TrainConfig then checks the values (learning_rate > 0,
+    while parsing, before training.train imports torch and TRL; TrainConfig then checks the values (learning_rate > 0,
     ...)."""
     from rlcast.io.options import parse_overrides
 
@@ -706,8 +708,8 @@ def train_cmd(
     import dataclasses
 
     from rlcast.io.manifest import Manifest
-    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, read_manifest, train
-    from rlcast.training.runs import preset as named_preset
+    from rlcast.training.train import HYPERPARAMETERS, TrainConfig, read_manifest, train
+    from rlcast.training.train import preset as named_preset
     from rlcast.io.options import parse_overrides
 
     given = {"task": task, "task_args": _task_args(task_arg),
@@ -743,7 +745,7 @@ def train_cmd(
     selector = None
     if rollouts is not None:
         from rlcast.training.rollouts import make_rollouts, rollout_settings
-        from rlcast.training.runs import GRPO_FAMILY
+        from rlcast.training.train import GRPO_FAMILY
 
         try:  # an unknown key or a value of the wrong type: a usage error (exit 2), as for --hp and --accel
             settings = rollout_settings(rollouts, rollout or [])
@@ -822,7 +824,7 @@ def continue_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted continuation in OUT."),
 ) -> None:
     """Continue RL from a predicted model (NExt: train, extrapolate, train K more; RL-Extra: with a fresh optimizer)."""
-    from rlcast.evaluation.curves import curve
+    from rlcast.evaluation.speedup import curve
     from rlcast.evaluation.tasks import task_variant
     from rlcast.io.manifest import Manifest
     from rlcast.training.continuation import continue_from
@@ -889,7 +891,7 @@ def analyze_cmd(
         raise RlcastError("give a RUN folder, --checkpoint STEP=PATH, or --example")
 
     from rlcast.apps.analysis import analyze, default_out, example_run, print_summary, settings
-    from rlcast.io.writer import check_output
+    from rlcast.io.outputs import check_output
 
     compute = _compute(device, backend, ray_address, workers)
     if example:
@@ -949,7 +951,8 @@ def forecast_cmd(
     from rlcast.apps.forecast import forecast, log_inputs, print_report, read_by, save
     from rlcast.apps.stopping import decision, follow as follow_log
     from rlcast.forecasting.stop import THRESHOLD, check_rule
-    from rlcast.io.writer import check_output, output_record
+    from rlcast.io.outputs import check_output
+    from rlcast.io.records import output_record
 
     check_rule(min_gain, THRESHOLD)
     if follow:
@@ -1034,13 +1037,13 @@ def tune_cmd(
 
     from rich.live import Live
 
-    from rlcast.io.writer import output_record
-    from rlcast.training.runs import HYPERPARAMETERS, TrainConfig
-    from rlcast.training.runs import preset as named_preset
+    from rlcast.io.records import output_record
+    from rlcast.training.train import HYPERPARAMETERS, TrainConfig
+    from rlcast.training.train import preset as named_preset
     from rlcast.io.options import parse_overrides
     from rlcast.tune import Sweep
     from rlcast.tune.report import leaderboard, write_report
-    from rlcast.tune.runs import RlcastTrial, parse_grid, train_line
+    from rlcast.tune.trials import RlcastTrial, parse_grid, train_line
 
     if ray_address is not None and backend != "ray":
         raise RlcastError("--ray-address needs --backend ray")

@@ -2,7 +2,7 @@
 
 For each cutoff (a fraction of the target step) and each method: fit on the checkpoints up to the cutoff, predict the
 target step, write the predicted model to a temporary folder, evaluate it on the task's held-out prompts and delete it
-(or keep it). A method is a registered name (`rlcast.methods.METHODS`) or an `Extrapolator` instance, e.g. of a class
+(or keep it). A method is a registered name (`rlcast.extrapolation.METHODS`) or an `Extrapolator` instance, e.g. of a class
 of your own; a method that takes a `task` (NExt, to choose its scale c on the train split) gets the compared task, its
 arguments and the target step unless they are set.
 The real checkpoints at each cutoff and at the target (and the base) are evaluated the same way as reference rows.
@@ -31,13 +31,15 @@ from rlcast.core.backend import Backend, Compute
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts, evaluate
 from rlcast.evaluation.tasks import get_task, run_task_spec, task_variant
+from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator
+from rlcast.extrapolation.base import with_task
 from rlcast.forecasting import checked, read_curve
+from rlcast.io.atomic import atomic_file, write_json_atomic
+from rlcast.io.checkpoints import Run
+from rlcast.io.outputs import check_output, claim_folder, scratch_dir
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
-from rlcast.io.writer import (STAMP, atomic_file, check_output, claim_folder, output_record, scratch_dir,
-                              write_json_atomic, write_model)
-from rlcast.methods import METHODS, Extrapolator, make_extrapolator
-from rlcast.methods.base import with_task
+from rlcast.io.records import STAMP, output_record
+from rlcast.io.writer import write_model
 
 REFERENCE = "real"
 

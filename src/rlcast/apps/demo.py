@@ -37,14 +37,16 @@ from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import GOAL, batch_curve, outcome
 from rlcast.evaluation.intervals import wilson
-from rlcast.io.runs import load_run
-from rlcast.io.writer import check_output, claim_folder, output_record, write_text_atomic
+from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
+from rlcast.io.atomic import write_text_atomic
+from rlcast.io.checkpoints import load_run
+from rlcast.io.outputs import check_output, claim_folder
+from rlcast.io.records import output_record
 from rlcast.training.accelerators import make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD
-from rlcast.training.runs import preset, train
+from rlcast.training.train import preset, train
 
 
 @dataclass(frozen=True)

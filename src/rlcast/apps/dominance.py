@@ -37,7 +37,10 @@ from rlcast.evaluation.tasks import task_variant
 from rlcast.evaluation.scoring import Score, checkpoint_folder, run_task, score
 from rlcast.io.reader import RunReader
 from rlcast.io.selections import check_selection
-from rlcast.io.writer import check_output, claim_folder, output_record, scratch_dir, write_json_atomic, write_model
+from rlcast.io.atomic import write_json_atomic
+from rlcast.io.outputs import check_output, claim_folder, scratch_dir
+from rlcast.io.records import output_record
+from rlcast.io.writer import write_model
 
 
 # --- rank-k models ---
@@ -72,7 +75,7 @@ def write_rank_k(run, step: int, k: int, out: Path, rescale: bool = True, select
                  exact: bool = False, seed: int = 0, dtype: torch.dtype | None = None, backend: Backend = LOCAL,
                  device: torch.device | None = None) -> Path:
     """Write the rank-k model of checkpoint `step` as a Hugging Face folder (streamed, one tensor at a time); it
-    replaces only an earlier output of rlcast (`io.writer.atomic_folder`)."""
+    replaces only an earlier output of rlcast (`io.atomic.atomic_folder`)."""
     run.checkpoint(step)  # RlcastError naming the step if absent
     how = {"method": "rank-k", "step": step, "k": k, "rescale": rescale, "selection": selection, "exact": exact,
            "seed": seed, "run": str(run.root or run.base)}

@@ -30,11 +30,12 @@ from rlcast.core.trajectory import build_trajectory
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import checkpoint_accuracies, run_task
+from rlcast.extrapolation.alpharl import pls_r2, rank1_path
+from rlcast.extrapolation.relex import temporal_explained
+from rlcast.io.atomic import write_json_atomic
 from rlcast.io.reader import RunReader
+from rlcast.io.records import output_record
 from rlcast.io.selections import parse_name
-from rlcast.io.writer import output_record, write_json_atomic
-from rlcast.methods.alpharl import pls_r2, rank1_path
-from rlcast.methods.relex import temporal_explained
 
 HOLDOUT_FIT = 2 / 3  # fraction of the checkpoints the held-out fits see
 R2_THRESHOLD = 0.9

@@ -24,9 +24,10 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import check_prompts
 from rlcast.evaluation.scoring import run_task, scored_checkpoints
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.checkpoints import Run, load_run, step_folders
 from rlcast.io.manifest import FORMAT, Entry, Manifest
-from rlcast.io.runs import Run, load_run, step_folders
-from rlcast.io.writer import RECORD, is_writable, output_record
+from rlcast.io.outputs import is_writable
+from rlcast.io.records import RECORD, output_record
 
 EVAL = "greedy, test split"  # how run.json's accuracies are measured, here as in `rlcast train`
 DEFAULT_PROMPTS = 200

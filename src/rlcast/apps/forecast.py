@@ -28,10 +28,10 @@ from rlcast.errors import RlcastError
 from rlcast.forecasting import ALONGSIDE, FORECASTERS, LEVEL, Combination, Curve, checked
 from rlcast.forecasting.curves import with_weights
 from rlcast.forecasting.knee import after_knee
+from rlcast.io.atomic import write_json_atomic
+from rlcast.io.checkpoints import Checkpoint, Run, load_run
 from rlcast.io.logs import detect, read_log
 from rlcast.io.logs.runfolder import manifest_run
-from rlcast.io.runs import Checkpoint, Run, load_run
-from rlcast.io.writer import write_json_atomic
 
 UNSTABLE = 2.0  # a swing between checkpoints this many times their evaluation noise is flagged
 REACH_GRID = 400  # steps between the cutoff and 10x the target at which sampled curves are checked for --reach
@@ -73,7 +73,7 @@ def open_run(path: str | Path, base: str | None = None) -> tuple[Run, str | None
 
 
 def read_by(paths: list[str | Path], base: str | None = None) -> list[Run]:
-    """Everything `forecast` reads, as runs for `io.writer.check_output` (its --json output never is, contains or lies
+    """Everything `forecast` reads, as runs for `io.outputs.check_output` (its --json output never is, contains or lies
     inside any of it): each run's folder and run.json, its base and checkpoint folders (their trainer_state.json), also
     the folders a run.json names when the weights in them cannot be read."""
     runs = []
@@ -92,7 +92,7 @@ def read_by(paths: list[str | Path], base: str | None = None) -> list[Run]:
 
 def log_inputs(paths: list[str | Path], base: str | None = None) -> dict[str, Path]:
     """The sources `forecast` reads that are not run folders (logs, TRL folders: all of each), and --base, as
-    `io.writer.check_output`'s inputs."""
+    `io.outputs.check_output`'s inputs."""
     logs = {f"the log {path}": Path(path) for path in paths if detect(path)[0] != "run"}
     return logs | ({"the base model": Path(base)} if base else {})
 
@@ -259,7 +259,7 @@ def to_json(results: list[RunForecast], ranking: dict | None) -> dict:
 
 
 def save(results: list[RunForecast], ranking: dict | None, path: Path, record: dict | None = None) -> Path:
-    """Write the forecasts as JSON to `path` (`record`: the command and settings, `io.writer.output_record`)."""
+    """Write the forecasts as JSON to `path` (`record`: the command and settings, `io.records.output_record`)."""
     return write_json_atomic(Path(path), to_json(results, ranking), record=record)
 
 

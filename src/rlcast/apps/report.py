@@ -29,10 +29,12 @@ from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import task_variant
 from rlcast.forecasting import LEVEL, checked, read_curve
 from rlcast.forecasting.curves import with_weights
+from rlcast.io.atomic import write_text_atomic
 from rlcast.io.manifest import Manifest
+from rlcast.io.outputs import check_output
 from rlcast.io.reader import RunReader
+from rlcast.io.records import html_record, json_safe, output_record
 from rlcast.io.selections import parse_name
-from rlcast.io.writer import check_output, html_record, json_safe, output_record, write_text_atomic
 
 RESULTS = "rlcast"  # the run's output folder: RUN/rlcast/
 STEP = "optimizer step"  # the unit of every step axis and of the title

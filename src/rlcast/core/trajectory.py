@@ -27,11 +27,12 @@ from safetensors.torch import load_file, save_file
 from rlcast.core import spectra
 from rlcast.core.backend import LOCAL, Backend, map_tensors
 from rlcast.errors import RlcastError
+from rlcast.io.atomic import atomic_file, write_text_atomic
 from rlcast.io.cache import cache_root
+from rlcast.io.checkpoints import Run
+from rlcast.io.outputs import is_writable
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
 from rlcast.io.tensors import NOT_WEIGHTS
-from rlcast.io.writer import atomic_file, is_writable, write_text_atomic
 
 CACHE_VERSION = 1
 

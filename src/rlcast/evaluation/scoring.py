@@ -13,9 +13,10 @@ from pathlib import Path
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import TOKENIZER_FILES, evaluate
 from rlcast.evaluation.tasks import Task, get_task, run_task_spec
+from rlcast.io.checkpoints import Run
+from rlcast.io.outputs import scratch_dir
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
-from rlcast.io.writer import scratch_dir, write_model
+from rlcast.io.writer import write_model
 
 
 @dataclass

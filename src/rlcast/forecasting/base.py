@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlcast.errors import RlcastError
+from rlcast.extrapolation.base import parameters
 from rlcast.forecasting.curves import Curve
 from rlcast.forecasting.knee import after_knee
-from rlcast.methods.base import parameters
 
 LEVEL = 0.9  # the intervals everywhere: 90 %
 MAX_POINTS = 200  # a fit sees at most this many held-out scores and as many rewards (`thinned`): cost flat in n

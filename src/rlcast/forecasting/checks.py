@@ -4,7 +4,7 @@
     from rlcast.forecasting import check_forecaster
     check_forecaster(MyForecaster)    # raises RlcastError naming the class and the broken rule; returns the checks run
 
-The rules (module docstring of `rlcast.forecasting.base`): the parameter rules of `rlcast.methods.checks.check_params`
+The rules (module docstring of `rlcast.forecasting.base`): the parameter rules of `rlcast.extrapolation.checks.check_params`
 (constructible with no arguments, parameters stored unchanged, `get_params`, a `reference`, nothing learned before
 `fit`, an unfitted copy through `make_forecaster`); `predict` before `fit` a one-line error; `fit(curve)` returns the
 forecaster, sets only attributes ending in `_` (or private `_x`) and leaves the parameters alone; `predict(steps)`
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlcast.extrapolation.checks import check_fit, check_params, expect_error, fail, state
 from rlcast.forecasting.base import Forecast, Forecaster, make_forecaster
 from rlcast.forecasting.curves import Curve
-from rlcast.methods.checks import check_fit, check_params, expect_error, fail, state
 
 PROMPTS = 500
 

@@ -2,8 +2,8 @@
 
 Built from the curve object every log reader returns (`Curve.from_log(rlcast.io.logs.read_log(path))`: run folders,
 TRL folders, verl console logs, TensorBoard, CSV exports): this layer never opens a log itself. `read_curve(run)` is
-the same for a loaded run (`rlcast.io.runs.Run`: run.json's accuracies and the trainer_state.json reward log) and, with
-`weights=True`, adds the rank-1 coefficient a(t) = s1 u1 of every 2-D block tensor at the checkpoints
+the same for a loaded run (`rlcast.io.checkpoints.Run`: run.json's accuracies and the trainer_state.json reward log)
+and, with `weights=True`, adds the rank-1 coefficient a(t) = s1 u1 of every 2-D block tensor at the checkpoints
 (`rlcast.core.trajectory`, spectra cached under RUN/.rlcast-cache).
 Everything is on the run's own step axis (optimizer steps); `Curve.generation_axis()` puts a run that reuses every
 generation batch for several optimizer steps (TRL's num_iterations) on the generation-batch axis.
@@ -19,12 +19,12 @@ import torch
 
 from rlcast.core.trajectory import Trajectory, build_trajectory
 from rlcast.errors import RlcastError
+from rlcast.extrapolation.alpharl import rank1_path
+from rlcast.io.checkpoints import Run
 from rlcast.io.logs import LogCurve
 from rlcast.io.logs.runfolder import from_manifest
 from rlcast.io.manifest import Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
-from rlcast.methods.alpharl import rank1_path
 
 
 @dataclass(frozen=True)

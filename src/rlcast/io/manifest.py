@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rlcast.errors import RlcastError
+from rlcast.io.atomic import write_json_atomic
 from rlcast.io.files import read_json
-from rlcast.io.writer import write_json_atomic
 
 FORMAT = 2  # the format rlcast writes; 1 (no "format" key) stays readable
 MAX_STEP = 2**63 - 1  # steps and counts must fit a 64-bit integer (numpy, torch and the trainers hold them so)

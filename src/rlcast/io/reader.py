@@ -10,9 +10,9 @@ from typing import Iterable
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import Checkpoint, Run
 from rlcast.io.files import read_json
 from rlcast.io.lora import Adapter, Delta, LowRankDelta
-from rlcast.io.runs import Checkpoint, Run
 from rlcast.io.selections import select_names
 from rlcast.io.tensors import TensorReader
 from rlcast.io.verl import VerlShards, shard_files

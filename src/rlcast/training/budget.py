@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from rlcast.io.writer import write_json_atomic
+from rlcast.io.atomic import write_json_atomic
 
 
 class BatchBudget(TrainerCallback):

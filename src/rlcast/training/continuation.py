@@ -33,13 +33,16 @@ from rich.console import Console
 from rlcast.errors import RlcastError
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
+from rlcast.extrapolation import Extrapolator, make_extrapolator
+from rlcast.extrapolation.base import write_prediction
+from rlcast.io.atomic import atomic_folder
+from rlcast.io.checkpoints import load_run
 from rlcast.io.manifest import Entry, Manifest
-from rlcast.io.runs import load_run
+from rlcast.io.outputs import check_output
+from rlcast.io.records import output_record
 from rlcast.io.tensors import TensorReader
-from rlcast.io.writer import atomic_folder, base_layout, check_output, output_record
-from rlcast.methods import Extrapolator, make_extrapolator
-from rlcast.methods.base import write_prediction
-from rlcast.training.runs import read_manifest, train
+from rlcast.io.writer import base_layout
+from rlcast.training.train import read_manifest, train
 
 OPTIMIZERS = ("cutoff", "fresh")
 OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")

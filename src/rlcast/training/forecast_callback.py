@@ -1,7 +1,7 @@
 """`ForecastCallback`: the stop rule (`rlcast.forecasting.stop`) inside a training run, at every evaluation.
 
 A TRL / transformers `TrainerCallback`. Its held-out scores come from either
-    rlcast train      OUTPUT_DIR/run.json, where `runs.ManifestCallback` records each checkpoint's held-out accuracy
+    rlcast train      OUTPUT_DIR/run.json, where `train.ManifestCallback` records each checkpoint's held-out accuracy
                       at on_save (this callback runs after it: callbacks given to `train` follow it), with the
                       reward log of trainer_state.json (read by `rlcast.io.logs.read_log`, like any run folder)
     a plain TRL run   the trainer's eval metrics at on_evaluate (`metric`: default the only eval_* metric in [0, 1]

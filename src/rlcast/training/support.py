@@ -1,4 +1,4 @@
-"""Helpers shared by `runs`, `accelerate` and `lookahead`: typed configs from JSON, the check that a model's parameters
+"""Helpers shared by `train`, `accelerate` and `lookahead`: typed configs from JSON, the check that a model's parameters
 are whole, and RNG-neutral evaluation.
 
 Both configs (`TrainConfig`, `AccelerateConfig`) are frozen dataclasses of JSON-able fields. `config_from_dict`

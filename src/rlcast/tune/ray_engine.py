@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rlcast.core.backend import connect
 from rlcast.errors import RlcastError
-from rlcast.io.writer import scratch_dir
+from rlcast.io.outputs import scratch_dir
 from rlcast.tune.sweep import Sweep, _segment
 
 STATE = "rung.json"

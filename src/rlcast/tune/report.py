@@ -15,7 +15,8 @@ import numpy as np
 from rich.table import Table
 
 from rlcast.forecasting import make_forecaster
-from rlcast.io.writer import html_record, write_text_atomic
+from rlcast.io.atomic import write_text_atomic
+from rlcast.io.records import html_record
 from rlcast.tune.schedulers import ForecastScheduler
 from rlcast.tune.sweep import Sweep
 

@@ -35,7 +35,9 @@ import torch
 
 from rlcast.errors import RlcastError, check_int
 from rlcast.forecasting import Curve
-from rlcast.io.writer import check_output, claim_folder, output_record, write_json_atomic
+from rlcast.io.atomic import write_json_atomic
+from rlcast.io.outputs import check_output, claim_folder
+from rlcast.io.records import output_record
 from rlcast.tune.schedulers import Scheduler, final_score, make_scheduler
 
 STATE = "tune.json"

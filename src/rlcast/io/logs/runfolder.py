@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rlcast.io.checkpoints import Run
 from rlcast.io.logs import trl
 from rlcast.io.logs.curve import LogCurve, Series, build, check_eval_size
 from rlcast.io.manifest import Manifest
-from rlcast.io.runs import Run
 
 Z95 = 1.959963984540054  # run.json's intervals are 95 % ones
 ACCURACY, TRAIN_REWARD = "accuracy", "train_reward"  # run.json's names, as --metric and --reward take them

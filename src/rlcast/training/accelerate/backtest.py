@@ -7,7 +7,7 @@ import math
 
 from safetensors import safe_open
 
-from rlcast.methods import Extrapolator, make_extrapolator
+from rlcast.extrapolation import Extrapolator, make_extrapolator
 from rlcast.training.accelerate.config import AccelerateConfig, min_checkpoints
 from rlcast.training.accelerate.snapshots import SNAPSHOT_FILE, SnapshotWindow
 

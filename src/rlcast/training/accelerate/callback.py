@@ -16,7 +16,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import DefaultFlowCallback, ExportableState
 
 from rlcast.evaluation.tasks import get_task
-from rlcast.io.writer import check_output, json_safe
+from rlcast.io.outputs import check_output
+from rlcast.io.records import json_safe
 from rlcast.training.accelerate import reporting
 from rlcast.training.accelerate.backtest import choose, fit
 from rlcast.training.accelerate.check import CheckSet, paired_se, rewards, verdict
@@ -104,9 +105,9 @@ class AccelerateCallback(TrainerCallback, ExportableState):
         return fit(self.methods[method], self.window, steps, self.config.method_params).predict(target - steps[0])
 
     def check_run(self, output_dir, model=None) -> None:
-        """What the settings must agree with in this run, checked before any work (`runs.train` calls it before the
-        base is scored, `on_train_begin` again before the first step): an explicit snapshot_dir never is, contains
-        or lies inside the run's output folder or the model (`io.writer.check_output`, writability tried for real),
+        """What the settings must agree with in this run, checked before any work (`training.train.train` calls it before
+        the base is scored, `on_train_begin` again before the first step): an explicit snapshot_dir never is, contains
+        or lies inside the run's output folder or the model (`io.outputs.check_output`, writability tried for real),
         and the check's task builds with enough train prompts (a bad one fails now, not at every jump attempt)."""
         if self.config.snapshot_dir:
             check_output(Path(self.config.snapshot_dir), "accelerate", folder=True, replaces=False,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlcast.errors import RlcastError, check_int, check_number
-from rlcast.io.writer import json_safe
-from rlcast.methods import METHODS, Extrapolator, make_extrapolator
+from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator
+from rlcast.io.records import json_safe
 
 # auto's default candidates, chosen on tuning seeds (100, 101) of the steady preset: alpharl-step and rre back-tested
 # at 2-5x the error of standing still on every attempt (never chosen), next retrains its MLPs at every fit

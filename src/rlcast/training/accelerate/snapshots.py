@@ -1,7 +1,7 @@
 """The snapshot window: the trainable tensors at recent steps, on disk, read back as a `Run` for the extrapolators.
 
 The window lives in a folder of its own (FOLDER, inside `--accel snapshot_dir` or the run's output folder) that it
-creates with a record (io.writer's MARKER, naming the run it serves), and it deletes only that folder and the marked
+creates with a record (io.records' MARKER, naming the run it serves), and it deletes only that folder and the marked
 snapshot folders in it: whatever snapshot_dir points at, nothing the window did not create is ever removed.
 """
 
@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from rlcast.errors import RlcastError
-from rlcast.io.runs import Run, load_run
-from rlcast.io.writer import MARKER, atomic_folder, output_record, read_record, write_text_atomic
+from rlcast.io.atomic import atomic_folder, write_text_atomic
+from rlcast.io.checkpoints import Run, load_run
+from rlcast.io.records import MARKER, output_record, read_record
 
 SNAPSHOT_FILE = "model.safetensors"
 FOLDER = ".rlcast-accelerate"  # the window's own folder

@@ -18,7 +18,7 @@ Tensors outside the method's module selection, or that no checkpoint changes, ar
 or the last window checkpoint for anchor="last").
 
 Add a method of your own: subclass `Extrapolator`, implement `_tensor(name, step)` (and `_fit()` if it learns
-anything), set `reference`, check it with `rlcast.methods.check_extrapolator(MyMethod)` and register it under a name
+anything), set `reference`, check it with `rlcast.extrapolation.check_extrapolator(MyMethod)` and register it under a name
 with `@register("my-method")`; `make_extrapolator`, `rlcast compare` and the live callback then take it like the
 built-in ones.
 """
@@ -35,10 +35,12 @@ from rich.progress import Progress
 
 from rlcast.core.backend import Backend, Compute, map_tensors, resolve_device
 from rlcast.errors import RlcastError
+from rlcast.io.checkpoints import Run
+from rlcast.io.outputs import check_output
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run
+from rlcast.io.records import output_record
 from rlcast.io.selections import check_selection
-from rlcast.io.writer import check_output, output_record, write_model
+from rlcast.io.writer import write_model
 
 CPU = torch.device("cpu")
 ONE_AT_A_TIME = Backend(workers=1)  # predict's default: one tensor in memory at a time, whatever the core count
@@ -208,7 +210,7 @@ def write_prediction(run: Run, method: str | Extrapolator, until: int, target: i
     A method that takes a task (NExt, to choose its scale c on the train split) gets `task`, `task_args`, the target
     and the run's completion budget unless `params` sets them. `compute`: where the fit and the predicted tensors are
     computed (default the CPU, one tensor at a time). The method and its parameters are checked before any fit, and
-    so is `out` (`io.writer.check_output`): never an input of the run, and an existing folder only when rlcast
+    so is `out` (`io.outputs.check_output`): never an input of the run, and an existing folder only when rlcast
     extrapolate wrote it, unless `force`.
     """
     label = method if isinstance(method, str) else method.label()

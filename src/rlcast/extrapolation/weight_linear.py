@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from rlcast.core.numerics import dense
-from rlcast.methods.base import Extrapolator, register
+from rlcast.extrapolation.base import Extrapolator, register
 
 
 @register("weight-linear")

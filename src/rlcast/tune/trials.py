@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
-from rlcast.training.runs import HYPERPARAMETERS, TrainConfig, train
 from rlcast.io.options import parse_overrides
+from rlcast.training.train import HYPERPARAMETERS, TrainConfig, train
 
 Z95 = 1.959963984540054
 # set by the sweep itself: the budget (steps), the checkpoint interval (--save-every) and the schedule's length

@@ -44,9 +44,11 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFT
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model, render_prompt
 from rlcast.evaluation.tasks import get_task
+from rlcast.io.atomic import atomic_folder
 from rlcast.io.files import read_json, regular_file
 from rlcast.io.manifest import FORMAT, Entry, Manifest
-from rlcast.io.writer import atomic_folder, check_output, claim_folder, json_safe, output_record
+from rlcast.io.outputs import check_output, claim_folder
+from rlcast.io.records import json_safe, output_record
 from rlcast.training.rollouts import CLIPPED_LOSSES, M2POTrainer
 from rlcast.training.support import check_resume_state, config_from_dict, preserved_rng
 from rlcast.training.testbed import base_model, smollm2_gguf

@@ -25,8 +25,8 @@ from rlcast.core.spectra import top_k
 from rlcast.errors import RlcastError, check_int, check_number
 from rlcast.evaluation.generation import evaluate, load_model
 from rlcast.evaluation.tasks import get_task
+from rlcast.extrapolation.base import Extrapolator, register
 from rlcast.io.writer import base_layout
-from rlcast.methods.base import Extrapolator, register
 
 
 class Branch(nn.Module):

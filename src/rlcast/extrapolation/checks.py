@@ -1,10 +1,10 @@
 """`check_extrapolator(cls)`: the estimator contract every extrapolator keeps, run on a small planted run
 (scikit-learn's `check_estimator` is the model). Run it on your own subclass before registering it:
 
-    from rlcast.methods import check_extrapolator
+    from rlcast.extrapolation import check_extrapolator
     check_extrapolator(MyMethod)      # raises RlcastError naming the class and the broken rule; returns the checks run
 
-The rules (module docstring of `rlcast.methods.base`): constructible with no arguments; every `__init__` parameter
+The rules (module docstring of `rlcast.extrapolation.base`): constructible with no arguments; every `__init__` parameter
 stored unchanged under its own name, so `get_params()` reads back exactly what was given; a `reference` (the paper)
 as a class attribute; nothing learned before `fit`; `predict` before `fit` a one-line error; `fit(run)` returns the
 estimator, sets only attributes ending in `_` (or private `_x`) and leaves the parameters alone; `predict(step)` streams
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from rlcast.errors import RlcastError
+from rlcast.extrapolation.base import Extrapolator, make_extrapolator, parameters
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run, load_run
 from rlcast.io.synthetic import planted_run
-from rlcast.methods.base import Extrapolator, make_extrapolator, parameters
 
 STEPS = (10, 20, 30, 40, 50, 60)  # the planted run's checkpoints; its accuracy rises linearly with the step
 

@@ -1,4 +1,4 @@
-"""Held-out accuracy curves: steps to the goal, speedup and retained accuracy, read from run manifests."""
+"""Speed-up accounting: steps to the goal, speedup and retained accuracy of held-out curves read from run manifests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlcast.errors import RlcastError
-from rlcast.evaluation.curves import GOAL, batch_curve, curve, outcome, steps_to
+from rlcast.evaluation.speedup import GOAL, batch_curve, curve, outcome, steps_to
 
 
 def test_steps_to_is_the_first_evaluated_step_reaching_the_target():

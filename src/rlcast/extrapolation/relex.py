@@ -18,7 +18,7 @@ import torch
 
 from rlcast.core.numerics import dense, gram, line_fit, row_chunks, rows
 from rlcast.errors import check_int
-from rlcast.methods.base import Extrapolator, register
+from rlcast.extrapolation.base import Extrapolator, register
 
 
 def temporal_explained(g: torch.Tensor) -> float:

@@ -14,7 +14,7 @@ import torch
 from rlcast.core.numerics import align_signs, line_fit, pls1, r2
 from rlcast.core.trajectory import ModuleTrajectory, build_trajectory
 from rlcast.errors import RlcastError, check_number
-from rlcast.methods.base import Extrapolator, register
+from rlcast.extrapolation.base import Extrapolator, register
 
 
 def rank1_path(mod: ModuleTrajectory) -> tuple[torch.Tensor, torch.Tensor | None]:

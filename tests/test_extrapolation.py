@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from rlcast.io.manifest import Entry, Manifest
 from rlcast.io.reader import RunReader
-from rlcast.io.runs import Run, load_run
+from rlcast.io.checkpoints import Run, load_run
 from rlcast.io.selections import select_names
 from rlcast.apps.cli import app
 from rlcast.errors import RlcastError
 from rlcast.core.numerics import row_chunks
-from rlcast.methods import METHODS, Extrapolator, make_extrapolator, register
-from rlcast.methods.next import train_net
+from rlcast.extrapolation import METHODS, Extrapolator, make_extrapolator, register
+from rlcast.extrapolation.next import train_net
 from rlcast.io.synthetic import planted_run, tiny_llama
 
 STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
@@ -326,8 +326,8 @@ def test_bad_input(planted):
 MEMORY_PROBE = r"""
 import json, sys, threading, time
 from rlcast.core.backend import Backend
-from rlcast.io.runs import load_run
-from rlcast.methods import make_extrapolator
+from rlcast.extrapolation import make_extrapolator
+from rlcast.io.checkpoints import load_run
 
 def anon():  # anonymous resident memory: excludes the memory-mapped checkpoint files
     with open("/proc/self/status") as f:
@@ -432,7 +432,7 @@ def test_rre_finds_the_fixed_point_of_a_geometric_sequence(tmp_path):
 
 
 def test_with_task_gives_next_the_task_target_and_budget_once():
-    from rlcast.methods.base import with_task
+    from rlcast.extrapolation.base import with_task
 
     assert with_task("weight-linear", {}, "arith", None, 50, 4) == {}
     assert with_task("next", {"epochs": 5}, "arith", {"ops": "+"}, 50, 4) == {

@@ -1,4 +1,5 @@
-"""Held-out accuracy curves of runs, and what two of them say about speed: steps to a goal, speedup, retained accuracy.
+"""Speed-up accounting: what two runs' held-out accuracy curves say about speed (steps to a goal, speedup, retained
+accuracy); the one accounting of the demo and the benchmarks. Curve fitting is `rlcast.forecasting`'s.
 
 A curve is `{step: accuracy}` with step 0 the base, as a run's run.json records it (greedy, test split, the same
 prompts at every checkpoint). The goal is `GOAL` (98 %) of the reference run's final accuracy; a run reaches it at the

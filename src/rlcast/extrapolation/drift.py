@@ -26,7 +26,7 @@ import torch
 
 from rlcast.core.numerics import dense
 from rlcast.errors import RlcastError, check_number
-from rlcast.methods.base import Extrapolator, register
+from rlcast.extrapolation.base import Extrapolator, register
 
 
 def velocity_weights(steps: list[int], include_base: bool = True) -> list[float]:

@@ -27,7 +27,7 @@ import torch
 
 from rlcast.core.numerics import dense, gram
 from rlcast.errors import RlcastError, check_int, check_number
-from rlcast.methods.base import Extrapolator, register
+from rlcast.extrapolation.base import Extrapolator, register
 
 
 def rre_coefficients(g: torch.Tensor, ridge: float) -> torch.Tensor:
