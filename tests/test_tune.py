@@ -76,8 +76,9 @@ def test_planted_best_configuration_is_found_for_a_fraction_of_the_sweep(schedul
 
 
 def test_forecast_scheduler_stops_on_interval_overlap_and_records_forecasts():
+    # power: its intervals at batch 30 are narrow enough to stop some (the default sigmoid's ~0.2 wide stop none)
     sweep = Sweep(synthetic, GRID, 300, scheduler="forecast", rungs=[30, 100], eval_prompts=1000,
-                  scheduler_settings={"keep": 1.0}).run()
+                  scheduler_settings={"keep": 1.0, "forecaster": "power"}).run()
     first = [t for t in sweep.trials if t.rung == 0 and t.status == "stopped"]
     assert first and all("cannot reach the leader's lower bound" in t.reason for t in first)
     assert all(t.forecasts and t.forecasts[0]["rung"] == 30 for t in sweep.trials)
@@ -190,6 +191,15 @@ def test_bad_grid_value_on_the_command_line_fails_before_any_training(tmp_path, 
     assert code == 1 and not (tmp_path / "s").exists()
     assert err.strip().splitlines() == ["error: --grid learning_rate=nan: learning_rate must be a finite "
                                                   "number (got nan)"]
+
+
+def test_a_grid_value_of_the_wrong_type_is_a_usage_error(tmp_path, run_cli):
+    code, _, err = run_cli("tune", "--preset", "steady", "--grid", "learning_rate=3e-5,abc", "--budget", "30",
+                           "--out", tmp_path / "s")
+    assert code == 2 and not (tmp_path / "s").exists()
+    assert "Usage: " in err and "tune [OPTIONS]" in err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [
+        "Error: Invalid value for '--grid': 'learning_rate=abc': 'abc' is not a number or none"]
 
 
 def test_winner_line_scales_steps_by_rollout_reuse():

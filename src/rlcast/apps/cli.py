@@ -1003,17 +1003,17 @@ def tune_cmd(
     budget: int | None = typer.Option(None, "--budget", metavar="BATCHES", help="Generation batches of a full trial "
                                       "(default: the preset's steps); rollout reuse mu trains mu x as many steps."),
     rungs: str | None = typer.Option(None, "--rungs", metavar="BATCHES", help="Comma-separated rungs in generation "
-                                     "batches before the budget (default: 10 % and 1/3 of it)."),
+                                     "batches before the budget (default: 1/15 and 1/5 of it)."),
     save_every: int | None = typer.Option(None, "--save-every", metavar="BATCHES", help="Held-out evaluation every "
                                           "BATCHES generation batches (default: budget / 30)."),
     scheduler: Scheduler = typer.Option("forecast", "--scheduler", help="forecast: keep the trials whose forecast "
                                         "can still win | asha: the top by current score | median: the median-stopping "
                                         "rule | random: random search."),
     keep: float | None = typer.Option(None, "--keep", metavar="FRACTION", help="forecast, asha: the fraction of a "
-                                      "rung's trials that may go on (default: 1/3); random: the fraction of the grid "
+                                      "rung's trials that may go on (default: 0.2); random: the fraction of the grid "
                                       "drawn."),
     forecaster: str | None = typer.Option(None, "--forecaster", metavar="NAME", help="forecast: the forecaster of "
-                                          "rlcast.forecasting (default: power)."),
+                                          "rlcast.forecasting (default: sigmoid)."),
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, testbed:NAME or smollm2 (default: "
                                                            "the preset's)."),
     task: str | None = typer.Option(None, "--task", "-t", help="arith | rg:<reasoning-gym dataset> | jsonl:<path> "
@@ -1043,19 +1043,22 @@ def tune_cmd(
     from rlcast.io.options import parse_overrides
     from rlcast.tune import Sweep
     from rlcast.tune.report import leaderboard, write_report
-    from rlcast.tune.trials import RlcastTrial, parse_grid, train_line
+    from rlcast.tune.sweep import default_rungs
+    from rlcast.tune.trials import GridError, RlcastTrial, parse_grid, train_line
 
     if ray_address is not None and backend != "ray":
         raise RlcastError("--ray-address needs --backend ray")
     given = {"task": task, "task_args": _task_args(task_arg), "model": model, "lora": lora, "seed": seed}
     base = dataclasses.replace(named_preset(preset), **{k: v for k, v in given.items() if v is not None},
                                **parse_overrides(TrainConfig, hp or [], HYPERPARAMETERS, "--hp"))
-    values = parse_grid(grid, base)
+    try:  # a grid item that does not parse is a usage error (exit 2), as for --hp; a value TrainConfig refuses: exit 1
+        values = parse_grid(grid, base)
+    except GridError as err:
+        raise typer.BadParameter(str(err).removeprefix("--grid "), param_hint="'--grid'") from None
     budget = budget if budget is not None else base.steps
     save_every = save_every if save_every is not None else max(1, budget // 30)
-    try:
-        rung_list = [int(r) for r in rungs.split(",") if r.strip()] if rungs else \
-            sorted({max(save_every, round(budget * f / save_every) * save_every) for f in (0.1, 1 / 3)})
+    try:  # the default rungs, keep and forecaster: rlcast.tune.schedulers, chosen by bench/tune.py on tuning seed 100
+        rung_list = [int(r) for r in rungs.split(",") if r.strip()] if rungs else default_rungs(budget, save_every)
     except ValueError:
         raise RlcastError(f"--rungs {rungs!r}: expected comma-separated generation batches like 30,100") from None
     trial = RlcastTrial(base, budget, save_every)

@@ -21,6 +21,12 @@ from rlcast.errors import RlcastError, check_number
 from rlcast.forecasting import LEVEL, FORECASTERS, make_forecaster
 
 FINAL_POINTS = 3  # a trial's score at the end: the mean of its last 3 checkpoints (one checkpoint is noisy)
+# The defaults of `rlcast tune` and `Sweep`, chosen by bench/tune.py on tuning seed 100 (docs/results/tune/tune.json):
+# of its 90 settings the lowest regret among those spending <= 1/3 of the full sweep: the sigmoid forecaster, 0.2 of
+# a rung's trials kept, rungs at 1/15 and 1/5 of the budget (20 and 60 of 300 generation batches), 0.15 of the sweep.
+FORECASTER = "sigmoid"
+KEEP = 0.2
+RUNG_FRACTIONS = (1 / 15, 1 / 5)
 
 
 def final_score(points: Sequence[tuple]) -> float:
@@ -43,7 +49,7 @@ class Scheduler:
 
     name = ""
 
-    def __init__(self, keep: float | Sequence[int] = 1 / 3):
+    def __init__(self, keep: float | Sequence[int] = KEEP):
         self.keep = _check_keep(keep)
 
     def settings(self) -> dict:
@@ -77,7 +83,7 @@ class ForecastScheduler(Scheduler):
 
     name = "forecast"
 
-    def __init__(self, forecaster: str = "power", keep: float | Sequence[int] = 1 / 3, level: float = LEVEL):
+    def __init__(self, forecaster: str = FORECASTER, keep: float | Sequence[int] = KEEP, level: float = LEVEL):
         super().__init__(keep)
         if forecaster not in FORECASTERS:
             raise RlcastError(f"forecaster {forecaster!r}: choose from {', '.join(FORECASTERS)}")

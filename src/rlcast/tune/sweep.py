@@ -38,7 +38,7 @@ from rlcast.forecasting import Curve
 from rlcast.io.atomic import write_json_atomic
 from rlcast.io.outputs import check_output, claim_folder
 from rlcast.io.records import output_record
-from rlcast.tune.schedulers import Scheduler, final_score, make_scheduler
+from rlcast.tune.schedulers import RUNG_FRACTIONS, Scheduler, final_score, make_scheduler
 
 STATE = "tune.json"
 TRIALS = "trials"
@@ -138,7 +138,7 @@ class Sweep:
 
     budget       generation batches of a full trial (the last rung)
     scheduler    "forecast" | "asha" | "median" | "random" or a `Scheduler` (settings in `scheduler_settings`)
-    rungs        the rungs in generation batches, increasing, the last the budget (default: budget/9, budget/3)
+    rungs        the rungs in generation batches, increasing, the last the budget (default: `default_rungs`)
     out          folder of OUT/tune.json and the trials' own folders (OUT/trials/ID); None: nothing written
     workers      worker processes (None: this process)
     passes       backward passes per generation batch of a config (default: its num_iterations, else 1)
@@ -351,11 +351,17 @@ def _check_grid(grid: dict) -> dict[str, list]:
     return out
 
 
+def default_rungs(budget: int, every: int = 1) -> list[int]:
+    """The rungs before `budget` at RUNG_FRACTIONS of it (chosen by bench/tune.py), on multiples of `every` (the
+    evaluation interval: a rung between two evaluations would wait for the next)."""
+    return sorted({min(budget, max(every, round(budget * f / every) * every)) for f in RUNG_FRACTIONS} - {budget})
+
+
 def _check_rungs(rungs, budget: int) -> list[int]:
-    rungs = [max(1, budget // 9), max(1, budget // 3), budget] if rungs is None else list(rungs)
+    rungs = default_rungs(budget) if rungs is None else list(rungs)
     for r in rungs:
         check_int(r, "rung", 1)
-    if rungs[-1] != budget:
+    if not rungs or rungs[-1] != budget:
         rungs.append(budget)
     rungs = sorted(set(rungs))
     if rungs[-1] != budget:

@@ -28,9 +28,15 @@ NOT_AXES = ("steps", "save_every", "schedule_steps")
 OPTIONS = {"task": "--task", "algo": "--algo", "model": "--model", "seed": "--seed", "eval_prompts": "--eval-prompts"}
 
 
+class GridError(RlcastError):
+    """A --grid item that does not read as FIELD=VALUE,... of TrainConfig (its form, field or a value's type): a
+    usage error, which the CLI reports with its usage line and exit code 2."""
+
+
 def parse_grid(items: list[str], base: TrainConfig) -> dict[str, list]:
     """`["learning_rate=3e-5,6e-5", ...]` -> {field: [typed values]}, every value and every combination checked
-    against TrainConfig on top of `base`; the first bad one is a one-line error naming the --grid item."""
+    against TrainConfig on top of `base`; the first bad one is a one-line error naming the --grid item (a GridError
+    when the item does not parse, else an RlcastError from TrainConfig's checks)."""
     hints = typing.get_type_hints(TrainConfig)
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     grid: dict[str, list] = {}
@@ -38,24 +44,27 @@ def parse_grid(items: list[str], base: TrainConfig) -> dict[str, list]:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key or not text.strip():
-            raise RlcastError(f"--grid {item!r}: expected FIELD=VALUE,VALUE,...")
+            raise GridError(f"--grid {item!r}: expected FIELD=VALUE,VALUE,...")
         if key not in fields:
-            raise RlcastError(f"--grid {item!r}: unknown TrainConfig field {key!r}; known: "
-                              f"{', '.join(f for f in fields if f not in NOT_AXES)}")
+            raise GridError(f"--grid {item!r}: unknown TrainConfig field {key!r}; known: "
+                            f"{', '.join(f for f in fields if f not in NOT_AXES)}")
         if key in NOT_AXES:
-            raise RlcastError(f"--grid {item!r}: {key} is set by the sweep (--budget, --save-every), not a grid axis")
+            raise GridError(f"--grid {item!r}: {key} is set by the sweep (--budget, --save-every), not a grid axis")
         if key in grid:
-            raise RlcastError(f"--grid {item!r}: {key} is given twice")
+            raise GridError(f"--grid {item!r}: {key} is given twice")
         texts = [text] if hints[key] is dict or text.strip().startswith("[") else text.split(",")
         values = []
         for raw in texts:
-            value = parse_overrides(TrainConfig, [f"{key}={raw.strip()}"], [key], "--grid")[key]
+            try:
+                value = parse_overrides(TrainConfig, [f"{key}={raw.strip()}"], [key], "--grid")[key]
+            except RlcastError as err:
+                raise GridError(str(err)) from None
             try:
                 dataclasses.replace(base, **{key: value})
             except RlcastError as err:
                 raise RlcastError(f"--grid {key}={raw.strip()}: {err}") from None
             if value in values:
-                raise RlcastError(f"--grid {item!r}: {raw.strip()} is given twice")
+                raise GridError(f"--grid {item!r}: {raw.strip()} is given twice")
             values.append(value)
         grid[key] = values
     if not grid:
