@@ -118,3 +118,6 @@ def test_demo_quick_through_the_cli_writes_the_report_and_summary(tmp_path, monk
     page = (out / "report.html").read_text()
     assert "Live acceleration" in page and "generation batches to 98 %" in page and html.escape(summary["verdict"]) in page
     assert "final_ci" in summary["plain"] and "final_difference" in summary
+    told = summary["forecast"]  # the demo ends with the forecast and the stop rule, replayed on the plain run
+    assert told["target"] == 4 and told["cutoff"] == 3 and set(told["forecast"]) == {"median", "low", "high"}
+    assert "forecast from generation batch 3 of 4" in result.output and "stop rule" in result.output

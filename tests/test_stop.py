@@ -146,6 +146,28 @@ def test_no_stop_in_a_dip():
     assert not in_dip(flat_low) and decide(flat_low, 300).stop
 
 
+def test_hindsight_replays_the_forecast_and_the_stop_rule_on_a_finished_run():
+    """The demo's last word: on a plateau the rule stops early for almost nothing; on a climb it never stops."""
+    from rlcast.apps.stopping import hindsight, hindsight_lines
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 310, 10)
+
+    def planted(truth):
+        acc = rng.binomial(2000, truth(steps)) / 2000
+        return Curve("planted", steps, acc, np.sqrt(acc * (1 - acc) / 2000), eval_prompts=2000)
+
+    told = hindsight(planted(flat))
+    assert told["cutoff"] == 120 and told["target"] == 300 and told["stop"] is not None
+    assert told["stop"]["step"] < 300 and told["stop"]["saved"] >= 0.3 and abs(told["stop"]["lost"]) < 0.02  # 3 sd of two 3-score means
+    assert told["forecast"]["low"] <= told["final"] <= told["forecast"]["high"]
+    lines = hindsight_lines(told, unit="batch")
+    assert lines[0].startswith("forecast from batch 120 of 300: ") and lines[1].startswith("stop rule: stop at batch")
+    climb = hindsight(planted(rising))
+    assert climb["stop"] is None and abs(climb["final"] - rising(300)) < 0.03
+    assert hindsight_lines(climb)[1].endswith("continue at every validation")
+
+
 def test_cli_stop_ends_with_one_line(tmp_path, run_cli):
     from test_forecast import write_run
 

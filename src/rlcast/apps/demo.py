@@ -13,6 +13,8 @@
    the ratio, every figure with its 95 % interval, the ratio also in training seconds (the accelerated run's
    per-batch cost counted), and a verdict in words ("no measurable speed-up" when the difference is inside the
    noise), on the terminal, in the report and in DIR/summary.json.
+6. the forecast and the stop rule replayed on the plain run's own checkpoints (`rlcast.apps.stopping.hindsight`):
+   its final forecast from 40 % of its batches and where `--stop` would have ended it, beside what running on gave.
 
 Both runs are scored by `rlcast train` on the same held-out prompts every `save_every` generation batches; training
 seconds are the optimizer steps' (`rlcast.training.budget.TrainingClock`), not the scoring.
@@ -36,11 +38,14 @@ from rlcast.apps import compare as comparing
 from rlcast.apps.dominance import dominance
 from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.apps.report import _img, _png, build_report, results_dir, table
+from rlcast.apps.stopping import hindsight, hindsight_lines
 from rlcast.errors import RlcastError
 from rlcast.evaluation.intervals import wilson
 from rlcast.evaluation.speedup import GOAL, batch_curve, outcome
+from rlcast.forecasting import Curve
 from rlcast.io.atomic import write_text_atomic
 from rlcast.io.checkpoints import load_run
+from rlcast.io.logs import read_log
 from rlcast.io.outputs import check_output, claim_folder
 from rlcast.io.records import output_record
 from rlcast.training.accelerators import make_accelerator
@@ -66,6 +71,7 @@ class DemoConfig:
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
     dominance_ranks: tuple[int, ...] = (1, 2)
+    forecast_from: float = 0.4  # the share of the plain run the replayed forecast reads (bench/forecast.py's 40 % cut)
 
     def method(self):
         """A fresh lookahead callback of `accelerator` with `accel` (one line naming the method when unknown)."""
@@ -294,9 +300,14 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
                   lookahead={"repositions": method.repositions_, "failed": method.failed_,
                              "gate_off_at": method.off_at_, "generation_batches": method.batches_},
                   curves={"plain": plain, "accelerated": accelerated})
+    # would the forecast and the stop rule have told the user this, from the plain run's own early checkpoints?
+    result["forecast"] = hindsight(Curve.from_log(read_log(out / "plain")).generation_axis(), cfg.forecast_from)
+    told = hindsight_lines(result["forecast"], unit="generation batch")
+    t = stage("forecast (replayed)", t)
     report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
         f"Live acceleration, {method.name} against the best plain run (same seed, learning rate and budget of "
-        f"generation batches): " + result["verdict"]],
+        f"generation batches): " + result["verdict"], "Forecast of the plain run (rlcast forecast --stop, replayed "
+        "on its checkpoints): " + "; ".join(told)],
         lead=[("Live acceleration (best plain run vs lookahead)", acceleration_section(result, plain, accelerated))])
     t = stage("report", t)
 
@@ -307,5 +318,6 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     write_text_atomic(out / "summary.json", json.dumps(result, indent=2, default=str))
     comparing.print_table(comparison, Console())
     print_outcome(result, Console())
+    Console().print("\n".join(told), highlight=False)
     Console().print(f"report: {report}\nsummary: {out / 'summary.json'}\nwall time: {result['wall_seconds']:.0f} s")
     return result

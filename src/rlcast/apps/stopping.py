@@ -5,7 +5,8 @@ verl has no callback API, so `--follow` re-reads its console log (or any log `rl
 seconds; at each new validation step it forecasts from the scores so far and prints `step N: stop: ...` or
 `step N: continue: ...`. It ends on Ctrl-C, or once the log reaches the planned last step (the log's own, else
 --target). Until its first forecast it waits for the log to hold 3 validation scores, saying why once (a wrong
---metric too: Ctrl-C ends it).
+--metric too: Ctrl-C ends it). `hindsight` replays both on a finished run beside what running on gave (the demo's
+last word).
 """
 
 from __future__ import annotations
@@ -61,6 +62,43 @@ def follow(path: str | Path, target: int | None = None, min_gain: float = MIN_GA
             sleep(poll)
     except KeyboardInterrupt:
         return last
+
+
+def hindsight(curve: Curve, share: float = 0.4, min_gain: float = MIN_GAIN, threshold: float = THRESHOLD) -> dict:
+    """On a finished run: its final forecast from `share` of its steps (from its third score when that is later), the
+    stop rule at each validation from the third as `--follow` would have printed it (the first stop), and the truth:
+    the run's final (the mean of its last 3 scores) and, at the stop, the steps saved and the accuracy lost."""
+    curve = checked(curve)
+    target, scored = curve.last, curve.steps[curve.steps > 0].astype(int)
+    level = {int(s): float(curve.accuracy[(curve.steps > 0) & (curve.steps <= s)][-3:].mean()) for s in scored}
+    cut = int(max(scored[2], scored[scored <= share * target].max(initial=0)))
+    made = forecast_curve(curve.window(cut), target, min_gain=min_gain).combined
+    out = {"cutoff": cut, "target": target, "forecast": {k: made[k] for k in ("median", "low", "high")},
+           "final": level[target], "stop": None, "min_gain": min_gain, "threshold": threshold}
+    for step in scored[2:]:
+        if step >= target:
+            break
+        decided = _decide(curve.window(int(step)), target, min_gain, threshold)
+        if decided.stop:
+            out["stop"] = {"step": int(step), "saved": (target - step) / target, "lost": level[target] - level[step],
+                           "line": decided.line()}
+            break
+    return out
+
+
+def hindsight_lines(told: dict, unit: str = "step") -> list[str]:
+    """`hindsight`'s result in two lines of words."""
+    f = told["forecast"]
+    lines = [f"forecast from {unit} {told['cutoff']} of {told['target']}: {f['median']:.3f} [{f['low']:.3f}, "
+             f"{f['high']:.3f}] (90 %); running on gave {told['final']:.3f}"]
+    stop = told["stop"]
+    if stop is None:
+        lines.append(f"stop rule (stop when P(gain >= {told['min_gain']:g}) < {told['threshold']:g} twice in a row): "
+                     f"continue at every validation")
+    else:
+        lines.append(f"stop rule: stop at {unit} {stop['step']} ({stop['line']}): saves {100 * stop['saved']:.0f} % of "
+                     f"the {unit}s for {stop['lost']:+.3f} of accuracy")
+    return lines
 
 
 def _decide(curve: Curve, target: int, min_gain: float, threshold: float) -> Decision:
