@@ -9,6 +9,11 @@ mean of the last 3 checkpoints of the complete curve). Schedulers at equal compu
 many trials at each rung as the forecast-driven scheduler did, random search trains as many full trials as that
 compute buys (its regret: the mean over 20 draws); the median-stopping rule spends what its rule decides.
 
+What bounds a pick, per seed: where the grid's best configuration ranked at each rung by its current score, how far
+apart the top 5 finals lie against the scatter of one checkpoint around its curve (sd of the residuals of a line
+through the last third of each curve, the median over the grid's uncollapsed curves), and the pick's regret when a
+final is the mean of the last 10 checkpoints instead of 3.
+
 The forecast scheduler's settings (forecaster, keep fraction, rungs) are chosen on the tuning seeds (--tuning-seeds,
 default 100) only: the lowest mean regret among the settings spending <= 1/3 of the full sweep; the benchmark seeds
 (--seeds, default 0-2) are then reported with them. Last line (benchmark seeds only):
@@ -40,6 +45,8 @@ RANDOM_DRAWS = 20
 KEEPS = (0.2, 1 / 3, 0.5)
 RUNGS = ((20, 60), (30, 90), (30, 100), (30, 150), (50, 150), (20, 100))
 CURVE_ONLY = ("alpharl", "reward", "combined")  # need weights or a reward log the replay has not, or back-test it
+LONG_FINAL = 10  # checkpoints in the steadier final of `limits`
+COLLAPSED = 0.1  # a final below this: a collapsed run, left out of the checkpoint scatter
 
 
 def curve_name(seed: int, learning_rate: float, mu: int) -> str:
@@ -95,10 +102,32 @@ def evaluate(curves: dict, grid: dict, budget: int, scheduler, rungs, seed: int,
     key = (picked.config["learning_rate"], picked.config["num_iterations"])
     c = sweep.compute()
     return {"compute_fraction": c["batch_fraction"], "pass_fraction": c["pass_fraction"],
-            "batches": c["batches"], "picked": f"lr {key[0]:g} mu {key[1]}", "picked_final": finals[key],
+            "batches": c["batches"], "picked": f"lr {key[0]:g} mu {key[1]}", "key": key, "picked_final": finals[key],
             "best": max(finals.values()), "regret": max(finals.values()) - finals[key],
             "survivors": [sum(t.rung > k for t in sweep.trials) for k in range(len(sweep.rungs) - 1)],
             "rungs": sweep.rungs}
+
+
+def limits(curves: dict, rungs: list[int], picked: tuple) -> dict:
+    """What bounds a pick on one seed: the best configuration's rank at each rung (by current score), the spread of
+    the top 5 finals against one checkpoint's scatter around its curve, and the pick's regret with LONG_FINAL-point
+    finals."""
+    finals = {key: final_score(points) for key, points in curves.items()}
+    best = max(finals, key=finals.get)
+    ranks = []
+    for rung in rungs:
+        now = {key: [p[1] for p in points if p[0] <= rung][-1] for key, points in curves.items()}
+        ranks.append(1 + sum(v > now[best] for v in now.values()))
+    scatter = []
+    for key, points in curves.items():
+        late = np.array([p[:2] for p in points if p[0] >= 2 * points[-1][0] / 3])
+        if finals[key] >= COLLAPSED and len(late) > 2:
+            scatter.append(np.std(late[:, 1] - np.polyval(np.polyfit(late[:, 0], late[:, 1], 1), late[:, 0]), ddof=2))
+    long = {key: float(np.mean([p[1] for p in points if p[0] > 0][-LONG_FINAL:])) for key, points in curves.items()}
+    top = sorted(finals.values(), reverse=True)
+    return {"best": f"lr {best[0]:g} mu {best[1]}", "best_final": finals[best], "ranks": ranks, "rungs": rungs,
+            "top5_spread": top[0] - top[4], "checkpoint_sd": float(np.median(scatter)),
+            "regret_long_final": max(long.values()) - long[tuple(picked)]}
 
 
 def compare(curves: dict, grid: dict, budget: int, settings: dict, seed: int, eval_prompts: int) -> dict:
@@ -111,6 +140,7 @@ def compare(curves: dict, grid: dict, budget: int, settings: dict, seed: int, ev
                       eval_prompts) for d in range(RANDOM_DRAWS)]
     median = evaluate(curves, grid, budget, MedianStopping(), settings["rungs"], seed, eval_prompts)
     return {"forecast": forecast, "asha": asha, "median": median,
+            "limits": limits(curves, settings["rungs"], forecast["key"]),
             "random": {"compute_fraction": float(np.mean([d["compute_fraction"] for d in draws])),
                        "pass_fraction": float(np.mean([d["pass_fraction"] for d in draws])),
                        "regret": float(np.mean([d["regret"] for d in draws])), "trials": full,
@@ -181,6 +211,12 @@ def main() -> None:
                       f"({f['pass_fraction']:.2f} of its backward passes), picked {f['picked']} regret "
                       f"{f['regret']:.4f}; asha {a['regret']:.4f}; random ({r['trials']} full trials) "
                       f"{r['regret']:.4f}; median rule {m['regret']:.4f} at {m['compute_fraction']:.2f}")
+        lim = row["limits"]
+        console.print(f"seed {seed} limits: the best, {lim['best']} (final {lim['best_final']:.3f}), ranked "
+                      f"{', '.join(map(str, lim['ranks']))} of {len(curves)} at rungs "
+                      f"{', '.join(map(str, lim['rungs']))}; top 5 finals within {lim['top5_spread']:.3f}, a "
+                      f"checkpoint's scatter sd {lim['checkpoint_sd']:.3f}; the pick's regret with {LONG_FINAL}-point "
+                      f"finals {lim['regret_long_final']:.4f}")
     rows = [r for r in results.rows if r["role"] == "benchmark"]
     pick = lambda name, key: [r[name][key] for r in rows]  # noqa: E731
     summary = {"settings": settings, "candidates": candidates, "tuning_seeds": sorted(tuning),
@@ -193,7 +229,8 @@ def main() -> None:
                     "asha_regret_mean": float(np.mean(pick("asha", "regret"))),
                     "random_regret_mean": float(np.mean(pick("random", "regret"))),
                     "median_regret_mean": float(np.mean(pick("median", "regret"))),
-                    "median_compute_fraction": float(np.mean(pick("median", "compute_fraction")))}
+                    "median_compute_fraction": float(np.mean(pick("median", "compute_fraction"))),
+                    "regret_long_final_mean": float(np.mean(pick("limits", "regret_long_final")))}
     else:
         console.print("no complete benchmark seed yet: the last line reports none")
     line = (f"compute_fraction={fmt(summary.get('compute_fraction'))} "
