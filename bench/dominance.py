@@ -121,6 +121,14 @@ def retained(folder: Path, args) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def measured_by(provenance: dict, settings: dict) -> dict:
+    """What measured a row: the commit of the checkout and of the rlcast code that ran, the machine and versions (the
+    file's provenance is that of its last session; reused rows keep their own)."""
+    return {"commit": provenance.get("commit"), "rlcast_commit": settings.get("rlcast_commit"),
+            "rlcast_source": settings.get("rlcast_source"), "machine": provenance.get("machine"),
+            "versions": provenance.get("versions")}
+
+
 def crossing(points: list[tuple[float, float]], level: float = HALF) -> float:
     """The learning rate where the recovery first falls below `level` going up in lr, interpolated in log lr;
     -inf when the smallest lr is already below, +inf when none is (points: (lr, recovery), nan ones left out)."""
@@ -271,6 +279,9 @@ def main() -> None:
     same = {k: results.settings[k] for k in KEYS}
     old = json.loads(results.path.read_text()) if results.path.exists() else None
     kept = {r["name"]: r for r in old["rows"]} if old and {k: old["settings"].get(k) for k in KEYS} == same else {}
+    for r in kept.values():  # a reused row keeps the provenance of the session that measured it
+        r.setdefault("measured", measured_by(old["provenance"], old["settings"]))
+    now = measured_by(results.provenance, results.settings)
     skipped = []
     for mu in sorted(mus):
         for seed in args.seeds:
@@ -281,7 +292,7 @@ def main() -> None:
                     skipped.append(name)
                     continue
                 row = kept.get(name) or {"name": name, "seed": seed, "learning_rate": lr, "mu": mu,
-                                         "run": str(folder), **measure(folder, args)}
+                                         "run": str(folder), **measure(folder, args), "measured": now}
                 if name not in kept:
                     console.print(lines([row])[0])
                 if mu == 1 and seed in with_retained and "stop" not in row.get("retained", {}):
