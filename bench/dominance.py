@@ -16,11 +16,12 @@ Nothing is written into the runs (spectra are cached in a scratch folder). OUT/d
 a rerun on the same --out reuses the rows measured with the same settings, so runs finishing later are added.
 Last line, at mu 1 (plain GRPO), over the seeds:
 
-    lr_half_recovery=LR (Nx best) [min..max]  recovery_at_min_lr=X recovery_at_best_lr=Y seeds=S
+    lr_half_recovery=LR (Nx best) [min..max = min..max in x best]  recovery_at_min_lr=X recovery_at_best_lr=Y seeds=S
 
 lr_half_recovery: per seed, the learning rate where rank-1 gain recovery first falls below 50 % going up from the
 smallest one, interpolated linearly in log lr between the two measured rates around the crossing ("<" the smallest
-when it starts below, ">" the largest when it never falls); the median over seeds (in log lr) with the seeds' range,
+when it starts below, ">" the largest when it never falls; a collapsed run, its final checkpoint at or below the base,
+has no gain to share and is left out); the median over seeds (in log lr) with the seeds' range,
 also in units of the tuned learning rate (best lr 1.2e-4). The recoveries are the median over seeds, with the 95 %
 interval for one seed and the seeds' range for several.
 
@@ -154,6 +155,15 @@ def lr_text(lr: float, lrs: list[float]) -> str:
     return f"{lr:.2g}"
 
 
+def x_text(lr: float, lrs: list[float]) -> str:
+    """`lr` in units of the tuned learning rate ("<" / ">" the grid's ends for a crossing outside it)."""
+    if math.isnan(lr):
+        return "nan"
+    if math.isinf(lr):
+        return f"{'<' if lr < 0 else '>'}{(min(lrs) if lr < 0 else max(lrs)) / BEST_LR:.2g}x"
+    return f"{lr / BEST_LR:.2g}x"
+
+
 def log_median(values: list[float]) -> float:
     """Median in log lr (+-inf kept: they order as censored values); nan without values."""
     kept = [v for v in values if not math.isnan(v)]
@@ -163,8 +173,14 @@ def log_median(values: list[float]) -> float:
     return middle if math.isinf(middle) else math.exp(middle)
 
 
+def collapsed(row: dict) -> bool:
+    """Whether the run's final checkpoint scores at or below the base: no gain, so no share of one (the ratio of two
+    losses, or of a loss to nothing, is left out of every summary)."""
+    return "full" in row and row["full"] <= row["base"]
+
+
 def rank1(row: dict) -> float | None:
-    return row["ranks"]["1"]["gain_recovery"] if "1" in row["ranks"] else None
+    return row["ranks"]["1"]["gain_recovery"] if "1" in row["ranks"] and not collapsed(row) else None
 
 
 def at_lr(rows: list[dict], lr: float) -> str:
@@ -192,26 +208,31 @@ def summarize(rows: list[dict], lrs: list[float]) -> tuple[dict, str]:
                 grid[f"lr{lr:g}-mu{mu}"] = {
                     "learning_rate": lr, "mu": mu, "seeds": sorted(r["seed"] for r in cell),
                     **{f"gain_recovery_k{k}": spread(r["ranks"][k]["gain_recovery"] for r in cell
-                                                     if k in r["ranks"]) for k in sorted(cell[0]["ranks"], key=int)},
+                                                     if k in r["ranks"] and not collapsed(r))
+                       for k in sorted(cell[0]["ranks"], key=int)},
+                    "collapsed_seeds": sorted(r["seed"] for r in cell if collapsed(r)),
                     **{m: spread(r[m] for r in cell) for m in measures}}
     half = {}
     for mu in sorted({r["mu"] for r in rows}):
         per_seed = {seed: crossing([(r["learning_rate"], rank1(r)) for r in rows if r["seed"] == seed and r["mu"] == mu])
                     for seed in sorted({r["seed"] for r in rows if r["mu"] == mu})}
         finite = [v for v in per_seed.values() if not math.isnan(v)]
-        half[f"mu{mu}"] = {"per_seed": {str(s): lr_text(v, lrs) for s, v in per_seed.items()},
+        measured = {seed: sorted({r["learning_rate"] for r in rows if r["seed"] == seed and r["mu"] == mu
+                                  and rank1(r) is not None}) or lrs
+                    for seed in per_seed}  # a seed still training: ">" its own largest measured rate, not the grid's
+        half[f"mu{mu}"] = {"per_seed": {str(s): lr_text(v, measured[s]) for s, v in per_seed.items()},
                            "median": lr_text(log_median(finite), lrs),
                            "median_x_best": log_median(finite) / BEST_LR if finite else math.nan,
                            "min": lr_text(min(finite), lrs) if finite else "nan",
-                           "max": lr_text(max(finite), lrs) if finite else "nan"}
+                           "max": lr_text(max(finite), lrs) if finite else "nan",
+                           "range_x_best": (f"{x_text(min(finite), lrs)}..{x_text(max(finite), lrs)}" if finite
+                                            else "nan")}
     plain = [r for r in rows if r["mu"] == 1]
     seeds = sorted({r["seed"] for r in plain})
-    h = half.get("mu1", {"median": "nan", "median_x_best": math.nan, "min": "nan", "max": "nan"})
-    x_best = h["median_x_best"]
-    units = (f"{x_best:.2g}x best" if math.isfinite(x_best) else
-             f"{'<' if x_best < 1 else '>'}{(min(lrs) if x_best < 1 else max(lrs)) / BEST_LR:.2g}x best"
-             if not math.isnan(x_best) else "nan")
-    line = (f"lr_half_recovery={h['median']} ({units}) [{h['min']}..{h['max']}] "
+    h = half.get("mu1", {"median": "nan", "median_x_best": math.nan, "min": "nan", "max": "nan",
+                         "range_x_best": "nan"})
+    units = x_text(h["median_x_best"] * BEST_LR, lrs)
+    line = (f"lr_half_recovery={h['median']} ({units} best) [{h['min']}..{h['max']} = {h['range_x_best']}] "
             f"recovery_at_min_lr={at_lr(plain, min(lrs))} recovery_at_best_lr={at_lr(plain, BEST_LR)} "
             f"seeds={','.join(map(str, seeds)) or 'none'} mu=1")
     return {"lr_half_recovery": half, "grid": grid, "best_lr": BEST_LR}, line
@@ -232,7 +253,8 @@ def lines(rows: list[dict]) -> list[str]:
         out.append(f"mu={r['mu']} lr={r['learning_rate']:g} ({r['learning_rate'] / BEST_LR:.2g}x best) "
                    f"seed={r['seed']}: base={r['base']:.3f} full={r['full']:.3f} gain recovery {ranks} "
                    f"step_r2_heldout={fmt(r['median_step_r2_heldout'], '.2f')} "
-                   f"rank1_energy={r['rank1_energy_last']:.2f}")
+                   f"rank1_energy={r['rank1_energy_last']:.2f}"
+                   + (" collapsed: full <= base, no gain to share (left out)" if collapsed(r) else ""))
     for r in sorted((r for r in rows if r.get("retained")), key=lambda r: (r["seed"], r["learning_rate"])):
         by_cut = {}
         for m in r["retained"]["rows"]:

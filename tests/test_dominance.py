@@ -220,14 +220,22 @@ def test_bench_half_recovery_is_interpolated_in_log_lr(monkeypatch):
     assert summary["lr_half_recovery"]["mu2"]["median"] == "<3e-05"  # below at the smallest lr: not 0
     lrs = [3e-5, 6e-5, 1.2e-4]
     _, one = summarize([row(100, 3e-5, 0.72, (0.54, 0.89)), row(100, 6e-5, 0.28), row(100, 1.2e-4, -0.04)], lrs)
-    assert one == ("lr_half_recovery=4.2e-05 (0.35x best) [4.2e-05..4.2e-05] recovery_at_min_lr=72% [54%, 89%] "
+    assert one == ("lr_half_recovery=4.2e-05 (0.35x best) [4.2e-05..4.2e-05 = 0.35x..0.35x] recovery_at_min_lr=72% "
+                   "[54%, 89%] "
                    "recovery_at_best_lr=-4% [10%, 90%] seeds=100 mu=1")
     rows = [row(0, 3e-5, 0.9), row(0, 6e-5, 0.1), row(1, 3e-5, 0.9), row(1, 6e-5, 0.7), row(1, 1.2e-4, 0.1)]
     summary, two = summarize(rows, lrs)
     assert summary["lr_half_recovery"]["mu1"]["per_seed"] == {"0": "4.2e-05", "1": "7.6e-05"}
     # median of two seeds in log lr: their geometric mean; one seed at 1.2e-4, so its interval is shown
-    assert two == ("lr_half_recovery=5.7e-05 (0.47x best) [4.2e-05..7.6e-05] recovery_at_min_lr=90% (seeds 90%..90%) "
-                   "recovery_at_best_lr=10% [10%, 90%] seeds=0,1 mu=1")
+    assert two == ("lr_half_recovery=5.7e-05 (0.47x best) [4.2e-05..7.6e-05 = 0.35x..0.63x] recovery_at_min_lr=90% "
+                   "(seeds 90%..90%) recovery_at_best_lr=10% [10%, 90%] seeds=0,1 mu=1")
+    # a collapsed run (final checkpoint at or below the base) has no gain to share: left out, not read as 94 %
+    collapsed = {**row(1, 1.2e-4, 0.94, (0.9, 0.98)), "base": 0.258, "full": 0.013}
+    summary, _ = summarize([row(1, 3e-5, 0.9), row(1, 6e-5, 0.7), collapsed], lrs)
+    assert summary["lr_half_recovery"]["mu1"]["per_seed"] == {"1": ">6e-05"}  # its own largest rate, not the grid's
+    assert summary["grid"]["lr0.00012-mu1"]["collapsed_seeds"] == [1]
+    _, below = summarize([{**row(100, 3e-5, 0.15), "mu": 1}], lrs)
+    assert below.startswith("lr_half_recovery=<3e-05 (<0.25x best) [<3e-05..<3e-05 = <0.25x..<0.25x] ")
 
 
 def test_the_testbed_relation_quotes_the_committed_bench_result():
