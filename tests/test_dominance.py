@@ -247,9 +247,11 @@ def test_the_testbed_relation_quotes_the_committed_bench_result():
 
     record = json.loads((Path(__file__).resolve().parent.parent / "docs/results/dominance/dominance.json").read_text())
     half = record["summary"]["lr_half_recovery"]["mu1"]
-    x, seeds, at_min, at_best = re.search(r"~([\d.]+)x the tuned .* (\d+) seeds?: (-?\d+) % of the gain at 0.25x, "
-                                          r"(-?\d+) % at 1x", TESTBED_RELATION).groups()
+    x, seeds, lo, hi, *gains = re.search(r"~([\d.]+)x the tuned .* (\d+) seeds: ([\d.]+x) to ([\d.]+x); (-?\d+) to "
+                                         r"(-?\d+) % of the gain at 0.25x, (-?\d+) to (-?\d+) % at 1x",
+                                         TESTBED_RELATION).groups()
     assert x == f"{half['median_x_best']:.2g}" and int(seeds) == len(half["per_seed"])
+    assert f"{lo}..{hi}" == half["range_x_best"]  # the seeds' range of the half-recovery learning rate
     plain = [r for r in record["rows"] if r["mu"] == 1]
     gain = lambda lr: [round(100 * r["ranks"]["1"]["gain_recovery"]) for r in plain if r["learning_rate"] == lr]  # noqa: E731
-    assert gain(3e-5) == [int(at_min)] and gain(1.2e-4) == [int(at_best)]
+    assert [min(gain(3e-5)), max(gain(3e-5)), min(gain(1.2e-4)), max(gain(1.2e-4))] == [int(g) for g in gains]
