@@ -25,7 +25,7 @@ has no gain to share and is left out); the median over seeds (in log lr) with th
 also in units of the tuned learning rate (best lr 1.2e-4). The recoveries are the median over seeds, with the 95 %
 interval for one seed and the seeds' range for several.
 
-    .venv/bin/python bench/dominance.py --seeds 100 --out docs/results/dominance
+    .venv/bin/python bench/dominance.py --seeds 100,0,1 --retained-seeds 100,0,1 --out docs/results/dominance
     .venv/bin/python bench/dominance.py --report docs/results/dominance/dominance.json   # the line, in seconds
 """
 
@@ -52,8 +52,8 @@ from rlcast.apps.dynamics import analyze_dynamics
 from rlcast.io.checkpoints import load_run
 from rlcast.io.outputs import scratch_dir
 
-DURATION = ("~25 s per run on 2 shared CPU cores (1000 prompts, ranks 1,2,4; 15 runs per seed), ~3.5 min more per run "
-            "with --retained-seeds")
+DURATION = ("5-25 s per run on 2 shared CPU cores (1000 prompts, ranks 1,2,4; 15 runs per seed), 0.5-3 min more per "
+            "run with --retained-seeds")
 LIBRARY = Path("/work/runs/library")
 LEARNING_RATES = "3e-5,6e-5,1.2e-4,2.4e-4,4.8e-4"
 BEST_LR = 1.2e-4  # the tuned learning rate of the steady preset (seed 100)
