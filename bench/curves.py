@@ -9,6 +9,8 @@ resumed when interrupted). Each finished run's curve goes to LIBRARY/PRESET/seed
     provenance.json     machine, commit, package versions and the command that trained it
 
 so `rlcast forecast` and the forecast and tune benchmarks replay a curve without its checkpoints (kilobytes each).
+With --hp KEY=VALUE overrides the preset folder is named by them too (PRESET+KEY=VALUE, e.g.
+`steady+num_generations=4`), so a variant of the preset never mixes with its grid.
 A curve already in the library is not trained again. Several processes started with the same arguments share the
 grid: each claims a run with a claim file in --out before training it (a claim whose process is gone is taken over).
 
@@ -89,20 +91,21 @@ def main() -> None:
     claims.mkdir(parents=True, exist_ok=True)
     grid = [(seed, float(lr), int(mu)) for seed in args.seeds for mu in args.mu.split(",")
             for lr in args.learning_rates.split(",")]
+    folder = args.preset + "".join(f"+{hp}" for hp in sorted(args.hp))
     for seed, lr, mu in grid:
         name = run_name(seed, lr, mu)
-        destination = args.library / args.preset / name
-        if destination.exists() or not claim(claims, name):
+        destination = args.library / folder / name
+        if destination.exists() or not claim(claims, f"{folder}-{name}" if args.hp else name):
             continue
         config = reuse_rollouts(train_config(args, seed=seed, learning_rate=lr, steps=args.batches,
                                              save_every=args.save_every), mu)
-        run = plain_run(args.out / name, config)
+        run = plain_run(args.out / (f"{folder}-{name}" if args.hp else name), config)
         commit_curve(run, destination, results.provenance)
         final = Manifest.read(run / "run.json").checkpoints[-1].accuracy
         results.add({"name": name, "seed": seed, "learning_rate": lr, "mu": mu, "final": final})
         console.print(f"{name}: final {final:.3f} -> {destination}")
-    done = sorted(p.name for p in (args.library / args.preset).glob("seed*-lr*-mu*") if p.is_dir())
-    results.finish({"curves": done}, f"curves={len(done)} grid={len(grid)} preset={args.preset}")
+    done = sorted(p.name for p in (args.library / folder).glob("seed*-lr*-mu*") if p.is_dir())
+    results.finish({"curves": done}, f"curves={len(done)} grid={len(grid)} preset={folder}")
 
 
 if __name__ == "__main__":
