@@ -301,8 +301,11 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
                              "gate_off_at": method.off_at_, "generation_batches": method.batches_},
                   curves={"plain": plain, "accelerated": accelerated})
     # would the forecast and the stop rule have told the user this, from the plain run's own early checkpoints?
-    result["forecast"] = hindsight(Curve.from_log(read_log(out / "plain")).generation_axis(), cfg.forecast_from)
-    told = hindsight_lines(result["forecast"], unit="generation batch")
+    try:  # a forecast that cannot be made (too few scores) is said, not allowed to lose the runs' results
+        result["forecast"] = hindsight(Curve.from_log(read_log(out / "plain")).generation_axis(), cfg.forecast_from)
+        told = hindsight_lines(result["forecast"], unit="generation batch")
+    except RlcastError as err:
+        result["forecast"], told = {"error": str(err)}, [f"no forecast: {err}"]
     t = stage("forecast (replayed)", t)
     report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
         f"Live acceleration, {method.name} against the best plain run (same seed, learning rate and budget of "
