@@ -6,18 +6,23 @@ steps: 300 on steady) and scored on the same held-out prompts every `--save-ever
     method       `--method` jumps | sfpo | gxpo | rank1 with its settings (`--accel KEY=VALUE`, chosen on tuning
                  seeds >= 100) at the best plain learning rate (`--hp` overrides the method run's config); jumps
                  runs `AccelerateCallback` on top of the best plain setting, a lookahead method sets its own
-                 num_iterations (rlcast.training.lookahead)
+                 num_iterations (rlcast.training.lookahead); or `--rollouts` skip | adaptive with its settings
+                 (`--rollout KEY=VALUE`; rlcast.training.rollouts) on top of the best plain setting: which
+                 completions are generated, not how they train (skip's draws are seeded by the run's seed)
     best plain   `--best-plain LR,MU`: learning rate and rollout reuse (TRL num_iterations), chosen by
                  bench/baselines.py on the tuning seeds; with `--parallel` trained in a second process side by side
-                 with the method's run, so both see the same load on the shared cores
+                 with the method's run, so both see the same load on the shared cores; with `--library` the
+                 plain runs are the committed curves of bench/curves.py (same config, not trained here)
     preset       the preset's own plain run (its learning rate, one step per batch)
 
-The generation batches of every checkpoint come from run.json (`generation_batches`); training seconds (wall and
+The cost a run pays is counted in completions generated (run.json's `completions` per checkpoint; the same as
+generation batches for every method that generates whole batches, and the only fair count for rollout methods, whose
+batches shrink or grow), or in generation batches where a run predates the count; training seconds (wall and
 this process's CPU time, summed over the optimizer steps: rollouts, backward passes, repositions and jump checks,
 not the held-out scoring at checkpoints) are clocked per checkpoint into OUT/.../seconds.json. Per seed:
 
     goal            98 % of the best plain run's final held-out accuracy
-    speedup         best plain's generation batches to the goal / the method's
+    speedup         best plain's completions (or generation batches: `cost`) to the goal / the method's
     wall_speedup    best plain's training seconds to the goal / the method's (wall clock; cpu_speedup: CPU time)
     retained        the method's final accuracy / best plain's
 
@@ -39,6 +44,8 @@ thread per process).
         --out runs/accel
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method sfpo --seeds 0 --parallel --out runs/accel
     .venv/bin/python bench/acceleration.py --report runs/accel/sfpo/seed*-vs-0.00012,2.json
+    .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,4 --rollouts skip --seeds 0-2 --out runs/accel \
+        --library docs/results/curves/steady
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-from common import TUNING, Results, add_out, add_seeds, finished, new_parser, spreads
+from common import TUNING, Results, add_out, add_seeds, finished, library_run, new_parser, spreads
 from rlcast.evaluation.speedup import outcome
 from rlcast.io.atomic import write_json_atomic
 from rlcast.io.manifest import Manifest
@@ -62,6 +69,7 @@ from rlcast.io.options import parse_overrides
 from rlcast.training.accelerate import AccelerateCallback
 from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
+from rlcast.training.rollouts import ROLLOUTS, Rollouts, make_rollouts, rollout_settings
 from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset, train
 
 DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
@@ -80,6 +88,13 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
         train(out, config, callbacks=[TrainingClock(out / "seconds.json")], progress=False,
               resume=(out / "run.json").exists())
         return {"trained": True}
+    if method in ROLLOUTS:  # its state is saved with every checkpoint: an interrupted run resumes
+        rollouts = make_rollouts(method, settings)
+        train(out, config, callbacks=[rollouts, TrainingClock(out / "seconds.json")], progress=False,
+              resume=(out / "run.json").exists())
+        result = rollouts.summary() | logged(out)
+        write_json_atomic(summary, result)
+        return result | {"trained": True}
     shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
     callback = make_accelerator(method, ({"verbose": False} if method == "jumps" else {}) | settings,
                                 task=config.task, task_args=config.task_args)
@@ -95,23 +110,50 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
     return result | {"trained": True}
 
 
+def logged(out: Path) -> dict:
+    """Means over the run's generation batches of what TRL logged about its rollouts (the last checkpoint's log
+    history): the share of zero-variance groups, and a rollout method's skip rate and share of groups with signal."""
+    states = sorted(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    history = json.loads(states[-1].read_text())["log_history"] if states else []
+    keys = {"frac_reward_zero_std": "zero_std", "rollouts/skip_rate": "skip_rate", "rollouts/signal": "signal"}
+    means = {}
+    for key, name in keys.items():
+        values = [h[key] for h in history if key in h]
+        if values:
+            means[name] = statistics.fmean(values)
+    return means
+
+
 def points(out: Path, mu: int) -> list[dict]:
-    """Per checkpoint (and the base, at 0): generation batches, optimizer steps (one backward pass each), held-out
-    accuracy, training seconds (wall, CPU) when clocked. Runs from before run.json counted generation batches: step // mu."""
+    """Per checkpoint (and the base, at 0): generation batches, completions generated, optimizer steps (one backward
+    pass each), held-out accuracy, training seconds (wall, CPU) when clocked. Runs from before run.json counted
+    generation batches: step // mu; from before it counted completions (none ran a rollout method): generation
+    batches x batch_size, as rlcast.training.train counts them on resume."""
     manifest = Manifest.read(out / "run.json")
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    rows = [{"batches": 0, "steps": 0, "accuracy": manifest.base_accuracy, "wall": 0.0, "cpu": 0.0}]
+    batch_size = (manifest.config or {}).get("batch_size")
+    rows = [{"batches": 0, "completions": 0, "steps": 0, "accuracy": manifest.base_accuracy, "wall": 0.0, "cpu": 0.0}]
     for c in manifest.checkpoints:
         wall, cpu = seconds.get(str(c.step), [None, None])
-        rows.append({"batches": c.step // mu if c.generation_batches is None else c.generation_batches,
-                     "steps": c.step, "accuracy": c.accuracy, "wall": wall, "cpu": cpu})
+        batches = c.step // mu if c.generation_batches is None else c.generation_batches
+        made = c.completions if c.completions is not None else batch_size and batches * batch_size
+        rows.append({"batches": batches, "completions": made, "steps": c.step, "accuracy": c.accuracy, "wall": wall,
+                     "cpu": cpu})
     return rows
 
 
-def at(rows: list[dict], batches: int | None) -> dict:
-    """The checkpoint at `batches` generation batches: its batches and training seconds (all None: no checkpoint)."""
-    row = next((r for r in rows if batches is not None and r["batches"] == batches), {})
-    return {"batches": batches, "wall": row.get("wall"), "cpu": row.get("cpu")}
+def cost_axis(*curves: list[dict]) -> str:
+    """What a run's cost is counted in: completions generated when every checkpoint of `curves` records them, else
+    generation batches."""
+    return "completions" if all(r.get("completions") is not None for c in curves for r in c) else "batches"
+
+
+def at(rows: list[dict], cost: float | None, axis: str = "batches") -> dict:
+    """The checkpoint whose `axis` is `cost`: its generation batches, completions and training seconds (all None: no
+    checkpoint)."""
+    row = next((r for r in rows if cost is not None and r[axis] == cost), {})
+    return {"batches": row.get("batches"), "completions": row.get("completions"), "wall": row.get("wall"),
+            "cpu": row.get("cpu")}
 
 
 def ratio(a, b) -> float | None:
@@ -126,13 +168,14 @@ def ratio(a, b) -> float | None:
 def compare(method: list[dict], reference: list[dict]) -> dict:
     """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.speedup.outcome`:
     `held` says the method ends at or above the goal, else its crossing (kept as `crossed`) does not count (speedups
-    0)."""
-    result = outcome({r["batches"]: r["accuracy"] for r in reference}, {r["batches"]: r["accuracy"] for r in method})
+    0). The cost axis is `cost_axis`'s."""
+    axis = cost_axis(method, reference)
+    result = outcome({r[axis]: r["accuracy"] for r in reference}, {r[axis]: r["accuracy"] for r in method})
     mine = result["accelerated"]
-    ref, got = at(reference, result["plain"]["steps_to_98"]), at(method, mine["steps_to_98"])
+    ref, got = at(reference, result["plain"]["steps_to_98"], axis), at(method, mine["steps_to_98"], axis)
     if not mine["held"] and mine["crossed"] is not None:
-        got["crossed"] = mine["crossed"]
-    return {"goal": result["target"], "held": mine["held"], "reference": ref, "method": got,
+        got["crossed"] = at(method, mine["crossed"], axis)["batches"]
+    return {"goal": result["target"], "cost": axis, "held": mine["held"], "reference": ref, "method": got,
             "speedup": result["speedup"] or 0.0,
             "wall_speedup": ratio(ref["wall"], got["wall"]), "cpu_speedup": ratio(ref["cpu"], got["cpu"]),
             "retained": result["retained"]}
@@ -160,6 +203,12 @@ def main() -> None:
     parser.add_argument("--method", choices=ACCELERATORS)
     parser.add_argument("--accel", action="append", default=[], metavar="KEY=VALUE",
                         help="the method's setting; repeatable")
+    parser.add_argument("--rollouts", choices=tuple(ROLLOUTS), help="a rollout method instead of --method")
+    parser.add_argument("--rollout", action="append", default=[], metavar="KEY=VALUE",
+                        help="the rollout method's setting; repeatable")
+    parser.add_argument("--library", type=Path, metavar="DIR",
+                        help="take the plain runs from this curve library (docs/results/curves/PRESET) instead of "
+                             "training them")
     parser.add_argument("--best-plain", type=best_plain, metavar="LR,MU",
                         help="the best plain learning rate and rollout reuse")
     parser.add_argument("--preset", default="steady", help="a preset of rlcast.training.train.PRESETS")
@@ -176,17 +225,25 @@ def main() -> None:
     if args.report:
         print(summarize([json.loads(Path(path).read_text()) for path in args.report])[1])
         return
-    if not (args.method and args.best_plain):
-        parser.error("--method and --best-plain are needed (or --report)")
+    if not ((args.method is None) != (args.rollouts is None) and args.best_plain):
+        parser.error("--best-plain and one of --method or --rollouts are needed (or --report)")
+    if args.library and args.parallel:
+        parser.error("--library takes the plain runs from the library: nothing to train side by side (--parallel)")
     (lr, mu), seeds = args.best_plain, args.seeds
-    settings = accelerator_settings(args.method, args.accel)
-    method = make_accelerator(args.method, settings)  # bad settings fail now, before any training
+    name, items = (args.method, args.accel) if args.method else (args.rollouts, args.rollout)
+    # bad settings fail now, before any training
+    if args.method:
+        settings = accelerator_settings(args.method, args.accel)
+        method = make_accelerator(args.method, settings)
+    else:
+        settings = rollout_settings(args.rollouts, args.rollout)
+        method = make_rollouts(args.rollouts, settings)
     hp = parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp")
     base = preset(args.preset)
     budget, every = args.budget or base.steps, args.save_every
     results = Results(__file__, args)
     root = results.out
-    folder = root / tag(args.method, args.accel)
+    folder = root / tag(name, items)
     torch.set_num_threads(1)
 
     for seed in seeds:
@@ -194,21 +251,28 @@ def main() -> None:
         best = dataclasses.replace(plain, learning_rate=lr, num_iterations=mu, steps=budget * mu,
                                    save_every=every * mu)
         mine = dataclasses.replace(best, **hp)
-        if args.method != "jumps":  # steps: an upper bound, BatchBudget stops at the budget of generation batches
+        run_settings = settings
+        if isinstance(method, Rollouts) and args.rollouts == "skip" and "seed" not in settings:
+            run_settings = settings | {"seed": seed}
+        if args.method not in ("jumps", None):  # steps: an upper bound, BatchBudget stops at the budget of batches
             steps = budget * method.num_iterations
             mine = dataclasses.replace(mine, num_iterations=method.num_iterations, steps=steps, save_every=steps)
-        runs = {"best": (root / f"plain-seed{seed}-lr{lr:g}-mu{mu}", best, mu),
-                "preset": (root / f"plain-seed{seed}-lr{plain.learning_rate:g}-mu1", plain, 1),
+        if args.library:  # checked to hold exactly these configs
+            paths = {"best": library_run(args.library, best, mu), "preset": library_run(args.library, plain, 1)}
+        else:
+            paths = {"best": root / f"plain-seed{seed}-lr{lr:g}-mu{mu}",
+                     "preset": root / f"plain-seed{seed}-lr{plain.learning_rate:g}-mu1"}
+        runs = {"best": (paths["best"], best, mu), "preset": (paths["preset"], plain, 1),
                 "method": (folder / f"seed{seed}", mine, mine.num_iterations)}
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             side = [pool.submit(run, runs[k][0], runs[k][1]) for k in ("best", "preset")] if args.parallel else []
-            summary = run(runs["method"][0], mine, args.method, settings, every, budget)
+            summary = run(runs["method"][0], mine, name, run_settings, every, budget)
             trained = [job.result()["trained"] for job in side]
-        if not args.parallel:
+        if not (args.parallel or args.library):
             for k in ("best", "preset"):
                 run(runs[k][0], runs[k][1])
         curves = {k: points(path, m) for k, (path, _, m) in runs.items()}
-        row = {"seed": seed, "method": args.method, "settings": settings, "best_plain": [lr, mu],
+        row = {"seed": seed, "method": name, "settings": settings, "best_plain": [lr, mu],
                "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary,
                "curves": curves,
                "vs_best": compare(curves["method"], curves["best"]),
@@ -232,18 +296,26 @@ def show(row: dict) -> None:
     best, pre, c = row["vs_best"], row["vs_preset"], row["curves"]
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     extra = {k: v for k, v in row["summary"].items() if k in ("repositions", "failed", "gate_off_at")}
-    if "summary" in row["summary"]:
+    if "rollouts" in row["summary"]:  # a rollout method: what it generated, how often it skipped, what had signal
+        extra = {k: round(v, 3) for k, v in row["summary"].items() if k in ("skip_rate", "signal", "zero_std")}
+        extra["completions/batch"] = round(row["summary"]["completions"] / max(1, row["summary"]["generation_batches"]))
+    elif "summary" in row["summary"]:
         extra = {k: row["summary"]["summary"][k] for k in ("attempts", "kept", "steps_gained")}
     print(f"seed {row['seed']}: final {c['method'][-1]['accuracy']:.3f} (best plain {c['best'][-1]['accuracy']:.3f}, "
           f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']}"
-          f"{not_held(best)} "
-          f"vs {best['reference']['batches']}: speedup {best['speedup']:.2f} wall {fmt(best['wall_speedup'])} cpu "
+          f"{completions(best['method'])}{not_held(best)} "
+          f"vs {best['reference']['batches']}{completions(best['reference'])}: speedup {best['speedup']:.2f} wall {fmt(best['wall_speedup'])} cpu "
           f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
           f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "
           f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; backward passes/batch "
           f"{fmt(per_batch(c['method'], 'steps'))} vs {fmt(per_batch(c['best'], 'steps'))}; {extra}",
           flush=True)
+
+
+def completions(point: dict) -> str:
+    """' (N completions)' where a checkpoint of a per-seed row records them."""
+    return f" ({point['completions']} completions)" if point.get("completions") is not None else ""
 
 
 def not_held(part: dict) -> str:
@@ -278,10 +350,12 @@ def summarize(rows: list[dict]) -> tuple[dict, str]:
           f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}; wall clocked side by side on "
           f"{summary['side_by_side']} of {len(rows)} seeds")
     first = rows[0]
+    cost = {r["vs_best"].get("cost", "batches") for r in rows}
     return summary, (f"speedup_vs_best_plain={med('vs_best', 'speedup'):.2f} retained={med('vs_best', 'retained'):.3f} "
                      f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
                      f"best_plain={first['best_plain'][0]:g},{first['best_plain'][1]} "
-                     f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}")
+                     f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}"
+                     + (f" cost={'/'.join(sorted(cost))}" if cost != {"batches"} else ""))
 
 
 if __name__ == "__main__":

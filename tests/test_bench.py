@@ -130,6 +130,34 @@ def test_acceleration_counts_a_goal_crossed_then_lost_as_no_speedup(bench_module
     assert kept["held"] and kept["speedup"] == 4.0 and kept["wall_speedup"] == 4.0 and not_held(kept) == ""
 
 
+def test_acceleration_counts_rollout_methods_in_completions_generated(bench_modules):
+    """A method that reaches the goal at the same generation batch with half the completions per batch is 2x faster
+    in completions (the cost of skipping prompts), and counted in batches when a curve lacks the count."""
+    from acceleration import compare, cost_axis
+
+    def curve(scores, per_batch):
+        return [{"batches": 10 * i, "completions": 10 * i * per_batch, "accuracy": a, "wall": None, "cpu": None}
+                for i, a in enumerate(scores)]
+
+    scores = (0.15, 0.18, 0.21, 0.22)
+    skipped = compare(curve(scores, 192), curve(scores, 384))
+    assert skipped["cost"] == "completions" and skipped["speedup"] == 2.0
+    assert skipped["method"]["batches"] == 30 and skipped["method"]["completions"] == 30 * 192
+    old = [dict(r, completions=None) for r in curve(scores, 384)]
+    assert cost_axis(curve(scores, 192), old) == "batches" and compare(curve(scores, 192), old)["speedup"] == 1.0
+
+
+def test_acceleration_counts_completions_of_runs_from_before_the_count(bench_modules, tmp_path):
+    from acceleration import points
+    from rlcast.io.manifest import Entry, Manifest
+
+    Manifest(config={"batch_size": 384}, base_accuracy=0.1, status="finished",
+             checkpoints=[Entry(step=40, path="checkpoint-40", accuracy=0.3, generation_batches=10),
+                          Entry(step=80, path="checkpoint-80", accuracy=0.4, generation_batches=20,
+                                completions=5000)]).write(tmp_path / "run.json")
+    assert [r["completions"] for r in points(tmp_path, 4)] == [0, 3840, 5000]
+
+
 def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_best(bench_modules):
     from baselines import FINAL_NOISE, fastest
 
