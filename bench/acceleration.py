@@ -298,13 +298,15 @@ def show(row: dict) -> None:
     extra = {k: v for k, v in row["summary"].items() if k in ("repositions", "failed", "gate_off_at")}
     if "rollouts" in row["summary"]:  # a rollout method: what it generated, how often it skipped, what had signal
         extra = {k: round(v, 3) for k, v in row["summary"].items() if k in ("skip_rate", "signal", "zero_std")}
-        extra["completions/batch"] = round(row["summary"]["completions"] / max(1, row["summary"]["generation_batches"]))
+        made, batches = row["summary"]["completions"], row["summary"]["generation_batches"]
+        extra["completions/batch"] = round(made / max(1, batches))
     elif "summary" in row["summary"]:
         extra = {k: row["summary"]["summary"][k] for k in ("attempts", "kept", "steps_gained")}
     print(f"seed {row['seed']}: final {c['method'][-1]['accuracy']:.3f} (best plain {c['best'][-1]['accuracy']:.3f}, "
           f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']}"
           f"{completions(best['method'])}{not_held(best)} "
-          f"vs {best['reference']['batches']}{completions(best['reference'])}: speedup {best['speedup']:.2f} wall {fmt(best['wall_speedup'])} cpu "
+          f"vs {best['reference']['batches']}{completions(best['reference'])}: speedup {best['speedup']:.2f} wall "
+          f"{fmt(best['wall_speedup'])} cpu "
           f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
           f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "

@@ -168,6 +168,38 @@ def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_b
     assert fastest(list(med), med, "speedup") == (4.0, 2)
 
 
+def test_baselines_choose_a_group_size_from_the_library_variants(bench_modules, tmp_path, monkeypatch):
+    """--num-generations reads the variant folders bench/curves.py writes (steady+num_generations=G) and picks the
+    group size like any other axis: the fastest setting whose final is within noise of the best."""
+    import dataclasses
+
+    import baselines
+    from rlcast.evaluation.tasks import get_task
+    from rlcast.io.manifest import Entry, Manifest
+    from rlcast.training.train import preset
+
+    library = tmp_path / "curves" / "steady"
+    slow = preset("steady-slow")
+    first_good = {(1, 1, 8): 30, (4, 2, 8): 12, (4, 2, 4): 6, (4, 2, 16): 2}  # batch reaching 0.5 (16: ends low)
+    for (m, mu, g), batch in first_good.items():
+        config = dataclasses.replace(slow, seed=100, learning_rate=m * slow.learning_rate, num_generations=g,
+                                     num_iterations=mu, steps=slow.steps * mu, save_every=2 * mu)
+        config = config.resolve(get_task(config.task, config.task_args))
+        folder = library.with_name("steady" + ("" if g == 8 else f"+num_generations={g}")) / \
+            f"seed100-lr{config.learning_rate:g}-mu{mu}"
+        final = 0.4 if g == 16 else 0.5
+        Manifest(config=dataclasses.asdict(config), base_accuracy=0.1, status="finished",
+                 checkpoints=[Entry(step=b * mu, accuracy=final if b >= batch else 0.2, generation_batches=b)
+                              for b in range(2, slow.steps + 1, 2)]).write(folder / "run.json")
+    monkeypatch.setattr("sys.argv", ["baselines.py", "--preset", "steady-slow", "--multipliers", "4", "--mu", "2",
+                                     "--num-generations", "4,16", "--seeds", "100-100", "--save-every", "2",
+                                     "--library", str(library), "--out", str(tmp_path / "out")])
+    baselines.main()
+    result = json.loads((tmp_path / "out" / "baselines.json").read_text())
+    assert result["line"].endswith("num_generations=4") and result["line"].startswith("best_lr=0.00012 mu=2 ")
+    assert {(r["num_generations"], r["speedup"]) for r in result["rows"]} >= {(4, 5.0), (8, 2.5), (16, 0.0)}
+
+
 def test_every_script_keeps_the_one_accounting():
     """Read in the scripts' source (no import, no training): run.json only through Manifest.read, --seeds only through
     common.parse_seeds, KEY=VALUE only through rlcast.io.options.parse_overrides, the goal only from
