@@ -98,6 +98,34 @@ def test_a_prompt_whose_group_always_scores_the_same_is_skipped_and_still_revisi
     assert skip.explore_ == skip.min_explore  # one prompt in eight cannot reach the 0.5 target: p went down
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_a_shrunk_batch_keeps_the_step_size_of_the_full_one(rescale):
+    """Two of four prompts skipped: with rescale the advantages TRL trains on are halved, so the loss's average over
+    the rows present weighs the informative groups as the full batch (zero-variance groups, zero advantage) did."""
+    skip = SkipRollouts(explore=0.0, min_explore=0.0, rescale=rescale)
+    groups = [[{"prompt": f"p{i}"}] * 2 for i in range(4)]
+    skip.history_ = {prompt_key("p0"): [3, 0], prompt_key("p1"): [3, 0]}  # zero-variance 3 epochs, p = 0: skipped
+    generated = []
+
+    def generate_and_score(rows):
+        generated.append([r["prompt"] for r in rows])
+        skip.rewards_ = torch.tensor([[0.0], [1.0]] * (len(rows) // 2))
+        return {"advantages": torch.tensor([-1.0, 1.0] * (len(rows) // 2))}
+
+    skip.original_ = {"_generate_and_score_completions": generate_and_score}
+    skip.trainer_ = types.SimpleNamespace(args=types.SimpleNamespace(steps_per_generation=1), num_generations=2,
+                                          reward_weights=torch.ones(1), _metrics={"train": defaultdict(list)})
+    output = skip._generation_batch(groups)
+    assert generated == [["p2", "p2", "p3", "p3"]]
+    assert output["advantages"].tolist() == ([-0.5, 0.5] * 2 if rescale else [-1.0, 1.0] * 2)
+
+
+def test_rescale_is_a_checked_setting():
+    with pytest.raises(RlcastError, match="rescale must be true or false"):
+        SkipRollouts(rescale="yes")
+    assert make_rollouts("skip", ["rescale=false"]).rescale is False
+
+
 @pytest.mark.slow
 def test_skipping_in_a_run_skips_the_zero_variance_prompt_and_revisits_it(questions, tmp_path, monkeypatch):
     scored = Scored(monkeypatch)

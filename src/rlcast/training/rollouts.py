@@ -12,9 +12,15 @@ generated in full.
     `max_skips` epochs in a row is generated the next time, so none is starved forever. The batch shrinks by the
     skipped groups (fewer completions per optimizer step; none are drawn to refill it), keeping at least one group
     (and a whole number of TRL's `steps_per_generation` slices). Draws come from a numpy generator seeded by (seed,
-    batch), never torch's RNG: `target=0` never skips and trains bit-identically to the plain run. Differences
-    from the paper: one exploration probability for all-correct and all-wrong groups (GRESO keeps one per side), and
-    no refill to a fixed batch of informative prompts (GRESO's comparison is DAPO's dynamic sampling, which refills).
+    batch), never torch's RNG: `target=0` never skips and trains bit-identically to the plain run. A shrunk batch
+    would take bigger steps: TRL's losses average over the rows (or tokens) present, and the skipped zero-variance
+    groups, which add nothing to the gradient, no longer dilute it (on steady at target 0.5: grad norm 1.4 -> 2.2,
+    1.5x the clipped tokens, final 0.445 against the plain run's 0.527). With `rescale` (default) the advantages of a
+    shrunk batch are scaled by the share of its prompts generated, so a step is the size the full batch would have
+    given (exact for the clipped losses with rows of equal length; the KL term, beta > 0, is not scaled). Differences
+    from the paper: one exploration probability for all-correct and all-wrong groups (GRESO keeps one per side), no
+    refill to a fixed batch of informative prompts (GRESO's comparison is DAPO's dynamic sampling, which refills),
+    and the rescaling (GRESO's steps grow with the informative share; its learning rate was tuned with that).
 `AdaptiveRollouts` (`--rollouts adaptive`; Reinforce-Ada, arXiv 2510.04996). Each prompt of a generation batch is
     sampled in rounds of `round_size` completions until its pool holds at least the group size G
     (`num_generations`) and has signal (two different rewards: a success and a failure for a 0/1 reward), or
@@ -237,6 +243,7 @@ class SkipRollouts(Rollouts):
     min_explore: float = 0.05  # floor of p
     max_skips: int = 8         # epochs in a row a prompt may be skipped; then it is generated
     seed: int = 0              # of the skip draws (numpy, never torch's RNG)
+    rescale: bool = True       # scale a shrunk batch's advantages by the share generated: the plain run's step size
 
     name = "skip"
     BOUNDS = {"target": (0.0, 0.99), "explore": (0.0, 1.0), "step": (0.0, 1.0), "min_explore": (0.0, 1.0),
@@ -246,6 +253,8 @@ class SkipRollouts(Rollouts):
         super().__post_init__()
         if self.min_explore > self.explore:
             self._fail(f"min_explore {self.min_explore:g} must be <= explore {self.explore:g}")
+        if not isinstance(self.rescale, bool):
+            self._fail(f"rescale must be true or false (got {self.rescale!r:.40})")
         self.explore_ = float(self.explore)
         self.history_: dict[str, list[int]] = {}  # prompt key -> [zero-variance streak, skips in a row]
 
@@ -287,6 +296,8 @@ class SkipRollouts(Rollouts):
         rows = [row for group, skip in zip(groups, skipped) if not skip for row in group]
         self.rewards_ = None
         output = self.original_["_generate_and_score_completions"](rows)
+        if self.rescale and any(skipped):
+            output["advantages"] = output["advantages"] * ((len(keys) - sum(skipped)) / len(keys))
         total = self._total(self.rewards_)
         size = self.trainer_.num_generations
         kept = [k for k, s in zip(keys, skipped) if not s]
