@@ -276,7 +276,7 @@ def main() -> None:
                "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary,
                "curves": curves,
                "vs_best": compare(curves["method"], curves["best"]),
-               "vs_preset": compare(curves["method"], curves["preset"])}
+               "vs_preset": compare(curves["method"], curves["preset"]), "provenance": results.provenance}
         write_json_atomic(folder / f"seed{seed}-vs-{lr:g},{mu}.json", row)
         results.add(row)
         show(row)
