@@ -168,8 +168,11 @@ def ratio(a, b) -> float | None:
 def compare(method: list[dict], reference: list[dict]) -> dict:
     """The method against a reference run on the reference's 98 % goal, counted by `rlcast.evaluation.speedup.outcome`:
     `held` says the method ends at or above the goal, else its crossing (kept as `crossed`) does not count (speedups
-    0). The cost axis is `cost_axis`'s."""
+    0). The cost axis is `cost_axis`'s. `equal_cost_retained`: the method's accuracy at its last checkpoint within the
+    reference's whole spend / the reference's final (what a method that spends more, or less, gives for the same)."""
     axis = cost_axis(method, reference)
+    spent = reference[-1][axis]
+    within = [r for r in method if r[axis] <= spent]
     result = outcome({r[axis]: r["accuracy"] for r in reference}, {r[axis]: r["accuracy"] for r in method})
     mine = result["accelerated"]
     ref, got = at(reference, result["plain"]["steps_to_98"], axis), at(method, mine["steps_to_98"], axis)
@@ -178,7 +181,9 @@ def compare(method: list[dict], reference: list[dict]) -> dict:
     return {"goal": result["target"], "cost": axis, "held": mine["held"], "reference": ref, "method": got,
             "speedup": result["speedup"] or 0.0,
             "wall_speedup": ratio(ref["wall"], got["wall"]), "cpu_speedup": ratio(ref["cpu"], got["cpu"]),
-            "retained": result["retained"]}
+            "retained": result["retained"],
+            "equal_cost_retained": within[-1]["accuracy"] / reference[-1]["accuracy"] if reference[-1]["accuracy"]
+            else None}
 
 
 def tag(method: str, settings: list[str]) -> str:
@@ -307,12 +312,18 @@ def show(row: dict) -> None:
           f"{completions(best['method'])}{not_held(best)} "
           f"vs {best['reference']['batches']}{completions(best['reference'])}: speedup {best['speedup']:.2f} wall "
           f"{fmt(best['wall_speedup'])} cpu "
-          f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}; vs preset: speedup {pre['speedup']:.2f} wall "
+          f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}{at_equal_cost(best)}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
           f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "
           f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; backward passes/batch "
           f"{fmt(per_batch(c['method'], 'steps'))} vs {fmt(per_batch(c['best'], 'steps'))}; {extra}",
           flush=True)
+
+
+def at_equal_cost(part: dict) -> str:
+    """' (at best plain's spend: R)' where a per-seed row has it."""
+    value = part.get("equal_cost_retained")
+    return f" (at the reference's spend {value:.3f})" if value is not None else ""
 
 
 def completions(point: dict) -> str:
@@ -345,9 +356,11 @@ def summarize(rows: list[dict]) -> tuple[dict, str]:
         return float("nan") if value is None else value
 
     for part in ("vs_best", "vs_preset"):
+        equal = [r[part].get("equal_cost_retained") for r in rows]
         print(f"{part}: seeds {[r['seed'] for r in rows]} speedup {[round(r[part]['speedup'], 2) for r in rows]} "
               f"wall {[r[part]['wall_speedup'] and round(r[part]['wall_speedup'], 2) for r in rows]} retained "
-              f"{[round(r[part]['retained'], 3) for r in rows]}")
+              f"{[round(r[part]['retained'], 3) for r in rows]}"
+              + (f" retained at equal spend {[round(e, 3) for e in equal]}" if None not in equal else ""))
     print(f"vs preset plain: speedup={med('vs_preset', 'speedup'):.2f} retained={med('vs_preset', 'retained'):.3f} "
           f"wall_speedup={med('vs_preset', 'wall_speedup'):.2f}; wall clocked side by side on "
           f"{summary['side_by_side']} of {len(rows)} seeds")
