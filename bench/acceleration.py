@@ -226,9 +226,16 @@ def main() -> None:
                                                                 "method's run trains (side by side on 2 cores)")
     add_out(parser)
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only summarise these per-seed JSON files")
+    parser.add_argument("--longer", type=Path, metavar="DIR",
+                        help="with --report: the best plain runs continued further (a curve library folder written by "
+                             "bench/curves.py --batches N): each at the method's whole spend, beside the method")
     args = parser.parse_args()
     if args.report:
-        print(summarize([json.loads(Path(path).read_text()) for path in args.report])[1])
+        rows = [json.loads(Path(path).read_text()) for path in args.report]
+        line = summarize(rows)[1]
+        for row in rows if args.longer else []:
+            print(longer(row, args.longer))
+        print(line)
         return
     if not ((args.method is None) != (args.rollouts is None) and args.best_plain):
         parser.error("--best-plain and one of --method or --rollouts are needed (or --report)")
@@ -288,6 +295,23 @@ def main() -> None:
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))]
     tuning = seeds[0] >= TUNING  # the last line is over seeds of this invocation's kind
     results.finish(*summarize([r for r in rows if (r["seed"] >= TUNING) == tuning]))
+
+
+def longer(row: dict, library: Path) -> str:
+    """One seed's method beside its best plain run continued past the budget (`library`/seedS-lrX-muM): the plain run
+    at the method's whole spend (its last checkpoint within it) and both finals as the mean of the last 3 checkpoints,
+    for a method that spends more per batch than the plain run."""
+    (lr, mu), seed = row["best_plain"], row["seed"]
+    folder = library / f"seed{seed}-lr{lr:g}-mu{mu}"
+    if not (folder / "run.json").exists():
+        return f"seed {seed}: no longer best plain run in {library}"
+    plain, mine = points(folder, mu), row["curves"]["method"]
+    spent = mine[-1]["completions"]
+    within = [r for r in plain if r["completions"] <= spent]
+    last3 = lambda rows: statistics.fmean(r["accuracy"] for r in rows[-3:])  # noqa: E731
+    return (f"seed {seed}: at the method's spend ({spent} completions, {mine[-1]['batches']} batches) the best plain "
+            f"run continued to {plain[-1]['batches']} batches scores {within[-1]['accuracy']:.3f} (batch "
+            f"{within[-1]['batches']}), its last 3 {last3(within):.3f}; the method's last 3 {last3(mine):.3f}")
 
 
 def per_batch(rows: list[dict], clock: str = "wall") -> float | None:

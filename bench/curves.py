@@ -10,7 +10,8 @@ resumed when interrupted). Each finished run's curve goes to LIBRARY/PRESET/seed
 
 so `rlcast forecast` and the forecast and tune benchmarks replay a curve without its checkpoints (kilobytes each).
 With --hp KEY=VALUE overrides the preset folder is named by them too (PRESET+KEY=VALUE, e.g.
-`steady+num_generations=4`), so a variant of the preset never mixes with its grid.
+`steady+num_generations=4`), and so is a --batches other than 300 (`steady+batches=600`), so a variant of the preset
+never mixes with its grid.
 A curve already in the library is not trained again. Several processes started with the same arguments share the
 grid: each claims a run with a claim file in --out before training it (a claim whose process is gone is taken over).
 
@@ -34,6 +35,7 @@ from rlcast.io.manifest import Manifest
 
 DURATION = "~10 h on 2 CPU cores for the default grid (4 seeds x 5 learning rates x mu 1, 2, 4; mu 4 ~10 min a run)"
 LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "curves"
+BATCHES = 300  # generation batches of the library's grid
 
 
 def claim(claims: Path, name: str) -> bool:
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--learning-rates", default="3e-5,6e-5,1.2e-4,2.4e-4,4.8e-4")
     parser.add_argument("--mu", default="1,2,4", help="rollout reuse: TRL num_iterations values")
     add_seeds(parser, "100,0,1,2")
-    parser.add_argument("--batches", type=int, default=300, help="generation batches per run")
+    parser.add_argument("--batches", type=int, default=BATCHES, help="generation batches per run")
     parser.add_argument("--save-every", type=int, default=10, help="in generation batches")
     parser.add_argument("--library", type=Path, default=LIBRARY, help="where the curves go (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="where the runs (checkpoints) and claims go")
@@ -92,14 +94,16 @@ def main() -> None:
     grid = [(seed, float(lr), int(mu)) for seed in args.seeds for mu in args.mu.split(",")
             for lr in args.learning_rates.split(",")]
     folder = args.preset + "".join(f"+{hp}" for hp in sorted(args.hp))
+    folder += f"+batches={args.batches}" if args.batches != BATCHES else ""
     for seed, lr, mu in grid:
         name = run_name(seed, lr, mu)
         destination = args.library / folder / name
-        if destination.exists() or not claim(claims, f"{folder}-{name}" if args.hp else name):
+        variant = folder != args.preset
+        if destination.exists() or not claim(claims, f"{folder}-{name}" if variant else name):
             continue
         config = reuse_rollouts(train_config(args, seed=seed, learning_rate=lr, steps=args.batches,
                                              save_every=args.save_every), mu)
-        run = plain_run(args.out / (f"{folder}-{name}" if args.hp else name), config)
+        run = plain_run(args.out / (f"{folder}-{name}" if variant else name), config)
         commit_curve(run, destination, results.provenance)
         final = Manifest.read(run / "run.json").checkpoints[-1].accuracy
         results.add({"name": name, "seed": seed, "learning_rate": lr, "mu": mu, "final": final})

@@ -158,6 +158,20 @@ def test_acceleration_counts_completions_of_runs_from_before_the_count(bench_mod
     assert [r["completions"] for r in points(tmp_path, 4)] == [0, 3840, 5000]
 
 
+def test_acceleration_sets_a_method_that_spends_more_beside_the_plain_run_continued(bench_modules, tmp_path):
+    from acceleration import longer
+    from rlcast.io.manifest import Entry, Manifest
+
+    Manifest(config={"batch_size": 100}, base_accuracy=0.1, status="finished",
+             checkpoints=[Entry(step=4 * b, accuracy=0.1 + b / 100, generation_batches=b, completions=100 * b)
+                          for b in range(10, 61, 10)]).write(tmp_path / "seed0-lr0.00012-mu4" / "run.json")
+    method = [{"batches": b, "completions": 200 * b, "accuracy": 0.2 + b / 100} for b in (0, 10, 20, 30)]
+    row = {"seed": 0, "best_plain": [1.2e-4, 4], "curves": {"method": method}}
+    line = longer(row, tmp_path)  # the method spent 6000 completions: the plain run's batch 60
+    assert "scores 0.700 (batch 60), its last 3 0.600; the method's last 3 0.400" in line
+    assert "no longer best plain run" in longer(dict(row, seed=1), tmp_path)
+
+
 def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_best(bench_modules):
     from baselines import FINAL_NOISE, fastest
 
