@@ -92,7 +92,7 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
         rollouts = make_rollouts(method, settings)
         train(out, config, callbacks=[rollouts, TrainingClock(out / "seconds.json")], progress=False,
               resume=(out / "run.json").exists())
-        result = rollouts.summary() | logged(out)
+        result = rollouts.summary()
         write_json_atomic(summary, result)
         return result | {"trained": True}
     shutil.rmtree(out, ignore_errors=True)  # a method's state lives in the process: an interrupted run restarts
@@ -110,15 +110,22 @@ def run(out: Path, config: TrainConfig, method: str | None = None, settings: dic
     return result | {"trained": True}
 
 
+LOGGED = {"frac_reward_zero_std": "zero_std", "rollouts/skip_rate": "skip_rate", "rollouts/signal": "signal",
+          "grad_norm": "grad_norm"}
+
+
 def logged(out: Path) -> dict:
-    """Means over the run's generation batches of what TRL logged about its rollouts (the last checkpoint's log
-    history): the share of zero-variance groups, and a rollout method's skip rate and share of groups with signal."""
-    states = sorted(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    """What TRL logged about a run's rollouts and steps (its trainer_state.json, a curve library's, or its last
+    checkpoint's), as means over the second half of its optimizer steps, where a skip method acts (a prompt is skipped
+    from its second epoch on): the share of generated groups with zero variance (`zero_std`; `signal` = 1 - it for a
+    rollout method), the skip rate, and the gradient norm (how far a step goes)."""
+    states = [out / "trainer_state.json"] if (out / "trainer_state.json").exists() else sorted(
+        out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     history = json.loads(states[-1].read_text())["log_history"] if states else []
-    keys = {"frac_reward_zero_std": "zero_std", "rollouts/skip_rate": "skip_rate", "rollouts/signal": "signal"}
+    half = max((h.get("step", 0) for h in history), default=0) / 2
     means = {}
-    for key, name in keys.items():
-        values = [h[key] for h in history if key in h]
+    for key, name in LOGGED.items():
+        values = [h[key] for h in history if key in h and h.get("step", 0) > half]
         if values:
             means[name] = statistics.fmean(values)
     return means
@@ -284,8 +291,9 @@ def main() -> None:
             for k in ("best", "preset"):
                 run(runs[k][0], runs[k][1])
         curves = {k: points(path, m) for k, (path, _, m) in runs.items()}
+        logs = {k: logged(runs[k][0]) for k in ("method", "best")}
         row = {"seed": seed, "method": name, "settings": settings, "best_plain": [lr, mu],
-               "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary,
+               "side_by_side": bool(trained and trained[0] and summary["trained"]), "summary": summary, "logs": logs,
                "curves": curves,
                "vs_best": compare(curves["method"], curves["best"]),
                "vs_preset": compare(curves["method"], curves["preset"]), "provenance": results.provenance}
@@ -326,17 +334,19 @@ def show(row: dict) -> None:
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     extra = {k: v for k, v in row["summary"].items() if k in ("repositions", "failed", "gate_off_at")}
     if "rollouts" in row["summary"]:  # a rollout method: what it generated, how often it skipped, what had signal
-        extra = {k: round(v, 3) for k, v in row["summary"].items() if k in ("skip_rate", "signal", "zero_std")}
         made, batches = row["summary"]["completions"], row["summary"]["generation_batches"]
-        extra["completions/batch"] = round(made / max(1, batches))
+        extra = {"completions/batch": round(made / max(1, batches))}
+        logs = row.get("logs", {})
+        extra |= {f"late {k}": [round(logs[run][k], 3) if k in logs.get(run, {}) else None
+                                for run in ("method", "best")] for k in ("skip_rate", "zero_std", "grad_norm")}
     elif "summary" in row["summary"]:
         extra = {k: row["summary"]["summary"][k] for k in ("attempts", "kept", "steps_gained")}
     print(f"seed {row['seed']}: final {c['method'][-1]['accuracy']:.3f} (best plain {c['best'][-1]['accuracy']:.3f}, "
           f"preset {c['preset'][-1]['accuracy']:.3f}); goal {best['goal']:.3f} at batch {best['method']['batches']}"
           f"{completions(best['method'])}{not_held(best)} "
           f"vs {best['reference']['batches']}{completions(best['reference'])}: speedup {best['speedup']:.2f} wall "
-          f"{fmt(best['wall_speedup'])} cpu "
-          f"{fmt(best['cpu_speedup'])} retained {best['retained']:.3f}{at_equal_cost(best)}; vs preset: speedup {pre['speedup']:.2f} wall "
+          f"{fmt(best['wall_speedup'])} cpu {fmt(best['cpu_speedup'])} retained {best['retained']:.3f}"
+          f"{at_equal_cost(best)}; vs preset: speedup {pre['speedup']:.2f} wall "
           f"{fmt(pre['wall_speedup'])} retained {pre['retained']:.3f}; s/batch wall {fmt(per_batch(c['method']))} vs "
           f"{fmt(per_batch(c['best']))}{'' if row['side_by_side'] else ' (not side by side)'}, cpu "
           f"{fmt(per_batch(c['method'], 'cpu'))} vs {fmt(per_batch(c['best'], 'cpu'))}; backward passes/batch "
