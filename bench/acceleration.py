@@ -237,6 +237,8 @@ def main() -> None:
                         help="with --report: the best plain runs continued further (a curve library folder written by "
                              "bench/curves.py --batches N): each at the method's whole spend, beside the method")
     args = parser.parse_args()
+    if args.longer and not (args.report and args.longer.is_dir()):
+        parser.error(f"--longer {args.longer}: needs --report and an existing curve-library folder")
     if args.report:
         rows = [json.loads(Path(path).read_text()) for path in args.report]
         line = summarize(rows)[1]

@@ -37,6 +37,7 @@ missing there is a one-line error:
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from pathlib import Path
 
@@ -57,6 +58,17 @@ def fastest(settings: list[tuple], med: dict, key: str) -> tuple:
     return max((s for s in settings if med[s]["final"] >= top - FINAL_NOISE), key=lambda s: med[s][key])
 
 
+def group_sizes(text: str) -> list[int]:
+    """--num-generations 4,16 as [4, 16] (each >= 2: a group of one has no advantage)."""
+    try:
+        sizes = [int(g) for g in text.split(",")]
+        if min(sizes) < 2:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated group sizes >= 2, e.g. 4,16") from None
+    return sizes
+
+
 def name(group: int, preset_group: int, prefix: str = " g") -> str:
     """How a setting's group size is shown: nothing for the preset's (the names from before the axis), else
     `prefix`G."""
@@ -68,7 +80,7 @@ def main() -> None:
     add_preset(parser)
     parser.add_argument("--multipliers", default="1,2,4,8,16", help="learning-rate multipliers (1 = the preset's)")
     parser.add_argument("--mu", default="1", help="rollout reuse: TRL num_iterations values")
-    parser.add_argument("--num-generations", default="", metavar="G,G",
+    parser.add_argument("--num-generations", type=group_sizes, default=[], metavar="G,G",
                         help="completions per prompt to try besides the preset's, at its completions per batch")
     add_seeds(parser, "100,101")
     parser.add_argument("--save-every", type=int, default=10, help="in generation batches")
@@ -81,7 +93,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     results = Results(__file__, args)
     base = train_config(args, save_every=args.save_every)
-    groups = sorted({base.num_generations} | {int(g) for g in args.num_generations.split(",") if g})
+    groups = sorted({base.num_generations} | set(args.num_generations))
     settings = sorted({(float(m), int(mu), g) for m in args.multipliers.split(",") for mu in args.mu.split(",")
                        for g in groups} | {(1.0, 1, base.num_generations)})
     rows: dict[tuple, list[dict]] = {s: [] for s in settings}

@@ -214,6 +214,15 @@ def test_baselines_choose_a_group_size_from_the_library_variants(bench_modules, 
     assert {(r["num_generations"], r["speedup"]) for r in result["rows"]} >= {(4, 5.0), (8, 2.5), (16, 0.0)}
 
 
+def test_baselines_refuse_a_bad_group_size_in_one_line(bench_modules):
+    from baselines import group_sizes
+
+    assert group_sizes("4,16") == [4, 16]
+    for bad in ("abc", "1,4", "4,,8"):
+        with pytest.raises(argparse.ArgumentTypeError, match="group sizes >= 2"):
+            group_sizes(bad)
+
+
 def test_every_script_keeps_the_one_accounting():
     """Read in the scripts' source (no import, no training): run.json only through Manifest.read, --seeds only through
     common.parse_seeds, KEY=VALUE only through rlcast.io.options.parse_overrides, the goal only from
