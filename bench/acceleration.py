@@ -62,24 +62,28 @@ from pathlib import Path
 import torch
 
 from common import TUNING, Results, add_out, add_seeds, finished, library_run, new_parser, spreads
+from rlcast.errors import RlcastError
 from rlcast.evaluation.speedup import outcome
 from rlcast.io.atomic import write_json_atomic
 from rlcast.io.manifest import Manifest
 from rlcast.io.options import parse_overrides
-from rlcast.training.accelerate import AccelerateCallback
-from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
-from rlcast.training.budget import BatchBudget, TrainingClock
-from rlcast.training.rollouts import ROLLOUTS, Rollouts, make_rollouts, rollout_settings
-from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset, train
+
+# rlcast.training (TRL, seconds to import) is imported where a run is trained, so that --report stays quick
 
 DURATION = ("~30 min per seed on 2 CPU cores (steady: the method's run and two plain runs of 300 generation batches; "
             "finished plain runs are reused)")
 
 
-def run(out: Path, config: TrainConfig, method: str | None = None, settings: dict | None = None,
+def run(out: Path, config, method: str | None = None, settings: dict | None = None,
         every: int = 10, budget: int = 300) -> dict:
-    """Train one run into `out` unless it is finished; the method's summary (none for a plain run), `trained`: whether
-    this call trained it."""
+    """Train one run (a TrainConfig) into `out` unless it is finished; the method's summary (none for a plain run),
+    `trained`: whether this call trained it."""
+    from rlcast.training.accelerate import AccelerateCallback
+    from rlcast.training.accelerators import make_accelerator
+    from rlcast.training.budget import BatchBudget, TrainingClock
+    from rlcast.training.rollouts import ROLLOUTS, make_rollouts
+    from rlcast.training.train import train
+
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     summary = out / "method.json"
     if finished(out):
@@ -212,10 +216,11 @@ def best_plain(text: str) -> tuple[float, int]:
 
 def main() -> None:
     parser = new_parser(__doc__)
-    parser.add_argument("--method", choices=ACCELERATORS)
+    parser.add_argument("--method", help="an accelerator of rlcast.training.accelerators (jumps, sfpo, gxpo, rank1)")
     parser.add_argument("--accel", action="append", default=[], metavar="KEY=VALUE",
                         help="the method's setting; repeatable")
-    parser.add_argument("--rollouts", choices=tuple(ROLLOUTS), help="a rollout method instead of --method")
+    parser.add_argument("--rollouts", help="a rollout method of rlcast.training.rollouts (skip, adaptive) instead of "
+                                           "--method")
     parser.add_argument("--rollout", action="append", default=[], metavar="KEY=VALUE",
                         help="the rollout method's setting; repeatable")
     parser.add_argument("--library", type=Path, metavar="DIR",
@@ -250,16 +255,25 @@ def main() -> None:
         parser.error("--best-plain and one of --method or --rollouts are needed (or --report)")
     if args.library and args.parallel:
         parser.error("--library takes the plain runs from the library: nothing to train side by side (--parallel)")
+    from rlcast.training.accelerators import ACCELERATORS, accelerator_settings, make_accelerator
+    from rlcast.training.rollouts import ROLLOUTS, Rollouts, make_rollouts, rollout_settings
+    from rlcast.training.train import HYPERPARAMETERS, TrainConfig, preset
+
+    for option, value, known in (("--method", args.method, ACCELERATORS), ("--rollouts", args.rollouts, ROLLOUTS)):
+        if value is not None and value not in known:
+            parser.error(f"{option} {value!r}: known: {', '.join(known)}")
     (lr, mu), seeds = args.best_plain, args.seeds
     name, items = (args.method, args.accel) if args.method else (args.rollouts, args.rollout)
-    # bad settings fail now, before any training
-    if args.method:
-        settings = accelerator_settings(args.method, args.accel)
-        method = make_accelerator(args.method, settings)
-    else:
-        settings = rollout_settings(args.rollouts, args.rollout)
-        method = make_rollouts(args.rollouts, settings)
-    hp = parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp")
+    try:  # bad settings fail now, in one line, before any training
+        if args.method:
+            settings = accelerator_settings(args.method, args.accel)
+            method = make_accelerator(args.method, settings)
+        else:
+            settings = rollout_settings(args.rollouts, args.rollout)
+            method = make_rollouts(args.rollouts, settings)
+        hp = parse_overrides(TrainConfig, args.hp, HYPERPARAMETERS, "--hp")
+    except RlcastError as error:
+        parser.error(str(error))
     base = preset(args.preset)
     budget, every = args.budget or base.steps, args.save_every
     results = Results(__file__, args)
