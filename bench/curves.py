@@ -95,10 +95,10 @@ def main() -> None:
             for lr in args.learning_rates.split(",")]
     folder = args.preset + "".join(f"+{hp}" for hp in sorted(args.hp))
     folder += f"+batches={args.batches}" if args.batches != BATCHES else ""
+    variant = folder != args.preset  # its runs' folders in --out (and their claims) carry the variant's name
     for seed, lr, mu in grid:
         name = run_name(seed, lr, mu)
         destination = args.library / folder / name
-        variant = folder != args.preset
         if destination.exists() or not claim(claims, f"{folder}-{name}" if variant else name):
             continue
         config = reuse_rollouts(train_config(args, seed=seed, learning_rate=lr, steps=args.batches,
