@@ -96,9 +96,28 @@ def test_demo_refuses_a_non_empty_out_folder_in_one_line(tmp_path, monkeypatch, 
 
 
 def test_demo_refuses_an_unknown_accelerator_before_any_training(tmp_path):
-    with pytest.raises(RlcastError, match="demo accelerator 'warp': known: sfpo, gxpo, rank1"):
+    with pytest.raises(RlcastError, match="demo accelerator 'warp': known: skip, adaptive, sfpo, gxpo, rank1"):
         demo.run_demo(tmp_path / "demo", config=DemoConfig(accelerator="warp"))
+    with pytest.raises(RlcastError, match="budget 12 must be a multiple of round_size 8"):  # against the preset's G
+        demo.run_demo(tmp_path / "demo", config=DemoConfig(accel=(("budget", 12),)))
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_rollout_method_is_judged_in_completions_and_at_equal_spend():
+    # plain: 384 completions a batch, plateaus at 0.50; adaptive: ~2x a batch, slower to the goal, a higher ceiling
+    plain = {0: 0.3} | {384 * b: min(0.5, 0.3 + 0.002 * b) for b in range(10, 160, 10)}
+    adaptive = {0: 0.3} | {800 * b: min(0.7, 0.3 + 0.0025 * b) for b in range(10, 160, 10)}
+    result = judged_outcome(plain, adaptive, 1000, relative_cost=0.5, unit="completions", at_equal_spend=True)
+    assert result["plain"]["steps_to_98"] == 384 * 100 and result["accelerated"]["steps_to_98"] == 800 * 80
+    assert result["speedup"] == pytest.approx(384 * 100 / (800 * 80)) and not result["speedup_measurable"]
+    same = result["equal_spend"]  # at plain's whole spend (57 600 completions): adaptive's batch 70 (56 000)
+    assert same["spend"] == 384 * 150 and same["at"] == {"plain": 384 * 150, "accelerated": 800 * 70}
+    assert same["accelerated"] == pytest.approx(0.475) and same["plain"] == 0.5
+    assert not same["difference"]["significant"]  # -0.025 on 1000 prompts: inside the noise
+    verdict = result["verdict"]
+    assert "in completions" in verdict and "seconds per completion" in verdict
+    assert "at equal spend (57600 completions) 0.475 vs 0.500" in verdict and verdict.count("inside the noise") == 1
+    assert "outside the noise" in verdict  # the final accuracies: 0.7 vs 0.5
 
 
 @pytest.mark.slow
@@ -111,13 +130,19 @@ def test_demo_quick_through_the_cli_writes_the_report_and_summary(tmp_path, monk
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    # both runs on the generation-batch axis: plain 2 steps per batch, rank1 (the default) 1 fast step + 1 more
-    assert sorted(summary["curves"]["plain"]) == sorted(summary["curves"]["accelerated"]) == ["0", "1", "2", "3", "4"]
-    assert summary["lookahead"] == {"repositions": 4, "failed": 0, "gate_off_at": None, "generation_batches": 4}
-    assert summary["runs"]["accelerated"] == "rank1, 2 steps per batch" and summary["relative_cost"] > 0
+    # both runs on the completions axis: plain 4 steps per batch of 384 completions, adaptive (the default) the
+    # same steps on groups formed from rounds until each has signal: at least as many completions
+    plain = summary["curves"]["plain"]
+    assert sorted(plain, key=int) == ["0", "384", "768", "1152", "1536"] and summary["unit"] == "completions"
+    made = summary["rollouts"]
+    assert made["rollouts"] == "adaptive" and made["generation_batches"] == 4 and made["completions"] >= 1536
+    assert sorted(summary["curves"]["accelerated"], key=int)[-1] == str(made["completions"])
+    assert summary["plain_rollouts"] == {"completions": 1536, "generation_batches": 4}
+    assert summary["equal_spend"]["spend"] == 1536 and "at equal spend (1536 completions)" in summary["verdict"]
+    assert summary["runs"]["accelerated"] == "adaptive rollouts, 4 steps per batch" and summary["relative_cost"] > 0
     page = (out / "report.html").read_text()
-    assert "Live acceleration" in page and "generation batches to 98 %" in page and html.escape(summary["verdict"]) in page
-    assert "final_ci" in summary["plain"] and "final_difference" in summary
+    assert "Live acceleration" in page and "completions to 98 %" in page and html.escape(summary["verdict"]) in page
+    assert "final_ci" in summary["plain"] and "final_difference" in summary and "completions generated" in page
     told = summary["forecast"]  # the demo ends with the forecast and the stop rule, replayed on the plain run
     assert told["target"] == 4 and told["cutoff"] == 3 and set(told["forecast"]) == {"median", "low", "high"}
     assert "forecast from generation batch 3 of 4" in result.output and "stop rule" in result.output

@@ -120,6 +120,45 @@ def test_a_shrunk_batch_keeps_the_step_size_of_the_full_one(rescale):
     assert output["advantages"].tolist() == ([-0.5, 0.5] * 2 if rescale else [-1.0, 1.0] * 2)
 
 
+def test_refill_replaces_each_skipped_prompt_by_one_that_passes_its_own_skip_draw():
+    """Two of four prompts skipped: two train-set prompts take their places (a candidate predicted zero-variance is
+    skipped too, and counted), the batch stays whole, so nothing is rescaled."""
+    skip = SkipRollouts(explore=0.0, min_explore=0.0, refill=True, seed=5)
+    groups = [[{"prompt": f"p{i}"}] * 2 for i in range(4)]
+    zero = {prompt_key(p): [3, 0] for p in ("p0", "p1", "q0")}  # zero-variance 3 epochs, p = 0: always skipped
+    skip.history_ = dict(zero)
+    dataset = [{"prompt": p, "idx": i} for i, p in enumerate(["p0", "p2", "q0", "q1", "q2", "q3"])]
+    generated = []
+
+    def generate_and_score(rows):
+        generated.append([r["prompt"] for r in rows])
+        skip.rewards_ = torch.tensor([[0.0], [1.0]] * (len(rows) // 2))
+        return {"advantages": torch.tensor([-1.0, 1.0] * (len(rows) // 2))}
+
+    skip.original_ = {"_generate_and_score_completions": generate_and_score}
+    skip.trainer_ = types.SimpleNamespace(args=types.SimpleNamespace(steps_per_generation=1), num_generations=2,
+                                          reward_weights=torch.ones(1), _metrics={"train": defaultdict(list)},
+                                          train_dataset=dataset)
+    recorded = []
+    observe = skip.observe
+    skip.observe = lambda keys, skipped, zero_: recorded.append((keys, skipped)) or observe(keys, skipped, zero_)
+    output = skip._generation_batch(groups)
+    prompts = generated[0]
+    assert len(prompts) == 8 and prompts[:4] == ["p2", "p2", "p3", "p3"]  # kept, then two replacements
+    replacements = prompts[4::2]
+    assert set(replacements) <= {"q1", "q2", "q3"} and len(set(replacements)) == 2 and prompts[4] == prompts[5]
+    assert output["advantages"].tolist() == [-1.0, 1.0] * 4  # a whole batch: not rescaled
+    keys, skipped = recorded[0]
+    assert keys[:4] == [prompt_key(f"p{i}") for i in range(4)] and skipped[:4] == [True, True, False, False]
+    assert all(s == (k == prompt_key("q0")) for k, s in zip(keys[4:], skipped[4:]))  # q0 drawn: skipped
+    assert skip.trainer_._metrics["train"]["rollouts/refilled"] == [0.5]
+    # no candidate passes: the skipped prompts come back, the batch is whole again
+    skip.batches_, skip.history_ = 1, dict(zero)
+    skip.trainer_.train_dataset = [{"prompt": "q0"}]
+    skip._generation_batch(groups)
+    assert sorted(generated[1]) == sorted(p for p in ("p0", "p1", "p2", "p3") for _ in range(2))
+
+
 def test_rescale_is_a_checked_setting():
     with pytest.raises(RlcastError, match="rescale must be true or false"):
         SkipRollouts(rescale="yes")
@@ -141,6 +180,16 @@ def test_skipping_in_a_run_skips_the_zero_variance_prompt_and_revisits_it(questi
     assert entry["tokens"] == scored.tokens and entry["generation_batches"] == 8
     rates = logged(run, 8, "rollouts/skip_rate")
     assert rates and max(rates) > 0 and logged(run, 8, "rollouts/completions")
+
+
+@pytest.mark.slow
+def test_refill_in_a_run_keeps_the_plain_completions_per_batch(questions, tmp_path, monkeypatch):
+    scored = Scored(monkeypatch)
+    skip = RecordingSkip(explore=0.0, min_explore=0.0, step=0.0, max_skips=1, refill=True)
+    run = train(tmp_path / "refill", config(questions), callbacks=[skip], progress=False)
+    assert any(any(d.values()) for d in skip.decisions)  # the impossible prompt was skipped ...
+    assert last_entry(run)["completions"] == scored.completions == 8 * 8  # ... and replaced: plain's completions
+    assert max(logged(run, 8, "rollouts/refilled")) > 0
 
 
 @pytest.mark.slow

@@ -55,3 +55,16 @@ def test_batch_curve_puts_a_reused_rollout_run_on_the_generation_batch_axis(tmp_
         {"step": 10, "path": "checkpoint-10", "accuracy": 0.5}]}))
     with pytest.raises(RlcastError, match="checkpoint 10 records no generation_batches"):
         batch_curve(tmp_path)
+
+
+def test_batch_curve_counts_completions_for_rollout_methods(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
+        {"step": 10, "path": "checkpoint-10", "accuracy": 0.5, "generation_batches": 5, "completions": 90},
+        {"step": 20, "path": "checkpoint-20", "accuracy": 0.6, "generation_batches": 10, "completions": 200}]}))
+    assert batch_curve(tmp_path, "completions") == {0: 0.4, 90: 0.5, 200: 0.6}
+    with pytest.raises(RlcastError, match="cost 'tokens': one of generation_batches, completions"):
+        batch_curve(tmp_path, "tokens")
+    (tmp_path / "run.json").write_text(json.dumps({"base_accuracy": 0.4, "checkpoints": [
+        {"step": 10, "path": "checkpoint-10", "accuracy": 0.5, "generation_batches": 5}]}))
+    with pytest.raises(RlcastError, match="checkpoint 10 records no completions"):
+        batch_curve(tmp_path, "completions")

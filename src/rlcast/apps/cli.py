@@ -696,7 +696,8 @@ def train_cmd(
                                                   "group has signal): rlcast.training.rollouts."),
     rollout: list[str] | None = typer.Option(None, "--rollout", metavar="KEY=VALUE", help="Setting of the "
                                              "--rollouts method, typed as there; repeatable. Keys: skip: target, "
-                                             "explore, step, min_explore, max_skips, seed; adaptive: round_size, "
+                                             "explore, step, min_explore, max_skips, seed, rescale, refill, "
+                                             "refill_tries; adaptive: round_size, "
                                              "budget, balance."),
     stop_when_flat: bool = typer.Option(False, "--stop-when-flat", help="Forecast the held-out accuracy at every "
                                         "checkpoint and end the run once P(gain >= 0.01 by the last step) < 0.3 at "
@@ -1102,8 +1103,8 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="20 generation batches instead of 150 (~2.5 min instead "
                                                       "of ~8 min on 2 CPU cores)."),
 ) -> None:
-    """The best plain GRPO run vs the same run with rank-1 boost lookahead on the steady preset, the plain run
-    analysed, an HTML report, generation-batches-to-98 % table."""
+    """The tuned plain GRPO run vs the same run with adaptive generations on the steady preset, counted in
+    completions generated; the plain run analysed, an HTML report, a completions-to-98 % table."""
     from rlcast.apps.demo import run_demo
 
     run_demo(out, quick=quick)

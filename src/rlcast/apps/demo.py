@@ -2,17 +2,20 @@
 
 1. the steady preset's testbed base (shipped or built once and cached): RL gains that keep accruing,
 2. the best plain GRPO run (the preset's learning rate, each generation batch used for `plain_mu` optimizer steps:
-   the best plain setting in wall time on the CPU that `bench/baselines.py` found on tuning seeds; counted in
-   generation batches alone, 4 steps per batch is faster still) and the same run accelerated by a lookahead
-   method of `rlcast.training.lookahead` (default: the one `bench/acceleration.py` supports, at its default
-   settings): same seed, same learning rate, same budget of generation batches (the rollouts each run pays for),
+   the tuned plain run of the curve library, lr 1.2e-4 x 4 steps per batch on steady) and the same run with a
+   rollout method of `rlcast.training.rollouts` (default: adaptive generations, the one `bench/acceleration.py`
+   measured ahead of the tuned run: a higher ceiling at equal completions and less wall time on this testbed, not
+   fewer completions to the plain goal) or a lookahead method of `rlcast.training.lookahead`: same seed, learning
+   rate and budget of generation batches, the cost counted in completions generated for a rollout method (which
+   generates more or fewer per batch) and in generation batches for a lookahead method,
 3. the plain run analysed: rank-1 dominance, rank-1 dynamics, every extrapolator compared (`compare`),
 4. the HTML report (DIR/report.html): the acceleration verdict in its opening paragraph, the plain-vs-accelerated
    section right after it,
-5. the table: generation batches to reach 98 % of the plain run's final held-out accuracy, plain vs accelerated, and
-   the ratio, every figure with its 95 % interval, the ratio also in training seconds (the accelerated run's
-   per-batch cost counted), and a verdict in words ("no measurable speed-up" when the difference is inside the
-   noise), on the terminal, in the report and in DIR/summary.json.
+5. the table: completions (or generation batches) to reach 98 % of the plain run's final held-out accuracy, plain
+   vs accelerated, and the ratio, every figure with its 95 % interval, the ratio also in training seconds (the
+   accelerated run's cost per completion or batch counted), and a verdict in words ("no measurable speed-up" when
+   the difference is inside the noise; for a rollout method also both runs' accuracy at equal spend), on the
+   terminal, in the report and in DIR/summary.json.
 6. the forecast and the stop rule replayed on the plain run's own checkpoints (`rlcast.apps.stopping.hindsight`):
    its final forecast from 40 % of its batches and where `--stop` would have ended it, beside what running on gave.
 
@@ -51,6 +54,7 @@ from rlcast.io.records import output_record
 from rlcast.training.accelerators import make_accelerator
 from rlcast.training.budget import BatchBudget, TrainingClock
 from rlcast.training.lookahead import LOOKAHEAD
+from rlcast.training.rollouts import ROLLOUTS, Rollouts, make_rollouts
 from rlcast.training.train import preset, train
 
 
@@ -59,14 +63,15 @@ class DemoConfig:
     """Budget of the demo; `quick` is the same pipeline with fewer batches, prompts and compared methods.
 
     The runs are the preset's (task, base, learning rate) cut to `batches` generation batches; `accelerator` names a
-    method of `rlcast.training.lookahead`, `accel` its settings ((key, value) pairs; empty: its defaults)."""
+    method of `rlcast.training.rollouts` or `rlcast.training.lookahead`, `accel` its settings ((key, value) pairs;
+    empty: its defaults)."""
     preset: str = "steady"
     batches: int = 150
     save_every: int = 10
     eval_prompts: int = 1000
     seed: int = 0
-    plain_mu: int = 2  # the steady preset's best plain rollout reuse in wall time (bench/baselines.py, tuning seeds)
-    accelerator: str = "rank1"
+    plain_mu: int = 4  # the steady preset's tuned rollout reuse at its lr 1.2e-4 (the curve library, tuning seeds)
+    accelerator: str = "adaptive"
     accel: tuple[tuple[str, object], ...] = ()
     compare_methods: tuple[str, ...] = ("weight-linear", "alpharl", "alpharl-step", "relex", "next")
     compare_cutoffs: tuple[float, ...] = (0.2, 0.4)
@@ -74,9 +79,12 @@ class DemoConfig:
     forecast_from: float = 0.4  # the share of the plain run the replayed forecast reads (bench/forecast.py's 40 % cut)
 
     def method(self):
-        """A fresh lookahead callback of `accelerator` with `accel` (one line naming the method when unknown)."""
-        if self.accelerator not in LOOKAHEAD:  # the demo budgets and reports generation batches: a lookahead method
-            raise RlcastError(f"demo accelerator {self.accelerator!r}: known: {', '.join(LOOKAHEAD)}")
+        """A fresh rollout method or lookahead callback of `accelerator` with `accel` (one line naming the method
+        when unknown): the methods the demo can budget in generation batches and count in completions."""
+        if self.accelerator in ROLLOUTS:
+            return make_rollouts(self.accelerator, dict(self.accel), what="demo accelerator", option="demo accel")
+        if self.accelerator not in LOOKAHEAD:
+            raise RlcastError(f"demo accelerator {self.accelerator!r}: known: {', '.join([*ROLLOUTS, *LOOKAHEAD])}")
         return make_accelerator(self.accelerator, dict(self.accel), what="demo accelerator", option="demo accel")
 
 
@@ -86,7 +94,8 @@ QUICK = DemoConfig(batches=20, save_every=5, eval_prompts=300,
 
 
 def acceleration_section(result: dict, plain: dict[int, float], accelerated: dict[int, float]) -> str:
-    """HTML: the batches-to-98 % table and both accuracy curves on the generation-batch axis."""
+    """HTML: the cost-to-98 % table and both accuracy curves on the cost axis (completions or generation
+    batches)."""
     import matplotlib  # heavy optional plotting, only for the report
 
     matplotlib.use("Agg")
@@ -98,17 +107,45 @@ def acceleration_section(result: dict, plain: dict[int, float], accelerated: dic
         batches = sorted(acc)
         ax.plot(batches, [acc[b] for b in batches], style, label=names[name], markersize=4)
     ax.axhline(result["target"], color="grey", linestyle=":", label=f"{GOAL:.0%} of plain's final")
-    ax.set_xlabel("generation batches (rollouts paid for)")
+    unit = result["unit"]
+    ax.set_xlabel(f"{unit} (rollouts paid for)")
     ax.set_ylabel("held-out accuracy")
     ax.legend()
     rows = [{"run": names[name], "final accuracy": _acc(result[name]),
-             "generation batches to 98 %": result[name]["steps_to_98"],
+             f"{unit} to 98 %": result[name]["steps_to_98"],
              "training seconds per batch": _fmt(result["seconds_per_batch"][name])}
             for name in ("plain", "accelerated")]
-    note = (f"<p class=note>speedup {_ratio(result)}; retained {_fmt(result['retained'])}; the accelerated run's "
-            f"repositions: {result['lookahead']['repositions']} ({result['lookahead']['failed']} failed).</p>")
+    note = f"<p class=note>speedup {_ratio(result)}; retained {_fmt(result['retained'])}; {_method_note(result)}.</p>"
     return (f"<p><b>{html.escape(result['verdict'])}</b></p>" + table(rows) + note
             + _img(_png(fig), "plain vs accelerated"))
+
+
+def _method_note(result: dict) -> str:
+    """What the accelerated run's method did: its repositions (lookahead) or the completions it generated."""
+    if "lookahead" in result:
+        return (f"the accelerated run's repositions: {result['lookahead']['repositions']} "
+                f"({result['lookahead']['failed']} failed)")
+    made, plain = result["rollouts"], result["plain_rollouts"]
+    return (f"completions generated: {made['completions']} over {made['generation_batches']} generation batches "
+            f"against the plain run's {plain['completions']} over {plain['generation_batches']}")
+
+
+def equal_spend(plain: dict[int, float], accelerated: dict[int, float], n_prompts: int) -> dict:
+    """Both runs' accuracy where they had spent the same (the smaller of the two runs' final spend; each run's last
+    checkpoint within it) and the difference with its 95 % interval: the fair comparison for a method that spends
+    more or less per batch, whose ceiling may differ from the plain run's."""
+    spend = min(max(plain), max(accelerated))
+    at = {name: max(step for step in curve_ if step <= spend) for name, curve_ in
+          (("plain", plain), ("accelerated", accelerated))}
+    d, lo, hi = _difference(accelerated[at["accelerated"]], plain[at["plain"]], n_prompts)
+    return {"spend": spend, "at": at, "plain": plain[at["plain"]], "accelerated": accelerated[at["accelerated"]],
+            "difference": {"value": d, "ci": [lo, hi], "significant": lo > 0 or hi < 0}}
+
+
+def _equal_spend_words(same: dict, unit: str) -> str:
+    return (f"at equal spend ({same['spend']} {unit}) {same['accelerated']:.3f} vs {same['plain']:.3f}, difference "
+            f"{_signed(same['difference'])}, " + ("outside" if same["difference"]["significant"] else "inside")
+            + " the noise")
 
 
 def _fmt(value) -> str:
@@ -130,11 +167,13 @@ def _spacing(curve_: dict[int, float], step: int) -> int:
 
 
 def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_prompts: int,
-                   relative_cost: float | None = None, goal: float = GOAL, unit: str = "generation batches") -> dict:
+                   relative_cost: float | None = None, goal: float = GOAL, unit: str = "generation batches",
+                   at_equal_spend: bool = False) -> dict:
     """`outcome` with its noise: Wilson 95 % intervals of both final accuracies and of their difference, the
     accuracy difference where the accelerated run reaches the goal, the speedup's range from the checkpoint spacing,
     the speedup in training time (`relative_cost`: the accelerated run's training seconds per `unit` / the plain
-    run's), and a verdict in words. The curves are on the `unit` axis.
+    run's), and a verdict in words. The curves are on the `unit` axis. `at_equal_spend`: also both runs' accuracy
+    where they had spent the same (`equal_spend`), in the result and the verdict.
 
     A speed-up is measurable only when the accelerated run reaches the goal more than one checkpoint earlier AND is
     ahead of the plain run at that step by more than the 95 % interval of the difference; otherwise the verdict says
@@ -166,6 +205,8 @@ def judged_outcome(plain: dict[int, float], accelerated: dict[int, float], n_pro
                + (f", within one checkpoint ({max(gap_plain, gap_acc)} {unit})" if within else "")
                + (f"; accuracy there {_signed(result['goal_difference'])}" if result["goal_difference"] else ""))
     result["speedup_measurable"] = measurable
+    if at_equal_spend:
+        result["equal_spend"] = equal_spend(plain, accelerated, n_prompts)
     result["verdict"] = _verdict(result, measurable, why)
     return result
 
@@ -187,10 +228,13 @@ def _verdict(result: dict, measurable: bool, why: str | None) -> str:
         head = (("a measurable speed-up" if measurable else "no measurable speed-up")
                 + f": {speedup:.2f}x in {result['unit']} ({why})")
         if effective is not None:
-            head += f", {effective:.2f}x in training time ({cost:.2f}x the plain run's seconds per batch)"
+            per = {"generation batches": "batch", "completions": "completion"}.get(result["unit"], result["unit"])
+            head += f", {effective:.2f}x in training time ({cost:.2f}x the plain run's seconds per {per})"
     final = result["final_difference"]
     tail = (f"final accuracy {result['accelerated']['final_accuracy']:.3f} vs {result['plain']['final_accuracy']:.3f}, "
             f"difference {_signed(final)}, " + ("outside" if final["significant"] else "inside") + " the noise")
+    if "equal_spend" in result:
+        tail += "; " + _equal_spend_words(result["equal_spend"], result["unit"])
     return (f"{head}; {tail} (95 % intervals: Wilson, {result['n_prompts']} held-out prompts per checkpoint, "
             "unpaired, so conservative).")
 
@@ -213,8 +257,8 @@ def _ratio(result: dict) -> str:
 
 
 def print_outcome(result: dict, console=None) -> None:
-    """The final table (generation batches to 98 % of plain's final accuracy, plain vs accelerated, with intervals)
-    and the verdict in words."""
+    """The final table (completions or generation batches to 98 % of plain's final accuracy, plain vs accelerated,
+    with intervals) and the verdict in words."""
     console = console or Console(soft_wrap=True)
     unit = result["unit"]
     t = Table(title=f"{unit} to reach {GOAL:.0%} of the plain run's final held-out accuracy "
@@ -246,6 +290,8 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     check_output(out, "demo", folder=True, replaces=False)
     cfg = config or (QUICK if quick else DemoConfig())
     method = cfg.method()  # a bad accelerator or setting fails here, before any training
+    if isinstance(method, Rollouts):
+        method.check_group(preset(cfg.preset).num_generations)
     claim_folder(out, output_record("demo"))
     torch.set_num_threads(1)  # the testbed is tiny: one thread beats several fighting over 2 (shared) cores
     console = Console(stderr=True)
@@ -259,14 +305,21 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
         return now
 
     base = dataclasses.replace(preset(cfg.preset), seed=cfg.seed, eval_prompts=cfg.eval_prompts)
-    k = method.num_iterations
     plain_config = dataclasses.replace(base, num_iterations=cfg.plain_mu, steps=cfg.batches * cfg.plain_mu,
                                        save_every=cfg.save_every * cfg.plain_mu)
-    # steps: an upper bound (a gate that fires makes later batches one step each); BatchBudget stops at the budget
-    method_config = dataclasses.replace(base, num_iterations=k, steps=cfg.batches * k, save_every=cfg.batches * k)
-    names = {"plain": f"plain GRPO, {cfg.plain_mu} steps per batch",
-             "accelerated": f"{method.name}, {k} steps per batch"}
     clocks = {"plain": TrainingClock(), "accelerated": TrainingClock()}
+    if isinstance(method, Rollouts):  # the plain run's settings, other rollouts: counted in completions generated
+        k, cost, unit, method_config = cfg.plain_mu, "completions", "completions", plain_config
+        callbacks = [method, clocks["accelerated"]]
+        names = {"plain": f"plain GRPO, {cfg.plain_mu} steps per batch",
+                 "accelerated": f"{method.name} rollouts, {k} steps per batch"}
+    else:
+        k, cost, unit = method.num_iterations, "generation_batches", "generation batches"
+        # steps: an upper bound (a gate that fires makes later batches one step each); BatchBudget stops at the budget
+        method_config = dataclasses.replace(base, num_iterations=k, steps=cfg.batches * k, save_every=cfg.batches * k)
+        callbacks = [method, BatchBudget(method, cfg.save_every, cfg.batches), clocks["accelerated"]]
+        names = {"plain": f"plain GRPO, {cfg.plain_mu} steps per batch",
+                 "accelerated": f"{method.name}, {k} steps per batch"}
     t = started
     console.print(f"[bold]demo[/] {names['plain']} ({cfg.preset} preset, lr {base.learning_rate:g}): {cfg.batches} "
                   f"generation batches, held-out accuracy on {cfg.eval_prompts} prompts every {cfg.save_every}",
@@ -275,8 +328,7 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     t = stage("plain GRPO", t)
     console.print(f"[bold]demo[/] {names['accelerated']}: same seed, learning rate and budget, {method}",
                   highlight=False, soft_wrap=True)
-    train(out / "accelerated", method_config, progress=progress,
-          callbacks=[method, BatchBudget(method, cfg.save_every, cfg.batches), clocks["accelerated"]])
+    train(out / "accelerated", method_config, progress=progress, callbacks=callbacks)
     t = stage("accelerated GRPO", t)
 
     run = load_run(out / "plain")
@@ -292,14 +344,21 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     comparing.save(comparison, out / "compare")
     t = stage("compare", t)
 
-    plain, accelerated = batch_curve(out / "plain"), batch_curve(out / "accelerated")
-    per_batch = {name: clocks[name].total[0] / max(max(c), 1)
-                 for name, c in (("plain", plain), ("accelerated", accelerated))}
-    result = judged_outcome(plain, accelerated, cfg.eval_prompts, per_batch["accelerated"] / per_batch["plain"])
+    plain, accelerated = batch_curve(out / "plain", cost), batch_curve(out / "accelerated", cost)
+    batches = {name: max(batch_curve(out / name)) for name in ("plain", "accelerated")}
+    per_batch = {name: clocks[name].total[0] / max(batches[name], 1) for name in batches}
+    per_unit = {name: clocks[name].total[0] / max(max(c), 1)
+                for name, c in (("plain", plain), ("accelerated", accelerated))}
+    result = judged_outcome(plain, accelerated, cfg.eval_prompts, per_unit["accelerated"] / per_unit["plain"],
+                            unit=unit, at_equal_spend=isinstance(method, Rollouts))
     result.update(runs=names, seconds_per_batch=per_batch, config=asdict(cfg),
-                  lookahead={"repositions": method.repositions_, "failed": method.failed_,
-                             "gate_off_at": method.off_at_, "generation_batches": method.batches_},
                   curves={"plain": plain, "accelerated": accelerated})
+    if isinstance(method, Rollouts):
+        result["rollouts"] = method.summary()
+        result["plain_rollouts"] = {"completions": max(plain), "generation_batches": batches["plain"]}
+    else:
+        result["lookahead"] = {"repositions": method.repositions_, "failed": method.failed_,
+                               "gate_off_at": method.off_at_, "generation_batches": method.batches_}
     # would the forecast and the stop rule have told the user this, from the plain run's own early checkpoints?
     try:  # a forecast that cannot be made (too few scores) is said, not allowed to lose the runs' results
         result["forecast"] = hindsight(Curve.from_log(read_log(out / "plain")).generation_axis(), cfg.forecast_from)
@@ -309,9 +368,10 @@ def run_demo(out: str | Path, quick: bool = False, config: DemoConfig | None = N
     t = stage("forecast (replayed)", t)
     report = build_report(run, out=out / "report.html", progress=progress, verdict_notes=[
         f"Live acceleration, {method.name} against the best plain run (same seed, learning rate and budget of "
-        f"generation batches): " + result["verdict"], "Forecast of the plain run (rlcast forecast --stop, replayed "
+        f"generation batches, counted in {unit}): " + result["verdict"], "Forecast of the plain run (rlcast forecast --stop, replayed "
         "on its checkpoints): " + "; ".join(told)],
-        lead=[("Live acceleration (best plain run vs lookahead)", acceleration_section(result, plain, accelerated))])
+        lead=[(f"Live acceleration (best plain run vs {method.name})",
+               acceleration_section(result, plain, accelerated))])
     t = stage("report", t)
 
     result["rank1"] = {"recovery": [asdict(r) if hasattr(r, "__dataclass_fields__") else r

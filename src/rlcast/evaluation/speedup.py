@@ -16,6 +16,7 @@ from rlcast.errors import RlcastError
 from rlcast.io.manifest import Manifest
 
 GOAL = 0.98  # fraction of the reference run's final held-out accuracy that counts as "reached"
+COSTS = ("generation_batches", "completions")  # the axes a run's cost is counted on (run.json, per checkpoint)
 
 
 def curve(run_dir: str | Path) -> dict[int, float]:
@@ -48,13 +49,17 @@ def outcome(plain: dict[int, float], accelerated: dict[int, float], goal: float 
             "retained": final_acc / plain[last] if plain[last] else None}
 
 
-def batch_curve(run_dir: str | Path) -> dict[int, float]:
+def batch_curve(run_dir: str | Path, cost: str = "generation_batches") -> dict[int, float]:
     """{0: base accuracy, generation batches: accuracy, ...}: the curve on the rollouts-paid-for axis (run.json's
-    `generation_batches` per checkpoint), for runs that reuse a batch for several optimizer steps."""
+    `generation_batches` per checkpoint), for runs that reuse a batch for several optimizer steps; `cost`
+    "completions" puts it on the completions-generated axis instead, for rollout methods that generate more or fewer
+    completions per batch."""
+    if cost not in COSTS:
+        raise RlcastError(f"cost {cost!r}: one of {', '.join(COSTS)}")
     manifest = Manifest.read(Path(run_dir) / "run.json")
-    missing = [e.step for e in manifest.checkpoints if e.accuracy is not None and e.generation_batches is None]
+    missing = [e.step for e in manifest.checkpoints if e.accuracy is not None and getattr(e, cost) is None]
     if missing:
-        raise RlcastError(f"{run_dir}/run.json: checkpoint {missing[0]} records no generation_batches (an RL run "
-                          f"of rlcast train records it)")
+        raise RlcastError(f"{run_dir}/run.json: checkpoint {missing[0]} records no {cost} (an RL run of rlcast train "
+                          f"records it)")
     acc = {0: manifest.base_accuracy} if manifest.base_accuracy is not None else {}
-    return acc | {e.generation_batches: e.accuracy for e in manifest.checkpoints if e.accuracy is not None}
+    return acc | {getattr(e, cost): e.accuracy for e in manifest.checkpoints if e.accuracy is not None}

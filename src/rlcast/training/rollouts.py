@@ -6,21 +6,24 @@ share as `frac_reward_zero_std` (0.4-0.75 of the steady preset's best plain run)
 generated in full.
 
 `SkipRollouts` (`--rollouts skip`; GRESO, arXiv 2506.02177). Before a generation batch is generated, a prompt whose
-    group was zero-variance in its last z consecutive epochs (the times it was generated) is skipped with probability
-    1 - p^z; p, the exploration probability, moves by `step` after every batch (up when the batch's skip rate is above
-    `target`, down when below; within [`min_explore`, 1]) to hold the skip rate near `target`. A prompt skipped
-    `max_skips` epochs in a row is generated the next time, so none is starved forever. The batch shrinks by the
-    skipped groups (fewer completions per optimizer step; none are drawn to refill it), keeping at least one group
-    (and a whole number of TRL's `steps_per_generation` slices). Draws come from a numpy generator seeded by (seed,
-    batch), never torch's RNG: `target=0` never skips and trains bit-identically to the plain run. A shrunk batch
-    would take bigger steps: TRL's losses average over the rows (or tokens) present, and the skipped zero-variance
-    groups, which add nothing to the gradient, no longer dilute it (on steady at target 0.5: grad norm 1.4 -> 2.2,
-    1.5x the clipped tokens, final 0.445 against the plain run's 0.527). With `rescale` (default) the advantages of a
-    shrunk batch are scaled by the share of its prompts generated, so a step is the size the full batch would have
-    given (exact for the clipped losses with rows of equal length; the KL term, beta > 0, is not scaled). Differences
-    from the paper: one exploration probability for all-correct and all-wrong groups (GRESO keeps one per side), no
-    refill to a fixed batch of informative prompts (GRESO's comparison is DAPO's dynamic sampling, which refills),
-    and the rescaling (GRESO's steps grow with the informative share; its learning rate was tuned with that).
+    group was zero-variance in its last z consecutive epochs (the times it was generated) is skipped with
+    probability 1 - p^z; p, the exploration probability, moves by `step` after every batch (up when the batch's skip
+    rate is above `target`, down when below; within [`min_explore`, 1]) to hold the skip rate near `target`. A
+    prompt skipped `max_skips` epochs in a row is generated the next time, so none is starved forever. The batch
+    shrinks by the skipped groups (fewer completions per optimizer step), keeping at least one group (and a whole
+    number of TRL's `steps_per_generation` slices); with `refill` each skipped prompt is replaced instead by a
+    prompt drawn at random from the train set that passes its own skip draw (GRESO's batch of predicted-informative
+    prompts: the plain run's completions per batch, more of them with signal; candidates a draw skips count as
+    skipped). Draws come from a numpy generator seeded by (seed, batch), never torch's RNG: `target=0` never skips
+    and trains bit-identically to the plain run. A shrunk batch would take bigger steps: TRL's losses average over
+    the rows (or tokens) present, and the skipped zero-variance groups, which add nothing to the gradient, no longer
+    dilute it (on steady at target 0.5: grad norm 1.4 -> 2.2, 1.5x the clipped tokens, final 0.445 against the plain
+    run's 0.527). With `rescale` (default) the advantages of a shrunk batch are scaled by the share of its prompts
+    generated, so a step is the size the full batch would have given (exact for the clipped losses with rows of
+    equal length; the KL term, beta > 0, is not scaled). Differences from the paper: one exploration probability for
+    all-correct and all-wrong groups (GRESO keeps one per side), the refill one draw per slot before generating
+    (GRESO generates, filters and samples more until the batch is full, as DAPO's dynamic sampling does), and the
+    rescaling (GRESO's steps grow with the informative share; its learning rate was tuned with that).
 `AdaptiveRollouts` (`--rollouts adaptive`; Reinforce-Ada, arXiv 2510.04996). Each prompt of a generation batch is
     sampled in rounds of `round_size` completions until its pool holds at least the group size G
     (`num_generations`) and has signal (two different rewards: a success and a failure for a 0/1 reward), or
@@ -244,17 +247,20 @@ class SkipRollouts(Rollouts):
     max_skips: int = 8         # epochs in a row a prompt may be skipped; then it is generated
     seed: int = 0              # of the skip draws (numpy, never torch's RNG)
     rescale: bool = True       # scale a shrunk batch's advantages by the share generated: the plain run's step size
+    refill: bool = False       # replace each skipped prompt by one drawn from the train set that passes the skip test
+    refill_tries: int = 8      # candidates drawn per skipped prompt at most; short of them, skipped prompts come back
 
     name = "skip"
     BOUNDS = {"target": (0.0, 0.99), "explore": (0.0, 1.0), "step": (0.0, 1.0), "min_explore": (0.0, 1.0),
-              "max_skips": (1, MAX_INT), "seed": (0, 2**32 - 1)}
+              "max_skips": (1, MAX_INT), "seed": (0, 2**32 - 1), "refill_tries": (1, MAX_INT)}
 
     def __post_init__(self):
         super().__post_init__()
         if self.min_explore > self.explore:
             self._fail(f"min_explore {self.min_explore:g} must be <= explore {self.explore:g}")
-        if not isinstance(self.rescale, bool):
-            self._fail(f"rescale must be true or false (got {self.rescale!r:.40})")
+        for name in ("rescale", "refill"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(f"{name} must be true or false (got {getattr(self, name)!r:.40})")
         self.explore_ = float(self.explore)
         self.history_: dict[str, list[int]] = {}  # prompt key -> [zero-variance streak, skips in a row]
 
@@ -278,6 +284,28 @@ class SkipRollouts(Rollouts):
             skip[i] = False
         return skip
 
+    def refill_rows(self, present: set[str], need: int) -> tuple[list[dict], list[str], list[bool]]:
+        """Up to `need` replacement prompts for a batch whose prompts are `present`: train-set rows drawn at random
+        (seeded by (seed, batch)), each taken unless its own skip draw skips it; at most `refill_tries` x `need`
+        draws. Returns (the rows taken, every candidate's key, whether each was skipped), in draw order."""
+        dataset = self.trainer_.train_dataset
+        rng = np.random.default_rng([self.seed, self.batches_, 1])
+        rows, keys, skipped = [], [], []
+        for _ in range(self.refill_tries * need):
+            if len(rows) == need:
+                break
+            row = dataset[int(rng.integers(len(dataset)))]
+            key = prompt_key(row["prompt"])
+            if key in present:
+                continue
+            present.add(key)
+            skip = self.skip_probability(key) > rng.random()
+            keys.append(key)
+            skipped.append(skip)
+            if not skip:
+                rows.append(dict(row))
+        return rows, keys, skipped
+
     def observe(self, keys: list[str], skipped: list[bool], zero: dict[str, bool]) -> float:
         """Record a batch: the skipped prompts' skip counts, the generated ones' streaks (`zero`: key -> whether its
         group was zero-variance); move p toward the target. Returns the batch's skip rate."""
@@ -289,21 +317,36 @@ class SkipRollouts(Rollouts):
         self.explore_ = min(1.0, max(self.min_explore, self.explore_ + move))
         return rate
 
+    def _check_trainer(self, trainer) -> None:
+        super()._check_trainer(trainer)
+        if self.refill and not (hasattr(trainer.train_dataset, "__len__") and len(trainer.train_dataset)):
+            self._fail("refill draws replacement prompts from the train set: it needs a sized, non-empty dataset")
+
     def _generation_batch(self, groups):
         keys = [prompt_key(g[0]["prompt"]) for g in groups]
+        size = self.trainer_.num_generations
         spg = self.trainer_.args.steps_per_generation  # TRL splits the batch into this many equal slices
-        skipped = self.select(keys, spg // math.gcd(spg, self.trainer_.num_generations))
+        skipped = self.select(keys, 1 if self.refill else spg // math.gcd(spg, size))
+        extra, extra_keys, extra_skipped = [], [], []
+        if self.refill and any(skipped):
+            extra, extra_keys, extra_skipped = self.refill_rows(set(keys), sum(skipped))
+            short = sum(skipped) - len(extra)  # too few replacements passed: skipped prompts come back instead
+            for i in sorted((i for i, s in enumerate(skipped) if s), key=lambda i: self.history_[keys[i]][0])[:short]:
+                skipped[i] = False
         rows = [row for group, skip in zip(groups, skipped) if not skip for row in group]
+        rows += [dict(row) for row in extra for _ in range(size)]
         self.rewards_ = None
         output = self.original_["_generate_and_score_completions"](rows)
-        if self.rescale and any(skipped):
-            output["advantages"] = output["advantages"] * ((len(keys) - sum(skipped)) / len(keys))
+        if self.rescale and len(rows) < len(keys) * size:
+            output["advantages"] = output["advantages"] * (len(rows) / (len(keys) * size))
         total = self._total(self.rewards_)
-        size = self.trainer_.num_generations
-        kept = [k for k, s in zip(keys, skipped) if not s]
-        zero = {k: not has_signal(total[i * size:(i + 1) * size]) for i, k in enumerate(kept)}
-        rate = self.observe(keys, skipped, zero)
+        generated = [k for k, s in zip(keys, skipped) if not s] + [k for k, s in zip(extra_keys, extra_skipped)
+                                                                   if not s]
+        zero = {k: not has_signal(total[i * size:(i + 1) * size]) for i, k in enumerate(generated)}
+        rate = self.observe(keys + extra_keys, skipped + extra_skipped, zero)
         metrics = self.trainer_._metrics["train"]
+        if self.refill:
+            metrics["rollouts/refilled"].append(len(extra) / len(keys))
         metrics["rollouts/skip_rate"].append(rate)
         metrics["rollouts/explore"].append(self.explore_)
         metrics["rollouts/signal"].append(1.0 - sum(zero.values()) / len(zero))
