@@ -214,6 +214,44 @@ def test_baselines_choose_a_group_size_from_the_library_variants(bench_modules, 
     assert {(r["num_generations"], r["speedup"]) for r in result["rows"]} >= {(4, 5.0), (8, 2.5), (16, 0.0)}
 
 
+def test_reuse_sets_m2po_beside_clipping_from_the_library(bench_modules, tmp_path, monkeypatch, capsys):
+    """bench/reuse.py reads clipped runs from PRESET/ and M2PO runs from PRESET+m2po_threshold=T/, each checked to hold
+    its config, measures every run against the clipped reference's goal and says what the trust region touched."""
+    import dataclasses
+
+    import reuse
+    from rlcast.evaluation.tasks import get_task
+    from rlcast.io.manifest import Entry, Manifest
+    from rlcast.training.train import preset
+
+    library = tmp_path / "curves"
+    steady = preset("steady")
+    first_good = {("clip", 4): 200, ("clip", 8): 250, ("m2po", 4): 200, ("m2po", 8): 100}  # batch reaching 0.5
+    for (loss, mu), batch in first_good.items():
+        config = dataclasses.replace(steady, seed=100, num_iterations=mu, steps=300 * mu, save_every=10 * mu,
+                                     m2po_threshold=0.04 if loss == "m2po" else None)
+        config = config.resolve(get_task(config.task, config.task_args))
+        variant = "+m2po_threshold=0.04" if loss == "m2po" else ""
+        folder = library / f"steady{variant}" / f"seed100-lr0.00012-mu{mu}"
+        Manifest(config=dataclasses.asdict(config), base_accuracy=0.1, status="finished",
+                 checkpoints=[Entry(step=b * mu, accuracy=0.5 if b >= batch else 0.2, generation_batches=b)
+                              for b in range(10, 301, 10)]).write(folder / "run.json")
+        key = "m2po/masked" if loss == "m2po" else "clip_ratio/region_mean"
+        history = [{"step": s, "grad_norm": 1.0, key: 0.01 * mu * (s > 150 * mu)}  # logged every 10 steps
+                   for s in range(0, 300 * mu + 1, 10)]
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    monkeypatch.setattr("sys.argv", ["reuse.py", "--seeds", "100-100", "--mu", "4,8,16", "--m2po-mu", "4,8",
+                                     "--library", str(library), "--out", str(tmp_path / "out")])
+    reuse.main()
+    out = capsys.readouterr().out
+    assert "seed 100 clip mu 8: final 0.500 (last 3 0.500), goal 0.490 at batch 250, speedup 0.80" in out
+    assert "m2po/masked 0.080" in out and "steady/seed100-lr0.00012-mu16 not in the library" in out
+    result = json.loads((tmp_path / "out" / "reuse.json").read_text())
+    assert result["line"].startswith("best_clip=mu4 speedup_clip=1.00 last3_clip=0.500 best_m2po=mu8 speedup_m2po=2.00")
+    assert {(r["trust"], r["mu"], r["speedup"]) for r in result["rows"]} == {
+        ("clip", 4, 1.0), ("clip", 8, 0.8), ("m2po", 4, 1.0), ("m2po", 8, 2.0)}
+
+
 def test_baselines_refuse_a_bad_group_size_in_one_line(bench_modules):
     from baselines import group_sizes
 
