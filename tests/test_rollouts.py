@@ -98,13 +98,9 @@ def test_a_prompt_whose_group_always_scores_the_same_is_skipped_and_still_revisi
     assert skip.explore_ == skip.min_explore  # one prompt in eight cannot reach the 0.5 target: p went down
 
 
-@pytest.mark.parametrize("rescale", [True, False])
-def test_a_shrunk_batch_keeps_the_step_size_of_the_full_one(rescale):
-    """Two of four prompts skipped: with rescale the advantages TRL trains on are halved, so the loss's average over
-    the rows present weighs the informative groups as the full batch (zero-variance groups, zero advantage) did."""
-    skip = SkipRollouts(explore=0.0, min_explore=0.0, rescale=rescale)
-    groups = [[{"prompt": f"p{i}"}] * 2 for i in range(4)]
-    skip.history_ = {prompt_key("p0"): [3, 0], prompt_key("p1"): [3, 0]}  # zero-variance 3 epochs, p = 0: skipped
+def on_a_fake_trainer(skip: SkipRollouts, dataset=None) -> list:
+    """Bind `skip` to a stand-in for TRL's trainer (groups of 2, one generation batch per step) whose generation
+    scores each group one failure and one success; returns the list each batch's generated prompts go to."""
     generated = []
 
     def generate_and_score(rows):
@@ -114,7 +110,19 @@ def test_a_shrunk_batch_keeps_the_step_size_of_the_full_one(rescale):
 
     skip.original_ = {"_generate_and_score_completions": generate_and_score}
     skip.trainer_ = types.SimpleNamespace(args=types.SimpleNamespace(steps_per_generation=1), num_generations=2,
-                                          reward_weights=torch.ones(1), _metrics={"train": defaultdict(list)})
+                                          reward_weights=torch.ones(1), _metrics={"train": defaultdict(list)},
+                                          train_dataset=dataset)
+    return generated
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_a_shrunk_batch_keeps_the_step_size_of_the_full_one(rescale):
+    """Two of four prompts skipped: with rescale the advantages TRL trains on are halved, so the loss's average over
+    the rows present weighs the informative groups as the full batch (zero-variance groups, zero advantage) did."""
+    skip = SkipRollouts(explore=0.0, min_explore=0.0, rescale=rescale)
+    groups = [[{"prompt": f"p{i}"}] * 2 for i in range(4)]
+    skip.history_ = {prompt_key("p0"): [3, 0], prompt_key("p1"): [3, 0]}  # zero-variance 3 epochs, p = 0: skipped
+    generated = on_a_fake_trainer(skip)
     output = skip._generation_batch(groups)
     assert generated == [["p2", "p2", "p3", "p3"]]
     assert output["advantages"].tolist() == ([-0.5, 0.5] * 2 if rescale else [-1.0, 1.0] * 2)
@@ -128,17 +136,7 @@ def test_refill_replaces_each_skipped_prompt_by_one_that_passes_its_own_skip_dra
     zero = {prompt_key(p): [3, 0] for p in ("p0", "p1", "q0")}  # zero-variance 3 epochs, p = 0: always skipped
     skip.history_ = dict(zero)
     dataset = [{"prompt": p, "idx": i} for i, p in enumerate(["p0", "p2", "q0", "q1", "q2", "q3"])]
-    generated = []
-
-    def generate_and_score(rows):
-        generated.append([r["prompt"] for r in rows])
-        skip.rewards_ = torch.tensor([[0.0], [1.0]] * (len(rows) // 2))
-        return {"advantages": torch.tensor([-1.0, 1.0] * (len(rows) // 2))}
-
-    skip.original_ = {"_generate_and_score_completions": generate_and_score}
-    skip.trainer_ = types.SimpleNamespace(args=types.SimpleNamespace(steps_per_generation=1), num_generations=2,
-                                          reward_weights=torch.ones(1), _metrics={"train": defaultdict(list)},
-                                          train_dataset=dataset)
+    generated = on_a_fake_trainer(skip, dataset)
     recorded = []
     observe = skip.observe
     skip.observe = lambda keys, skipped, zero_: recorded.append((keys, skipped)) or observe(keys, skipped, zero_)
