@@ -36,7 +36,8 @@ Finished runs are reused, an interrupted plain run resumes and an interrupted me
 separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
 merges (rows against different best plain settings, or tuning seeds >= 100 with benchmark seeds, are refused). A
 finished method run is compared against another best plain setting without retraining it: rerun with the new
---best-plain (only the plain run trains). Wall times compare only side by side: a row whose best plain run was not
+--best-plain (only the plain run trains), or with `--report ... --against DIR` against the runs of a curve-library
+folder at the same lr and mu (another group size: DIR = docs/results/curves/steady+num_generations=4). Wall times compare only side by side: a row whose best plain run was not
 trained next to the method's run (reused, or without --parallel) says so; its cpu_speedup still holds (one torch
 thread per process).
 
@@ -238,14 +239,19 @@ def main() -> None:
                                                                 "method's run trains (side by side on 2 cores)")
     add_out(parser)
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only summarise these per-seed JSON files")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="with --report: the method against another plain setting at the same lr and mu, the runs "
+                             "of this curve-library folder (e.g. steady+num_generations=4), instead of its best plain run")
     parser.add_argument("--longer", type=Path, metavar="DIR",
                         help="with --report: the best plain runs continued further (a curve library folder written by "
                              "bench/curves.py --batches N): each at the method's whole spend, beside the method")
     args = parser.parse_args()
-    if args.longer and not (args.report and args.longer.is_dir()):
-        parser.error(f"--longer {args.longer}: needs --report and an existing curve-library folder")
+    for option, folder in (("--longer", args.longer), ("--against", args.against)):
+        if folder and not (args.report and folder.is_dir()):
+            parser.error(f"{option} {folder}: needs --report and an existing curve-library folder")
     if args.report:
         rows = [json.loads(Path(path).read_text()) for path in args.report]
+        rows = [against(row, args.against) for row in rows] if args.against else rows
         line = summarize(rows)[1]
         for row in rows if args.longer else []:
             print(longer(row, args.longer))
@@ -319,6 +325,20 @@ def main() -> None:
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed*-vs-{lr:g},{mu}.json"))]
     tuning = seeds[0] >= TUNING  # the last line is over seeds of this invocation's kind
     results.finish(*summarize([r for r in rows if (r["seed"] >= TUNING) == tuning]))
+
+
+def against(row: dict, library: Path) -> dict:
+    """A per-seed row with its best plain run replaced by `library`/seedS-lrX-muM (another plain setting at the same
+    learning rate and reuse, e.g. another group size) and the comparison redone; its wall times are not side by
+    side."""
+    (lr, mu), seed = row["best_plain"], row["seed"]
+    folder = library / f"seed{seed}-lr{lr:g}-mu{mu}"
+    if not (folder / "run.json").exists():
+        raise SystemExit(f"{folder}: not in the curve library (bench/curves.py trains it)")
+    best = points(folder, mu)
+    return row | {"curves": row["curves"] | {"best": best}, "vs_best": compare(row["curves"]["method"], best),
+                  "logs": row.get("logs", {}) | {"best": logged(folder)}, "side_by_side": False,
+                  "against": library.name}
 
 
 def longer(row: dict, library: Path) -> str:
@@ -420,7 +440,8 @@ def summarize(rows: list[dict]) -> tuple[dict, str]:
                      f"seeds={len(rows)} wall_speedup_vs_best_plain={med('vs_best', 'wall_speedup'):.2f} "
                      f"best_plain={first['best_plain'][0]:g},{first['best_plain'][1]} "
                      f"method={tag(first['method'], [f'{k}={v}' for k, v in first['settings'].items()])}"
-                     + (f" cost={'/'.join(sorted(cost))}" if cost != {"batches"} else ""))
+                     + (f" cost={'/'.join(sorted(cost))}" if cost != {"batches"} else "")
+                     + (f" against={first['against']}" if "against" in first else ""))
 
 
 if __name__ == "__main__":

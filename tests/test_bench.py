@@ -172,6 +172,29 @@ def test_acceleration_sets_a_method_that_spends_more_beside_the_plain_run_contin
     assert "no longer best plain run" in longer(dict(row, seed=1), tmp_path)
 
 
+def test_acceleration_sets_a_method_against_another_plain_setting_of_the_library(bench_modules, tmp_path):
+    """--against replaces each row's best plain run by the library folder's run at the same lr and mu (another group
+    size, say) and redoes the comparison; a seed missing there is one line."""
+    from acceleration import against, summarize
+    from rlcast.io.manifest import Entry, Manifest
+
+    library = tmp_path / "steady+num_generations=4"
+    Manifest(config={"batch_size": 100}, base_accuracy=0.1, status="finished",
+             checkpoints=[Entry(step=4 * b, accuracy=0.1 + b / 100, generation_batches=b, completions=100 * b)
+                          for b in range(10, 31, 10)]).write(library / "seed0-lr0.00012-mu4" / "run.json")
+    method = [{"batches": b, "completions": 100 * b, "accuracy": 0.1 + b / 50} for b in (0, 10, 20, 30)]
+    best = [{"batches": b, "completions": 100 * b, "accuracy": 0.1 + b / 200} for b in (0, 10, 20, 30)]
+    row = {"seed": 0, "best_plain": [1.2e-4, 4], "method": "adaptive", "settings": {}, "side_by_side": True,
+           "curves": {"method": method, "best": best, "preset": best}}
+    row["vs_best"] = row["vs_preset"] = {"speedup": 3.0, "wall_speedup": 2.0, "retained": 2.0}
+    moved = against(row, library)  # the new reference ends at 0.4: the method (0.3, 0.5, 0.7) reaches 0.392 at 20
+    assert moved["vs_best"]["speedup"] == 1.5 and moved["vs_best"]["goal"] == pytest.approx(0.392)
+    assert moved["curves"]["best"][-1]["accuracy"] == pytest.approx(0.4) and not moved["side_by_side"]
+    assert summarize([moved])[1].endswith("against=steady+num_generations=4") and row["vs_best"]["speedup"] == 3.0
+    with pytest.raises(SystemExit, match="seed1-lr0.00012-mu4: not in the curve library"):
+        against(dict(row, seed=1), library)
+
+
 def test_baselines_pick_the_fastest_setting_whose_final_is_within_noise_of_the_best(bench_modules):
     from baselines import FINAL_NOISE, fastest
 
