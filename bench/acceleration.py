@@ -32,14 +32,14 @@ reaching the goal, or not holding it, counts as speedup 0):
 
     speedup_vs_best_plain=X retained=Y seeds=N wall_speedup_vs_best_plain=Z best_plain=LR,MU method=M
 
-Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run as
-separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
+Finished runs are reused, an interrupted plain run resumes and an interrupted method run restarts, so seeds can run
+as separate processes on one --out; each writes OUT/<method>[,<settings>]/seed<S>-vs-<lr>,<mu>.json, which --report
 merges (rows against different best plain settings, or tuning seeds >= 100 with benchmark seeds, are refused). A
 finished method run is compared against another best plain setting without retraining it: rerun with the new
 --best-plain (only the plain run trains), or with `--report ... --against DIR` against the runs of a curve-library
-folder at the same lr and mu (another group size: DIR = docs/results/curves/steady+num_generations=4). Wall times compare only side by side: a row whose best plain run was not
-trained next to the method's run (reused, or without --parallel) says so; its cpu_speedup still holds (one torch
-thread per process).
+folder at the same lr and mu (another group size: DIR = docs/results/curves/steady+num_generations=4). Wall times
+compare only side by side: a row whose best plain run was not trained next to the method's run (reused, or without
+--parallel) says so; its cpu_speedup still holds (one torch thread per process).
 
     .venv/bin/python bench/acceleration.py --best-plain 1.2e-4,2 --method rank1 --accel boost=3 --seeds 100,101 \
         --out runs/accel
