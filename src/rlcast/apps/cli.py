@@ -1101,7 +1101,7 @@ def tune_cmd(
 def demo_cmd(
     out: str = typer.Option("rlcast-demo", "--out", "-o", help="Folder for both runs, report.html and summary.json."),
     quick: bool = typer.Option(False, "--quick", help="20 generation batches instead of 150 (~2.5 min instead "
-                                                      "of ~8 min on 2 CPU cores)."),
+                                                      "of ~14 min on 2 CPU cores)."),
 ) -> None:
     """The tuned plain GRPO run vs the same run with adaptive generations on the steady preset, counted in
     completions generated; the plain run analysed, an HTML report, a completions-to-98 % table."""
