@@ -20,6 +20,7 @@ to hold exactly its config. Per run:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import statistics
@@ -43,6 +44,17 @@ def second_half(run: Path, key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def reuse_values(text: str) -> list[int]:
+    """--mu 1,2,4 as [1, 2, 4] (each >= 1: optimizer steps per generation batch)."""
+    try:
+        values = [int(m) for m in text.split(",")]
+        if min(values) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated reuse values >= 1, e.g. 4,8") from None
+    return values
+
+
 def last3(points: dict[int, float]) -> float:
     return statistics.fmean(points[b] for b in sorted(points)[-3:])
 
@@ -50,12 +62,12 @@ def last3(points: dict[int, float]) -> float:
 def main() -> None:
     parser = new_parser(__doc__)
     add_preset(parser)
-    add_seeds(parser, "100")
+    add_seeds(parser, "100-100")
     parser.add_argument("--learning-rate", type=float, default=1.2e-4, help="the tuned learning rate")
-    parser.add_argument("--mu", default="1,2,4,8,16", help="rollout reuse values with clipping (TRL num_iterations)")
-    parser.add_argument("--m2po-mu", default="4,8,16", help="rollout reuse values with M2PO (at mu 1 TRL's ratio is "
+    parser.add_argument("--mu", type=reuse_values, default="1,2,4,8,16", help="rollout reuse values with clipping (TRL num_iterations)")
+    parser.add_argument("--m2po-mu", type=reuse_values, default="4,8,16", help="rollout reuse values with M2PO (at mu 1 TRL's ratio is "
                         "identically 1: nothing to bound)")
-    parser.add_argument("--reference-mu", type=int, default=4, help="the clipped run whose final sets the goal")
+    parser.add_argument("--reference-mu", type=lambda t: reuse_values(t)[0], default=4, help="the clipped run whose final sets the goal")
     parser.add_argument("--m2po-threshold", type=float, default=0.04, help="M2PO's second-moment bound (the paper's)")
     parser.add_argument("--generation-share", type=float, default=STEADY_SHARE,
                         help="generating's share of a one-pass step, for the wall-time column")
@@ -71,7 +83,7 @@ def main() -> None:
         base = train_config(args, seed=seed, learning_rate=args.learning_rate, steps=BATCHES, save_every=10)
         runs, missing = {}, []
         for loss, (folder, fields, mus) in trust.items():
-            for mu in (int(m) for m in mus.split(",")):
+            for mu in mus:
                 if not (args.library / folder / run_name(seed, args.learning_rate, mu)).is_dir():
                     missing.append(f"{folder}/{run_name(seed, args.learning_rate, mu)}")
                     continue
