@@ -119,17 +119,17 @@ LOGGED = {"frac_reward_zero_std": "zero_std", "rollouts/skip_rate": "skip_rate",
           "grad_norm": "grad_norm"}
 
 
-def logged(out: Path) -> dict:
+def logged(out: Path, keys: dict[str, str] = LOGGED) -> dict:
     """What TRL logged about a run's rollouts and steps (its trainer_state.json, a curve library's, or its last
     checkpoint's), as means over the second half of its optimizer steps, where a skip method acts (a prompt is skipped
     from its second epoch on): the share of generated groups with zero variance (`zero_std`; `signal` = 1 - it for a
-    rollout method), the skip rate, and the gradient norm (how far a step goes)."""
+    rollout method), the skip rate, and the gradient norm (how far a step goes); `keys`: TRL's name -> ours."""
     states = [out / "trainer_state.json"] if (out / "trainer_state.json").exists() else sorted(
         out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     history = json.loads(states[-1].read_text())["log_history"] if states else []
     half = max((h.get("step", 0) for h in history), default=0) / 2
     means = {}
-    for key, name in LOGGED.items():
+    for key, name in keys.items():
         values = [h[key] for h in history if key in h and h.get("step", 0) > half]
         if values:
             means[name] = statistics.fmean(values)

@@ -22,26 +22,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 
 from common import (Results, add_out, add_preset, add_seeds, goal_metrics, implied_wall, library_run, new_parser,
                     per_batch, reuse_rollouts, run_name, train_config)
+from acceleration import logged
 from baselines import STEADY_SHARE
 from curves import BATCHES, LIBRARY
 from rlcast.evaluation.speedup import curve
 
 DURATION = "seconds (replays the curve library; its runs: ~10-40 min each at mu 4-16 on one CPU core)"
 TOUCHED = {"clip": "clip_ratio/region_mean", "m2po": "m2po/masked"}
-
-
-def second_half(run: Path, key: str) -> float | None:
-    """Mean of a logged metric over the second half of a run's optimizer steps (its trainer_state.json)."""
-    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
-    half = max((h.get("step", 0) for h in history), default=0) / 2
-    values = [h[key] for h in history if key in h and h.get("step", 0) > half]
-    return statistics.fmean(values) if values else None
 
 
 def reuse_values(text: str) -> list[int]:
@@ -100,7 +92,8 @@ def main() -> None:
             row = {"seed": seed, "trust": loss, "mu": mu, "final": metrics["final"], "last3": last3(points),
                    "batches": metrics["steps"], "crossed": metrics["crossed"], "speedup": metrics["speedup"],
                    "wall_speedup": implied_wall(args.generation_share, metrics["speedup"], mu, args.reference_mu),
-                   "touched": second_half(run, TOUCHED[loss]), "grad_norm": second_half(run, "grad_norm")}
+                   **{"touched": None, "grad_norm": None}
+                   | logged(run, {TOUCHED[loss]: "touched", "grad_norm": "grad_norm"})}
             rows.append(row)
             results.add(row)
             touched = "n/a" if row["touched"] is None else f"{row['touched']:.3f}"
